@@ -1,0 +1,70 @@
+// Argument checks of dspark::verify_chain shared by the CPU and CUDA bindings (SPEC §4).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "dspark/checks.h"
+
+namespace dspark {
+
+struct VerifyChainSizes {
+  int64_t requests;  // R
+  int64_t gamma;     // γ, the width of draft_tokens
+  int64_t vocab;     // V
+  int64_t rows;      // N = Σ (lengths[r] + 1)
+  int64_t num_eos;   // E (0 without eos_ids)
+};
+
+// target_logits [N, V]; draft_tokens [R, γ]; lengths, seed, offset [R] int64;
+// temperature [R] float32; draft_logits [R, γ, V] or None; eos_ids [E] or None.
+inline VerifyChainSizes check_verify_chain_args(
+    const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& lengths,
+    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
+    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids) {
+  constexpr const char* op = "dspark::verify_chain";
+  check_float_dtype(target_logits, op, "target_logits");
+  check_dim(target_logits, op, "target_logits", 2);
+  check_device(draft_tokens, op, "draft_tokens", target_logits);
+  check_dtype(draft_tokens, op, "draft_tokens", {at::kLong});
+  check_dim(draft_tokens, op, "draft_tokens", 2);
+  VerifyChainSizes s{draft_tokens.size(0), draft_tokens.size(1), target_logits.size(1),
+                     target_logits.size(0), 0};
+  DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
+               "must have a vocabulary size in [1, 2^32), got ", s.vocab);
+  check_index_vector(lengths, op, "lengths", s.requests, "R, the rows of draft_tokens", target_logits);
+  check_float_vector(temperature, op, "temperature", s.requests, "R", target_logits);
+  check_index_vector(seed, op, "seed", s.requests, "R", target_logits);
+  check_index_vector(offset, op, "offset", s.requests, "R", target_logits);
+  if (draft_logits) {
+    const auto& d = *draft_logits;
+    check_device(d, op, "draft_logits", target_logits);
+    check_float_dtype(d, op, "draft_logits");
+    check_dim(d, op, "draft_logits", 3);
+    check_size(d, op, "draft_logits", 0, s.requests, "R");
+    check_size(d, op, "draft_logits", 1, s.gamma, "γ, the columns of draft_tokens");
+    check_size(d, op, "draft_logits", 2, s.vocab, "V, the columns of target_logits");
+  }
+  if (eos_ids) {
+    check_device(*eos_ids, op, "eos_ids", target_logits);
+    check_dtype(*eos_ids, op, "eos_ids", {at::kLong});
+    check_dim(*eos_ids, op, "eos_ids", 1);
+    s.num_eos = eos_ids->size(0);
+  }
+  if (value_checks_enabled(lengths) && s.requests > 0) {
+    const auto l = lengths.cpu();
+    const int64_t lo = l.min().item<int64_t>(), hi = l.max().item<int64_t>();
+    DSPARK_CHECK(lo >= 0 && hi <= s.gamma, op, "lengths", "must lie in [0, γ=", s.gamma,
+                 "], got values in [", lo, ", ", hi, "]");
+    const int64_t total = l.sum().item<int64_t>() + s.requests;
+    DSPARK_CHECK(total == s.rows, op, "target_logits", "must have Σ(lengths + 1) = ", total,
+                 " rows, got ", s.rows);
+  } else if (s.requests == 0) {
+    DSPARK_CHECK(s.rows == 0 || !value_checks_enabled(lengths), op, "target_logits",
+                 "must have 0 rows when there are no requests, got ", s.rows);
+  }
+  return s;
+}
+
+}  // namespace dspark

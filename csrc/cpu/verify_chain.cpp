@@ -1,0 +1,143 @@
+// CPU kernel of dspark::verify_chain (SPEC §4): requests in parallel, each walked left to
+// right. A row is read once for its statistics and once more only where a token is drawn
+// from it (the rejection row or the bonus row); rows after the first rejection are never read.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common/verify_chain_args.h"
+#include "cpu/row_ops.h"
+
+namespace dspark::cpu {
+namespace {
+
+struct ChainRequest {
+  const int64_t* drafts;  // [γ] this request's proposed tokens
+  int64_t length;         // ℓ, clamped to the rows that exist
+  int64_t first_row;      // index of this request's row 0 in target_logits
+  float temperature;
+  int64_t seed, offset;
+  int64_t* out;  // [γ + 1] output row, pre-filled with -1
+};
+
+bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
+  for (int64_t e = 0; e < num_eos; ++e)
+    if (eos[e] == token) return true;
+  return false;
+}
+
+// target: [N, V]; draft: [R, γ, V] or nullptr. Returns (num_accepted, num_emitted).
+template <typename TT, typename TD>
+std::pair<int64_t, int64_t> verify_one(const ChainRequest& q, const TT* target, const TD* draft,
+                                       int64_t request, int64_t gamma, int64_t vocab,
+                                       const int64_t* eos, int64_t num_eos) {
+  const bool greedy = is_greedy(q.temperature);
+  const float T = q.temperature;
+  int64_t accepted = 0;
+  for (int64_t k = 1; k <= q.length; ++k) {
+    const TT* prow = target + (q.first_row + k - 1) * vocab;
+    const int64_t x = q.drafts[k - 1];
+    const bool valid = x >= 0 && x < vocab;
+    int64_t emitted = -1;
+    if (greedy) {
+      const int64_t best = row_argmax(prow, vocab);
+      if (!valid || x != best) emitted = best;
+    } else {
+      const SoftmaxStats ps = row_softmax_stats(prow, vocab, T);
+      const TD* qrow = draft ? draft + (request * gamma + k - 1) * vocab : nullptr;
+      const SoftmaxStats qs = qrow ? row_softmax_stats(qrow, vocab, T) : SoftmaxStats{};
+      const float p_x = valid ? ps.prob(scaled_logit(load(prow, x), T)) : 0.0f;
+      const float q_x = !valid ? 1.0f : qrow ? qs.prob(scaled_logit(load(qrow, x), T)) : 1.0f;
+      const float coin = random_uniform(q.seed, q.offset, Purpose::kChainCoin, k, 0);
+      if (!(coin * q_x < p_x)) {
+        // Residual norm(max(0, p - q)); if its mass is 0, p itself (raced alongside).
+        Race residual, fallback;
+        for_each_gumbel(vocab, q.seed, q.offset, Purpose::kChainResample, k, [&](int64_t v, float g) {
+          const float xv = scaled_logit(load(prow, v), T);
+          const float p = ps.prob(xv);
+          const float qv = qrow ? qs.prob(scaled_logit(load(qrow, v), T)) : (v == x ? 1.0f : 0.0f);
+          residual.add(p > qv ? logf(p - qv) : -INFINITY, g, v);
+          fallback.add(xv, g, v);
+        });
+        emitted = residual.empty() ? fallback.index() : residual.index();
+      }
+    }
+    if (emitted >= 0) {
+      q.out[accepted] = emitted;
+      return {accepted, accepted + 1};
+    }
+    q.out[accepted++] = x;
+    if (is_eos(x, eos, num_eos)) return {accepted, accepted};
+  }
+  // Every draft accepted: the bonus token from p_{ℓ+1}.
+  const TT* prow = target + (q.first_row + q.length) * vocab;
+  if (greedy) {
+    q.out[accepted] = row_argmax(prow, vocab);
+  } else {
+    Race bonus;
+    for_each_gumbel(vocab, q.seed, q.offset, Purpose::kChainResample, static_cast<uint32_t>(q.length + 1),
+                    [&](int64_t v, float g) { bonus.add(scaled_logit(load(prow, v), T), g, v); });
+    q.out[accepted] = bonus.index();
+  }
+  return {accepted, accepted + 1};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
+    const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& lengths,
+    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
+    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids) {
+  const VerifyChainSizes s = check_verify_chain_args(target_logits, draft_tokens, lengths, temperature,
+                                                     seed, offset, draft_logits, eos_ids);
+  const auto opts = draft_tokens.options();
+  auto out_tokens = at::full({s.requests, s.gamma + 1}, -1, opts);
+  auto num_accepted = at::zeros({s.requests}, opts);
+  auto num_emitted = at::zeros({s.requests}, opts);
+  if (s.requests == 0) return {out_tokens, num_accepted, num_emitted};
+
+  const auto target = target_logits.contiguous();
+  const auto drafts = draft_tokens.contiguous();
+  const auto draft = draft_logits ? std::optional<at::Tensor>(draft_logits->contiguous()) : std::nullopt;
+  const auto eos = eos_ids ? eos_ids->contiguous() : at::empty({0}, opts);
+  const auto len = lengths.contiguous(), temp = temperature.contiguous();
+  const auto sd = seed.contiguous(), off = offset.contiguous();
+
+  // Row starts: request r's rows begin after Σ_{r' < r} (ℓ_r' + 1).
+  std::vector<int64_t> first_row(s.requests);
+  const int64_t* lp = len.data_ptr<int64_t>();
+  for (int64_t r = 0, acc = 0; r < s.requests; ++r) {
+    first_row[r] = acc;
+    acc += lp[r] + 1;
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "verify_chain_cpu", [&] {
+    using TT = scalar_t;
+    const auto draft_type = draft ? draft->scalar_type() : target.scalar_type();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, draft_type, "verify_chain_cpu_draft", [&] {
+      using TD = scalar_t;
+      const TT* tp = target.data_ptr<TT>();
+      const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;
+      at::parallel_for(0, s.requests, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          ChainRequest q{drafts.data_ptr<int64_t>() + r * s.gamma, lp[r], first_row[r],
+                         temp.data_ptr<float>()[r], sd.data_ptr<int64_t>()[r],
+                         off.data_ptr<int64_t>()[r], out_tokens.data_ptr<int64_t>() + r * (s.gamma + 1)};
+          auto [acc, emit] = verify_one(q, tp, dp, r, s.gamma, s.vocab, eos.data_ptr<int64_t>(), s.num_eos);
+          num_accepted.data_ptr<int64_t>()[r] = acc;
+          num_emitted.data_ptr<int64_t>()[r] = emit;
+        }
+      });
+    });
+  });
+  return {out_tokens, num_accepted, num_emitted};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dspark, CPU, m) { m.impl("verify_chain", &verify_chain); }
+
+}  // namespace dspark::cpu

@@ -1,0 +1,110 @@
+// Device helpers shared by the CUDA kernels: dtype dispatch, loads to float32, and
+// block-wide reductions of the accumulators in dspark/sampling.h. No torch headers here,
+// so the .cu files compile quickly for every architecture.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "dspark/dtype.h"
+#include "dspark/sampling.h"
+
+namespace dspark::cuda {
+
+__device__ __forceinline__ float to_float(float x) { return x; }
+__device__ __forceinline__ float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+__device__ __forceinline__ float to_float(__half x) { return __half2float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float x);
+template <>
+__device__ __forceinline__ float from_float<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float x) { return __float2half_rn(x); }
+
+// Runs the lambda body with `using T = <storage type of dtype>`.
+#define DSPARK_DISPATCH_FLOAT(dtype, T, ...)             \
+  [&] {                                                  \
+    switch (dtype) {                                     \
+      case ::dspark::DType::kBFloat16: {                 \
+        using T = __nv_bfloat16;                         \
+        return __VA_ARGS__();                            \
+      }                                                  \
+      case ::dspark::DType::kFloat16: {                  \
+        using T = __half;                                \
+        return __VA_ARGS__();                            \
+      }                                                  \
+      default: {                                         \
+        using T = float;                                 \
+        return __VA_ARGS__();                            \
+      }                                                  \
+    }                                                    \
+  }()
+
+constexpr int kWarpSize = 32;
+
+__device__ __forceinline__ uint64_t warp_max_u64(uint64_t v) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) {
+    const uint64_t other = __shfl_xor_sync(0xFFFFFFFFu, v, o);
+    v = other > v ? other : v;
+  }
+  return v;
+}
+
+__device__ __forceinline__ SoftmaxStats warp_merge(SoftmaxStats s) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) {
+    SoftmaxStats other;
+    other.max = __shfl_xor_sync(0xFFFFFFFFu, s.max, o);
+    other.sum = __shfl_xor_sync(0xFFFFFFFFu, s.sum, o);
+    s.merge(other);
+  }
+  return s;
+}
+
+__device__ __forceinline__ ArgMax warp_merge(ArgMax a) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) {
+    ArgMax other;
+    other.value = __shfl_xor_sync(0xFFFFFFFFu, a.value, o);
+    other.index = __shfl_xor_sync(0xFFFFFFFFu, a.index, o);
+    a.merge(other);
+  }
+  return a;
+}
+
+// Block-wide reductions: every thread of the block calls them and gets the block's result.
+// `scratch` is shared memory of at least blockDim.x / 32 elements; the call ends with the
+// scratch free for reuse.
+__device__ __forceinline__ uint64_t block_max_u64(uint64_t v, uint64_t* scratch) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
+  v = warp_max_u64(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0;
+  v = warp_max_u64(v);
+  __syncthreads();
+  return v;
+}
+
+template <typename Acc>
+__device__ __forceinline__ Acc block_merge(Acc a, Acc* scratch) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
+  a = warp_merge(a);
+  if (lane == 0) scratch[warp] = a;
+  __syncthreads();
+  a = lane < warps ? scratch[lane] : Acc{};
+  a = warp_merge(a);
+  __syncthreads();
+  return a;
+}
+
+}  // namespace dspark::cuda

@@ -1,0 +1,12 @@
+// Turns a launcher's cudaError_t into a RuntimeError (host only).
+#pragma once
+
+#include <c10/util/Exception.h>
+#include <cuda_runtime_api.h>
+
+#define DSPARK_CUDA_CHECK(expr)                                                          \
+  do {                                                                                   \
+    const cudaError_t dspark_err_ = (expr);                                              \
+    TORCH_CHECK(dspark_err_ == cudaSuccess, "dspark CUDA launch failed: ",               \
+                cudaGetErrorString(dspark_err_), " (", #expr, ")");                      \
+  } while (0)

@@ -1,0 +1,82 @@
+// Argument checks for the op bindings (host only, uses torch). Every failure raises a
+// RuntimeError (c10::Error) whose message names the op, the argument and what was expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Exception.h>
+
+#include <cstdlib>
+#include <initializer_list>
+#include <optional>
+#include <string>
+
+namespace dspark {
+
+#define DSPARK_CHECK(cond, op, arg, ...) \
+  TORCH_CHECK((cond), op, ": argument '", arg, "' ", __VA_ARGS__)
+
+inline std::string dtype_list(std::initializer_list<at::ScalarType> types) {
+  std::string s;
+  for (auto t : types) {
+    if (!s.empty()) s += " or ";
+    s += c10::toString(t);
+  }
+  return s;
+}
+
+inline void check_dtype(const at::Tensor& t, const char* op, const char* arg,
+                        std::initializer_list<at::ScalarType> allowed) {
+  bool ok = false;
+  for (auto a : allowed) ok = ok || t.scalar_type() == a;
+  DSPARK_CHECK(ok, op, arg, "must have dtype ", dtype_list(allowed), ", got ", t.scalar_type());
+}
+
+inline void check_float_dtype(const at::Tensor& t, const char* op, const char* arg) {
+  check_dtype(t, op, arg, {at::kFloat, at::kBFloat16, at::kHalf});
+}
+
+inline void check_dim(const at::Tensor& t, const char* op, const char* arg, int64_t dim) {
+  DSPARK_CHECK(t.dim() == dim, op, arg, "must have ", dim, " dimensions, got shape ", t.sizes());
+}
+
+inline void check_size(const at::Tensor& t, const char* op, const char* arg, int64_t d,
+                       int64_t expected, const char* what) {
+  DSPARK_CHECK(t.size(d) == expected, op, arg, "must have size ", expected, " (", what,
+               ") in dimension ", d, ", got shape ", t.sizes());
+}
+
+inline void check_device(const at::Tensor& t, const char* op, const char* arg,
+                         const at::Tensor& ref) {
+  DSPARK_CHECK(t.device() == ref.device(), op, arg, "must be on ", ref.device(), " like the other arguments, got ",
+               t.device());
+}
+
+// An int64 vector [n] on the reference device.
+inline void check_index_vector(const at::Tensor& t, const char* op, const char* arg, int64_t n,
+                               const char* what, const at::Tensor& ref) {
+  check_device(t, op, arg, ref);
+  check_dtype(t, op, arg, {at::kLong});
+  check_dim(t, op, arg, 1);
+  check_size(t, op, arg, 0, n, what);
+}
+
+// A float32 vector [n] on the reference device.
+inline void check_float_vector(const at::Tensor& t, const char* op, const char* arg, int64_t n,
+                               const char* what, const at::Tensor& ref) {
+  check_device(t, op, arg, ref);
+  check_dtype(t, op, arg, {at::kFloat});
+  check_dim(t, op, arg, 1);
+  check_size(t, op, arg, 0, n, what);
+}
+
+// Value checks on CUDA tensors cost a host sync; they run only when DSPARK_CHECK=1 (SPEC §2).
+inline bool value_checks_enabled(const at::Tensor& t) {
+  if (t.device().is_cpu()) return true;
+  static const bool enabled = [] {
+    const char* env = std::getenv("DSPARK_CHECK");
+    return env != nullptr && std::string(env) == "1";
+  }();
+  return enabled;
+}
+
+}  // namespace dspark

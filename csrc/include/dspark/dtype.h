@@ -1,0 +1,9 @@
+// Storage types of logits, weights and activations as seen by the torch-free CUDA kernels.
+// The bindings map at::ScalarType to this enum; the .cu files dispatch on it.
+#pragma once
+
+namespace dspark {
+
+enum class DType : int { kFloat32 = 0, kBFloat16 = 1, kFloat16 = 2 };
+
+}  // namespace dspark

@@ -1,0 +1,91 @@
+// Counter-based randomness shared by the CPU and CUDA kernels (SPEC §2).
+//
+// Every random number is a pure function of (seed, offset, purpose, position, index):
+//   key     = (lo32(seed), hi32(seed))
+//   counter = (lo32(offset), hi32(offset), purpose << 16 | position, index >> 2)
+//   bits    = Philox4x32-10(key, counter)[index & 3]
+// so one Philox call yields the numbers of four consecutive indices. Nothing here
+// depends on the request's row in the batch, which is what makes the ops batch-invariant,
+// and the same header is compiled for host and device, so CPU and CUDA draw the same bits.
+#pragma once
+
+#include <cstdint>
+
+#if defined(__CUDACC__) || defined(__HIPCC__)
+#define DSPARK_HD __host__ __device__ __forceinline__
+#else
+#define DSPARK_HD inline
+#endif
+
+namespace dspark {
+
+// What a random number is used for. Distinct purposes give independent streams, so the
+// draft's sampling noise never correlates with the verifier's coins.
+enum class Purpose : uint32_t {
+  kDraftSample = 1,     // markov_draft: Gumbel noise for x_k, position k, index = vocab id
+  kChainCoin = 2,       // verify_chain: acceptance coin u_k, position k, index 0
+  kChainResample = 3,   // verify_chain: residual / bonus token, position k, index = vocab id
+  kTreeCoin = 4,        // verify_tree: coin of child c at node i: position i, index c
+  kTreeResample = 5,    // verify_tree: token emitted at node i, position i, index = vocab id
+};
+
+struct Philox4 {
+  uint32_t v[4];
+};
+
+DSPARK_HD uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
+  const uint64_t product = static_cast<uint64_t>(a) * static_cast<uint64_t>(b);
+  *hi = static_cast<uint32_t>(product >> 32);
+  return static_cast<uint32_t>(product);
+}
+
+// Philox4x32 with 10 rounds (Salmon et al., SC'11), the Random123 reference definition.
+DSPARK_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
+  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+#if defined(__CUDA_ARCH__)
+#pragma unroll
+#endif
+  for (int round = 0; round < 10; ++round) {
+    uint32_t hi0, hi1;
+    const uint32_t lo0 = mulhilo32(kM0, ctr.v[0], &hi0);
+    const uint32_t lo1 = mulhilo32(kM1, ctr.v[2], &hi1);
+    ctr = Philox4{{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
+    k0 += kW0;
+    k1 += kW1;
+  }
+  return ctr;
+}
+
+// The four words whose lane (index & 3) is the number for `index`.
+DSPARK_HD Philox4 random_block(int64_t seed, int64_t offset, Purpose purpose,
+                               uint32_t position, uint64_t index) {
+  const uint64_t s = static_cast<uint64_t>(seed), o = static_cast<uint64_t>(offset);
+  Philox4 ctr{{static_cast<uint32_t>(o), static_cast<uint32_t>(o >> 32),
+               (static_cast<uint32_t>(purpose) << 16) | (position & 0xFFFFu),
+               static_cast<uint32_t>(index >> 2)}};
+  return philox4x32_10(ctr, static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32));
+}
+
+DSPARK_HD uint32_t random_bits(int64_t seed, int64_t offset, Purpose purpose, uint32_t position,
+                               uint64_t index) {
+  return random_block(seed, offset, purpose, position, index).v[index & 3];
+}
+
+// Uniform in [0, 1) with 24 bits, exactly representable in float32.
+DSPARK_HD float bits_to_uniform(uint32_t bits) {
+  return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
+}
+
+// Uniform in (0, 1): the midpoint of the same 24-bit cell, never 0, so logs stay finite.
+DSPARK_HD float bits_to_open_uniform(uint32_t bits) {
+  return (static_cast<float>(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
+}
+
+// The coin of SPEC §2: accept when coin * q < p.
+DSPARK_HD float random_uniform(int64_t seed, int64_t offset, Purpose purpose, uint32_t position,
+                               uint64_t index) {
+  return bits_to_uniform(random_bits(seed, offset, purpose, position, index));
+}
+
+}  // namespace dspark

@@ -1,0 +1,116 @@
+// Sampling arithmetic shared by the CPU and CUDA kernels (host + device).
+//
+// Every draw from a distribution is a "race": each candidate v gets a score
+//   score_v = log(w_v) + G_v,   G_v = -log(-log(U_v)) a Gumbel variable,
+// and the candidate with the largest score wins (ties: lowest index). For unnormalised
+// weights w this samples v with probability w_v / sum(w) exactly, needs no normaliser,
+// and can be reduced in any order, which is what lets CPU loops and CUDA block
+// reductions agree. Candidates with w_v = 0 (score -inf) or NaN never win; a race with
+// no candidate returns index 0, so a corrupt (NaN) row still yields an in-range id.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "dspark/philox.h"
+
+namespace dspark {
+
+// temperature[r] <= kGreedyTemperature means argmax decoding (SPEC §2).
+constexpr float kGreedyTemperature = 1e-5f;
+
+DSPARK_HD bool is_greedy(float temperature) { return !(temperature > kGreedyTemperature); }
+
+DSPARK_HD float gumbel_from_bits(uint32_t bits) {
+  return -logf(-logf(bits_to_open_uniform(bits)));
+}
+
+// A logit scaled by 1/T, with NaN read as -inf: a NaN entry has probability 0.
+DSPARK_HD float scaled_logit(float logit, float temperature) {
+  const float x = logit / temperature;
+  return x == x ? x : -INFINITY;
+}
+
+// A (score, index) pair packed so that unsigned comparison orders by score, then by the
+// lower index: reductions (and atomicMax on CUDA) pick the SPEC's winner.
+DSPARK_HD uint64_t race_key(float score, int64_t index) {
+  uint32_t bits;
+  memcpy(&bits, &score, sizeof(bits));
+  const uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
+  return (static_cast<uint64_t>(ordered) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(index));
+}
+
+// Scores that may take part in a race: finite or +inf, never NaN or -inf.
+DSPARK_HD bool race_candidate(float score) { return score == score && score > -INFINITY; }
+
+DSPARK_HD int64_t race_index(uint64_t key) {
+  return key == 0 ? 0 : static_cast<int64_t>(0xFFFFFFFFu - static_cast<uint32_t>(key));
+}
+
+// The running winner of a race: add(log_weight, gumbel, index) for each candidate.
+struct Race {
+  uint64_t best = 0;
+
+  DSPARK_HD void add(float log_weight, float gumbel, int64_t index) {
+    if (!race_candidate(log_weight)) return;
+    const float score = log_weight + gumbel;
+    if (!race_candidate(score)) return;
+    const uint64_t key = race_key(score, index);
+    if (key > best) best = key;
+  }
+  DSPARK_HD void merge(uint64_t other) {
+    if (other > best) best = other;
+  }
+  DSPARK_HD bool empty() const { return best == 0; }
+  DSPARK_HD int64_t index() const { return race_index(best); }
+};
+
+// Running softmax statistics of a row of scaled logits: max and sum of exp(x - max).
+struct SoftmaxStats {
+  float max = -INFINITY;
+  float sum = 0.0f;
+
+  DSPARK_HD void add(float x) {
+    if (!(x > -INFINITY)) return;
+    if (x > max) {
+      sum = sum * expf(max - x) + 1.0f;
+      max = x;
+    } else {
+      sum += expf(x - max);
+    }
+  }
+  DSPARK_HD void merge(const SoftmaxStats& o) {
+    if (!(o.max > -INFINITY)) return;
+    if (!(max > -INFINITY)) {
+      *this = o;
+      return;
+    }
+    const float m = max > o.max ? max : o.max;
+    sum = sum * expf(max - m) + o.sum * expf(o.max - m);
+    max = m;
+  }
+  // Probability of an entry whose scaled logit is x; 0 for an empty (all -inf/NaN) row.
+  DSPARK_HD float prob(float x) const {
+    return (sum > 0.0f && x > -INFINITY) ? expf(x - max) / sum : 0.0f;
+  }
+};
+
+// Greedy argmax with the lowest index winning ties; NaN never wins, an all-NaN row gives 0.
+struct ArgMax {
+  float value = -INFINITY;
+  int64_t index = -1;
+
+  DSPARK_HD void add(float v, int64_t i) {
+    if (v > value || (v == value && index >= 0 && i < index) || (index < 0 && v == v)) {
+      value = v;
+      index = i;
+    }
+  }
+  DSPARK_HD void merge(const ArgMax& o) {
+    if (o.index >= 0) add(o.value, o.index);
+  }
+  DSPARK_HD int64_t result() const { return index < 0 ? 0 : index; }
+};
+
+}  // namespace dspark

@@ -1,0 +1,42 @@
+// The only TORCH_LIBRARY(dspark, m): every schema of torch.ops.dspark in one place.
+// Kernels register per dispatch key in csrc/cpu/<family>.cpp and csrc/cuda/<family>_op.cpp;
+// fake (meta) kernels live beside the Python wrappers in dspark_ops/. The contract of
+// every op is ../shared/SPEC.md.
+#include <torch/library.h>
+
+TORCH_LIBRARY(dspark, m) {
+  // Raw counter-based random bits (SPEC §2), exposed so that the pure-PyTorch reference and
+  // the tests can check that CPU and CUDA draw the same numbers. -> [R, count] int64 in [0, 2^32).
+  m.def("random_bits(Tensor seed, Tensor offset, int purpose, int position, int count) -> Tensor");
+
+  // SPEC §3: the sequential Markov / gated / RNN head fused with sampling and confidence.
+  m.def(
+      "markov_draft(Tensor base_logits, Tensor anchor, Tensor w1, Tensor w2, "
+      "Tensor temperature, Tensor seed, Tensor offset, Tensor? hidden=None, "
+      "Tensor? gate_weight=None, Tensor? gate_bias=None, Tensor? rnn_weight=None, "
+      "Tensor? rnn_bias=None, Tensor? conf_weight=None, Tensor? conf_bias=None, "
+      "Tensor? conf_scale=None) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // SPEC §4: lossless verification of chain drafts.
+  m.def(
+      "verify_chain(Tensor target_logits, Tensor draft_tokens, Tensor lengths, "
+      "Tensor temperature, Tensor seed, Tensor offset, Tensor? draft_logits=None, "
+      "Tensor? eos_ids=None) -> (Tensor, Tensor, Tensor)");
+
+  // SPEC §5: tree drafts.
+  m.def("tree_metadata(Tensor parents, Tensor num_nodes, Tensor prefix_lens) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "verify_tree(Tensor target_logits, Tensor tree_tokens, Tensor parents, Tensor num_nodes, "
+      "Tensor temperature, Tensor seed, Tensor offset, Tensor? draft_logits=None, "
+      "Tensor? eos_ids=None) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // SPEC §6: load-aware verification length.
+  m.def(
+      "schedule_lengths(Tensor confidence, Tensor sps, int mode, int budget=-1, "
+      "Tensor? max_lengths=None) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // SPEC §7: the parallel block draft.
+  m.def(
+      "block_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_lens, "
+      "Tensor k_block, Tensor v_block, float scale) -> Tensor");
+}

@@ -1,0 +1,133 @@
+"""Pure-PyTorch reference of ``verify_chain`` (SPEC §4), vectorised over requests.
+
+It materialises ``[R, γ+1, V]`` probabilities (the kernels never do) and draws the same
+counter-based random numbers as the kernels, so the two agree token for token except where
+float rounding flips a near-tie.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ..rng import Purpose
+from .rng import gumbel, random_bits, random_uniform
+
+GREEDY_TEMPERATURE = 1e-5
+
+
+def scaled_logits(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
+    """logits / T in float32 with NaN read as -inf (probability 0), like ``scaled_logit``."""
+    x = logits.float() / temperature
+    return torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x)
+
+
+def softmax_rows(x: torch.Tensor) -> torch.Tensor:
+    """softmax over the last dim; an all -inf row gives all zeros instead of NaN."""
+    m = x.amax(-1, keepdim=True)
+    e = torch.exp(x - torch.where(torch.isinf(m), torch.zeros_like(m), m))
+    s = e.sum(-1, keepdim=True)
+    return torch.where(s > 0, e / s.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(e))
+
+
+def race(log_weight: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gumbel-max over the last dim: (winner, whether any candidate had weight > 0).
+    Ties go to the lowest index; with no candidate the winner is 0."""
+    score = log_weight + noise
+    score = torch.where(torch.isfinite(log_weight) & ~torch.isnan(score), score, torch.full_like(score, float("-inf")))
+    return score.argmax(-1), torch.isfinite(log_weight).any(-1)
+
+
+def resample_noise(seed, offset, position: torch.Tensor, vocab: int) -> torch.Tensor:
+    """[R, V] Gumbel noise of Purpose.CHAIN_RESAMPLE at per-request positions."""
+    index = torch.arange(vocab, device=seed.device)
+    return gumbel(random_bits(seed[:, None], offset[:, None], Purpose.CHAIN_RESAMPLE, position[:, None], index))
+
+
+def verify_chain(
+    target_logits: torch.Tensor,
+    draft_tokens: torch.Tensor,
+    lengths: torch.Tensor,
+    temperature: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+    draft_logits: Optional[torch.Tensor] = None,
+    eos_ids: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same arguments and results as ``dspark_ops.verify_chain``."""
+    requests, gamma = draft_tokens.shape
+    vocab = target_logits.shape[1]
+    device = draft_tokens.device
+    if requests == 0:
+        empty = draft_tokens.new_zeros((0,))
+        return draft_tokens.new_full((0, gamma + 1), -1), empty, empty
+
+    steps = torch.arange(gamma + 1, device=device)  # verify row i of each request
+    first_row = torch.cumsum(lengths + 1, 0) - (lengths + 1)
+    rows = (first_row[:, None] + steps).clamp_max(target_logits.shape[0] - 1)  # [R, γ+1]
+    raw = target_logits[rows].float()  # [R, γ+1, V]
+    greedy = temperature <= GREEDY_TEMPERATURE
+    temp = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None, None]
+    x = scaled_logits(raw, temp)
+    p = softmax_rows(x)  # [R, γ+1, V]
+
+    tokens = draft_tokens
+    valid = (tokens >= 0) & (tokens < vocab)
+    safe = tokens.clamp(0, vocab - 1)
+    p_x = torch.where(valid, p[:, :gamma].gather(-1, safe[..., None]).squeeze(-1), torch.zeros(()))
+    if draft_logits is not None:
+        q = softmax_rows(scaled_logits(draft_logits, temp))  # [R, γ, V]
+        q_x = torch.where(valid, q.gather(-1, safe[..., None]).squeeze(-1), torch.ones(()))
+    else:
+        q = torch.nn.functional.one_hot(safe, vocab).float() * valid[..., None]
+        q_x = torch.ones_like(p_x)
+    k = steps[1:]  # positions 1..γ
+    coins = random_uniform(random_bits(seed[:, None], offset[:, None], Purpose.CHAIN_COIN, k, 0))
+    accept_sampled = coins * q_x < p_x
+    argmax = _nan_argmax(raw)  # [R, γ+1]
+    accept_greedy = valid & (tokens == argmax[:, :gamma])
+    accept = torch.where(greedy[:, None], accept_greedy, accept_sampled) & (k[None] <= lengths[:, None])
+
+    leading = torch.cumprod(accept.long(), 1)  # 1 while every draft so far is accepted
+    if eos_ids is not None and eos_ids.numel() > 0:
+        is_eos = (tokens[..., None] == eos_ids).any(-1) & leading.bool()
+        # Positions after the first accepted EOS are not accepted.
+        after_eos = torch.cumsum(is_eos.long(), 1) - is_eos.long() > 0
+        leading = leading * (~after_eos).long()
+        stopped = is_eos.any(1)
+    else:
+        stopped = torch.zeros(requests, dtype=torch.bool, device=device)
+    num_accepted = leading.sum(1)
+
+    # The emitted token: residual at the rejected position, else the bonus after ℓ.
+    rejected = num_accepted < lengths
+    position = num_accepted + 1  # 1-based position of the rejection or the bonus
+    row = torch.where(rejected, num_accepted, lengths)  # verify row that emits
+    at_row = row[:, None, None].expand(-1, 1, vocab)
+    p_row = p.gather(1, at_row).squeeze(1)
+    x_row = x.gather(1, at_row).squeeze(1)
+    q_row = q.gather(1, row.clamp_max(gamma - 1)[:, None, None].expand(-1, 1, vocab)).squeeze(1) if gamma else p_row
+    noise = resample_noise(seed, offset, position, vocab)
+    residual = torch.clamp(p_row - q_row, min=0)
+    res_token, res_any = race(torch.log(torch.where(residual > 0, residual, torch.zeros(()))), noise)
+    fallback, _ = race(x_row, noise)
+    sampled_residual = torch.where(res_any, res_token, fallback)
+    sampled = torch.where(rejected, sampled_residual, fallback)
+    emitted = torch.where(greedy, argmax.gather(1, row[:, None]).squeeze(1), sampled)
+
+    out = torch.full((requests, gamma + 1), -1, dtype=torch.int64, device=device)
+    keep = steps[None, :gamma] < num_accepted[:, None]
+    out[:, :gamma] = torch.where(keep, tokens, out[:, :gamma])
+    emit_now = ~stopped
+    out[emit_now, num_accepted[emit_now]] = emitted[emit_now]
+    num_emitted = num_accepted + emit_now.long()
+    return out, num_accepted, num_emitted
+
+
+def _nan_argmax(raw: torch.Tensor) -> torch.Tensor:
+    """argmax with NaN read as -inf and the lowest index winning ties."""
+    clean = torch.where(torch.isnan(raw), torch.full_like(raw, float("-inf")), raw)
+    best = clean.amax(-1, keepdim=True)
+    hits = clean == best
+    return hits.float().argmax(-1)  # first True
