@@ -1,0 +1,330 @@
+// CUDA pipeline of dspark::verify_chain (SPEC §4), five launches, no host sync:
+//   1. first_rows: exclusive scan of (ℓ_r + 1), so each request knows where its rows start.
+//   2. row_stats:  every needed row (target rows 0..ℓ_r, draft rows 0..ℓ_r-1 of sampling
+//                  requests) split into chunks of kChunk entries, one block per chunk, all rows
+//                  of the batch at once, so HBM sees the whole batch in parallel. Each block
+//                  writes softmax statistics and the argmax of its chunk.
+//   3. decide:     one warp per request merges the chunk partials and walks k = 1..ℓ reading
+//                  single logits p(x_k), q(x_k); it writes the accepted tokens and, where a
+//                  token must still be drawn (rejection residual or bonus), the row to draw from.
+//   4. resample:   one block per chunk of each drawing row runs the Gumbel race; blocks combine
+//                  with atomicMax on packed (score, index) keys.
+//   5. finalize:   writes the drawn token and num_emitted.
+// Each target row is read once (the drawing row twice); no [N, V] probabilities are formed.
+#include "cuda/common.cuh"
+#include "cuda/verify_chain.h"
+
+namespace dspark::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int64_t kChunk = 16384;  // row entries per block in row_stats and resample
+constexpr int kWarpsPerDecideBlock = 4;
+
+int64_t num_chunks(int64_t vocab) { return (vocab + kChunk - 1) / kChunk; }
+
+struct RowPartial {
+  SoftmaxStats stats;  // of the scaled logits
+  ArgMax argmax;       // of the raw logits
+};
+
+enum Mode : int32_t { kNothingToDraw = 0, kResidual = 1, kBonus = 2 };
+
+// What the resample pass draws for one request.
+struct Decision {
+  SoftmaxStats p, q;   // statistics of the drawing row (q: its draft row, if any)
+  int64_t target_row;  // row of target_logits
+  int64_t draft_row;   // row of draft_logits viewed as [R * γ, V]; -1: q one-hot on `rejected`
+  int64_t rejected;    // the rejected draft token
+  int32_t mode;
+  uint32_t position;   // RNG position of the draw
+};
+
+struct Workspace {
+  int64_t* first_row;        // [R]
+  RowPartial* target_part;   // [R, γ + 1, chunks]
+  SoftmaxStats* draft_part;  // [R, γ, chunks]
+  Decision* decision;        // [R]
+  unsigned long long* keys;  // [R, 2]: residual race, plain race
+};
+
+size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
+
+Workspace carve(void* base, int64_t requests, int64_t gamma, int64_t vocab) {
+  const int64_t chunks = num_chunks(vocab);
+  char* p = static_cast<char*>(base);
+  Workspace w{};
+  w.first_row = reinterpret_cast<int64_t*>(p);
+  p += align_up(sizeof(int64_t) * requests);
+  w.target_part = reinterpret_cast<RowPartial*>(p);
+  p += align_up(sizeof(RowPartial) * requests * (gamma + 1) * chunks);
+  w.draft_part = reinterpret_cast<SoftmaxStats*>(p);
+  p += align_up(sizeof(SoftmaxStats) * requests * gamma * chunks);
+  w.decision = reinterpret_cast<Decision*>(p);
+  p += align_up(sizeof(Decision) * requests);
+  w.keys = reinterpret_cast<unsigned long long*>(p);
+  return w;
+}
+
+__device__ __forceinline__ int64_t clamped_length(const int64_t* lengths, int64_t r, int64_t gamma) {
+  const int64_t l = lengths[r];
+  return l < 0 ? 0 : (l > gamma ? gamma : l);
+}
+
+// One block: exclusive prefix sum of (clamped ℓ_r + 1) over all requests.
+__global__ void first_rows_kernel(const int64_t* __restrict__ lengths, int64_t requests, int64_t gamma,
+                                  int64_t* __restrict__ first_row) {
+  __shared__ int64_t warp_sums[32];
+  __shared__ int64_t carry;
+  if (threadIdx.x == 0) carry = 0;
+  __syncthreads();
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  for (int64_t base = 0; base < requests; base += blockDim.x) {
+    const int64_t r = base + threadIdx.x;
+    const int64_t mine = r < requests ? clamped_length(lengths, r, gamma) + 1 : 0;
+    int64_t incl = mine;
+#pragma unroll
+    for (int o = 1; o < kWarpSize; o <<= 1) {
+      const int64_t up = __shfl_up_sync(0xFFFFFFFFu, incl, o);
+      if (lane >= o) incl += up;
+    }
+    if (lane == kWarpSize - 1) warp_sums[warp] = incl;
+    __syncthreads();
+    if (warp == 0) {
+      int64_t w = lane < static_cast<int>(blockDim.x / kWarpSize) ? warp_sums[lane] : 0;
+#pragma unroll
+      for (int o = 1; o < kWarpSize; o <<= 1) {
+        const int64_t up = __shfl_up_sync(0xFFFFFFFFu, w, o);
+        if (lane >= o) w += up;
+      }
+      warp_sums[lane] = w;  // inclusive scan of warp totals
+    }
+    __syncthreads();
+    const int64_t before = carry + (warp > 0 ? warp_sums[warp - 1] : 0);
+    if (r < requests) first_row[r] = before + incl - mine;
+    __syncthreads();
+    if (threadIdx.x == blockDim.x - 1) carry = before + incl;
+    __syncthreads();
+  }
+}
+
+template <typename TT, typename TD>
+__global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
+  const int64_t slot = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const int64_t target_slots = p.requests * (p.gamma + 1);
+  const bool is_target = slot < target_slots;
+  const int64_t r = is_target ? slot / (p.gamma + 1) : (slot - target_slots) / p.gamma;
+  const int64_t k = is_target ? slot % (p.gamma + 1) : (slot - target_slots) % p.gamma;
+  const int64_t len = clamped_length(p.lengths, r, p.gamma);
+  const float temperature = p.temperature[r];
+  const int64_t row = w.first_row[r] + k;
+  bool needed;
+  if (is_target) {
+    needed = k <= len && row < p.rows;
+  } else {
+    needed = p.draft_logits != nullptr && !is_greedy(temperature) && k < len;
+  }
+  if (!needed) return;  // uniform across the block
+  const int64_t begin = chunk * kChunk;
+  const int64_t end = begin + kChunk < p.vocab ? begin + kChunk : p.vocab;
+  RowPartial acc;
+  if (is_target) {
+    const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
+    for (int64_t v = begin + threadIdx.x; v < end; v += blockDim.x) {
+      const float logit = to_float(src[v]);
+      acc.stats.add(scaled_logit(logit, temperature));
+      acc.argmax.add(logit, v);
+    }
+  } else {
+    const TD* src = static_cast<const TD*>(p.draft_logits) + (r * p.gamma + k) * p.vocab;
+    for (int64_t v = begin + threadIdx.x; v < end; v += blockDim.x)
+      acc.stats.add(scaled_logit(to_float(src[v]), temperature));
+  }
+  __shared__ SoftmaxStats scratch_stats[kThreads / kWarpSize];
+  __shared__ ArgMax scratch_argmax[kThreads / kWarpSize];
+  acc.stats = block_merge(acc.stats, scratch_stats);
+  acc.argmax = block_merge(acc.argmax, scratch_argmax);
+  if (threadIdx.x != 0) return;
+  if (is_target) {
+    w.target_part[slot * chunks + chunk] = acc;
+  } else {
+    w.draft_part[(slot - target_slots) * chunks + chunk] = acc.stats;
+  }
+}
+
+// Merge the chunk partials of one row across a warp; every lane gets the result.
+__device__ RowPartial warp_row(const RowPartial* part, int64_t chunks) {
+  RowPartial acc;
+  for (int64_t c = threadIdx.x % kWarpSize; c < chunks; c += kWarpSize) {
+    acc.stats.merge(part[c].stats);
+    acc.argmax.merge(part[c].argmax);
+  }
+  acc.stats = warp_merge(acc.stats);
+  acc.argmax = warp_merge(acc.argmax);
+  return acc;
+}
+
+__device__ SoftmaxStats warp_stats(const SoftmaxStats* part, int64_t chunks) {
+  SoftmaxStats acc;
+  for (int64_t c = threadIdx.x % kWarpSize; c < chunks; c += kWarpSize) acc.merge(part[c]);
+  return warp_merge(acc);
+}
+
+__device__ bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
+  for (int64_t e = 0; e < num_eos; ++e)
+    if (eos[e] == token) return true;
+  return false;
+}
+
+template <typename TT, typename TD>
+__global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * kWarpsPerDecideBlock + threadIdx.x / kWarpSize;
+  if (r >= p.requests) return;  // whole warps leave together
+  const bool leader = threadIdx.x % kWarpSize == 0;
+  const int64_t len = clamped_length(p.lengths, r, p.gamma);
+  const float T = p.temperature[r];
+  const bool greedy = is_greedy(T);
+  const int64_t first = w.first_row[r];
+  const int64_t* drafts = p.draft_tokens + r * p.gamma;
+  int64_t* out = p.out_tokens + r * (p.gamma + 1);
+  const TT* target = static_cast<const TT*>(p.target_logits);
+  const TD* draft = static_cast<const TD*>(p.draft_logits);
+
+  Decision d;
+  d.mode = kNothingToDraw;
+  d.target_row = d.draft_row = d.rejected = -1;
+  d.position = 0;
+  int64_t accepted = 0, emitted = -1;
+  bool finished = false;  // a rejection, an accepted EOS, or a missing row ended the walk
+  for (int64_t k = 1; k <= len && !finished; ++k) {
+    const int64_t row = first + k - 1;
+    if (row >= p.rows) {  // rows past the end are absent (only without DSPARK_CHECK)
+      finished = true;
+      break;
+    }
+    const RowPartial t = warp_row(w.target_part + (r * (p.gamma + 1) + k - 1) * chunks, chunks);
+    const int64_t x = drafts[k - 1];
+    const bool valid = x >= 0 && x < p.vocab;
+    if (greedy) {
+      const int64_t best = t.argmax.result();
+      if (!valid || x != best) {
+        emitted = best;
+        finished = true;
+        break;
+      }
+    } else {
+      const int64_t draft_row = draft ? r * p.gamma + k - 1 : -1;
+      const SoftmaxStats qs = draft ? warp_stats(w.draft_part + draft_row * chunks, chunks) : SoftmaxStats{};
+      const float p_x = valid ? t.stats.prob(scaled_logit(to_float(target[row * p.vocab + x]), T)) : 0.0f;
+      const float q_x = !valid ? 1.0f
+                        : draft ? qs.prob(scaled_logit(to_float(draft[draft_row * p.vocab + x]), T))
+                                : 1.0f;
+      const float coin = random_uniform(p.seed[r], p.offset[r], Purpose::kChainCoin, static_cast<uint32_t>(k), 0);
+      if (!(coin * q_x < p_x)) {
+        d.p = t.stats;
+        d.q = qs;
+        d.target_row = row;
+        d.draft_row = draft_row;
+        d.rejected = x;
+        d.mode = kResidual;
+        d.position = static_cast<uint32_t>(k);
+        finished = true;
+        break;
+      }
+    }
+    if (leader) out[accepted] = x;
+    ++accepted;
+    if (is_eos(x, p.eos_ids, p.num_eos)) finished = true;
+  }
+  if (!finished && first + len < p.rows) {  // every draft accepted: the bonus token
+    const RowPartial t = warp_row(w.target_part + (r * (p.gamma + 1) + len) * chunks, chunks);
+    if (greedy) {
+      emitted = t.argmax.result();
+    } else {
+      d.p = t.stats;
+      d.target_row = first + len;
+      d.mode = kBonus;
+      d.position = static_cast<uint32_t>(len + 1);
+    }
+  }
+  if (!leader) return;
+  p.num_accepted[r] = accepted;
+  if (emitted >= 0) out[accepted] = emitted;
+  p.num_emitted[r] = accepted + (emitted >= 0 ? 1 : 0);  // finalize adds the drawn token
+  w.decision[r] = d;
+  w.keys[2 * r] = 0;
+  w.keys[2 * r + 1] = 0;
+}
+
+template <typename TT, typename TD>
+__global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
+  const int64_t r = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
+  const Decision d = w.decision[r];
+  if (d.mode == kNothingToDraw) return;
+  const float T = p.temperature[r];
+  const int64_t seed = p.seed[r], offset = p.offset[r];
+  const TT* prow = static_cast<const TT*>(p.target_logits) + d.target_row * p.vocab;
+  const TD* qrow = d.draft_row >= 0 ? static_cast<const TD*>(p.draft_logits) + d.draft_row * p.vocab : nullptr;
+  const int64_t begin = chunk * kChunk;
+  const int64_t end = begin + kChunk < p.vocab ? begin + kChunk : p.vocab;
+  Race residual, plain;
+  for (int64_t v = begin + threadIdx.x; v < end; v += blockDim.x) {
+    const float g = gumbel_from_bits(random_bits(seed, offset, Purpose::kChainResample, d.position, v));
+    const float xv = scaled_logit(to_float(prow[v]), T);
+    plain.add(xv, g, v);
+    if (d.mode == kResidual) {
+      const float pv = d.p.prob(xv);
+      const float qv = qrow ? d.q.prob(scaled_logit(to_float(qrow[v]), T)) : (v == d.rejected ? 1.0f : 0.0f);
+      residual.add(pv > qv ? logf(pv - qv) : -INFINITY, g, v);
+    }
+  }
+  __shared__ uint64_t scratch[kThreads / kWarpSize];
+  const uint64_t best_residual = block_max_u64(residual.best, scratch);
+  const uint64_t best_plain = block_max_u64(plain.best, scratch);
+  if (threadIdx.x == 0) {
+    if (best_residual) atomicMax(&w.keys[2 * r], static_cast<unsigned long long>(best_residual));
+    if (best_plain) atomicMax(&w.keys[2 * r + 1], static_cast<unsigned long long>(best_plain));
+  }
+}
+
+__global__ void finalize_kernel(VerifyChainParams p, Workspace w) {
+  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (r >= p.requests) return;
+  const Decision d = w.decision[r];
+  if (d.mode == kNothingToDraw) return;
+  const uint64_t residual = w.keys[2 * r], plain = w.keys[2 * r + 1];
+  const uint64_t key = (d.mode == kResidual && residual != 0) ? residual : plain;
+  const int64_t accepted = p.num_accepted[r];
+  p.out_tokens[r * (p.gamma + 1) + accepted] = race_index(key);
+  p.num_emitted[r] = accepted + 1;
+}
+
+}  // namespace
+
+size_t verify_chain_workspace_bytes(int64_t requests, int64_t gamma, int64_t vocab) {
+  const int64_t chunks = num_chunks(vocab);
+  return align_up(sizeof(int64_t) * requests) + align_up(sizeof(RowPartial) * requests * (gamma + 1) * chunks) +
+         align_up(sizeof(SoftmaxStats) * requests * gamma * chunks) + align_up(sizeof(Decision) * requests) +
+         align_up(sizeof(unsigned long long) * requests * 2);
+}
+
+cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cudaStream_t stream) {
+  if (p.requests == 0) return cudaSuccess;
+  const int64_t chunks = num_chunks(p.vocab);
+  const Workspace w = carve(workspace, p.requests, p.gamma, p.vocab);
+  first_rows_kernel<<<1, 1024, 0, stream>>>(p.lengths, p.requests, p.gamma, w.first_row);
+  const int64_t slots = p.requests * (2 * p.gamma + 1);
+  const int64_t decide_blocks = (p.requests + kWarpsPerDecideBlock - 1) / kWarpsPerDecideBlock;
+  DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
+    DSPARK_DISPATCH_FLOAT(p.draft_dtype, TD, [&] {
+      row_stats_kernel<TT, TD><<<static_cast<unsigned>(slots * chunks), kThreads, 0, stream>>>(p, w, chunks);
+      decide_kernel<TT, TD><<<static_cast<unsigned>(decide_blocks), kWarpsPerDecideBlock * kWarpSize, 0, stream>>>(
+          p, w, chunks);
+      resample_kernel<TT, TD><<<static_cast<unsigned>(p.requests * chunks), kThreads, 0, stream>>>(p, w, chunks);
+    });
+  });
+  finalize_kernel<<<static_cast<unsigned>((p.requests + 255) / 256), 256, 0, stream>>>(p, w);
+  return cudaGetLastError();
+}
+
+}  // namespace dspark::cuda

@@ -1,0 +1,445 @@
+"""verify_chain (SPEC §4): exact greedy cases, losslessness in distribution, invariances,
+bad inputs, NaN rows, huge vocabularies, opcheck, torch.compile, kernel vs reference."""
+
+import numpy as np
+import pytest
+import torch
+
+import dspark_ops
+from dspark_ops import reference
+from helpers import assert_distribution, requires_cuda
+
+GREEDY, HOT = 0.0, 1.0
+
+
+def call(device, target_logits, drafts, lengths, temperature, seed=None, offset=None, draft_logits=None, eos=None):
+    R = len(drafts)
+    t = lambda x, dt=torch.int64: torch.as_tensor(x, dtype=dt).to(device)
+    seed = t(seed if seed is not None else list(range(R)))
+    offset = t(offset if offset is not None else [0] * R)
+    return dspark_ops.verify_chain(
+        t(target_logits, torch.float32) if not torch.is_tensor(target_logits) else target_logits.to(device),
+        t(drafts), t(lengths), t(temperature, torch.float32), seed, offset,
+        None if draft_logits is None else draft_logits.to(device),
+        None if eos is None else t(eos),
+    )
+
+
+def spike_rows(tokens, vocab):
+    """Logit rows whose argmax is the given token."""
+    rows = torch.zeros(len(tokens), vocab)
+    rows[torch.arange(len(tokens)), torch.tensor(tokens)] = 5.0
+    return rows
+
+
+# ---------------------------------------------------------------- greedy, exact outputs
+
+
+def test_greedy_full_accept_and_bonus(device):
+    out, acc, emit = call(device, spike_rows([3, 1, 4, 2], 6), [[3, 1, 4]], [3], [GREEDY])
+    assert out.tolist() == [[3, 1, 4, 2]] and acc.tolist() == [3] and emit.tolist() == [4]
+
+
+def test_greedy_early_and_first_mismatch(device):
+    rows = torch.cat([spike_rows([3, 5, 0, 0], 6), spike_rows([2, 0], 6)])
+    out, acc, emit = call(device, rows, [[3, 1, 4], [4, 0, 0]], [3, 1], [GREEDY, GREEDY])
+    assert out.tolist() == [[3, 5, -1, -1], [2, -1, -1, -1]]
+    assert acc.tolist() == [1, 0] and emit.tolist() == [2, 1]
+
+
+def test_zero_length_emits_one_token(device):
+    out, acc, emit = call(device, spike_rows([4], 6), [[1, 2]], [0], [GREEDY])
+    assert out.tolist() == [[4, -1, -1]] and acc.tolist() == [0] and emit.tolist() == [1]
+
+
+def test_eos_stops_after_accepted_token(device):
+    out, acc, emit = call(device, spike_rows([3, 5, 0, 1], 6), [[3, 5, 0]], [3], [GREEDY], eos=[5, 9])
+    assert out.tolist() == [[3, 5, -1, -1]] and acc.tolist() == [2] and emit.tolist() == [2]
+
+
+def test_eos_emitted_by_target_is_kept(device):
+    out, acc, emit = call(device, spike_rows([3, 5], 6), [[2, 0]], [1], [GREEDY], eos=[3])
+    assert out.tolist() == [[3, -1, -1]] and acc.tolist() == [0] and emit.tolist() == [1]
+
+
+def test_invalid_drafts_are_never_accepted(device):
+    rows = spike_rows([0, 0, 0, 0, 0, 0], 6)
+    out, acc, emit = call(device, rows, [[-1, 0], [6, 0], [-7, 0]], [1, 1, 1], [GREEDY, HOT, HOT])
+    assert acc.tolist() == [0, 0, 0] and emit.tolist() == [1, 1, 1]
+    assert ((out[:, 0] >= 0) & (out[:, 0] < 6)).all()
+
+
+def test_mixed_lengths_and_temperatures(device):
+    # Request 0 greedy, length 2; request 1 sampling with p one-hot (deterministic), length 3;
+    # request 2 greedy, length 0.
+    big = 30.0
+    r0 = spike_rows([1, 2, 3], 5)
+    r1 = torch.full((4, 5), -big)
+    r1[torch.arange(4), torch.tensor([4, 0, 2, 3])] = big
+    r2 = spike_rows([0], 5)
+    out, acc, emit = call(device, torch.cat([r0, r1, r2]), [[1, 0, 0], [4, 0, 1], [2, 2, 2]], [2, 3, 0],
+                          [GREEDY, 0.7, GREEDY])
+    assert out.tolist() == [[1, 2, -1, -1], [4, 0, 2, -1], [0, -1, -1, -1]]
+    assert acc.tolist() == [1, 2, 0] and emit.tolist() == [2, 3, 1]
+
+
+# ---------------------------------------------------------------- losslessness in distribution
+
+V_SMALL = 5
+P1 = torch.tensor([0.35, 0.05, 0.3, 0.2, 0.1])  # target at position 1
+P2 = torch.tensor([  # target at position 2 given x_1 (rows), a Markov target
+    [0.1, 0.2, 0.3, 0.2, 0.2],
+    [0.5, 0.0, 0.2, 0.2, 0.1],
+    [0.05, 0.05, 0.1, 0.4, 0.4],
+    [0.3, 0.3, 0.2, 0.1, 0.1],
+    [0.25, 0.25, 0.0, 0.25, 0.25],
+])
+Q1 = torch.tensor([0.1, 0.4, 0.2, 0.1, 0.2])  # drafter at position 1
+Q2 = torch.tensor([  # drafter at position 2 given x_1
+    [0.2, 0.2, 0.2, 0.2, 0.2],
+    [0.1, 0.6, 0.1, 0.1, 0.1],
+    [0.4, 0.1, 0.1, 0.1, 0.3],
+    [0.0, 0.5, 0.5, 0.0, 0.0],
+    [0.2, 0.3, 0.1, 0.2, 0.2],
+])
+
+
+def log(p):
+    return torch.log(p.clamp_min(0)).where(p > 0, torch.full_like(p, -1e30))
+
+
+def two_token_outputs(device, requests, temperature, sampled_drafts, lengths):
+    """Run one verify round over a Markov target; where it emitted a single token, draw the
+    second from the target with a second round of length 0 (the next decoding step). Returns
+    the first two generated tokens of every request."""
+    g = torch.Generator().manual_seed(1234)
+    T = temperature
+    if sampled_drafts:
+        x1 = torch.multinomial(Q1, requests, replacement=True, generator=g)
+        x2 = torch.multinomial(Q2[x1], 1, generator=g).squeeze(1)
+        draft_logits = torch.stack([log(Q1).expand(requests, -1), log(Q2[x1])], 1) * T
+    else:  # deterministic drafter: a fixed function of the prefix, q one-hot
+        x1 = torch.full((requests,), 1)
+        x2 = (x1 + 2) % V_SMALL
+        draft_logits = None
+    drafts = torch.stack([x1, x2], 1)
+    rows = []
+    for r in range(requests):
+        ell = int(lengths[r])
+        rr = [log(P1)]
+        if ell >= 1:
+            rr.append(log(P2[x1[r]]))
+        if ell >= 2:
+            rr.append(torch.zeros(V_SMALL))  # position 3: irrelevant for two tokens
+        rows.append(torch.stack(rr) * T)
+    target = torch.cat(rows)
+    seeds = torch.arange(requests) * 7 + 3
+    out, acc, emit = call(device, target, drafts, lengths, [T] * requests, seed=seeds, offset=[11] * requests,
+                          draft_logits=draft_logits)
+    out = out.cpu()
+    y1 = out[:, 0]
+    need = emit.cpu() < 2
+    second = torch.stack([log(P2[y]) for y in y1[need]]) * T
+    out2, _, _ = call(device, second, torch.full((int(need.sum()), 1), -1), [0] * int(need.sum()),
+                      [T] * int(need.sum()), seed=seeds[need], offset=[12] * int(need.sum()))
+    y2 = out[:, 1].clone()
+    y2[need] = out2.cpu()[:, 0]
+    return y1, y2
+
+
+@pytest.mark.parametrize("sampled_drafts", [True, False], ids=["drafts~q", "deterministic"])
+def test_output_distribution_is_the_target(device, sampled_drafts):
+    requests = 12000
+    lengths = torch.arange(requests) % 3  # 0, 1 and 2 drafts verified
+    y1, y2 = two_token_outputs(device, requests, 0.8, sampled_drafts, lengths)
+    assert_distribution(np.bincount(y1.numpy(), minlength=V_SMALL), P1.numpy(), "first token")
+    joint = np.zeros((V_SMALL, V_SMALL))
+    np.add.at(joint, (y1.numpy(), y2.numpy()), 1)
+    assert_distribution(joint, (P1[:, None] * P2).numpy(), "first two tokens")
+
+
+def test_acceptance_rate_matches_theory(device):
+    # With drafts from q, P(accept x_1) = Σ min(p, q); a wrong coin rule would shift it.
+    requests = 20000
+    g = torch.Generator().manual_seed(1234)
+    x1 = torch.multinomial(Q1, requests, replacement=True, generator=g)
+    expected = float(torch.minimum(P1, Q1).sum())
+    draft_logits = torch.stack([log(Q1).expand(requests, -1), log(Q1).expand(requests, -1)], 1)
+    target = torch.stack([log(P1), torch.zeros(V_SMALL)]).repeat(requests, 1)
+    _, acc, _ = call(device, target, torch.stack([x1, x1], 1), [1] * requests, [1.0] * requests,
+                     seed=torch.arange(requests), draft_logits=draft_logits)
+    accepted = int(acc.sum())
+    assert_distribution([accepted, requests - accepted], [expected, 1 - expected], "acceptance of x_1")
+
+
+# ---------------------------------------------------------------- invariances
+
+
+def random_case(R, gamma, V, seed=0, dtype=torch.float32, draft_dtype=None, greedy_every=3):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(0, gamma + 1, (R,), generator=g)
+    N = int((lengths + 1).sum())
+    target = (torch.randn(N, V, generator=g) * 2).to(dtype)
+    draft_logits = (torch.randn(R, gamma, V, generator=g) * 2).to(draft_dtype or dtype)
+    # Drafts: half from the target's argmax (often accepted), half random, a few -1.
+    drafts = torch.randint(-1, V, (R, gamma), generator=g)
+    temperature = torch.rand(R, generator=g) + 0.3
+    temperature[::greedy_every] = 0.0
+    seed_t = torch.randint(0, 2**62, (R,), generator=g)
+    offset = torch.randint(0, 2**40, (R,), generator=g)
+    return target, drafts, lengths, temperature, seed_t, offset, draft_logits
+
+
+def to(device, args):
+    return [a.to(device) if torch.is_tensor(a) else a for a in args]
+
+
+@pytest.mark.parametrize("with_draft", [True, False])
+def test_batch_invariance_and_repeatability(device, with_draft):
+    target, drafts, lengths, temp, seed, offset, dl = to(device, random_case(9, 4, 37, seed=3))
+    dl = dl if with_draft else None
+    full = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl)
+    again = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl)
+    assert all(torch.equal(a, b) for a, b in zip(full, again))
+    first = (torch.cumsum(lengths + 1, 0) - (lengths + 1)).tolist()
+    for r in [0, 4, 8]:
+        rows = target[first[r]:first[r] + int(lengths[r]) + 1]
+        one = dspark_ops.verify_chain(rows, drafts[r:r + 1], lengths[r:r + 1], temp[r:r + 1], seed[r:r + 1],
+                                      offset[r:r + 1], None if dl is None else dl[r:r + 1])
+        assert one[0][0].tolist() == full[0][r].tolist()
+        assert one[1].item() == full[1][r].item() and one[2].item() == full[2][r].item()
+
+
+def test_offset_moves_the_stream(device):
+    R, V = 400, 50
+    target = torch.zeros(R, V, device=device)  # uniform p: the emitted token is pure randomness
+    drafts = torch.full((R, 1), -1, device=device)
+    args = (drafts, torch.zeros(R, dtype=torch.int64, device=device), torch.ones(R, device=device),
+            torch.arange(R, device=device))
+    a = dspark_ops.verify_chain(target, *args, torch.zeros(R, dtype=torch.int64, device=device))[0][:, 0]
+    b = dspark_ops.verify_chain(target, *args, torch.ones(R, dtype=torch.int64, device=device))[0][:, 0]
+    assert (a != b).float().mean() > 0.8
+    assert len(torch.unique(a)) > 40  # different seeds draw different tokens
+    # Same seed and offset everywhere: every request draws the same token.
+    same = dspark_ops.verify_chain(target, drafts, args[1], args[2], torch.full((R,), 5, device=device),
+                                   torch.zeros(R, dtype=torch.int64, device=device))[0][:, 0]
+    assert len(torch.unique(same)) == 1
+
+
+# ---------------------------------------------------------------- kernel vs reference
+
+
+@pytest.mark.parametrize(
+    "R,gamma,V,dtype,draft_dtype",
+    [(1, 1, 7, torch.float32, None), (13, 5, 103, torch.float32, None), (6, 7, 1001, torch.bfloat16, torch.float32),
+     (5, 3, 257, torch.float16, torch.bfloat16), (3, 0, 11, torch.float32, None)],
+)
+@pytest.mark.parametrize("with_draft", [True, False])
+@pytest.mark.parametrize("with_eos", [True, False])
+def test_kernel_matches_reference(device, R, gamma, V, dtype, draft_dtype, with_draft, with_eos):
+    case = random_case(R, gamma, V, seed=R * 100 + V, dtype=dtype, draft_dtype=draft_dtype)
+    target, drafts, lengths, temp, seed, offset, dl = to(device, case)
+    dl = dl if with_draft else None
+    eos = torch.tensor([1, 2, 3], device=device) if with_eos else None
+    got = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl, eos)
+    want = reference.verify_chain(target, drafts, lengths, temp, seed, offset, dl, eos)
+    for g, w, name in zip(got, want, ["out_tokens", "num_accepted", "num_emitted"]):
+        assert torch.equal(g.cpu(), w.cpu()), name
+
+
+def test_non_contiguous_inputs(device):
+    target, drafts, lengths, temp, seed, offset, dl = to(device, random_case(7, 4, 64, seed=5))
+    wide_target = torch.stack([target, target], -1)[..., 0]  # non-contiguous view
+    wide_drafts = torch.stack([drafts, drafts], -1)[..., 1]
+    wide_dl = dl.transpose(0, 1).contiguous().transpose(0, 1)
+    assert not wide_target.is_contiguous() and not wide_drafts.is_contiguous() and not wide_dl.is_contiguous()
+    got = dspark_ops.verify_chain(wide_target, wide_drafts, lengths, temp, seed, offset, wide_dl)
+    want = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+def test_empty_batch(device):
+    out, acc, emit = dspark_ops.verify_chain(
+        torch.zeros(0, 9, device=device), torch.zeros(0, 3, dtype=torch.int64, device=device),
+        torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, device=device),
+        torch.zeros(0, dtype=torch.int64, device=device), torch.zeros(0, dtype=torch.int64, device=device))
+    assert out.shape == (0, 4) and acc.shape == (0,) and emit.shape == (0,)
+
+
+# ---------------------------------------------------------------- robustness
+
+
+@pytest.mark.parametrize("temperature", [GREEDY, HOT])
+@pytest.mark.parametrize("with_draft", [True, False])
+def test_nan_rows_give_in_range_tokens(device, temperature, with_draft):
+    R, gamma, V = 6, 3, 33
+    target = torch.randn(R * (gamma + 1), V, device=device)
+    target[::2] = float("nan")  # whole rows
+    target[1::4, ::3] = float("nan")  # scattered entries
+    dl = torch.randn(R, gamma, V, device=device)
+    dl[::2, 1] = float("nan")
+    drafts = torch.randint(0, V, (R, gamma), device=device)
+    out, acc, emit = dspark_ops.verify_chain(
+        target, drafts, torch.full((R,), gamma, device=device), torch.full((R,), temperature, device=device),
+        torch.arange(R, device=device), torch.zeros(R, dtype=torch.int64, device=device), dl if with_draft else None)
+    written = out[out >= 0]
+    assert (written < V).all() and ((out == -1) | (out >= 0)).all()
+    assert (emit == acc + 1).all()
+
+
+def test_odd_and_large_vocabulary(device):
+    V = 151937
+    R, gamma = 3, 2
+    g = torch.Generator().manual_seed(0)
+    target = torch.randn(R * (gamma + 1), V, generator=g).to(torch.bfloat16).to(device)
+    dl = torch.randn(R, gamma, V, generator=g).to(torch.bfloat16).to(device)
+    best = target.float().argmax(-1).view(R, gamma + 1)
+    drafts = best[:, :gamma].clone()
+    temp = torch.tensor([0.0, 1.0, 0.6], device=device)
+    args = (target, drafts, torch.full((R,), gamma, device=device), temp,
+            torch.arange(R, device=device), torch.zeros(R, dtype=torch.int64, device=device), dl)
+    got = dspark_ops.verify_chain(*args)
+    assert got[0][0].tolist() == best[0].tolist()  # greedy: accepts the argmax chain + bonus
+    want = reference.verify_chain(*args)
+    assert all(torch.equal(a.cpu(), b.cpu()) for a, b in zip(got, want))
+
+
+@pytest.mark.slow
+def test_rows_beyond_2_pow_31_elements(device):
+    # 14,200 rows of 151,937 bf16 logits = 2.16e9 elements (4.3 GB): the last rows start past
+    # 2^31 elements, so a 32-bit row offset would read the wrong memory.
+    V, R = 151937, 14200
+    if device == "cuda" and torch.cuda.get_device_properties(0).total_memory < 16 * 2**30:
+        pytest.skip("needs 16 GiB of GPU memory")
+    target = torch.zeros(R, V, dtype=torch.bfloat16, device=device)
+    spikes = (torch.arange(R, device=device) * 7919 + 13) % V
+    target[torch.arange(R, device=device), spikes] = 1.0
+    assert R * V > 2**31
+    out, acc, emit = dspark_ops.verify_chain(
+        target, torch.full((R, 1), -1, device=device), torch.zeros(R, dtype=torch.int64, device=device),
+        torch.zeros(R, device=device), torch.zeros(R, dtype=torch.int64, device=device),
+        torch.zeros(R, dtype=torch.int64, device=device))
+    assert torch.equal(out[:, 0], spikes)
+    del target
+
+
+def bad_call(device, **override):
+    R, gamma, V = 2, 3, 10
+    args = dict(
+        target_logits=torch.zeros(R * (gamma + 1), V, device=device),
+        draft_tokens=torch.zeros(R, gamma, dtype=torch.int64, device=device),
+        lengths=torch.full((R,), gamma, dtype=torch.int64, device=device),
+        temperature=torch.ones(R, device=device),
+        seed=torch.zeros(R, dtype=torch.int64, device=device),
+        offset=torch.zeros(R, dtype=torch.int64, device=device),
+        draft_logits=torch.zeros(R, gamma, V, device=device),
+        eos_ids=None,
+    )
+    args.update(override)
+    return dspark_ops.verify_chain(**args)
+
+
+@pytest.mark.parametrize(
+    "name,value",
+    [
+        ("target_logits", lambda d: torch.zeros(8, 10, dtype=torch.int64, device=d)),
+        ("target_logits", lambda d: torch.zeros(8, device=d)),
+        ("target_logits", lambda d: torch.zeros(8, 0, device=d)),
+        ("draft_tokens", lambda d: torch.zeros(2, 3, device=d)),
+        ("draft_tokens", lambda d: torch.zeros(6, dtype=torch.int64, device=d)),
+        ("lengths", lambda d: torch.zeros(2, device=d)),
+        ("lengths", lambda d: torch.zeros(3, dtype=torch.int64, device=d)),
+        ("temperature", lambda d: torch.ones(2, dtype=torch.float64, device=d)),
+        ("temperature", lambda d: torch.ones(1, device=d)),
+        ("seed", lambda d: torch.zeros(2, dtype=torch.int32, device=d)),
+        ("offset", lambda d: torch.zeros(2, 1, dtype=torch.int64, device=d)),
+        ("draft_logits", lambda d: torch.zeros(2, 3, 11, device=d)),
+        ("draft_logits", lambda d: torch.zeros(2, 4, 10, device=d)),
+        ("draft_logits", lambda d: torch.zeros(2, 3, 10, dtype=torch.int64, device=d)),
+        ("eos_ids", lambda d: torch.zeros(2, 2, dtype=torch.int64, device=d)),
+        ("eos_ids", lambda d: torch.zeros(2, device=d)),
+    ],
+)
+def test_bad_shapes_and_dtypes(device, name, value):
+    with pytest.raises(RuntimeError, match=f"'{name}'"):
+        bad_call(device, **{name: value(device)})
+
+
+@requires_cuda
+def test_wrong_device_is_named():
+    with pytest.raises(RuntimeError, match="'seed'"):
+        bad_call("cuda", seed=torch.zeros(2, dtype=torch.int64))
+
+
+def test_bad_values_on_cpu():
+    with pytest.raises(RuntimeError, match="'lengths'"):
+        bad_call("cpu", lengths=torch.tensor([4, 2]))
+    with pytest.raises(RuntimeError, match="'lengths'"):
+        bad_call("cpu", lengths=torch.tensor([-1, 2]))
+    with pytest.raises(RuntimeError, match="'target_logits'.*rows"):
+        bad_call("cpu", lengths=torch.tensor([1, 2]))
+
+
+# ---------------------------------------------------------------- torch integration
+
+
+def test_opcheck(device):
+    target, drafts, lengths, temp, seed, offset, dl = to(device, random_case(5, 3, 17, seed=9))
+    for extra in [(dl, torch.tensor([2], device=device)), (None, None)]:
+        torch.library.opcheck(torch.ops.dspark.verify_chain.default,
+                              (target, drafts, lengths, temp, seed, offset) + extra)
+
+
+def test_torch_compile_fullgraph(device):
+    target, drafts, lengths, temp, seed, offset, dl = to(device, random_case(5, 3, 17, seed=11))
+
+    @torch.compile(fullgraph=True, backend="eager" if device == "cpu" else "inductor")
+    def step(target, drafts, lengths, temp, seed, offset, dl):
+        out, acc, emit = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl)
+        return out, acc + 0, emit * 1
+
+    got = step(target, drafts, lengths, temp, seed, offset, dl)
+    want = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+# ---------------------------------------------------------------- CUDA specifics
+
+
+@requires_cuda
+@pytest.mark.parametrize("V,dtype", [(1001, torch.float32), (151937, torch.bfloat16), (32000, torch.float16)])
+def test_cuda_agrees_with_cpu(V, dtype):
+    case = random_case(24, 7, V, seed=V, dtype=dtype)
+    cpu = dspark_ops.verify_chain(*case)
+    gpu = dspark_ops.verify_chain(*to("cuda", case))
+    for c, g in zip(cpu, gpu):
+        assert torch.equal(c, g.cpu())
+
+
+@requires_cuda
+def test_cuda_graph_capture_and_replay():
+    target, drafts, lengths, temp, seed, offset, dl = to("cuda", random_case(8, 4, 300, seed=2, greedy_every=100))
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl)  # warm-up
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl)
+    for new_offset in [3, 4]:
+        offset.fill_(new_offset)
+        graph.replay()
+        want = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl)
+        assert all(torch.equal(a, b) for a, b in zip(out, want))
+
+
+@requires_cuda
+def test_cuda_rows_past_the_end_are_absent():
+    # Without DSPARK_CHECK the kernel trusts lengths; rows it does not have are not read.
+    target = torch.zeros(3, 8, device="cuda")
+    out, acc, emit = dspark_ops.verify_chain(
+        target, torch.zeros(1, 5, dtype=torch.int64, device="cuda"), torch.tensor([5], device="cuda"),
+        torch.zeros(1, device="cuda"), torch.zeros(1, dtype=torch.int64, device="cuda"),
+        torch.zeros(1, dtype=torch.int64, device="cuda"))
+    torch.cuda.synchronize()
+    assert int(emit[0]) <= 3 and ((out >= -1) & (out < 8)).all()
