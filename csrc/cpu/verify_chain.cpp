@@ -1,6 +1,7 @@
 // CPU kernel of dspark::verify_chain (SPEC §4): requests in parallel, each walked left to
 // right. A row is read once for its statistics and once more only where a token is drawn
 // from it (the rejection row or the bonus row); rows after the first rejection are never read.
+// Sampling rows go through vectorised ATen passes (cpu/row_dist.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "common/verify_chain_args.h"
+#include "cpu/row_dist.h"
 #include "cpu/row_ops.h"
 
 namespace dspark::cpu {
@@ -48,23 +50,23 @@ std::pair<int64_t, int64_t> verify_one(const ChainRequest& q, const TT* target, 
       const int64_t best = row_argmax(prow, vocab);
       if (!valid || x != best) emitted = best;
     } else {
-      const SoftmaxStats ps = row_softmax_stats(prow, vocab, T);
+      const RowDist pd = row_dist(prow, vocab, T);
       const TD* qrow = draft ? draft + (request * gamma + k - 1) * vocab : nullptr;
-      const SoftmaxStats qs = qrow ? row_softmax_stats(qrow, vocab, T) : SoftmaxStats{};
-      const float p_x = valid ? ps.prob(scaled_logit(load(prow, x), T)) : 0.0f;
-      const float q_x = !valid ? 1.0f : qrow ? qs.prob(scaled_logit(load(qrow, x), T)) : 1.0f;
+      const RowDist qd = qrow ? row_dist(qrow, vocab, T) : RowDist{};
+      const float p_x = valid ? pd.prob_of(x) : 0.0f;
+      const float q_x = !valid ? 1.0f : qrow ? qd.prob_of(x) : 1.0f;
       const float coin = random_uniform(q.seed, q.offset, Purpose::kChainCoin, k, 0);
       if (!(coin * q_x < p_x)) {
-        // Residual norm(max(0, p - q)); if its mass is 0, p itself (raced alongside).
-        Race residual, fallback;
-        for_each_gumbel(vocab, q.seed, q.offset, Purpose::kChainResample, k, [&](int64_t v, float g) {
-          const float xv = scaled_logit(load(prow, v), T);
-          const float p = ps.prob(xv);
-          const float qv = qrow ? qs.prob(scaled_logit(load(qrow, v), T)) : (v == x ? 1.0f : 0.0f);
-          residual.add(p > qv ? logf(p - qv) : -INFINITY, g, v);
-          fallback.add(xv, g, v);
-        });
-        emitted = residual.empty() ? fallback.index() : residual.index();
+        // Residual norm(max(0, p - q)); if its mass is 0, p itself.
+        const at::Tensor noise = gumbel_row(vocab, q.seed, q.offset, Purpose::kChainResample, k);
+        at::Tensor residual = pd.probs();
+        if (qrow) {
+          residual.sub_(qd.probs());
+        } else if (valid) {
+          residual.data_ptr<float>()[x] -= 1.0f;
+        }
+        emitted = race_winner(residual.clamp_min_(0.0f).log_(), noise);
+        if (emitted < 0) emitted = std::max<int64_t>(race_winner(pd.scaled, noise), 0);
       }
     }
     if (emitted >= 0) {
@@ -79,10 +81,9 @@ std::pair<int64_t, int64_t> verify_one(const ChainRequest& q, const TT* target, 
   if (greedy) {
     q.out[accepted] = row_argmax(prow, vocab);
   } else {
-    Race bonus;
-    for_each_gumbel(vocab, q.seed, q.offset, Purpose::kChainResample, static_cast<uint32_t>(q.length + 1),
-                    [&](int64_t v, float g) { bonus.add(scaled_logit(load(prow, v), T), g, v); });
-    q.out[accepted] = bonus.index();
+    const at::Tensor noise =
+        gumbel_row(vocab, q.seed, q.offset, Purpose::kChainResample, static_cast<uint32_t>(q.length + 1));
+    q.out[accepted] = std::max<int64_t>(race_winner(row_dist(prow, vocab, T).scaled, noise), 0);
   }
   return {accepted, accepted + 1};
 }

@@ -1,0 +1,68 @@
+// Vectorised whole-row helpers for the CPU sampling paths. They run ATen's CPU kernels
+// (runtime-dispatched AVX2/AVX-512 exp and log) on one row at a time, which is several times
+// faster than scalar libm calls; called inside at::parallel_for they run single-threaded.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <cstdint>
+
+#include "dspark/philox.h"
+#include "dspark/sampling.h"
+
+namespace dspark::cpu {
+
+// A row's distribution softmax(row / T) with NaN read as -inf (probability 0).
+struct RowDist {
+  at::Tensor scaled;  // [V] float32, row / T
+  float max = -INFINITY;
+  float sum = 0.0f;
+
+  float prob_of(int64_t v) const {
+    const float x = scaled.data_ptr<float>()[v];
+    return (sum > 0.0f && x > -INFINITY) ? std::exp(x - max) / sum : 0.0f;
+  }
+  // [V] probabilities (all 0 for a row without a finite logit).
+  at::Tensor probs() const {
+    if (!(sum > 0.0f)) return at::zeros_like(scaled);
+    return (scaled - max).exp_().div_(sum);
+  }
+};
+
+template <typename T>
+RowDist row_dist(const T* row, int64_t vocab, float temperature) {
+  const auto dtype = c10::CppTypeToScalarType<T>::value;
+  at::Tensor x = at::from_blob(const_cast<T*>(row), {vocab}, at::TensorOptions().dtype(dtype)).to(at::kFloat);
+  if (x.data_ptr() == static_cast<const void*>(row)) x = x.clone();  // float rows: never write the input
+  x.div_(temperature);
+  x.masked_fill_(x.isnan(), -INFINITY);
+  RowDist d;
+  d.scaled = x;
+  d.max = x.max().item<float>();
+  if (d.max > -INFINITY) d.sum = (x - d.max).exp_().sum().item<float>();
+  return d;
+}
+
+// [V] Gumbel noise -log(-log(U_v)) of (seed, offset, purpose, position, v), as gumbel_from_bits.
+inline at::Tensor gumbel_row(int64_t vocab, int64_t seed, int64_t offset, Purpose purpose, uint32_t position) {
+  auto u = at::empty({vocab}, at::kFloat);
+  float* up = u.data_ptr<float>();
+  for (int64_t base = 0; base < vocab; base += 4) {
+    const Philox4 bits = random_block(seed, offset, purpose, position, static_cast<uint64_t>(base));
+    const int64_t n = vocab - base < 4 ? vocab - base : 4;
+    for (int64_t lane = 0; lane < n; ++lane) up[base + lane] = bits_to_open_uniform(bits.v[lane]);
+  }
+  return u.log_().neg_().log_().neg_();
+}
+
+// The Gumbel-max race of SPEC §2 over log-weights [V]: highest score, lowest index on ties;
+// -inf and NaN never win. Returns -1 when no candidate has a finite log-weight.
+inline int64_t race_winner(const at::Tensor& log_weight, const at::Tensor& gumbel) {
+  auto score = log_weight + gumbel;
+  score.masked_fill_(score.isnan(), -INFINITY);
+  if (!(score.max().item<float>() > -INFINITY)) return -1;
+  return score.argmax().item<int64_t>();  // the first maximal index
+}
+
+}  // namespace dspark::cpu
