@@ -14,11 +14,11 @@ measurements into a dense, monotone table::
 Timing: on CUDA, CUDA events around ``iters`` back-to-back calls (optionally replaying a
 CUDA graph of the step, which removes launch overhead the way a graph-replaying engine
 does); on CPU, ``time.perf_counter``. The per-size time is the median of ``repeats``
-measurements.
+measurements on CUDA and their minimum on CPU (where other processes only ever add time).
 
 Envelope: the raw step times are smoothed with a running median over neighbouring measured
 sizes (``smooth_window``), made non-decreasing in ``B`` by isotonic regression (pool
-adjacent violators), and linearly interpolated onto every ``B`` in ``[0, max_batch]``.
+adjacent violators, on log-time), and linearly interpolated onto every ``B`` in ``[0, max_batch]``.
 ``sps = 1 / time`` is then non-increasing in ``B``: a bigger batch never runs more steps per
 second. The causal scheduler (mode 0) stops at the first throughput drop, so a jagged raw
 curve would make it stop early at a spurious dip; the envelope removes such dips while
@@ -62,7 +62,7 @@ def _running_median(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def monotone_envelope(batch_sizes: Sequence[int], step_seconds: Sequence[float], max_batch: int,
-                      smooth_window: int = 3) -> np.ndarray:
+                      smooth_window: int = 5) -> np.ndarray:
     """Dense ``sps[0..max_batch]`` (float64), non-increasing in ``B``, from measured step times.
 
     ``batch_sizes`` must be strictly increasing and positive. Sizes below the first
@@ -77,7 +77,9 @@ def monotone_envelope(batch_sizes: Sequence[int], step_seconds: Sequence[float],
         raise ValueError("monotone_envelope: batch_sizes must be positive and strictly increasing")
     if not np.all(np.isfinite(t)) or np.any(t <= 0):
         raise ValueError("monotone_envelope: step times must be positive and finite")
-    fitted = isotonic_non_decreasing(_running_median(t, smooth_window))
+    # Isotonic fit of log-time: timing noise is multiplicative (a busy host slows a step by a
+    # factor), and pooling in log space keeps one slow outlier from lifting a whole block.
+    fitted = np.exp(isotonic_non_decreasing(np.log(_running_median(t, smooth_window))))
     dense_t = np.interp(np.arange(max_batch + 1, dtype=np.float64), b, fitted)
     return 1.0 / dense_t
 
@@ -96,7 +98,7 @@ class SPSTable:
     """A profiled steps-per-second table. ``sps[B]`` is the envelope at batch size ``B``."""
 
     batch_sizes: list[int]
-    step_seconds: list[float]  # raw medians, one per measured size
+    step_seconds: list[float]  # raw per-step times, one per measured size
     sps: list[float]  # dense envelope, index B in [0, max_batch]
     meta: dict[str, Any] = field(default_factory=dict)
 
@@ -159,7 +161,7 @@ def profile_sps(
     iters: int = 5,
     repeats: int = 3,
     cuda_graphs: bool = False,
-    smooth_window: int = 3,
+    smooth_window: int = 5,
 ) -> SPSTable:
     """Measure ``step_fn(B)`` (one engine step with ``B`` verify tokens) and build an SPSTable.
 
@@ -174,7 +176,7 @@ def profile_sps(
         device: ``"cuda"`` times with CUDA events on the current stream; CPU uses a timer.
             Default: CUDA if available.
         warmup, iters, repeats: per size, ``warmup`` untimed calls, then ``repeats`` timings
-            of ``iters`` calls each; the median is kept.
+            of ``iters`` calls each; the median (CUDA) or minimum (CPU) is kept.
         cuda_graphs: capture ``step_fn(B)`` into a CUDA graph per size and time replays.
         smooth_window: running-median window over neighbouring sizes before the monotone fit.
     """
@@ -206,7 +208,7 @@ def profile_sps(
             times = [_time_cuda(fn, iters) for _ in range(repeats)]
         else:
             times = [_time_cpu(fn, iters) for _ in range(repeats)]
-        medians.append(statistics.median(times))
+        medians.append(statistics.median(times) if dev.type == "cuda" else min(times))
         del graph
     sps = monotone_envelope(sizes, medians, max_batch, smooth_window)
     meta = {"device": str(dev), "cuda_graphs": bool(cuda_graphs and dev.type == "cuda"), "iters": iters,
