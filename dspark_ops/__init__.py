@@ -8,12 +8,16 @@ below. The contract of every op is SPEC.md (shipped with the repository).
 from . import _library
 from ._library import has_cuda_kernels
 from .rng import Purpose, random_bits
+from .schedule_lengths import schedule_lengths
 from .verify_chain import verify_chain
+from . import scheduling
 
 __all__ = [
     "Purpose",
     "has_cuda_kernels",
     "random_bits",
+    "schedule_lengths",
+    "scheduling",
     "verify_chain",
 ]
 __version__ = "0.1.0"
