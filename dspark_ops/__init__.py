@@ -9,8 +9,25 @@ from . import _library
 from ._library import has_cuda_kernels
 from .rng import Purpose, random_bits
 from .verify_chain import verify_chain
+from . import drafters, targets
+from .generate import (
+    ConfidenceThreshold,
+    FixedLength,
+    GenerateResult,
+    SPSSchedule,
+    generate,
+    target_decode,
+)
 
 __all__ = [
+    "ConfidenceThreshold",
+    "FixedLength",
+    "GenerateResult",
+    "SPSSchedule",
+    "drafters",
+    "generate",
+    "target_decode",
+    "targets",
     "Purpose",
     "has_cuda_kernels",
     "random_bits",
