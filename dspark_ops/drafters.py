@@ -3,9 +3,10 @@
 The drafter protocol (all tensors on the target's device; rows are the batch's active
 requests, in order, exactly as for the target):
 
-``begin(tokens [N], lengths [R], hidden [N, H] | None)``
-    A new batch: the prompts (flattened, as in ``Target.prefill``) and the target's hidden
-    states of every prompt position.
+``begin(tokens [N], lengths [R], hidden [N, H] | None, capacity)``
+    A new batch: the prompts (flattened, as in ``Target.prefill``), the target's hidden
+    states of every prompt position, and the bound on positions any request will reach
+    (prompt + generated + one block), for drafters that preallocate a context cache.
 ``propose(anchor [R], temperature [R], seed [R], offset [R], gamma) -> Proposal``
     Draft ``gamma`` tokens after each request's anchor ``x_0`` (its last committed token,
     not yet seen by the target). Randomness must come from the counter-based generator keyed
@@ -56,7 +57,7 @@ class Proposal:
 class Drafter(Protocol):
     """The drafter protocol of :func:`dspark_ops.generate` (see the module docstring)."""
 
-    def begin(self, tokens: torch.Tensor, lengths: torch.Tensor, hidden: Optional[torch.Tensor]) -> None: ...
+    def begin(self, tokens: torch.Tensor, lengths: torch.Tensor, hidden: Optional[torch.Tensor], capacity: int) -> None: ...
 
     def propose(self, anchor: torch.Tensor, temperature: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, gamma: int) -> Proposal: ...
 
@@ -90,12 +91,11 @@ class TinyDrafter:
     (the last accepted draft, after a full accept).
     """
 
-    def __init__(self, model: TinyCausalLM, capacity: int = 4096):
+    def __init__(self, model: TinyCausalLM):
         self.model = model
-        self.capacity = capacity
 
-    def begin(self, tokens, lengths, hidden):
-        self.model.prefill(tokens, lengths, self.capacity)
+    def begin(self, tokens, lengths, hidden, capacity):
+        self.model.prefill(tokens, lengths, capacity)
 
     def propose(self, anchor, temperature, seed, offset, gamma):
         m = self.model
@@ -139,7 +139,7 @@ class RandomDrafter:
         self.vocab_size = vocab_size
         self.device = device
 
-    def begin(self, tokens, lengths, hidden):
+    def begin(self, tokens, lengths, hidden, capacity):
         pass
 
     def propose(self, anchor, temperature, seed, offset, gamma):
@@ -159,7 +159,7 @@ class AlwaysWrongDrafter:
     """Proposes ``-1`` everywhere (an id that is never accepted): every round emits exactly
     one target token. With ``FixedLength(0)`` it is plain autoregressive decoding."""
 
-    def begin(self, tokens, lengths, hidden):
+    def begin(self, tokens, lengths, hidden, capacity):
         pass
 
     def propose(self, anchor, temperature, seed, offset, gamma):

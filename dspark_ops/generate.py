@@ -256,7 +256,7 @@ def generate(
 
     capacity = max(lengths_host) + max(max_new) + gamma + 1
     pre = target.prefill(flat_prompts, prompt_lens, capacity)
-    drafter.begin(flat_prompts, prompt_lens, pre.hidden)
+    drafter.begin(flat_prompts, prompt_lens, pre.hidden, capacity)
 
     # The first token: the target's own sample from the last prompt position (ℓ = 0).
     no_drafts = torch.full((R, 1), -1, dtype=torch.int64, device=device)
