@@ -275,7 +275,7 @@ def generate(
     reason = ["eos" if e else "length" for e in eos_host]
     active = [i for i in range(R) if not done_host[i]]
     rid = torch.tensor(active, dtype=torch.int64, device=device)
-    if len(active) < R:
+    if active and len(active) < R:
         target.retain(rid)
         drafter.retain(rid)
     temp, seed_t, off0 = temp0[rid], seed0[rid], offset0[rid]
@@ -292,6 +292,7 @@ def generate(
 
         # 1. Draft.
         prop: Proposal = drafter.propose(anchor, temp, seed_t, off, gamma)
+        _check_proposal(prop, A, gamma, target.vocab_size)
         draft_tokens = prop.tokens
         confidence = prop.confidence if prop.confidence is not None else torch.ones(A, gamma, device=device)
         timer.mark("draft")
@@ -355,6 +356,16 @@ def generate(
     buf = out_buf.tolist()
     tokens = [buf[i][: counts[i]] for i in range(R)]
     return GenerateResult(tokens, reason, rounds, gamma, prefill_time)
+
+
+def _check_proposal(prop: Proposal, rows: int, gamma: int, vocab: int) -> None:
+    """Shapes only (no host sync): a drafter bug should fail here, by name."""
+    if tuple(prop.tokens.shape) != (rows, gamma) or prop.tokens.dtype != torch.int64:
+        raise RuntimeError(f"generate: drafter proposed tokens {tuple(prop.tokens.shape)} {prop.tokens.dtype}, expected ({rows}, {gamma}) int64")
+    if prop.draft_logits is not None and tuple(prop.draft_logits.shape) != (rows, gamma, vocab):
+        raise RuntimeError(f"generate: drafter draft_logits {tuple(prop.draft_logits.shape)}, expected ({rows}, {gamma}, {vocab})")
+    if prop.confidence is not None and tuple(prop.confidence.shape) != (rows, gamma):
+        raise RuntimeError(f"generate: drafter confidence {tuple(prop.confidence.shape)}, expected ({rows}, {gamma})")
 
 
 def _verify_dtype(logits: torch.Tensor) -> torch.Tensor:

@@ -184,6 +184,17 @@ class TinyCausalLM(nn.Module):
     def device(self) -> torch.device:
         return self.embed.weight.device
 
+    def perturbed(self, noise: float, seed: int = 1) -> "TinyCausalLM":
+        """A copy with Gaussian noise of std ``noise`` added to every weight: a stand-in
+        draft model that agrees with this one often but not always."""
+        model = TinyCausalLM(self.config, dtype=self.dtype, device=self.device)
+        model.load_state_dict(self.state_dict())
+        gen = torch.Generator().manual_seed(seed)
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
+        return model
+
     @property
     def dtype(self) -> torch.dtype:
         return self.embed.weight.dtype

@@ -12,7 +12,6 @@ import math
 import pytest
 import torch
 
-import dspark_ops
 from dspark_ops import ConfidenceThreshold, FixedLength, SPSSchedule, generate, target_decode
 from dspark_ops.drafters import AlwaysWrongDrafter, Proposal, RandomDrafter, TinyDrafter
 from dspark_ops.targets import HFCausalLM, TinyCausalLM, TinyConfig
@@ -50,13 +49,7 @@ def make_target(device="cpu", seed=0, cfg=CFG):
 
 def make_draft_model(target: TinyCausalLM, noise: float, seed: int = 1):
     """A copy of the target with Gaussian noise on every weight: agrees often, not always."""
-    model = TinyCausalLM(target.config, seed=0, dtype=target.dtype, device=target.device)
-    model.load_state_dict(target.state_dict())
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
-    return model
+    return target.perturbed(noise, seed)
 
 
 def make_prompts(n: int, seed: int = 0, lo: int = 1, hi: int = 12, vocab: int = V) -> list[list[int]]:
@@ -422,6 +415,16 @@ def test_zero_prompts_and_bad_arguments(target):
         generate(target, AlwaysWrongDrafter(), [[1], [2]], temperature=[0.0])
     with pytest.raises(ValueError, match="gamma"):
         generate(target, AlwaysWrongDrafter(), [[1]], gamma=0)
+    # Every request done at the prefill (max_new_tokens 1 or 0): no round at all.
+    res = generate(target, AlwaysWrongDrafter(), [[1, 2], [3]], max_new_tokens=[1, 0])
+    assert res.num_rounds == 0 and [len(t) for t in res.tokens] == [1, 0]
+
+    class BadDrafter(AlwaysWrongDrafter):
+        def propose(self, anchor, temperature, seed, offset, gamma):
+            return Proposal(torch.zeros(anchor.shape[0], gamma + 1, dtype=torch.int64))
+
+    with pytest.raises(RuntimeError, match="drafter proposed tokens"):
+        generate(target, BadDrafter(), [[1]], max_new_tokens=4)
 
 
 # --------------------------------------------------------------------------------------
