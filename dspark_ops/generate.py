@@ -105,6 +105,16 @@ class RoundStats:
     emitted: list[int]
     times: dict[str, float]
 
+    def position_counts(self, gamma: int) -> tuple[list[int], list[int]]:
+        """(tried[k-1], accepted[k-1]) for k = 1..γ: position k was verified when the first
+        k-1 drafts were accepted and k ≤ ℓ; the ratio is the conditional acceptance."""
+        tried, ok = [0] * gamma, [0] * gamma
+        for l, a in zip(self.lengths, self.accepted):
+            for k in range(min(a + 1, l)):
+                tried[k] += 1
+                ok[k] += k < a
+        return tried, ok
+
 
 @dataclasses.dataclass
 class GenerateResult:
@@ -133,14 +143,13 @@ class GenerateResult:
 
     def acceptance_by_position(self) -> list[float]:
         """Per draft position k = 1..γ: P(x_k accepted | x_1..x_{k-1} accepted and k ≤ ℓ),
-        over all rounds and requests (NaN where position k was never verified)."""
-        tried = [0] * self.gamma
-        ok = [0] * self.gamma
+        over all rounds and requests (NaN where position k was never verified). Each
+        round's own counts are :meth:`RoundStats.position_counts`."""
+        tried, ok = [0] * self.gamma, [0] * self.gamma
         for s in self.rounds:
-            for l, a in zip(s.lengths, s.accepted):
-                for k in range(min(a + 1, l)):  # positions 1..min(a+1, ℓ) were tried
-                    tried[k] += 1
-                    ok[k] += k < a
+            t, a = s.position_counts(self.gamma)
+            tried = [x + y for x, y in zip(tried, t)]
+            ok = [x + y for x, y in zip(ok, a)]
         return [o / t if t else float("nan") for o, t in zip(ok, tried)]
 
     def stage_times(self) -> dict[str, float]:

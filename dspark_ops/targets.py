@@ -314,12 +314,15 @@ class HFCausalLM:
         self.hidden_layers = tuple(hidden_layers)
         self.vocab_size = model.config.vocab_size
         self.device = next(model.parameters()).device
+        import inspect
+
+        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
         self._cache = None
         self._mask = None
         self._next_pos = None
         self._valid = None
 
-    def _forward(self, ids, mask, pos):
+    def _forward(self, ids, mask, pos, **extra):
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
@@ -327,6 +330,7 @@ class HFCausalLM:
             past_key_values=self._cache,
             use_cache=True,
             output_hidden_states=bool(self.hidden_layers),
+            **extra,
         )
         self._cache = out.past_key_values
         return out
@@ -346,11 +350,21 @@ class HFCausalLM:
         ids, rows, cols = pad_ragged(tokens, lengths, width)
         steps = torch.arange(width, device=tokens.device)
         valid = steps[None] < lengths[:, None]
-        self._cache = DynamicCache(config=self.model.config)
+        try:
+            self._cache = DynamicCache(config=self.model.config)
+        except TypeError:  # transformers < 4.56
+            self._cache = DynamicCache()
         self._mask = valid.long()
-        out = self._forward(ids, self._mask, steps.expand(R, -1))
+        # Only the last prompt position of each request needs logits ([R, L, V] can be GBs):
+        # ask for the distinct last positions through `logits_to_keep` where supported.
+        last_pos = (lengths - 1).clamp_min(0)
+        extra, pick = {}, last_pos
+        if self._keeps_logits:
+            keep_pos, pick = torch.unique(last_pos, return_inverse=True)
+            extra["logits_to_keep"] = keep_pos
+        out = self._forward(ids, self._mask, steps.expand(R, -1), **extra)
         self._next_pos = lengths.clone()
-        last = out.logits[torch.arange(R, device=ids.device), (lengths - 1).clamp_min(0)]
+        last = out.logits[torch.arange(R, device=ids.device), pick]
         return TargetOutput(last, self._hidden(out, rows, cols))
 
     @torch.no_grad()
