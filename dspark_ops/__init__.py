@@ -10,9 +10,25 @@ from ._library import has_cuda_kernels
 from .rng import Purpose, random_bits
 from .schedule_lengths import schedule_lengths
 from .verify_chain import verify_chain
-from . import scheduling
+from . import drafters, scheduling, targets
+from .generate import (
+    ConfidenceThreshold,
+    FixedLength,
+    GenerateResult,
+    SPSSchedule,
+    generate,
+    target_decode,
+)
 
 __all__ = [
+    "ConfidenceThreshold",
+    "FixedLength",
+    "GenerateResult",
+    "SPSSchedule",
+    "drafters",
+    "generate",
+    "target_decode",
+    "targets",
     "Purpose",
     "has_cuda_kernels",
     "random_bits",

@@ -1,0 +1,172 @@
+"""Drafters for :func:`dspark_ops.generate`: the protocol and simple built-in drafters.
+
+The drafter protocol (all tensors on the target's device; rows are the batch's active
+requests, in order, exactly as for the target):
+
+``begin(tokens [N], lengths [R], hidden [N, H] | None, capacity)``
+    A new batch: the prompts (flattened, as in ``Target.prefill``), the target's hidden
+    states of every prompt position, and the bound on positions any request will reach
+    (prompt + generated + one block), for drafters that preallocate a context cache.
+``propose(anchor [R], temperature [R], seed [R], offset [R], gamma) -> Proposal``
+    Draft ``gamma`` tokens after each request's anchor ``x_0`` (its last committed token,
+    not yet seen by the target). Randomness must come from the counter-based generator keyed
+    by ``(seed, offset)`` (``Purpose.DRAFT_SAMPLE``, position k, index = vocab id, as
+    ``markov_draft`` does) so that runs are reproducible and batch invariant.
+``commit(tokens [N], lengths [R], keep [R], hidden [N, H] | None)``
+    The round's verify inputs ``[x_0, x_1 .. x_ℓ]`` (flattened, ``lengths = ℓ + 1``) and the
+    target's hidden states for them; the first ``keep[r]`` of them (the anchor and the
+    accepted drafts) are now committed context. The next anchor comes with ``propose``.
+``retain(index [A])``
+    Keep only the requests ``index`` (finished requests leave the batch).
+
+A :class:`Proposal` carries ``tokens [R, γ]`` int64, ``draft_logits [R, γ, V]`` or None and
+``confidence [R, γ]`` float32 or None. Sampled drafts (``T > 0``) must be drawn from
+``softmax(draft_logits / T)`` computed from exactly the returned values (or be
+deterministic, with ``draft_logits = None``): that is what keeps verification lossless.
+``confidence[r, k-1]`` estimates P(x_k accepted | x_1..x_{k-1} accepted) and feeds the
+length schedulers; None means all ones.
+
+The DSpark drafter (``dspark_ops.drafter``) implements this protocol around
+``block_attention`` and ``markov_draft``. The drafters here need neither and exist for
+tests, demos and baselines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional, Protocol
+
+import torch
+
+from .reference.rng import gumbel
+from .rng import Purpose, random_bits
+from .targets import TinyCausalLM, pad_ragged
+
+GREEDY_TEMPERATURE = 1e-5
+
+
+@dataclasses.dataclass
+class Proposal:
+    """A drafted block: ``tokens [R, γ]``, ``draft_logits [R, γ, V]`` or None, ``confidence [R, γ]`` or None."""
+
+    tokens: torch.Tensor
+    draft_logits: Optional[torch.Tensor] = None
+    confidence: Optional[torch.Tensor] = None
+
+
+class Drafter(Protocol):
+    """The drafter protocol of :func:`dspark_ops.generate` (see the module docstring)."""
+
+    def begin(self, tokens: torch.Tensor, lengths: torch.Tensor, hidden: Optional[torch.Tensor], capacity: int) -> None: ...
+
+    def propose(self, anchor: torch.Tensor, temperature: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, gamma: int) -> Proposal: ...
+
+    def commit(self, tokens: torch.Tensor, lengths: torch.Tensor, keep: torch.Tensor, hidden: Optional[torch.Tensor]) -> None: ...
+
+    def retain(self, index: torch.Tensor) -> None: ...
+
+
+def sample_logits(logits: torch.Tensor, temperature: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor, position: int) -> torch.Tensor:
+    """One token per row from ``softmax(logits / T)`` by the Gumbel-max race with noise of
+    ``Purpose.DRAFT_SAMPLE`` at ``position`` (index = vocab id), or ``argmax logits`` (lowest
+    index on ties) where ``T <= 1e-5``. ``logits [R, V]`` float; NaN counts as -inf.
+    The same numbers as ``markov_draft`` draws for block position ``position``."""
+    vocab = logits.shape[-1]
+    x = logits.float()
+    x = torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x)
+    greedy = temperature <= GREEDY_TEMPERATURE
+    t = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
+    noise = gumbel(random_bits(seed, offset, Purpose.DRAFT_SAMPLE, position, vocab))
+    score = torch.where(greedy[:, None], x, x / t + noise)
+    return score.argmax(-1)  # torch.argmax returns the first maximal index
+
+
+class TinyDrafter:
+    """A small autoregressive draft model (any :class:`TinyCausalLM`) run γ steps per round.
+
+    It ignores the target's hidden states. ``draft_logits`` are its float32 logits and each
+    ``x_k`` is sampled from exactly those values; ``confidence`` is the top-1 probability of
+    ``softmax(L_k)`` (a heuristic, uncalibrated). After a round it keeps the cache entries
+    of the drafts that the target accepted and only runs the one token it has not seen
+    (the last accepted draft, after a full accept).
+    """
+
+    def __init__(self, model: TinyCausalLM):
+        self.model = model
+
+    def begin(self, tokens, lengths, hidden, capacity):
+        self.model.prefill(tokens, lengths, capacity)
+
+    def propose(self, anchor, temperature, seed, offset, gamma):
+        m = self.model
+        self._base = m.cache_lens
+        ones = torch.ones_like(anchor)
+        x = anchor
+        tokens, logits = [], []
+        for k in range(1, gamma + 1):
+            step = m.step(x[:, None])[:, 0].float()
+            m.rollback(ones)
+            x = sample_logits(step, temperature, seed, offset, k)
+            tokens.append(x)
+            logits.append(step)
+        tokens = torch.stack(tokens, 1)
+        logits = torch.stack(logits, 1)
+        confidence = torch.softmax(logits, -1).amax(-1)
+        self._gamma = gamma
+        return Proposal(tokens, logits, confidence)
+
+    def commit(self, tokens, lengths, keep, hidden):
+        # The cache holds x_0 .. x_{γ-1} after the base; keep the committed ones and feed
+        # x_γ where all γ drafts were accepted (keep = γ + 1).
+        m = self.model
+        seen = keep.clamp_max(self._gamma)
+        m.cache_lens = self._base + seen
+        extra = keep - seen  # 0 or 1
+        padded, _, _ = pad_ragged(tokens, lengths, self._gamma + 1)
+        last = padded[:, self._gamma]
+        m.step(last[:, None])
+        m.rollback(extra)
+
+    def retain(self, index):
+        self.model.retain(index)
+
+
+class RandomDrafter:
+    """Proposes tokens drawn uniformly from the vocabulary (``draft_logits`` all zero, so
+    ``q`` is uniform at every temperature): mostly wrong, still exactly verifiable."""
+
+    def __init__(self, vocab_size: int, device=None):
+        self.vocab_size = vocab_size
+        self.device = device
+
+    def begin(self, tokens, lengths, hidden, capacity):
+        pass
+
+    def propose(self, anchor, temperature, seed, offset, gamma):
+        R, V = anchor.shape[0], self.vocab_size
+        logits = torch.zeros(R, gamma, V, device=anchor.device)
+        noise = torch.stack([gumbel(random_bits(seed, offset, Purpose.DRAFT_SAMPLE, k, V)) for k in range(1, gamma + 1)], 1)
+        return Proposal(noise.argmax(-1), logits, None)
+
+    def commit(self, tokens, lengths, keep, hidden):
+        pass
+
+    def retain(self, index):
+        pass
+
+
+class AlwaysWrongDrafter:
+    """Proposes ``-1`` everywhere (an id that is never accepted): every round emits exactly
+    one target token. With ``FixedLength(0)`` it is plain autoregressive decoding."""
+
+    def begin(self, tokens, lengths, hidden, capacity):
+        pass
+
+    def propose(self, anchor, temperature, seed, offset, gamma):
+        return Proposal(torch.full((anchor.shape[0], gamma), -1, dtype=torch.int64, device=anchor.device))
+
+    def commit(self, tokens, lengths, keep, hidden):
+        pass
+
+    def retain(self, index):
+        pass
