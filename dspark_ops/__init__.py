@@ -7,10 +7,15 @@ below. The contract of every op is SPEC.md (shipped with the repository).
 
 from . import _library
 from ._library import has_cuda_kernels
+from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
 from .rng import Purpose, random_bits
 from .verify_chain import verify_chain
 
 __all__ = [
+    "append_context_kv",
+    "block_attention",
+    "qk_norm_rope",
+    "rms_norm",
     "Purpose",
     "has_cuda_kernels",
     "random_bits",
