@@ -1,0 +1,463 @@
+// CUDA kernels of the block-draft ops (SPEC §7). No torch headers: launchers take raw
+// pointers (see block_draft.h). The arithmetic mirrors csrc/cpu/block_draft.cpp.
+//
+// block_attention is a decode-style split-KV attention. One CTA owns one (request, kv head,
+// slice of up to 32 query rows, key split). Its query rows are the γ·(Hq/Hkv) queries that
+// share the kv head (row ρ = t·G + g is block position t, query head h·G + g), so every K/V
+// tile it loads from HBM serves all of them. Keys of request r are numbered
+// 0 .. len + γ - 1: key j < len is cache slot j, key len + t is block key t (non-causal: all
+// of them are visible to every block query). The keys are cut into `splits` equal ranges
+// (split-K); each CTA runs an online softmax in float32 (base 2, the scale folded into q)
+// over its range, and a combine kernel merges the per-split (max, sum, unnormalised output)
+// when splits > 1. The number of splits depends on shapes only, and the key range of a split
+// is computed on the device from cache_lens, so the launch never syncs with the host and can
+// be captured in a CUDA graph.
+#include "cuda/block_draft.h"
+#include "cuda/common.cuh"
+#include "dspark/rope.h"
+
+namespace dspark::cuda {
+namespace {
+
+constexpr int kAttnThreads = 128;
+constexpr int kAttnWarps = kAttnThreads / kWarpSize;
+constexpr int kTile = 32;                            // keys per tile: one per lane for the scores
+constexpr int kMaxRows = 32;                         // query rows per CTA
+constexpr int kRowsPerWarp = kMaxRows / kAttnWarps;  // rows ρ = warp + i·kAttnWarps
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <typename T>
+__device__ __forceinline__ float round_to(float x) {
+  return to_float(from_float<T>(x));
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
+  return v;
+}
+
+// Loads N consecutive elements at p as float: one 16-byte load when `aligned`.
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(const T* p, float* dst, bool aligned) {
+  static_assert(N * sizeof(T) == 16, "one 16-byte vector");
+  if (aligned) {
+    alignas(16) T vals[N];
+    *reinterpret_cast<uint4*>(vals) = __ldg(reinterpret_cast<const uint4*>(p));
+#pragma unroll
+    for (int e = 0; e < N; ++e) dst[e] = to_float(vals[e]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < N; ++e) dst[e] = to_float(p[e]);
+  }
+}
+
+template <int DH>
+constexpr size_t attention_smem_bytes() {
+  // q_s [kMaxRows][DH] + k_s [kTile][DH + 4] + v_s [kTile][DH], float32.
+  return sizeof(float) * (static_cast<size_t>(kMaxRows) * DH + kTile * (DH + 4) + kTile * DH);
+}
+
+template <typename T, int DH>
+__global__ void __launch_bounds__(kAttnThreads)
+    block_attention_kernel(const BlockAttentionArgs a, const int row_chunks, const bool aligned) {
+  static_assert(DH % kWarpSize == 0 && DH % 8 == 0, "head dim");
+  constexpr int kVec = 16 / sizeof(T);
+  constexpr int kVecPerRow = DH / kVec;
+  constexpr int kKStride = DH + 4;  // float4-aligned rows; conflict-free float4 reads by lane
+  constexpr int kPerLane = DH / kWarpSize;
+  extern __shared__ float4 smem_raw[];
+  float* q_s = reinterpret_cast<float*>(smem_raw);
+  float* k_s = q_s + kMaxRows * DH;
+  float* v_s = k_s + kTile * kKStride;
+
+  const int splits = a.splits;
+  int64_t bid = blockIdx.x;
+  const int split = static_cast<int>(bid % splits);
+  bid /= splits;
+  const int chunk = static_cast<int>(bid % row_chunks);
+  bid /= row_chunks;
+  const int64_t h = bid % a.kv_heads;
+  const int64_t r = bid / a.kv_heads;
+  const int64_t group = a.q_heads / a.kv_heads;
+  const int64_t row0 = static_cast<int64_t>(chunk) * kMaxRows;
+  const int64_t rows_left = a.gamma * group - row0;
+  const int nrows = rows_left < kMaxRows ? static_cast<int>(rows_left) : kMaxRows;
+  const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
+
+  // Index of local query row rho in q / out (as rows of Dh elements).
+  auto q_row = [&](int rho) {
+    const int64_t rg = row0 + rho;
+    return (r * a.gamma + rg / group) * a.q_heads + h * group + rg % group;
+  };
+
+  const T* q = static_cast<const T*>(a.q);
+  const float qscale = a.scale * kLog2e;
+  for (int e = tid; e < kMaxRows * DH; e += kAttnThreads) {
+    const int rho = e / DH, d = e % DH;
+    q_s[e] = rho < nrows ? to_float(q[q_row(rho) * DH + d]) * qscale : 0.0f;
+  }
+
+  int64_t len = a.cache_lens[r];
+  len = len < 0 ? 0 : (len > a.max_len ? a.max_len : len);  // clamp, never a host check
+  const int64_t keys = len + a.gamma;
+  int64_t per = (keys + splits - 1) / splits;
+  per = (per + kTile - 1) / kTile * kTile;
+  const int64_t kbeg = split * per;
+  const int64_t kend = kbeg + per < keys ? kbeg + per : keys;
+
+  const T* k_cache = static_cast<const T*>(a.k_cache);
+  const T* v_cache = static_cast<const T*>(a.v_cache);
+  const T* k_block = static_cast<const T*>(a.k_block);
+  const T* v_block = static_cast<const T*>(a.v_block);
+
+  float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kPerLane];
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    m[i] = -INFINITY;
+    l[i] = 0.0f;
+#pragma unroll
+    for (int c = 0; c < kPerLane; ++c) acc[i][c] = 0.0f;
+  }
+  __syncthreads();
+
+  for (int64_t j0 = kbeg; j0 < kend; j0 += kTile) {
+    // K/V tile -> shared memory (float32), zeros past the split's end.
+    for (int idx = tid; idx < kTile * kVecPerRow; idx += kAttnThreads) {
+      const int jj = idx / kVecPerRow, dv = (idx % kVecPerRow) * kVec;
+      const int64_t j = j0 + jj;
+      float kv[kVec], vv[kVec];
+      if (j < kend) {
+        const T *kp, *vp;
+        if (j < len) {
+          kp = k_cache + r * a.k_stride_r + j * a.k_stride_l + h * a.k_stride_h;
+          vp = v_cache + r * a.v_stride_r + j * a.v_stride_l + h * a.v_stride_h;
+        } else {
+          const int64_t off = ((r * a.gamma + (j - len)) * a.kv_heads + h) * DH;
+          kp = k_block + off;
+          vp = v_block + off;
+        }
+        load_vec<T, kVec>(kp + dv, kv, aligned);
+        load_vec<T, kVec>(vp + dv, vv, aligned);
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) kv[e] = vv[e] = 0.0f;
+      }
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) {
+        k_s[jj * kKStride + dv + e] = kv[e];
+        v_s[jj * DH + dv + e] = vv[e];
+      }
+    }
+    __syncthreads();
+
+    // Scores: lane = key, each warp its rows (rows past nrows have q = 0 and are dropped).
+    float s[kRowsPerWarp];
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) s[i] = 0.0f;
+#pragma unroll 4
+    for (int d = 0; d < DH; d += 4) {
+      const float4 kd = *reinterpret_cast<const float4*>(&k_s[lane * kKStride + d]);
+#pragma unroll
+      for (int i = 0; i < kRowsPerWarp; ++i) {
+        const float4 qd = *reinterpret_cast<const float4*>(&q_s[(warp + i * kAttnWarps) * DH + d]);
+        s[i] += qd.x * kd.x + qd.y * kd.y + qd.z * kd.z + qd.w * kd.w;
+      }
+    }
+    const bool valid = j0 + lane < kend;  // lane 0 is always valid inside the loop
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+      const float sv = valid ? s[i] : -INFINITY;
+      const float m_new = fmaxf(m[i], warp_max(sv));
+      const float p = valid ? exp2f(sv - m_new) : 0.0f;
+      const float corr = exp2f(m[i] - m_new);  // 0 while m[i] = -inf
+      l[i] = l[i] * corr + warp_sum(p);
+      m[i] = m_new;
+#pragma unroll
+      for (int c = 0; c < kPerLane; ++c) acc[i][c] *= corr;
+      s[i] = p;
+    }
+    // Output: lane owns dims lane + 32c; p_j broadcast from lane j.
+#pragma unroll 4
+    for (int jj = 0; jj < kTile; ++jj) {
+      float vv[kPerLane];
+#pragma unroll
+      for (int c = 0; c < kPerLane; ++c) vv[c] = v_s[jj * DH + lane + c * kWarpSize];
+#pragma unroll
+      for (int i = 0; i < kRowsPerWarp; ++i) {
+        const float pj = __shfl_sync(0xFFFFFFFFu, s[i], jj);
+#pragma unroll
+        for (int c = 0; c < kPerLane; ++c) acc[i][c] += pj * vv[c];
+      }
+    }
+    __syncthreads();  // the next tile overwrites k_s / v_s
+  }
+
+#pragma unroll
+  for (int i = 0; i < kRowsPerWarp; ++i) {
+    const int rho = warp + i * kAttnWarps;
+    if (rho >= nrows) continue;
+    const int64_t row = q_row(rho);
+    if (splits == 1) {
+      // keys >= γ >= 1, so l > 0.
+      const float inv = 1.0f / l[i];
+      T* out = static_cast<T*>(a.out) + row * DH;
+#pragma unroll
+      for (int c = 0; c < kPerLane; ++c) out[lane + c * kWarpSize] = from_float<T>(acc[i][c] * inv);
+    } else {
+      const int64_t slot = row * splits + split;
+#pragma unroll
+      for (int c = 0; c < kPerLane; ++c) a.partial_o[slot * DH + lane + c * kWarpSize] = acc[i][c];
+      if (lane == 0) {
+        a.partial_ml[slot * 2] = m[i];
+        a.partial_ml[slot * 2 + 1] = l[i];
+      }
+    }
+  }
+}
+
+// One warp per output row: merges the splits' (max, sum, unnormalised output).
+template <typename T>
+__global__ void block_attention_combine_kernel(const float* __restrict__ partial_o,
+                                               const float* __restrict__ partial_ml, T* __restrict__ out,
+                                               int64_t rows, int splits, int64_t head_dim) {
+  const int warps_per_block = blockDim.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  for (int64_t row = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; row < rows;
+       row += static_cast<int64_t>(gridDim.x) * warps_per_block) {
+    const float* ml = partial_ml + row * splits * 2;
+    float mx = -INFINITY;
+    for (int s = 0; s < splits; ++s) mx = fmaxf(mx, ml[2 * s]);
+    float den = 0.0f;
+    for (int s = 0; s < splits; ++s) den += ml[2 * s] == -INFINITY ? 0.0f : exp2f(ml[2 * s] - mx) * ml[2 * s + 1];
+    const float inv = 1.0f / den;
+    for (int64_t d = lane; d < head_dim; d += kWarpSize) {
+      float num = 0.0f;
+      for (int s = 0; s < splits; ++s) {
+        if (ml[2 * s] == -INFINITY) continue;
+        num += exp2f(ml[2 * s] - mx) * partial_o[(row * splits + s) * head_dim + d];
+      }
+      out[row * head_dim + d] = from_float<T>(num * inv);
+    }
+  }
+}
+
+template <typename T, int DH>
+cudaError_t run_block_attention(const BlockAttentionArgs& a, bool aligned, cudaStream_t stream) {
+  constexpr size_t smem = attention_smem_bytes<DH>();
+  auto kernel = block_attention_kernel<T, DH>;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+  if (err != cudaSuccess) return err;
+  const int64_t group = a.q_heads / a.kv_heads;
+  const int64_t chunks = (a.gamma * group + kMaxRows - 1) / kMaxRows;
+  const int64_t blocks = a.requests * a.kv_heads * chunks * a.splits;
+  if (blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
+  kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(a, static_cast<int>(chunks), aligned);
+  err = cudaGetLastError();
+  if (err != cudaSuccess || a.splits == 1) return err;
+  const int64_t rows = a.requests * a.gamma * a.q_heads;
+  const int threads = 256;
+  int64_t cblocks = (rows + threads / kWarpSize - 1) / (threads / kWarpSize);
+  if (cblocks > (1 << 20)) cblocks = 1 << 20;
+  block_attention_combine_kernel<T><<<static_cast<unsigned>(cblocks), threads, 0, stream>>>(
+      a.partial_o, a.partial_ml, static_cast<T*>(a.out), rows, a.splits, DH);
+  return cudaGetLastError();
+}
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+// ---------------------------------------------------------------------------------------
+// rms_norm, qk_norm_rope, append_context_kv
+
+__device__ __forceinline__ float block_sum(float v, float* scratch) {
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
+  v = warp_sum(v);
+  if (lane == 0) scratch[warp] = v;
+  __syncthreads();
+  v = lane < warps ? scratch[lane] : 0.0f;
+  v = warp_sum(v);
+  __syncthreads();
+  return v;
+}
+
+template <typename T>
+__global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ out,
+                                int64_t rows, int64_t dim, float eps) {
+  __shared__ float scratch[kWarpSize];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* xr = x + row * dim;
+    float ss = 0.0f;
+    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
+      const float v = to_float(xr[d]);
+      ss += v * v;
+    }
+    ss = block_sum(ss, scratch);
+    const float rs = 1.0f / sqrtf(ss / static_cast<float>(dim) + eps);
+    for (int64_t d = threadIdx.x; d < dim; d += blockDim.x)
+      out[row * dim + d] = from_float<T>(to_float(weight[d]) * round_to<T>(to_float(xr[d]) * rs));
+  }
+}
+
+// y = RoPE(RMSNorm(x) * w) at `position` for one head row, by one warp (dspark/rope.h).
+template <typename T>
+__device__ __forceinline__ void warp_norm_rope(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
+                                               int64_t dh, int64_t position, float eps, float theta, int lane) {
+  float ss = 0.0f;
+  for (int64_t d = lane; d < dh; d += kWarpSize) {
+    const float v = to_float(x[d]);
+    ss += v * v;
+  }
+  ss = warp_sum(ss);
+  const float rs = 1.0f / sqrtf(ss / static_cast<float>(dh) + eps);
+  const int64_t half = dh / 2;
+  for (int64_t i = lane; i < half; i += kWarpSize) {
+    const float a = round_to<T>(to_float(w[i]) * round_to<T>(to_float(x[i]) * rs));
+    const float b = round_to<T>(to_float(w[i + half]) * round_to<T>(to_float(x[i + half]) * rs));
+    const float angle = rope_angle(position, i, dh, theta);
+    const float c = round_to<T>(cosf(angle)), s = round_to<T>(sinf(angle));
+    y[i] = from_float<T>(round_to<T>(a * c) - round_to<T>(b * s));
+    y[i + half] = from_float<T>(round_to<T>(b * c) + round_to<T>(a * s));
+  }
+}
+
+template <typename T>
+__global__ void qk_norm_rope_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ qw,
+                                    const T* __restrict__ kw, const int64_t* __restrict__ positions,
+                                    T* __restrict__ q_out, T* __restrict__ k_out, int64_t tokens, int64_t hq,
+                                    int64_t hk, int64_t dh, float eps, float theta) {
+  const int warps_per_block = blockDim.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int64_t rows = tokens * (hq + hk);
+  for (int64_t wi = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; wi < rows;
+       wi += static_cast<int64_t>(gridDim.x) * warps_per_block) {
+    const int64_t n = wi / (hq + hk), h = wi % (hq + hk);
+    if (h < hq)
+      warp_norm_rope(q + (n * hq + h) * dh, qw, q_out + (n * hq + h) * dh, dh, positions[n], eps, theta, lane);
+    else
+      warp_norm_rope(k + (n * hk + h - hq) * dh, kw, k_out + (n * hk + h - hq) * dh, dh, positions[n], eps, theta,
+                     lane);
+  }
+}
+
+template <typename T>
+__global__ void append_context_kv_kernel(const AppendContextArgs a) {
+  const int warps_per_block = blockDim.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  const int64_t rows = a.requests * a.chunk * a.kv_heads;
+  T* k_cache = static_cast<T*>(a.k_cache);
+  T* v_cache = static_cast<T*>(a.v_cache);
+  const T* k_new = static_cast<const T*>(a.k_new);
+  const T* v_new = static_cast<const T*>(a.v_new);
+  const T* kw = static_cast<const T*>(a.k_norm_weight);
+  for (int64_t wi = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; wi < rows;
+       wi += static_cast<int64_t>(gridDim.x) * warps_per_block) {
+    const int64_t r = wi / (a.chunk * a.kv_heads), rem = wi % (a.chunk * a.kv_heads);
+    const int64_t i = rem / a.kv_heads, h = rem % a.kv_heads;
+    const int64_t slot = a.start[r] + i;
+    // Padding entries and slots outside the cache are skipped (uniform per warp).
+    if (i >= a.num_new[r] || slot < 0 || slot >= a.max_len) continue;
+    const int64_t src = ((r * a.chunk + i) * a.kv_heads + h) * a.head_dim;
+    warp_norm_rope(k_new + src, kw, k_cache + r * a.k_stride_r + slot * a.k_stride_l + h * a.k_stride_h, a.head_dim,
+                   slot, a.eps, a.theta, lane);
+    T* vdst = v_cache + r * a.v_stride_r + slot * a.v_stride_l + h * a.v_stride_h;
+    for (int64_t d = lane; d < a.head_dim; d += kWarpSize) vdst[d] = v_new[src + d];
+  }
+}
+
+unsigned warp_grid(int64_t warps, int threads) {
+  const int64_t per_block = threads / kWarpSize;
+  int64_t blocks = (warps + per_block - 1) / per_block;
+  if (blocks > (1 << 20)) blocks = 1 << 20;
+  return static_cast<unsigned>(blocks < 1 ? 1 : blocks);
+}
+
+}  // namespace
+
+bool block_attention_supports_head_dim(int64_t head_dim) {
+  return head_dim == 64 || head_dim == 128 || head_dim == 256;
+}
+
+int block_attention_splits(int64_t requests, int64_t gamma, int64_t q_heads, int64_t kv_heads, int64_t max_len,
+                           int device) {
+  if (requests <= 0 || gamma <= 0 || kv_heads <= 0) return 1;
+  int sms = 0;
+  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
+    (void)cudaGetLastError();
+    sms = 108;
+  }
+  const int64_t chunks = (gamma * (q_heads / kv_heads) + kMaxRows - 1) / kMaxRows;
+  const int64_t base = requests * kv_heads * (chunks < 1 ? 1 : chunks);
+  // Aim at ~4 resident CTAs per SM; a split should hold at least 4 tiles at full length.
+  const int64_t want = (4 * static_cast<int64_t>(sms) + base - 1) / base;
+  int64_t cap = (max_len + gamma + 4 * kTile - 1) / (4 * kTile);
+  if (cap > 64) cap = 64;
+  if (cap < 1) cap = 1;
+  const int64_t splits = want < 1 ? 1 : (want > cap ? cap : want);
+  return static_cast<int>(splits);
+}
+
+cudaError_t launch_block_attention(const BlockAttentionArgs& a, DType dtype, cudaStream_t stream) {
+  if (a.requests == 0 || a.gamma == 0 || a.q_heads == 0) return cudaSuccess;
+  const size_t elem = dtype == DType::kFloat32 ? 4 : 2;
+  const bool aligned = aligned16(a.k_cache) && aligned16(a.v_cache) && aligned16(a.k_block) &&
+                       aligned16(a.v_block) && (a.k_stride_r * elem) % 16 == 0 && (a.k_stride_l * elem) % 16 == 0 &&
+                       (a.k_stride_h * elem) % 16 == 0 && (a.v_stride_r * elem) % 16 == 0 &&
+                       (a.v_stride_l * elem) % 16 == 0 && (a.v_stride_h * elem) % 16 == 0;
+  return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> cudaError_t {
+    switch (a.head_dim) {
+      case 64:
+        return run_block_attention<T, 64>(a, aligned, stream);
+      case 128:
+        return run_block_attention<T, 128>(a, aligned, stream);
+      case 256:
+        return run_block_attention<T, 256>(a, aligned, stream);
+      default:
+        return cudaErrorInvalidValue;
+    }
+  });
+}
+
+cudaError_t launch_rms_norm(const void* x, const void* weight, void* out, int64_t rows, int64_t dim, float eps,
+                            DType dtype, cudaStream_t stream) {
+  if (rows == 0 || dim == 0) return cudaSuccess;
+  const int threads = dim >= 1024 ? 256 : (dim >= 256 ? 128 : 64);
+  const unsigned blocks = static_cast<unsigned>(rows < 65535 ? rows : 65535);
+  return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> cudaError_t {
+    rms_norm_kernel<T><<<blocks, threads, 0, stream>>>(static_cast<const T*>(x), static_cast<const T*>(weight),
+                                                       static_cast<T*>(out), rows, dim, eps);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t launch_qk_norm_rope(const void* q, const void* k, const void* q_norm_weight, const void* k_norm_weight,
+                                const int64_t* positions, void* q_out, void* k_out, int64_t tokens, int64_t q_heads,
+                                int64_t kv_heads, int64_t head_dim, float eps, float theta, DType dtype,
+                                cudaStream_t stream) {
+  const int64_t rows = tokens * (q_heads + kv_heads);
+  if (rows == 0 || head_dim == 0) return cudaSuccess;
+  const int threads = 256;
+  return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> cudaError_t {
+    qk_norm_rope_kernel<T><<<warp_grid(rows, threads), threads, 0, stream>>>(
+        static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(q_norm_weight),
+        static_cast<const T*>(k_norm_weight), positions, static_cast<T*>(q_out), static_cast<T*>(k_out), tokens,
+        q_heads, kv_heads, head_dim, eps, theta);
+    return cudaGetLastError();
+  });
+}
+
+cudaError_t launch_append_context_kv(const AppendContextArgs& a, DType dtype, cudaStream_t stream) {
+  const int64_t rows = a.requests * a.chunk * a.kv_heads;
+  if (rows == 0 || a.head_dim == 0) return cudaSuccess;
+  const int threads = 256;
+  return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> cudaError_t {
+    append_context_kv_kernel<T><<<warp_grid(rows, threads), threads, 0, stream>>>(a);
+    return cudaGetLastError();
+  });
+}
+
+}  // namespace dspark::cuda
