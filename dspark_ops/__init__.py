@@ -8,10 +8,13 @@ below. The contract of every op is SPEC.md (shipped with the repository).
 from . import _library
 from ._library import has_cuda_kernels
 from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
+from .drafter import DSparkConfig, DSparkDrafter
 from .rng import Purpose, random_bits
 from .verify_chain import verify_chain
 
 __all__ = [
+    "DSparkConfig",
+    "DSparkDrafter",
     "append_context_kv",
     "block_attention",
     "qk_norm_rope",

@@ -4,5 +4,6 @@ and drawing the very same random numbers as the kernels (through ``reference.rng
 from .rng import philox4x32_10, random_bits, random_uniform, gumbel
 from .verify_chain import verify_chain
 from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
+from .drafter import drafter_backbone, markov_greedy
 
-__all__ = ["philox4x32_10", "random_bits", "random_uniform", "gumbel", "verify_chain", "append_context_kv", "block_attention", "qk_norm_rope", "rms_norm"]
+__all__ = ["philox4x32_10", "random_bits", "random_uniform", "gumbel", "verify_chain", "append_context_kv", "block_attention", "qk_norm_rope", "rms_norm", "drafter_backbone", "markov_greedy"]
