@@ -160,6 +160,9 @@ class RMSNorm(nn.Module):
 
 
 class DSparkAttention(nn.Module):
+    # The attention kernel; benchmarks swap in an SDPA-with-mask equivalent for comparison.
+    attention_fn = staticmethod(block_attention)
+
     def __init__(self, cfg: DSparkConfig):
         super().__init__()
         self.cfg = cfg
@@ -184,7 +187,7 @@ class DSparkAttention(nn.Module):
         k = self.k_proj(x).view(R, L, cfg.num_key_value_heads, cfg.head_dim)
         v = self.v_proj(x).view(R, L, cfg.num_key_value_heads, cfg.head_dim)
         q, k = qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, positions, cfg.rms_norm_eps, cfg.rope_theta)
-        o = block_attention(q, k_cache, v_cache, cache_lens, k, v, cfg.head_dim**-0.5)
+        o = self.attention_fn(q, k_cache, v_cache, cache_lens, k, v, cfg.head_dim**-0.5)
         return self.o_proj(o.reshape(R, L, cfg.num_attention_heads * cfg.head_dim))
 
 
