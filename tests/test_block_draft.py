@@ -14,7 +14,7 @@ DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Tolerances against a float32 reference rounded to the output dtype: one or two ulps.
-TOL = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (3e-3, 3e-3)}
+TOL = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)}
 
 
 def attention_inputs(R, gamma, hq, hkv, dh, lmax, dtype, device, lens=None, seed=0):
@@ -398,11 +398,16 @@ def test_torch_compile_fullgraph(device):
 
 
 @needs_cuda
+@pytest.mark.parametrize("simt", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dh", [64, 128, 256])
 @pytest.mark.parametrize("R,lmax", [(1, 4100), (16, 700), (64, 96)])
-def test_cuda_block_attention_agrees_with_cpu(dtype, dh, R, lmax):
-    # Long contexts use many key splits (the combine kernel); R = 64 a single split.
+def test_cuda_block_attention_agrees_with_cpu(monkeypatch, simt, dtype, dh, R, lmax):
+    # Long contexts use many key splits (the combine kernel); R = 64 a single split. 16-bit
+    # inputs run the tensor-core kernel unless DSPARK_BLOCK_ATTENTION_SIMT=1 (read per call);
+    # it rounds the probabilities to the input dtype before P V, as FlashAttention does.
+    if simt:
+        monkeypatch.setenv("DSPARK_BLOCK_ATTENTION_SIMT", "1")
     g = torch.Generator().manual_seed(R + dh)
     lens = torch.randint(0, lmax + 1, (R,), generator=g)
     lens[0] = lmax
@@ -411,7 +416,10 @@ def test_cuda_block_attention_agrees_with_cpu(dtype, dh, R, lmax):
     args = attention_inputs(R, 7, 32 if dh < 256 else 8, 8 if dh < 256 else 2, dh, lmax, dtype, "cpu", lens)
     cpu = dspark_ops.block_attention(**args)
     gpu = dspark_ops.block_attention(**{k: v.cuda() if torch.is_tensor(v) else v for k, v in args.items()})
-    close(gpu, cpu, dtype)
+    if dtype == torch.float16:
+        torch.testing.assert_close(gpu.float().cpu(), cpu.float(), atol=5e-3, rtol=5e-3)
+    else:
+        close(gpu, cpu, dtype)
 
 
 @needs_cuda

@@ -12,6 +12,10 @@
 // when splits > 1. The number of splits depends on shapes only, and the key range of a split
 // is computed on the device from cache_lens, so the launch never syncs with the host and can
 // be captured in a CUDA graph.
+#include <mma.h>
+
+#include <cstdlib>
+
 #include "cuda/block_draft.h"
 #include "cuda/common.cuh"
 #include "dspark/rope.h"
@@ -248,17 +252,245 @@ __global__ void block_attention_combine_kernel(const float* __restrict__ partial
   }
 }
 
+// The tensor-core kernel serves aligned 16-bit inputs unless DSPARK_BLOCK_ATTENTION_SIMT=1.
+bool use_tensor_cores(bool aligned) {
+  const char* env = std::getenv("DSPARK_BLOCK_ATTENTION_SIMT");
+  return aligned && !(env != nullptr && env[0] == '1');
+}
+
+// ---------------------------------------------------------------------------------------
+// Tensor-core variant for bf16 / fp16 inputs (sm_80+, WMMA 16x16x16, float32 accumulators):
+// the same CTA decomposition, key ranges and online softmax as the kernel above, with
+//   S = Q K^T on tensor cores (inputs as stored, float32 accumulation) -> shared memory,
+//   softmax statistics in float32 on CUDA cores, P = exp2(S - m) rounded to the input dtype
+//   (as FlashAttention does), O = O * corr + P V on tensor cores, O kept in shared memory.
+// A tile holds 64 keys; warp w owns S tiles (w / 2, 2 (w % 2) + {0, 1}) and a quarter of
+// the O tiles. Used for aligned bf16/fp16 inputs; DSPARK_BLOCK_ATTENTION_SIMT=1 forces the
+// CUDA-core kernel above.
+constexpr int kMmaKeys = 64;
+
+template <int DH>
+struct MmaLayout {
+  static constexpr int kLdQ = DH + 8;         // elements (16-bit); rows stay 32-byte aligned
+  static constexpr int kLdS = kMmaKeys + 4;   // floats
+  static constexpr int kLdP = kMmaKeys + 8;   // elements (16-bit)
+  static constexpr int kLdO = DH + 4;         // floats
+  static constexpr size_t kQ = 0;
+  static constexpr size_t kK = kQ + sizeof(uint16_t) * kMaxRows * kLdQ;
+  static constexpr size_t kV = kK + sizeof(uint16_t) * kMmaKeys * kLdQ;
+  static constexpr size_t kS = kV + sizeof(uint16_t) * kMmaKeys * kLdQ;
+  static constexpr size_t kP = kS + sizeof(float) * kMaxRows * kLdS;
+  static constexpr size_t kO = kP + sizeof(uint16_t) * kMaxRows * kLdP;
+  static constexpr size_t kStats = kO + sizeof(float) * kMaxRows * kLdO;  // m, l [kMaxRows]
+  static constexpr size_t kBytes = kStats + sizeof(float) * 2 * kMaxRows;
+  static_assert(kK % 32 == 0 && kV % 32 == 0 && kS % 32 == 0 && kP % 32 == 0 && kO % 32 == 0, "wmma alignment");
+};
+
+template <typename T, int DH>
+__global__ void __launch_bounds__(kAttnThreads)
+    block_attention_mma_kernel(const BlockAttentionArgs a, const int row_chunks) {
+  using namespace nvcuda;
+  using L = MmaLayout<DH>;
+  constexpr int kVecPerRow = DH / 8;                          // 16-byte vectors per key row
+  constexpr int kLoads = kMmaKeys * kVecPerRow / kAttnThreads;  // per thread, per matrix
+  constexpr int kOTiles = 2 * (DH / 16);                       // 16x16 tiles of O [32, DH]
+  constexpr int kOTilesPerWarp = kOTiles / kAttnWarps;
+  static_assert(kLoads * kAttnThreads == kMmaKeys * kVecPerRow && kOTilesPerWarp * kAttnWarps == kOTiles, "tiling");
+  extern __shared__ __align__(128) unsigned char mma_smem[];
+  T* q_s = reinterpret_cast<T*>(mma_smem + L::kQ);
+  T* k_s = reinterpret_cast<T*>(mma_smem + L::kK);
+  T* v_s = reinterpret_cast<T*>(mma_smem + L::kV);
+  float* s_s = reinterpret_cast<float*>(mma_smem + L::kS);
+  T* p_s = reinterpret_cast<T*>(mma_smem + L::kP);
+  float* o_s = reinterpret_cast<float*>(mma_smem + L::kO);
+  float* m_s = reinterpret_cast<float*>(mma_smem + L::kStats);
+  float* l_s = m_s + kMaxRows;
+
+  const int splits = a.splits;
+  int64_t bid = blockIdx.x;
+  const int split = static_cast<int>(bid % splits);
+  bid /= splits;
+  const int chunk = static_cast<int>(bid % row_chunks);
+  bid /= row_chunks;
+  const int64_t h = bid % a.kv_heads;
+  const int64_t r = bid / a.kv_heads;
+  const int64_t group = a.q_heads / a.kv_heads;
+  const int64_t row0 = static_cast<int64_t>(chunk) * kMaxRows;
+  const int64_t rows_left = a.gamma * group - row0;
+  const int nrows = rows_left < kMaxRows ? static_cast<int>(rows_left) : kMaxRows;
+  const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
+
+  auto q_row = [&](int rho) {
+    const int64_t rg = row0 + rho;
+    return (r * a.gamma + rg / group) * a.q_heads + h * group + rg % group;
+  };
+
+  const T* q = static_cast<const T*>(a.q);
+  for (int e = tid; e < kMaxRows * DH; e += kAttnThreads) {
+    const int rho = e / DH, d = e % DH;
+    q_s[rho * L::kLdQ + d] = rho < nrows ? q[q_row(rho) * DH + d] : from_float<T>(0.0f);
+  }
+  for (int e = tid; e < kMaxRows * DH; e += kAttnThreads) o_s[(e / DH) * L::kLdO + e % DH] = 0.0f;
+  if (tid < kMaxRows) {
+    m_s[tid] = -INFINITY;
+    l_s[tid] = 0.0f;
+  }
+
+  int64_t len = a.cache_lens[r];
+  len = len < 0 ? 0 : (len > a.max_len ? a.max_len : len);
+  const int64_t keys = len + a.gamma;
+  int64_t per = (keys + splits - 1) / splits;
+  per = (per + kTile - 1) / kTile * kTile;
+  const int64_t kbeg = split * per;
+  const int64_t kend = kbeg + per < keys ? kbeg + per : keys;
+  const T* k_cache = static_cast<const T*>(a.k_cache);
+  const T* v_cache = static_cast<const T*>(a.v_cache);
+  const T* k_block = static_cast<const T*>(a.k_block);
+  const T* v_block = static_cast<const T*>(a.v_block);
+  const float qscale = a.scale * kLog2e;
+  __syncthreads();
+
+  for (int64_t j0 = kbeg; j0 < kend; j0 += kMmaKeys) {
+    // K/V tile -> shared memory as stored (16-byte loads issued before the stores).
+    uint4 kr[kLoads], vr[kLoads];
+#pragma unroll
+    for (int it = 0; it < kLoads; ++it) {
+      const int idx = tid + it * kAttnThreads;
+      const int jj = idx / kVecPerRow, dv = (idx % kVecPerRow) * 8;
+      const int64_t j = j0 + jj;
+      kr[it] = vr[it] = make_uint4(0u, 0u, 0u, 0u);  // zero V past the end: 0 * garbage could be NaN
+      if (j < kend) {
+        const T *kp, *vp;
+        if (j < len) {
+          kp = k_cache + r * a.k_stride_r + j * a.k_stride_l + h * a.k_stride_h;
+          vp = v_cache + r * a.v_stride_r + j * a.v_stride_l + h * a.v_stride_h;
+        } else {
+          const int64_t off = ((r * a.gamma + (j - len)) * a.kv_heads + h) * DH;
+          kp = k_block + off;
+          vp = v_block + off;
+        }
+        kr[it] = __ldg(reinterpret_cast<const uint4*>(kp + dv));
+        vr[it] = __ldg(reinterpret_cast<const uint4*>(vp + dv));
+      }
+    }
+#pragma unroll
+    for (int it = 0; it < kLoads; ++it) {
+      const int idx = tid + it * kAttnThreads;
+      const int jj = idx / kVecPerRow, dv = (idx % kVecPerRow) * 8;
+      *reinterpret_cast<uint4*>(&k_s[jj * L::kLdQ + dv]) = kr[it];
+      *reinterpret_cast<uint4*>(&v_s[jj * L::kLdQ + dv]) = vr[it];
+    }
+    __syncthreads();
+
+    // S = Q K^T: warp w -> row tile w / 2, key tiles 2 (w % 2) and 2 (w % 2) + 1.
+    {
+      const int mt = warp / 2;
+#pragma unroll
+      for (int t = 0; t < 2; ++t) {
+        const int nt = 2 * (warp % 2) + t;
+        wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+        wmma::fill_fragment(c, 0.0f);
+#pragma unroll
+        for (int k = 0; k < DH / 16; ++k) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qa;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kb;
+          wmma::load_matrix_sync(qa, q_s + mt * 16 * L::kLdQ + k * 16, L::kLdQ);
+          wmma::load_matrix_sync(kb, k_s + nt * 16 * L::kLdQ + k * 16, L::kLdQ);
+          wmma::mma_sync(c, qa, kb, c);
+        }
+        wmma::store_matrix_sync(s_s + mt * 16 * L::kLdS + nt * 16, c, L::kLdS, wmma::mem_row_major);
+      }
+    }
+    __syncthreads();
+
+    // Online softmax, warp w on rows 8w .. 8w+7, lane on keys lane and lane + 32; the warp
+    // also rescales its rows of O.
+    const bool valid0 = j0 + lane < kend, valid1 = j0 + lane + 32 < kend;
+    for (int i = 0; i < kMaxRows / kAttnWarps; ++i) {
+      const int row = warp * (kMaxRows / kAttnWarps) + i;
+      const float s0 = valid0 ? s_s[row * L::kLdS + lane] * qscale : -INFINITY;
+      const float s1 = valid1 ? s_s[row * L::kLdS + lane + 32] * qscale : -INFINITY;
+      const float m_old = m_s[row];
+      const float m_new = fmaxf(m_old, warp_max(fmaxf(s0, s1)));  // finite: key j0 is valid
+      const T p0 = from_float<T>(valid0 ? exp2f(s0 - m_new) : 0.0f);
+      const T p1 = from_float<T>(valid1 ? exp2f(s1 - m_new) : 0.0f);
+      p_s[row * L::kLdP + lane] = p0;
+      p_s[row * L::kLdP + lane + 32] = p1;
+      const float corr = exp2f(m_old - m_new);  // 0 on the first tile
+      const float psum = warp_sum(to_float(p0) + to_float(p1));  // the rounded P that multiplies V
+      for (int d = lane; d < DH; d += kWarpSize) o_s[row * L::kLdO + d] *= corr;
+      if (lane == 0) {
+        m_s[row] = m_new;
+        l_s[row] = l_s[row] * corr + psum;
+      }
+    }
+    __syncthreads();
+
+    // O += P V: warp w owns O tiles w * kOTilesPerWarp .. (row tile = t / (DH/16)).
+#pragma unroll
+    for (int t = 0; t < kOTilesPerWarp; ++t) {
+      const int tile = warp * kOTilesPerWarp + t;
+      const int mt = tile / (DH / 16), nt = tile % (DH / 16);
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+      wmma::load_matrix_sync(c, o_s + mt * 16 * L::kLdO + nt * 16, L::kLdO, wmma::mem_row_major);
+#pragma unroll
+      for (int k = 0; k < kMmaKeys / 16; ++k) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
+        wmma::load_matrix_sync(pa, p_s + mt * 16 * L::kLdP + k * 16, L::kLdP);
+        wmma::load_matrix_sync(vb, v_s + k * 16 * L::kLdQ + nt * 16, L::kLdQ);
+        wmma::mma_sync(c, pa, vb, c);
+      }
+      wmma::store_matrix_sync(o_s + mt * 16 * L::kLdO + nt * 16, c, L::kLdO, wmma::mem_row_major);
+    }
+    __syncthreads();  // the next tile overwrites k_s, v_s, s_s, p_s
+  }
+
+  // Write out: rows < nrows, each warp its 8 rows, lanes across Dh.
+  for (int i = 0; i < kMaxRows / kAttnWarps; ++i) {
+    const int rho = warp * (kMaxRows / kAttnWarps) + i;
+    if (rho >= nrows) continue;
+    const int64_t row = q_row(rho);
+    if (splits == 1) {
+      const float inv = 1.0f / l_s[rho];
+      T* out = static_cast<T*>(a.out) + row * DH;
+      for (int d = lane; d < DH; d += kWarpSize) out[d] = from_float<T>(o_s[rho * L::kLdO + d] * inv);
+    } else {
+      const int64_t slot = row * splits + split;
+      for (int d = lane; d < DH; d += kWarpSize) a.partial_o[slot * DH + d] = o_s[rho * L::kLdO + d];
+      if (lane == 0) {
+        a.partial_ml[slot * 2] = m_s[rho];
+        a.partial_ml[slot * 2 + 1] = l_s[rho];
+      }
+    }
+  }
+}
+
 template <typename T, int DH>
 cudaError_t run_block_attention(const BlockAttentionArgs& a, bool aligned, cudaStream_t stream) {
-  constexpr size_t smem = attention_smem_bytes<DH>();
-  auto kernel = block_attention_kernel<T, DH>;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-  if (err != cudaSuccess) return err;
   const int64_t group = a.q_heads / a.kv_heads;
   const int64_t chunks = (a.gamma * group + kMaxRows - 1) / kMaxRows;
   const int64_t blocks = a.requests * a.kv_heads * chunks * a.splits;
   if (blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
-  kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(a, static_cast<int>(chunks), aligned);
+  cudaError_t err = cudaSuccess;
+  bool launched = false;
+  if constexpr (sizeof(T) == 2) {
+    if (use_tensor_cores(aligned)) {
+      constexpr size_t smem = MmaLayout<DH>::kBytes;
+      auto kernel = block_attention_mma_kernel<T, DH>;
+      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (err != cudaSuccess) return err;
+      kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(a, static_cast<int>(chunks));
+      launched = true;
+    }
+  }
+  if (!launched) {
+    constexpr size_t smem = attention_smem_bytes<DH>();
+    auto kernel = block_attention_kernel<T, DH>;
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+    kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(a, static_cast<int>(chunks), aligned);
+  }
   err = cudaGetLastError();
   if (err != cudaSuccess || a.splits == 1) return err;
   const int64_t rows = a.requests * a.gamma * a.q_heads;
