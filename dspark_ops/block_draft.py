@@ -54,6 +54,14 @@ def block_attention(
     ``Hq % Hkv == 0`` is required. On CPU, ``cache_lens`` outside ``[0, Lmax]`` raises; on CUDA
     that check runs only with ``DSPARK_CHECK=1`` (it needs a host sync) and otherwise the
     kernel clamps each length into ``[0, Lmax]``.
+
+    CUDA: a decode-style split-KV kernel (one CTA per request, kv head, ≤ 32 query rows and
+    key split; all γ·Hq/Hkv queries of a kv head share every K/V tile; a combine kernel
+    merges the splits). The number of splits depends on shapes only, so the call never syncs
+    and can be captured in a CUDA graph. Head dims 64, 128 and 256 (CPU: any). Aligned
+    bf16/fp16 inputs use tensor cores (float32 accumulation; the softmax probabilities are
+    rounded to the input dtype before ``P V``, as in FlashAttention);
+    ``DSPARK_BLOCK_ATTENTION_SIMT=1`` forces the CUDA-core kernel (all float32).
     """
     return torch.ops.dspark.block_attention(q, k_cache, v_cache, cache_lens, k_block, v_block, scale)
 
