@@ -461,3 +461,16 @@ def test_cuda_graph_capture_and_replay():
     graph.replay()
     torch.cuda.synchronize()
     close(out, ref.block_attention(**args), torch.bfloat16)
+
+
+@needs_cuda
+def test_cuda_append_skips_slots_outside_the_cache_without_sync():
+    # Without DSPARK_CHECK=1 the CUDA op does not validate values; entries that would land
+    # outside the cache are skipped (the CPU op raises instead).
+    args = append_inputs(2, 40, 2, 64, 5, [38, 0], [5, 2], torch.float32, "cuda")
+    expected = {k: args[k].clone() for k in ("k_cache", "v_cache")}
+    ref.append_context_kv(expected["k_cache"], expected["v_cache"], *[args[k] for k in
+                          ("k_new", "v_new", "k_norm_weight", "start", "num_new", "eps", "rope_theta")])
+    dspark_ops.append_context_kv(**args)
+    close(args["k_cache"], expected["k_cache"], torch.float32)
+    assert torch.equal(args["v_cache"], expected["v_cache"])
