@@ -14,6 +14,7 @@
 // be captured in a CUDA graph.
 #include <mma.h>
 
+#include <cmath>
 #include <cstdlib>
 
 #include "cuda/block_draft.h"
@@ -466,30 +467,49 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
+// The kernel that serves (T, DH, aligned), with its dynamic shared memory (attribute set).
+struct AttentionKernel {
+  const void* fn;
+  size_t smem;
+  bool mma;
+};
+
 template <typename T, int DH>
-cudaError_t run_block_attention(const BlockAttentionArgs& a, bool aligned, cudaStream_t stream) {
-  const int64_t group = a.q_heads / a.kv_heads;
-  const int64_t chunks = (a.gamma * group + kMaxRows - 1) / kMaxRows;
-  const int64_t blocks = a.requests * a.kv_heads * chunks * a.splits;
-  if (blocks > 0x7FFFFFFF) return cudaErrorInvalidConfiguration;
-  cudaError_t err = cudaSuccess;
-  bool launched = false;
+cudaError_t choose_attention_kernel(bool aligned, AttentionKernel* k) {
+  k->mma = false;
   if constexpr (sizeof(T) == 2) {
     if (use_tensor_cores(aligned)) {
-      constexpr size_t smem = MmaLayout<DH>::kBytes;
-      auto kernel = block_attention_mma_kernel<T, DH>;
-      err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      if (err != cudaSuccess) return err;
-      kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(a, static_cast<int>(chunks));
-      launched = true;
+      k->fn = reinterpret_cast<const void*>(block_attention_mma_kernel<T, DH>);
+      k->smem = MmaLayout<DH>::kBytes;
+      k->mma = true;
     }
   }
-  if (!launched) {
-    constexpr size_t smem = attention_smem_bytes<DH>();
-    auto kernel = block_attention_kernel<T, DH>;
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-    kernel<<<static_cast<unsigned>(blocks), kAttnThreads, smem, stream>>>(a, static_cast<int>(chunks), aligned);
+  if (!k->mma) {
+    k->fn = reinterpret_cast<const void*>(block_attention_kernel<T, DH>);
+    k->smem = attention_smem_bytes<DH>();
+  }
+  return cudaFuncSetAttribute(k->fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k->smem));
+}
+
+int64_t row_chunks(const BlockAttentionArgs& a) {
+  return (a.gamma * (a.q_heads / a.kv_heads) + kMaxRows - 1) / kMaxRows;
+}
+
+template <typename T, int DH>
+cudaError_t run_block_attention(const BlockAttentionArgs& a, bool aligned, cudaStream_t stream) {
+  const int64_t chunks = row_chunks(a);
+  const int64_t blocks = a.requests * a.kv_heads * chunks * a.splits;
+  if (blocks > 0x7FFFFFFF || a.splits < 1) return cudaErrorInvalidConfiguration;
+  AttentionKernel k;
+  cudaError_t err = choose_attention_kernel<T, DH>(aligned, &k);
+  if (err != cudaSuccess) return err;
+  if (k.mma) {
+    if constexpr (sizeof(T) == 2)
+      block_attention_mma_kernel<T, DH><<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(
+          a, static_cast<int>(chunks));
+  } else {
+    block_attention_kernel<T, DH><<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(
+        a, static_cast<int>(chunks), aligned);
   }
   err = cudaGetLastError();
   if (err != cudaSuccess || a.splits == 1) return err;
@@ -614,32 +634,77 @@ bool block_attention_supports_head_dim(int64_t head_dim) {
   return head_dim == 64 || head_dim == 128 || head_dim == 256;
 }
 
-int block_attention_splits(int64_t requests, int64_t gamma, int64_t q_heads, int64_t kv_heads, int64_t max_len,
-                           int device) {
-  if (requests <= 0 || gamma <= 0 || kv_heads <= 0) return 1;
+namespace {
+
+bool inputs_aligned(const BlockAttentionArgs& a, DType dtype) {
+  const int64_t elem = dtype == DType::kFloat32 ? 4 : 2;
+  return aligned16(a.k_cache) && aligned16(a.v_cache) && aligned16(a.k_block) && aligned16(a.v_block) &&
+         (a.k_stride_r * elem) % 16 == 0 && (a.k_stride_l * elem) % 16 == 0 && (a.k_stride_h * elem) % 16 == 0 &&
+         (a.v_stride_r * elem) % 16 == 0 && (a.v_stride_l * elem) % 16 == 0 && (a.v_stride_h * elem) % 16 == 0;
+}
+
+// Resident CTAs per SM of the kernel that will serve `a` (1 if the query fails).
+int resident_ctas(const BlockAttentionArgs& a, DType dtype) {
+  const bool aligned = inputs_aligned(a, dtype);
+  int n = 0;
+  const cudaError_t err = DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> cudaError_t {
+    AttentionKernel k{};
+    cudaError_t e = cudaErrorInvalidValue;
+    switch (a.head_dim) {
+      case 64:
+        e = choose_attention_kernel<T, 64>(aligned, &k);
+        break;
+      case 128:
+        e = choose_attention_kernel<T, 128>(aligned, &k);
+        break;
+      case 256:
+        e = choose_attention_kernel<T, 256>(aligned, &k);
+        break;
+      default:
+        break;
+    }
+    if (e != cudaSuccess) return e;
+    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k.fn, kAttnThreads, k.smem);
+  });
+  if (err != cudaSuccess || n < 1) {
+    (void)cudaGetLastError();
+    return 1;
+  }
+  return n;
+}
+
+}  // namespace
+
+int block_attention_splits(const BlockAttentionArgs& a, DType dtype, int device) {
+  if (a.requests <= 0 || a.gamma <= 0 || a.kv_heads <= 0 || a.q_heads <= 0) return 1;
   int sms = 0;
   if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
     (void)cudaGetLastError();
     sms = 108;
   }
-  const int64_t chunks = (gamma * (q_heads / kv_heads) + kMaxRows - 1) / kMaxRows;
-  const int64_t base = requests * kv_heads * (chunks < 1 ? 1 : chunks);
-  // Aim at ~4 resident CTAs per SM; a split should hold at least 4 tiles at full length.
-  const int64_t want = (4 * static_cast<int64_t>(sms) + base - 1) / base;
-  int64_t cap = (max_len + gamma + 4 * kTile - 1) / (4 * kTile);
-  if (cap > 64) cap = 64;
-  if (cap < 1) cap = 1;
-  const int64_t splits = want < 1 ? 1 : (want > cap ? cap : want);
-  return static_cast<int>(splits);
+  const double slots = static_cast<double>(sms) * resident_ctas(a, dtype);
+  const int64_t base = a.requests * a.kv_heads * row_chunks(a);
+  // A split should keep at least 4 SIMT tiles (2 tensor-core tiles) of keys at full length.
+  int64_t cap = (a.max_len + a.gamma + 4 * kTile - 1) / (4 * kTile);
+  cap = cap > 64 ? 64 : (cap < 1 ? 1 : cap);
+  // Time ~ (waves of CTAs) x (keys per CTA ~ 1/s), plus a small cost per split for the
+  // partial outputs and the combine kernel; the smallest cost wins (ties: fewer splits).
+  int best = 1;
+  double best_cost = 0.0;
+  for (int64_t s = 1; s <= cap; ++s) {
+    const double waves = std::ceil(static_cast<double>(base * s) / slots);
+    const double cost = waves / static_cast<double>(s) * (1.0 + 0.01 * static_cast<double>(s)) + (s > 1 ? 0.03 : 0.0);
+    if (s == 1 || cost < best_cost) {
+      best = static_cast<int>(s);
+      best_cost = cost;
+    }
+  }
+  return best;
 }
 
 cudaError_t launch_block_attention(const BlockAttentionArgs& a, DType dtype, cudaStream_t stream) {
   if (a.requests == 0 || a.gamma == 0 || a.q_heads == 0) return cudaSuccess;
-  const size_t elem = dtype == DType::kFloat32 ? 4 : 2;
-  const bool aligned = aligned16(a.k_cache) && aligned16(a.v_cache) && aligned16(a.k_block) &&
-                       aligned16(a.v_block) && (a.k_stride_r * elem) % 16 == 0 && (a.k_stride_l * elem) % 16 == 0 &&
-                       (a.k_stride_h * elem) % 16 == 0 && (a.v_stride_r * elem) % 16 == 0 &&
-                       (a.v_stride_l * elem) % 16 == 0 && (a.v_stride_h * elem) % 16 == 0;
+  const bool aligned = inputs_aligned(a, dtype);
   return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> cudaError_t {
     switch (a.head_dim) {
       case 64:

@@ -31,10 +31,10 @@ struct BlockAttentionArgs {
 // True when block_attention has a CUDA kernel for this head dimension (64, 128, 256).
 bool block_attention_supports_head_dim(int64_t head_dim);
 
-// The number of key splits (split-K) per (request, kv head): a function of the shapes and the
-// device only, never of cache_lens, so a launch can be captured in a CUDA graph.
-int block_attention_splits(int64_t requests, int64_t gamma, int64_t q_heads, int64_t kv_heads, int64_t max_len,
-                           int device);
+// The number of key splits (split-K) per (request, kv head, row slice), chosen from the
+// shapes, the kernel's occupancy and the device's SM count (never from cache_lens, so a
+// launch can be captured in a CUDA graph). `a` needs its pointers, strides and sizes set.
+int block_attention_splits(const BlockAttentionArgs& a, DType dtype, int device);
 
 cudaError_t launch_block_attention(const BlockAttentionArgs& a, DType dtype, cudaStream_t stream);
 

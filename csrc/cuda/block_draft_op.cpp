@@ -60,7 +60,7 @@ at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const
   a.head_dim = s.head_dim;
   a.max_len = s.max_len;
   a.scale = static_cast<float>(scale);
-  a.splits = block_attention_splits(s.requests, s.gamma, s.q_heads, s.kv_heads, s.max_len, q.get_device());
+  a.splits = block_attention_splits(a, dtype_of(q), q.get_device());
   at::Tensor partial_o, partial_ml;
   if (a.splits > 1) {
     const int64_t rows = s.requests * s.gamma * s.q_heads;
