@@ -25,6 +25,11 @@ Parameter names are DeepSpec's, so ``state_dict()`` keys are those of a DeepSpec
 ``markov_head.markov_w2.weight``, ``markov_head.gate_proj.{weight,bias}`` (gated),
 ``markov_head.joint_proj.{weight,bias}`` (rnn), ``confidence_head.proj.{weight,bias}``.
 
+Block layout: ``verification_block_size`` tokens (anchor + masks) go through the backbone and
+the ``block_size`` hidden states from ``proposal_hidden_offset`` on are the proposals, as in
+DeepSpec's training forward (its eval code slices from 0; both agree for the usual offset 0).
+``from_pretrained`` casts every tensor to one dtype (SPEC §2: one dtype per call).
+
 Typical round (all on the device, no host sync)::
 
     drafter = DSparkDrafter.from_pretrained(path, embed_tokens=target.embed_tokens,
