@@ -39,4 +39,21 @@ TORCH_LIBRARY(dspark, m) {
   m.def(
       "block_attention(Tensor q, Tensor k_cache, Tensor v_cache, Tensor cache_lens, "
       "Tensor k_block, Tensor v_block, float scale) -> Tensor");
+
+  // Fused helpers of the block draft (issue 6; SPEC §7 leaves their design to the
+  // implementer). GEMMs stay on torch; these cover what sits between them.
+  //   rms_norm:          x [..., D], weight [D] -> [..., D] (Qwen3 RMSNorm rounding)
+  //   qk_norm_rope:      q [..., Hq, Dh], k [..., Hkv, Dh], positions [...] -> per-head
+  //                      RMSNorm (q_norm / k_norm) then rotate-half RoPE at `positions`
+  //   append_context_kv: writes k_norm + RoPE(k_new) and v_new [R, C, Hkv, Dh] into the
+  //                      drafter's per-layer cache [R, Lmax, Hkv, Dh] at slots
+  //                      start[r] .. start[r] + num_new[r] - 1 (slot = position); ragged
+  //                      per-request counts, no host sync.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def(
+      "qk_norm_rope(Tensor q, Tensor k, Tensor q_norm_weight, Tensor k_norm_weight, "
+      "Tensor positions, float eps, float rope_theta) -> (Tensor, Tensor)");
+  m.def(
+      "append_context_kv(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, "
+      "Tensor k_norm_weight, Tensor start, Tensor num_new, float eps, float rope_theta) -> ()");
 }

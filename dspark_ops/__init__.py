@@ -7,6 +7,8 @@ below. The contract of every op is SPEC.md (shipped with the repository).
 
 from . import _library
 from ._library import has_cuda_kernels
+from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
+from .drafter import DSparkConfig, DSparkDrafter
 from .rng import Purpose, random_bits
 from .schedule_lengths import schedule_lengths
 from .verify_chain import verify_chain
@@ -29,6 +31,12 @@ __all__ = [
     "generate",
     "target_decode",
     "targets",
+    "DSparkConfig",
+    "DSparkDrafter",
+    "append_context_kv",
+    "block_attention",
+    "qk_norm_rope",
+    "rms_norm",
     "Purpose",
     "has_cuda_kernels",
     "random_bits",

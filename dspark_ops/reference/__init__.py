@@ -4,5 +4,20 @@ and drawing the very same random numbers as the kernels (through ``reference.rng
 from .rng import philox4x32_10, random_bits, random_uniform, gumbel
 from .schedule_lengths import schedule_lengths
 from .verify_chain import verify_chain
+from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
+from .drafter import drafter_backbone, markov_greedy
 
-__all__ = ["philox4x32_10", "random_bits", "random_uniform", "gumbel", "schedule_lengths", "verify_chain"]
+__all__ = [
+    "append_context_kv",
+    "block_attention",
+    "drafter_backbone",
+    "gumbel",
+    "markov_greedy",
+    "philox4x32_10",
+    "qk_norm_rope",
+    "random_bits",
+    "random_uniform",
+    "rms_norm",
+    "schedule_lengths",
+    "verify_chain",
+]

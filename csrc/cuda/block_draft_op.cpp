@@ -1,0 +1,149 @@
+// CUDA bindings of the block-draft ops (SPEC §7): checks (shared with the CPU), allocation,
+// launch on the current stream. The kernels are in block_draft.cu.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "common/block_draft_args.h"
+#include "cuda/block_draft.h"
+#include "cuda/launch_check.h"
+
+namespace dspark::cuda {
+namespace {
+
+DType dtype_of(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    case at::kHalf:
+      return DType::kFloat16;
+    default:
+      return DType::kFloat32;
+  }
+}
+
+// A cache read or written through its strides needs a contiguous head dimension.
+at::Tensor with_contiguous_rows(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
+
+at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const at::Tensor& cache_lens, const at::Tensor& k_block, const at::Tensor& v_block,
+                           double scale) {
+  const auto s = check_block_attention_args(q, k_cache, v_cache, cache_lens, k_block, v_block, scale);
+  DSPARK_CHECK(block_attention_supports_head_dim(s.head_dim), "dspark::block_attention", "q",
+               "must have a head dimension of 64, 128 or 256 on CUDA, got ", s.head_dim);
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto out = at::empty({s.requests, s.gamma, s.q_heads, s.head_dim}, q.options());
+  if (out.numel() == 0) return out;
+  const auto qc = q.contiguous(), kb = k_block.contiguous(), vb = v_block.contiguous(), lens = cache_lens.contiguous();
+  const auto kc = with_contiguous_rows(k_cache), vc = with_contiguous_rows(v_cache);
+  BlockAttentionArgs a{};
+  a.q = qc.data_ptr();
+  a.k_cache = kc.data_ptr();
+  a.v_cache = vc.data_ptr();
+  a.k_stride_r = kc.stride(0);
+  a.k_stride_l = kc.stride(1);
+  a.k_stride_h = kc.stride(2);
+  a.v_stride_r = vc.stride(0);
+  a.v_stride_l = vc.stride(1);
+  a.v_stride_h = vc.stride(2);
+  a.cache_lens = lens.data_ptr<int64_t>();
+  a.k_block = kb.data_ptr();
+  a.v_block = vb.data_ptr();
+  a.out = out.data_ptr();
+  a.requests = s.requests;
+  a.gamma = s.gamma;
+  a.q_heads = s.q_heads;
+  a.kv_heads = s.kv_heads;
+  a.head_dim = s.head_dim;
+  a.max_len = s.max_len;
+  a.scale = static_cast<float>(scale);
+  a.splits = block_attention_splits(a, dtype_of(q), q.get_device());
+  at::Tensor partial_o, partial_ml;
+  if (a.splits > 1) {
+    const int64_t rows = s.requests * s.gamma * s.q_heads;
+    partial_o = at::empty({rows, a.splits, s.head_dim}, q.options().dtype(at::kFloat));
+    partial_ml = at::empty({rows, a.splits, 2}, q.options().dtype(at::kFloat));
+    a.partial_o = partial_o.data_ptr<float>();
+    a.partial_ml = partial_ml.data_ptr<float>();
+  }
+  DSPARK_CUDA_CHECK(launch_block_attention(a, dtype_of(q), c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  check_rms_norm_args(x, weight, eps);
+  const c10::cuda::CUDAGuard guard(x.device());
+  auto out = at::empty(x.sizes(), x.options());
+  const int64_t dim = x.size(-1);
+  if (out.numel() == 0 || dim == 0) return out;
+  const auto xc = x.contiguous(), wc = weight.contiguous();
+  DSPARK_CUDA_CHECK(launch_rms_norm(xc.data_ptr(), wc.data_ptr(), out.data_ptr(), x.numel() / dim, dim,
+                                    static_cast<float>(eps), dtype_of(x), c10::cuda::getCurrentCUDAStream()));
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::Tensor& k,
+                                                const at::Tensor& q_norm_weight, const at::Tensor& k_norm_weight,
+                                                const at::Tensor& positions, double eps, double rope_theta) {
+  check_qk_norm_rope_args(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta);
+  const c10::cuda::CUDAGuard guard(q.device());
+  auto q_out = at::empty(q.sizes(), q.options());
+  auto k_out = at::empty(k.sizes(), k.options());
+  const int64_t tokens = positions.numel();
+  if (tokens == 0) return {q_out, k_out};
+  const auto qc = q.contiguous(), kc = k.contiguous(), qw = q_norm_weight.contiguous(),
+             kw = k_norm_weight.contiguous(), pos = positions.contiguous();
+  DSPARK_CUDA_CHECK(launch_qk_norm_rope(qc.data_ptr(), kc.data_ptr(), qw.data_ptr(), kw.data_ptr(),
+                                        pos.data_ptr<int64_t>(), q_out.data_ptr(), k_out.data_ptr(), tokens,
+                                        q.size(-2), k.size(-2), q.size(-1), static_cast<float>(eps),
+                                        static_cast<float>(rope_theta), dtype_of(q),
+                                        c10::cuda::getCurrentCUDAStream()));
+  return {q_out, k_out};
+}
+
+void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k_new,
+                       const at::Tensor& v_new, const at::Tensor& k_norm_weight, const at::Tensor& start,
+                       const at::Tensor& num_new, double eps, double rope_theta) {
+  const auto s = check_append_context_kv_args(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps,
+                                              rope_theta);
+  if (s.requests == 0 || s.chunk == 0 || s.kv_heads == 0 || s.head_dim == 0) return;
+  const c10::cuda::CUDAGuard guard(k_cache.device());
+  const auto kn = k_new.contiguous(), vn = v_new.contiguous(), kw = k_norm_weight.contiguous();
+  const auto st = start.contiguous(), nn = num_new.contiguous();
+  AppendContextArgs a{};
+  a.k_cache = k_cache.data_ptr();
+  a.v_cache = v_cache.data_ptr();
+  a.k_stride_r = k_cache.stride(0);
+  a.k_stride_l = k_cache.stride(1);
+  a.k_stride_h = k_cache.stride(2);
+  a.v_stride_r = v_cache.stride(0);
+  a.v_stride_l = v_cache.stride(1);
+  a.v_stride_h = v_cache.stride(2);
+  a.k_new = kn.data_ptr();
+  a.v_new = vn.data_ptr();
+  a.k_norm_weight = kw.data_ptr();
+  a.start = st.data_ptr<int64_t>();
+  a.num_new = nn.data_ptr<int64_t>();
+  a.requests = s.requests;
+  a.max_len = s.max_len;
+  a.kv_heads = s.kv_heads;
+  a.head_dim = s.head_dim;
+  a.chunk = s.chunk;
+  a.eps = static_cast<float>(eps);
+  a.theta = static_cast<float>(rope_theta);
+  DSPARK_CUDA_CHECK(launch_append_context_kv(a, dtype_of(k_cache), c10::cuda::getCurrentCUDAStream()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dspark, CUDA, m) {
+  m.impl("block_attention", &block_attention);
+  m.impl("rms_norm", &rms_norm);
+  m.impl("qk_norm_rope", &qk_norm_rope);
+  m.impl("append_context_kv", &append_context_kv);
+}
+
+}  // namespace dspark::cuda
