@@ -26,9 +26,9 @@ deterministic, with ``draft_logits = None``): that is what keeps verification lo
 ``confidence[r, k-1]`` estimates P(x_k accepted | x_1..x_{k-1} accepted) and feeds the
 length schedulers; None means all ones.
 
-The DSpark drafter (``dspark_ops.drafter``) implements this protocol around
-``block_attention`` and ``markov_draft``. The drafters here need neither and exist for
-tests, demos and baselines.
+:class:`DSparkProposer` runs the DSpark drafter (``dspark_ops.drafter``, built on
+``block_attention`` and ``markov_draft``) under this protocol. The other drafters here need
+neither and exist for tests, demos and baselines.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ import torch
 
 from .reference.rng import gumbel
 from .rng import Purpose, random_bits
-from .targets import TinyCausalLM, pad_ragged
+from .drafter import DrafterCache, DSparkDrafter
+from .targets import TinyCausalLM, pad_ragged, ragged_index
 
 GREEDY_TEMPERATURE = 1e-5
 
@@ -170,3 +171,52 @@ class AlwaysWrongDrafter:
 
     def retain(self, index):
         pass
+
+
+class DSparkProposer:
+    """A :class:`~dspark_ops.drafter.DSparkDrafter` under the drafter protocol.
+
+    The target's selected hidden layers (``hidden [N, m*d]``, the target built with
+    ``hidden_layers`` equal to the drafter's ``target_layer_ids``) of every committed token
+    go into the drafter's per-layer context cache (``append_context``: fc, hidden_norm,
+    k/v projection, k_norm and RoPE at the token's position); ``propose`` runs one block draft
+    (backbone, ``lm_head``, ``markov_draft``) and returns its tokens, the exact draft logits
+    the tokens were sampled from, and the confidence head's scores. ``gamma`` may be smaller
+    than the checkpoint's ``block_size``: the first ``gamma`` positions of a Markov draft do
+    not depend on the later ones, so the block is simply cut.
+    """
+
+    def __init__(self, drafter: DSparkDrafter, conf_scale: Optional[torch.Tensor] = None):
+        self.drafter = drafter
+        self.conf_scale = conf_scale  # [block_size] STS scales, or None
+        self.cache: Optional[DrafterCache] = None
+
+    def _append(self, hidden: Optional[torch.Tensor], lengths: torch.Tensor, keep: torch.Tensor) -> None:
+        if hidden is None:
+            raise ValueError("DSparkProposer needs the target's hidden states: build the target with "
+                             f"hidden_layers = {self.drafter.config.target_layer_ids}")
+        # Pad the first keep[r] entries of each request to [R, C, m*d] (one host sync for C).
+        rows, cols = ragged_index(lengths, hidden.shape[0])
+        width = max(int(keep.max()), 1) if keep.numel() else 1
+        taken = cols < keep[rows]
+        dtype = self.drafter.fc.weight.dtype
+        padded = hidden.new_zeros((lengths.shape[0], width, hidden.shape[1]), dtype=dtype)
+        padded[rows[taken], cols[taken]] = hidden[taken].to(dtype)
+        self.drafter.append_context(self.cache, padded, keep)
+
+    def begin(self, tokens, lengths, hidden, capacity):
+        self.cache = self.drafter.new_cache(lengths.shape[0], capacity, device=lengths.device)
+        self._append(hidden, lengths, lengths)
+
+    def propose(self, anchor, temperature, seed, offset, gamma):
+        if gamma > self.drafter.gamma:
+            raise ValueError(f"DSparkProposer: gamma={gamma} exceeds the drafter's block_size {self.drafter.gamma}")
+        out = self.drafter.draft(anchor, self.cache, temperature, seed, offset, self.conf_scale)
+        return Proposal(out.tokens[:, :gamma], out.draft_logits[:, :gamma], out.confidence[:, :gamma])
+
+    def commit(self, tokens, lengths, keep, hidden):
+        self._append(hidden, lengths, keep)
+
+    def retain(self, index):
+        c = self.cache
+        self.cache = DrafterCache(k=[k[index] for k in c.k], v=[v[index] for v in c.v], lens=c.lens[index])
