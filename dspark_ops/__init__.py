@@ -9,11 +9,14 @@ from . import _library
 from ._library import has_cuda_kernels
 from .rng import Purpose, random_bits
 from .verify_chain import verify_chain
+from .verify_tree import tree_metadata, verify_tree
 
 __all__ = [
     "Purpose",
     "has_cuda_kernels",
     "random_bits",
+    "tree_metadata",
     "verify_chain",
+    "verify_tree",
 ]
 __version__ = "0.1.0"
