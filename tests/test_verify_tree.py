@@ -193,6 +193,29 @@ def test_matches_reference(device, with_draft, with_eos):
     assert (want[2] > 0).any() and (want[2] >= 2).any()  # the walks do go deep
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_reference_wide_rrs(device):
+    """Bushy roots (7 children, repeats common with V=5) so that several rejections in a row
+    and the residual after them are exercised against the reference's explicit p'."""
+    R, M, V = 300, 8, 5
+    g = torch.Generator().manual_seed(17)
+    tokens = torch.randint(0, V, (R, M), generator=g)
+    parents = torch.zeros(R, M, dtype=torch.long)
+    parents[:, 0] = -1
+    parents[::3, 5:] = 1  # some second-level nodes too
+    n = torch.full((R,), M)
+    target = torch.randn(R * M, V, generator=g) * 1.5
+    draft = torch.randn(R * M, V, generator=g) * 1.5
+    temp = torch.rand(R, generator=g) + 0.5
+    seeds, offs = torch.arange(R) * 3, torch.full((R,), 77)
+    want = ref.verify_tree(target, tokens, parents, n, temp, seeds, offs, draft)
+    got = dspark_ops.verify_tree(*on(device, target, tokens, parents, n, temp, seeds, offs, draft))
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+    first = want[1][:, 0]
+    assert (first >= 4).sum() > 10 and (first == -1).sum() > 10  # late accepts and all-rejected
+
+
 def test_closed_form_residual():
     """p'_j = max(0, p - c_j q) / D_j (dspark/tree_sampling.h) equals the SPEC's iterated
     p'_{j+1} = norm(max(0, p'_j - q))."""
