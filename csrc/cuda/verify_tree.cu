@@ -153,36 +153,77 @@ __device__ __forceinline__ int64_t next_valid_child(const int64_t* tok, const in
   return -1;
 }
 
+// Reads a logits row in groups of four consecutive entries (group g = ids 4g..4g+3, the ids of
+// one Philox call). Thread t takes groups t, t + blockDim, ...: a warp reads 32 consecutive
+// groups, with one 8-byte (bf16/fp16) or 16-byte (fp32) load per thread when the row is
+// aligned (it is whenever V is a multiple of 4 with 16-byte aligned storage, e.g. V = 151,936),
+// and four scalar loads otherwise. The last group may be partial (any V).
+template <typename T>
+struct RowReader {
+  const T* __restrict__ row;
+  int64_t vocab;
+  bool aligned;
+
+  __device__ RowReader(const T* r, int64_t v)
+      : row(r), vocab(v), aligned(reinterpret_cast<uintptr_t>(r) % (4 * sizeof(T)) == 0) {}
+
+  __device__ int64_t groups() const { return (vocab + 3) / 4; }
+
+  // Entries of group g as float32; returns how many exist (4, or fewer in the last group).
+  __device__ __forceinline__ int load(int64_t g, float (&x)[4]) const {
+    const int64_t base = 4 * g;
+    if (base + 4 <= vocab && aligned) {
+      if constexpr (sizeof(T) == 4) {
+        const float4 w = __ldg(reinterpret_cast<const float4*>(row) + g);
+        x[0] = w.x, x[1] = w.y, x[2] = w.z, x[3] = w.w;
+      } else {
+        const uint2 w = __ldg(reinterpret_cast<const uint2*>(row) + g);
+        T e[4];
+        memcpy(e, &w, sizeof(w));
+#pragma unroll
+        for (int k = 0; k < 4; ++k) x[k] = to_float(e[k]);
+      }
+      return 4;
+    }
+    const int n = vocab - base < 4 ? static_cast<int>(vocab - base) : 4;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) x[k] = k < n ? to_float(row[base + k]) : -INFINITY;
+    return n;
+  }
+};
+
 template <typename TT>
 __device__ int64_t row_argmax(const TT* __restrict__ row, int64_t vocab, Scratch& sh) {
+  const RowReader<TT> P(row, vocab);
   ArgMax a;
-  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) a.add(to_float(row[v]), v);
+#pragma unroll 2
+  for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
+    float x[4];
+    const int n = P.load(g, x);
+#pragma unroll
+    for (int k = 0; k < 4; ++k)
+      if (k < n) a.add(x[k], 4 * g + k);
+  }
   return block_merge(a, sh.argmax).result();  // exact total order: every thread agrees
 }
 
 // Gumbel race over row / T (noise: kTreeResample at `node`): a sample of softmax(row / T).
-// Each thread takes four consecutive ids per Philox call, like the CPU's for_each_gumbel.
 template <typename TT>
 __device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, int64_t seed, int64_t offset,
                             uint32_t node, Scratch& sh) {
+  const RowReader<TT> P(row, vocab);
   Race race;
-  for (int64_t base = 4 * static_cast<int64_t>(threadIdx.x); base < vocab; base += 4 * static_cast<int64_t>(blockDim.x)) {
-    const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(base));
+#pragma unroll 2
+  for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
+    float x[4];
+    const int n = P.load(g, x);
+    const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(4 * g));
 #pragma unroll
-    for (int lane = 0; lane < 4; ++lane) {
-      const int64_t v = base + lane;
-      if (v < vocab) race.add(scaled_logit(to_float(row[v]), T), gumbel_from_bits(bits.v[lane]), v);
-    }
+    for (int k = 0; k < 4; ++k)
+      if (k < n) race.add(scaled_logit(x[k], T), gumbel_from_bits(bits.v[k]), 4 * g + k);
   }
   return race_index(block_max_u64(race.best, sh.keys));
 }
-
-template <typename TT, typename TD>
-struct TreeKernelArgs {
-  const TT* target;
-  const TD* draft;
-  VerifyTreeParams p;
-};
 
 // Recursive rejection sampling at `node`, whose first valid child is `first`; all threads
 // call it and get the same (accepted child or -1, emitted token or -1).
@@ -191,10 +232,19 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
                                     float T, int64_t seed, int64_t offset, const int64_t* tok, const int64_t* par,
                                     int64_t n, int64_t node, int64_t first, Scratch& sh, int64_t* next,
                                     int64_t* emitted) {
+  const RowReader<TT> P(prow, vocab);
+  const RowReader<TD> Q(qrow, vocab);
   SoftmaxStats ps, qs;
-  for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) {
-    ps.add(scaled_logit(to_float(prow[v]), T));
-    qs.add(scaled_logit(to_float(qrow[v]), T));
+#pragma unroll 2
+  for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
+    float x[4], y[4];
+    P.load(g, x);
+    Q.load(g, y);  // missing tail entries read as -inf: no effect on the statistics
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      ps.add(scaled_logit(x[k], T));
+      qs.add(scaled_logit(y[k], T));
+    }
   }
   ps = block_stats(ps, sh, 0);
   qs = block_stats(qs, sh, 1);
@@ -214,10 +264,16 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
     j = next_valid_child(tok, par, n, node, j + 1, vocab);
     if (j < 0) break;
     float mass = 0.0f;
-    for (int64_t v = threadIdx.x; v < vocab; v += blockDim.x) {
-      const float r = tree_residual(ps.prob(scaled_logit(to_float(prow[v]), T)), c,
-                                    qs.prob(scaled_logit(to_float(qrow[v]), T)));
-      if (r > 0.0f) mass += r;
+#pragma unroll 2
+    for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
+      float xp[4], xq[4];
+      P.load(g, xp);
+      Q.load(g, xq);
+#pragma unroll
+      for (int k = 0; k < 4; ++k) {
+        const float r = tree_residual(ps.prob(scaled_logit(xp[k], T)), c, qs.prob(scaled_logit(xq[k], T)));
+        if (r > 0.0f) mass += r;
+      }
     }
     mass = block_sum(mass, sh.sums);
     if (!(mass > 0.0f)) break;  // p' has no mass left: no later child is accepted
@@ -225,18 +281,21 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
   }
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
   Race residual, fallback;
-  for (int64_t base = 4 * static_cast<int64_t>(threadIdx.x); base < vocab; base += 4 * static_cast<int64_t>(blockDim.x)) {
+#pragma unroll 2
+  for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
+    float xp[4], xq[4];
+    const int cnt = P.load(g, xp);
+    Q.load(g, xq);
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
-                                      static_cast<uint64_t>(base));
+                                      static_cast<uint64_t>(4 * g));
 #pragma unroll
-    for (int lane = 0; lane < 4; ++lane) {
-      const int64_t v = base + lane;
-      if (v >= vocab) break;
-      const float g = gumbel_from_bits(bits.v[lane]);
-      const float xv = scaled_logit(to_float(prow[v]), T);
-      const float r = tree_residual(ps.prob(xv), c, qs.prob(scaled_logit(to_float(qrow[v]), T)));
-      residual.add(r > 0.0f ? logf(r) : -INFINITY, g, v);
-      fallback.add(xv, g, v);
+    for (int k = 0; k < 4; ++k) {
+      if (k >= cnt) break;
+      const float gum = gumbel_from_bits(bits.v[k]);
+      const float xv = scaled_logit(xp[k], T);
+      const float r = tree_residual(ps.prob(xv), c, qs.prob(scaled_logit(xq[k], T)));
+      residual.add(r > 0.0f ? logf(r) : -INFINITY, gum, 4 * g + k);
+      fallback.add(xv, gum, 4 * g + k);
     }
   }
   const uint64_t rkey = block_max_u64(residual.best, sh.keys);
@@ -244,6 +303,13 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
   *next = -1;
   *emitted = race_index(rkey != 0 ? rkey : fkey);
 }
+
+template <typename TT, typename TD>
+struct TreeKernelArgs {
+  const TT* target;
+  const TD* draft;
+  VerifyTreeParams p;
+};
 
 template <typename TT, typename TD>
 __global__ void __launch_bounds__(kThreads) verify_tree_kernel(const TreeKernelArgs<TT, TD> a) {
