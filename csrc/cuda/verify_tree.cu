@@ -16,6 +16,12 @@
 // dspark/tree_sampling.h), so every pass recomputes p'(v) on the fly from the p and q rows.
 // Rows are 300 KB (bf16) each, so the repeated passes of a node mostly hit L2.
 //
+// Memory: 512 threads per block (108-118 registers, no spills), each pass reads its row(s) in
+// groups of four ids with one vector load per group on aligned rows, several groups loaded
+// before use (for_groups) so that a single block keeps enough bytes in flight. The chain of
+// dependent passes per request is inherent to the walk; small batches (R much smaller than
+// the SM count) leave SMs idle, which is the known limit of one block per request.
+//
 // Uniform control flow: every value that steers the walk (softmax statistics, residual mass,
 // race winners) is reduced and then broadcast from shared memory, so all threads of the block
 // take the same branches even where a float merge is not bitwise commutative.
@@ -30,7 +36,7 @@
 namespace dspark::cuda {
 namespace {
 
-constexpr int kThreads = 1024;
+constexpr int kThreads = 512;
 constexpr int kMetadataThreads = 256;
 
 // ---------------------------------------------------------------------------------------
@@ -192,18 +198,52 @@ struct RowReader {
   }
 };
 
+// Visits this thread's groups, U groups loaded before any is used so that U loads per row are
+// in flight per thread (the passes are bound by memory latency on one SM): f(g, x, n).
+template <int U, typename T, typename F>
+__device__ __forceinline__ void for_groups(const RowReader<T>& P, F&& f) {
+  const int64_t G = P.groups(), stride = blockDim.x;
+  for (int64_t g0 = threadIdx.x; g0 < G; g0 += U * stride) {
+    float x[U][4];
+    int n[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t g = g0 + u * stride;
+      n[u] = g < G ? P.load(g, x[u]) : 0;
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (n[u] > 0) f(g0 + u * stride, x[u], n[u]);
+  }
+}
+
+// The same over two rows of one length (p and q of a node): f(g, xp, xq, n).
+template <int U, typename T1, typename T2, typename F>
+__device__ __forceinline__ void for_groups2(const RowReader<T1>& P, const RowReader<T2>& Q, F&& f) {
+  const int64_t G = P.groups(), stride = blockDim.x;
+  for (int64_t g0 = threadIdx.x; g0 < G; g0 += U * stride) {
+    float x[U][4], y[U][4];
+    int n[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int64_t g = g0 + u * stride;
+      n[u] = g < G ? P.load(g, x[u]) : 0;
+      if (g < G) Q.load(g, y[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+      if (n[u] > 0) f(g0 + u * stride, x[u], y[u], n[u]);
+  }
+}
+
 template <typename TT>
 __device__ int64_t row_argmax(const TT* __restrict__ row, int64_t vocab, Scratch& sh) {
-  const RowReader<TT> P(row, vocab);
   ArgMax a;
-#pragma unroll 2
-  for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
-    float x[4];
-    const int n = P.load(g, x);
+  for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float(&x)[4], int n) {
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       if (k < n) a.add(x[k], 4 * g + k);
-  }
+  });
   return block_merge(a, sh.argmax).result();  // exact total order: every thread agrees
 }
 
@@ -211,17 +251,13 @@ __device__ int64_t row_argmax(const TT* __restrict__ row, int64_t vocab, Scratch
 template <typename TT>
 __device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, int64_t seed, int64_t offset,
                             uint32_t node, Scratch& sh) {
-  const RowReader<TT> P(row, vocab);
   Race race;
-#pragma unroll 2
-  for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
-    float x[4];
-    const int n = P.load(g, x);
+  for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float(&x)[4], int n) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(4 * g));
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       if (k < n) race.add(scaled_logit(x[k], T), gumbel_from_bits(bits.v[k]), 4 * g + k);
-  }
+  });
   return race_index(block_max_u64(race.best, sh.keys));
 }
 
@@ -234,18 +270,15 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
                                     int64_t* emitted) {
   const RowReader<TT> P(prow, vocab);
   const RowReader<TD> Q(qrow, vocab);
+  // Entries past V in the last group read as -inf: probability 0 in every pass below.
   SoftmaxStats ps, qs;
-#pragma unroll 2
-  for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
-    float x[4], y[4];
-    P.load(g, x);
-    Q.load(g, y);  // missing tail entries read as -inf: no effect on the statistics
+  for_groups2<2>(P, Q, [&](int64_t, const float(&x)[4], const float(&y)[4], int) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       ps.add(scaled_logit(x[k], T));
       qs.add(scaled_logit(y[k], T));
     }
-  }
+  });
   ps = block_stats(ps, sh, 0);
   qs = block_stats(qs, sh, 1);
   float c = 0.0f, D = 1.0f;  // p' = max(0, p - c q) / D
@@ -264,28 +297,20 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
     j = next_valid_child(tok, par, n, node, j + 1, vocab);
     if (j < 0) break;
     float mass = 0.0f;
-#pragma unroll 2
-    for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
-      float xp[4], xq[4];
-      P.load(g, xp);
-      Q.load(g, xq);
+    for_groups2<2>(P, Q, [&](int64_t, const float(&xp)[4], const float(&xq)[4], int) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const float r = tree_residual(ps.prob(scaled_logit(xp[k], T)), c, qs.prob(scaled_logit(xq[k], T)));
         if (r > 0.0f) mass += r;
       }
-    }
+    });
     mass = block_sum(mass, sh.sums);
     if (!(mass > 0.0f)) break;  // p' has no mass left: no later child is accepted
     D = mass;
   }
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
   Race residual, fallback;
-#pragma unroll 2
-  for (int64_t g = threadIdx.x; g < P.groups(); g += blockDim.x) {
-    float xp[4], xq[4];
-    const int cnt = P.load(g, xp);
-    Q.load(g, xq);
+  for_groups2<2>(P, Q, [&](int64_t g, const float(&xp)[4], const float(&xq)[4], int cnt) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
                                       static_cast<uint64_t>(4 * g));
 #pragma unroll
@@ -297,7 +322,7 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
       residual.add(r > 0.0f ? logf(r) : -INFINITY, gum, 4 * g + k);
       fallback.add(xv, gum, 4 * g + k);
     }
-  }
+  });
   const uint64_t rkey = block_max_u64(residual.best, sh.keys);
   const uint64_t fkey = block_max_u64(fallback.best, sh.keys);
   *next = -1;
