@@ -16,6 +16,7 @@ from scipy import stats
 
 import dspark_ops
 from dspark_ops import reference as ref
+from dspark_ops.reference.rng import gumbel
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -214,6 +215,17 @@ def test_matches_reference_wide_rrs(device):
         assert torch.equal(a.cpu(), b)
     first = want[1][:, 0]
     assert (first >= 4).sum() > 10 and (first == -1).sum() > 10  # late accepts and all-rejected
+
+
+def test_gumbel_bound_of_bounded_race():
+    """BoundedRace (dspark/tree_sampling.h) skips the noise of entries with
+    log_weight + 17.5 < best; that is exact only if every finite Gumbel of the generator is
+    <= 17.5 and the only infinite one comes from words whose top 24 bits are all ones."""
+    top = torch.arange(0xFFFFFF00 - 4096, 0xFFFFFF00, 64, dtype=torch.int64)
+    assert torch.isfinite(gumbel(top)).all() and gumbel(top).max() <= 17.5
+    assert gumbel(torch.tensor([0xFFFFFEFF])).item() <= 17.5
+    g_inf = gumbel(torch.tensor([0xFFFFFF00, 0xFFFFFFFF]))
+    assert (torch.isinf(g_inf) | (g_inf <= 17.5)).all()
 
 
 def test_closed_form_residual():

@@ -87,6 +87,19 @@ bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
   return false;
 }
 
+// Calls visit(v, bits_v) for v in [0, vocab) with the raw words of Purpose::kTreeResample at
+// `node` (one Philox call per four ids); the races turn them into Gumbel noise only where an
+// entry can still win (BoundedRace in dspark/tree_sampling.h).
+template <typename Visit>
+void for_each_bits(int64_t vocab, int64_t seed, int64_t offset, int64_t node, Visit&& visit) {
+  for (int64_t base = 0; base < vocab; base += 4) {
+    const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
+                                      static_cast<uint64_t>(base));
+    const int64_t n = vocab - base < 4 ? vocab - base : 4;
+    for (int64_t lane = 0; lane < n; ++lane) visit(base + lane, bits.v[lane]);
+  }
+}
+
 // The first child of `node` at index >= from whose token is `token` (-1: none).
 int64_t child_with_token(const TreeRequest& q, int64_t node, int64_t token) {
   for (int64_t j = node + 1; j < q.nodes; ++j)
@@ -135,15 +148,18 @@ std::pair<int64_t, int64_t> recursive_rejection(const TreeRequest& q, int64_t no
     D = mass;
   }
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
-  Race residual, fallback;
-  for_each_gumbel(vocab, q.seed, q.offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
-                  [&](int64_t v, float g) {
-                    const float xv = scaled_logit(load(prow, v), T);
-                    const float r = tree_residual(ps.prob(xv), c, q_at(v));
-                    residual.add(r > 0.0f ? logf(r) : -INFINITY, g, v);
-                    fallback.add(xv, g, v);
-                  });
-  return {-1, residual.empty() ? fallback.index() : residual.index()};
+  BoundedRace residual, fallback;
+  for_each_bits(vocab, q.seed, q.offset, node, [&](int64_t v, uint32_t bits) {
+    const float xv = scaled_logit(load(prow, v), T);
+    const float r = tree_residual(ps.prob(xv), c, q_at(v));
+    const float lr = r > 0.0f ? logf(r) : -INFINITY;
+    const bool use_r = !residual.hopeless(lr, bits), use_f = !fallback.hopeless(xv, bits);
+    if (!use_r && !use_f) return;
+    const float g = gumbel_from_bits(bits);
+    if (use_r) residual.add(lr, g, v);
+    if (use_f) fallback.add(xv, g, v);
+  });
+  return {-1, residual.race.empty() ? fallback.race.index() : residual.race.index()};
 }
 
 // target, draft: [N, V] (draft may be nullptr). Returns (num_accepted, num_emitted).
@@ -167,10 +183,10 @@ std::pair<int64_t, int64_t> verify_one(const TreeRequest& q, const TT* target, c
       std::tie(next, emitted) = recursive_rejection(q, node, first, prow, qrow, vocab);
     } else {
       // y ~ p_node; with draft_logits this node has no valid child and y is the bonus token.
-      Race race;
-      for_each_gumbel(vocab, q.seed, q.offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
-                      [&](int64_t v, float g) { race.add(scaled_logit(load(prow, v), T), g, v); });
-      const int64_t y = race.index();
+      BoundedRace race;
+      for_each_bits(vocab, q.seed, q.offset, node,
+                    [&](int64_t v, uint32_t bits) { race.add_bits(scaled_logit(load(prow, v), T), bits, v); });
+      const int64_t y = race.race.index();
       next = draft ? -1 : child_with_token(q, node, y);
       if (next < 0) emitted = y;
     }

@@ -90,7 +90,6 @@ struct Scratch {
   float sums[kThreads / kWarpSize];
   long long isums[kThreads / kWarpSize];
   SoftmaxStats bcast_stats[2];
-  float bcast_float;
 };
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -251,14 +250,14 @@ __device__ int64_t row_argmax(const TT* __restrict__ row, int64_t vocab, Scratch
 template <typename TT>
 __device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, int64_t seed, int64_t offset,
                             uint32_t node, Scratch& sh) {
-  Race race;
+  BoundedRace race;  // per-thread winner; entries that cannot beat it skip their noise's logs
   for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float(&x)[4], int n) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(4 * g));
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-      if (k < n) race.add(scaled_logit(x[k], T), gumbel_from_bits(bits.v[k]), 4 * g + k);
+      if (k < n) race.add_bits(scaled_logit(x[k], T), bits.v[k], 4 * g + k);
   });
-  return race_index(block_max_u64(race.best, sh.keys));
+  return race_index(block_max_u64(race.race.best, sh.keys));
 }
 
 // Recursive rejection sampling at `node`, whose first valid child is `first`; all threads
@@ -309,22 +308,26 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
     D = mass;
   }
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
-  Race residual, fallback;
+  BoundedRace residual, fallback;
   for_groups2<2>(P, Q, [&](int64_t g, const float(&xp)[4], const float(&xq)[4], int cnt) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
                                       static_cast<uint64_t>(4 * g));
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       if (k >= cnt) break;
-      const float gum = gumbel_from_bits(bits.v[k]);
       const float xv = scaled_logit(xp[k], T);
       const float r = tree_residual(ps.prob(xv), c, qs.prob(scaled_logit(xq[k], T)));
-      residual.add(r > 0.0f ? logf(r) : -INFINITY, gum, 4 * g + k);
-      fallback.add(xv, gum, 4 * g + k);
+      const float lr = r > 0.0f ? logf(r) : -INFINITY;
+      const bool use_r = !residual.hopeless(lr, bits.v[k]), use_f = !fallback.hopeless(xv, bits.v[k]);
+      if (use_r || use_f) {
+        const float gum = gumbel_from_bits(bits.v[k]);
+        if (use_r) residual.add(lr, gum, 4 * g + k);
+        if (use_f) fallback.add(xv, gum, 4 * g + k);
+      }
     }
   });
-  const uint64_t rkey = block_max_u64(residual.best, sh.keys);
-  const uint64_t fkey = block_max_u64(fallback.best, sh.keys);
+  const uint64_t rkey = block_max_u64(residual.race.best, sh.keys);
+  const uint64_t fkey = block_max_u64(fallback.race.best, sh.keys);
   *next = -1;
   *emitted = race_index(rkey != 0 ? rkey : fkey);
 }
