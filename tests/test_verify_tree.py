@@ -216,6 +216,29 @@ def test_matches_reference_wide_rrs(device):
     assert (first >= 4).sum() > 10 and (first == -1).sum() > 10  # late accepts and all-rejected
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_residual_without_mass_falls_back_to_p(device):
+    """q = p and a first child whose token has p = q = 0: it is rejected, the residual
+    max(0, p - q) has no mass, so no later child is accepted and the token comes from p, the
+    very race a childless root runs."""
+    R, V = 50, 9
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(R, V, generator=g)
+    logits[:, 4] = float("-inf")
+    tokens = torch.tensor([0, 4, 2]).repeat(R, 1)
+    parents = torch.tensor([-1, 0, 0]).repeat(R, 1)
+    target = torch.stack([logits, logits, logits], 1).reshape(R * 3, V)
+    temp, seeds, offs = torch.full((R,), 0.7), torch.arange(R), torch.zeros(R, dtype=torch.long)
+    out, nodes, acc, emit = dspark_ops.verify_tree(*on(device, target, tokens, parents, torch.full((R,), 3), temp,
+                                                       seeds, offs, target))
+    assert (acc == 0).all() and (emit == 1).all()
+    alone = dspark_ops.verify_tree(*on(device, logits, tokens[:, :1], parents[:, :1], torch.ones(R, dtype=torch.long),
+                                       temp, seeds, offs))
+    assert torch.equal(out[:, 0], alone[0][:, 0])
+    want = ref.verify_tree(target, tokens, parents, torch.full((R,), 3), temp, seeds, offs, target)
+    assert torch.equal(out.cpu(), want[0])
+
+
 def test_gumbel_bound_of_bounded_race():
     """BoundedRace (dspark/tree_sampling.h) skips the noise of entries with
     log_weight + 17.5 < best; that is exact only if every finite Gumbel of the generator is
