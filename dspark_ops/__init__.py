@@ -21,6 +21,7 @@ from .generate import (
     generate,
     target_decode,
 )
+from .verify_tree import tree_metadata, verify_tree
 
 __all__ = [
     "ConfidenceThreshold",
@@ -42,6 +43,8 @@ __all__ = [
     "random_bits",
     "schedule_lengths",
     "scheduling",
+    "tree_metadata",
     "verify_chain",
+    "verify_tree",
 ]
 __version__ = "0.1.0"

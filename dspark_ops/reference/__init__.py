@@ -6,6 +6,7 @@ from .schedule_lengths import schedule_lengths
 from .verify_chain import verify_chain
 from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
 from .drafter import drafter_backbone, markov_greedy
+from .verify_tree import tree_metadata, verify_tree
 
 __all__ = [
     "append_context_kv",
@@ -19,5 +20,7 @@ __all__ = [
     "random_uniform",
     "rms_norm",
     "schedule_lengths",
+    "tree_metadata",
     "verify_chain",
+    "verify_tree",
 ]

@@ -1,0 +1,118 @@
+// Argument checks of dspark::tree_metadata and dspark::verify_tree shared by the CPU and CUDA
+// bindings (SPEC §5). Shape/dtype/device checks always run; the value checks (node counts,
+// parents before children, rows summing to N) run on CPU tensors always and on CUDA tensors
+// only with DSPARK_CHECK=1, because they need a host sync.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+
+#include "dspark/checks.h"
+
+namespace dspark {
+
+// Tree nodes index the Philox `position` field, which keeps 16 bits: M <= 65536.
+constexpr int64_t kMaxTreeNodes = int64_t{1} << 16;
+
+struct TreeSizes {
+  int64_t requests;  // R
+  int64_t width;     // M, the columns of parents / tree_tokens
+  int64_t vocab;     // V (verify_tree only)
+  int64_t rows;      // N = Σ num_nodes[r] (verify_tree only)
+  int64_t num_eos;   // E (0 without eos_ids)
+};
+
+// Value checks of a tree batch on host copies: num_nodes in [0, M], parents[r, 0] = -1 and
+// 0 <= parents[r, i] < i for 1 <= i < n_r (entries at i >= n_r are ignored).
+// Returns Σ num_nodes.
+inline int64_t check_tree_values(const char* op, const at::Tensor& parents_any, const at::Tensor& num_nodes_any) {
+  const auto parents = parents_any.cpu().contiguous();
+  const auto num_nodes = num_nodes_any.cpu().contiguous();
+  const int64_t R = parents.size(0), M = parents.size(1);
+  const int64_t* pp = parents.data_ptr<int64_t>();
+  const int64_t* np = num_nodes.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t r = 0; r < R; ++r) {
+    const int64_t n = np[r];
+    DSPARK_CHECK(n >= 0 && n <= M, op, "num_nodes", "must lie in [0, M=", M, "] (M = parents.size(1)), got ",
+                 n, " for request ", r);
+    total += n;
+    const int64_t* pr = pp + r * M;
+    if (n >= 1)
+      DSPARK_CHECK(pr[0] == -1, op, "parents", "must have parents[r, 0] = -1 (node 0 is the root), got ", pr[0],
+                   " for request ", r);
+    for (int64_t i = 1; i < n; ++i)
+      DSPARK_CHECK(pr[i] >= 0 && pr[i] < i, op, "parents",
+                   "must list nodes in topological order (0 <= parents[r, i] < i), got parents[", r, ", ", i,
+                   "] = ", pr[i]);
+  }
+  return total;
+}
+
+inline void check_tree_layout(const char* op, const at::Tensor& parents, const at::Tensor& num_nodes,
+                              const at::Tensor& ref) {
+  check_device(parents, op, "parents", ref);
+  check_dtype(parents, op, "parents", {at::kLong});
+  check_dim(parents, op, "parents", 2);
+  DSPARK_CHECK(parents.size(1) <= kMaxTreeNodes, op, "parents", "must have at most ", kMaxTreeNodes,
+               " columns (tree nodes), got shape ", parents.sizes());
+  check_index_vector(num_nodes, op, "num_nodes", parents.size(0), "R, the rows of parents", ref);
+}
+
+// parents [R, M], num_nodes [R], prefix_lens [R] (all int64).
+inline TreeSizes check_tree_metadata_args(const at::Tensor& parents, const at::Tensor& num_nodes,
+                                          const at::Tensor& prefix_lens) {
+  constexpr const char* op = "dspark::tree_metadata";
+  check_tree_layout(op, parents, num_nodes, parents);
+  check_index_vector(prefix_lens, op, "prefix_lens", parents.size(0), "R, the rows of parents", parents);
+  TreeSizes s{parents.size(0), parents.size(1), 0, 0, 0};
+  if (value_checks_enabled(parents) && s.requests > 0) s.rows = check_tree_values(op, parents, num_nodes);
+  return s;
+}
+
+// target_logits [N, V]; tree_tokens, parents [R, M] int64; num_nodes, seed, offset [R] int64;
+// temperature [R] float32; draft_logits [N, V] or None; eos_ids [E] or None.
+inline TreeSizes check_verify_tree_args(const at::Tensor& target_logits, const at::Tensor& tree_tokens,
+                                        const at::Tensor& parents, const at::Tensor& num_nodes,
+                                        const at::Tensor& temperature, const at::Tensor& seed,
+                                        const at::Tensor& offset, const std::optional<at::Tensor>& draft_logits,
+                                        const std::optional<at::Tensor>& eos_ids) {
+  constexpr const char* op = "dspark::verify_tree";
+  check_float_dtype(target_logits, op, "target_logits");
+  check_dim(target_logits, op, "target_logits", 2);
+  check_device(tree_tokens, op, "tree_tokens", target_logits);
+  check_dtype(tree_tokens, op, "tree_tokens", {at::kLong});
+  check_dim(tree_tokens, op, "tree_tokens", 2);
+  TreeSizes s{tree_tokens.size(0), tree_tokens.size(1), target_logits.size(1), target_logits.size(0), 0};
+  DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
+               "must have a vocabulary size in [1, 2^32), got ", s.vocab);
+  check_tree_layout(op, parents, num_nodes, target_logits);
+  check_size(parents, op, "parents", 0, s.requests, "R, the rows of tree_tokens");
+  check_size(parents, op, "parents", 1, s.width, "M, the columns of tree_tokens");
+  check_float_vector(temperature, op, "temperature", s.requests, "R", target_logits);
+  check_index_vector(seed, op, "seed", s.requests, "R", target_logits);
+  check_index_vector(offset, op, "offset", s.requests, "R", target_logits);
+  if (draft_logits) {
+    const auto& d = *draft_logits;
+    check_device(d, op, "draft_logits", target_logits);
+    check_float_dtype(d, op, "draft_logits");
+    check_dim(d, op, "draft_logits", 2);
+    check_size(d, op, "draft_logits", 0, s.rows, "N, the rows of target_logits");
+    check_size(d, op, "draft_logits", 1, s.vocab, "V, the columns of target_logits");
+  }
+  if (eos_ids) {
+    check_device(*eos_ids, op, "eos_ids", target_logits);
+    check_dtype(*eos_ids, op, "eos_ids", {at::kLong});
+    check_dim(*eos_ids, op, "eos_ids", 1);
+    s.num_eos = eos_ids->size(0);
+  }
+  if (value_checks_enabled(num_nodes)) {
+    const int64_t total = s.requests > 0 ? check_tree_values(op, parents, num_nodes) : 0;
+    DSPARK_CHECK(total == s.rows, op, "target_logits", "must have Σ num_nodes = ", total,
+                 " rows (one per tree node), got ", s.rows);
+  }
+  return s;
+}
+
+}  // namespace dspark

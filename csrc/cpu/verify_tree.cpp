@@ -1,0 +1,267 @@
+// CPU kernels of dspark::tree_metadata and dspark::verify_tree (SPEC §5): requests in
+// parallel, each tree walked from the root. Per visited node the target row is read once
+// (greedy argmax, or the Gumbel race that draws y ~ p_i / the bonus token); with
+// draft_logits, once for the softmax statistics of p_i and q_i, once more per rejected child
+// that is followed by another child, and once for the residual race when every child is
+// rejected (see dspark/tree_sampling.h for the closed form of the residuals).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common/verify_tree_args.h"
+#include "cpu/row_ops.h"
+#include "dspark/tree_sampling.h"
+
+namespace dspark::cpu {
+namespace {
+
+// ---------------------------------------------------------------------------------------
+// tree_metadata
+
+// parents [R, M], num_nodes [R], prefix_lens [R] -> attn_mask [R, M, M] bool,
+// positions [R, M], depth [R, M]. A node whose parent is out of [0, i) (only possible where
+// value checks are off) is detached: it and its descendants are laid out like padding rows.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_metadata(const at::Tensor& parents, const at::Tensor& num_nodes,
+                                                             const at::Tensor& prefix_lens) {
+  const TreeSizes s = check_tree_metadata_args(parents, num_nodes, prefix_lens);
+  const int64_t R = s.requests, M = s.width;
+  auto attn_mask = at::zeros({R, M, M}, parents.options().dtype(at::kBool));
+  auto positions = at::full({R, M}, -1, parents.options());
+  auto depth = at::full({R, M}, -1, parents.options());
+  if (R == 0 || M == 0) return {attn_mask, positions, depth};
+  const auto par = parents.contiguous(), cnt = num_nodes.contiguous(), pre = prefix_lens.contiguous();
+  const int64_t* pp = par.data_ptr<int64_t>();
+  const int64_t* np = cnt.data_ptr<int64_t>();
+  const int64_t* lp = pre.data_ptr<int64_t>();
+  bool* mp = attn_mask.data_ptr<bool>();
+  int64_t* posp = positions.data_ptr<int64_t>();
+  int64_t* dp = depth.data_ptr<int64_t>();
+  at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t n = std::min(std::max<int64_t>(np[r], 0), M);
+      const int64_t* pr = pp + r * M;
+      bool* mask = mp + r * M * M;
+      int64_t* d = dp + r * M;
+      for (int64_t i = 0; i < M; ++i) {
+        bool* row = mask + i * M;
+        row[i] = true;
+        if (i >= n) continue;
+        if (i == 0) {
+          d[0] = 0;
+        } else {
+          const int64_t parent = pr[i];
+          if (parent < 0 || parent >= i || d[parent] < 0) continue;  // detached
+          d[i] = d[parent] + 1;
+          const bool* above = mask + parent * M;
+          for (int64_t j = 0; j < i; ++j) row[j] = above[j];
+        }
+        posp[r * M + i] = lp[r] + d[i];
+      }
+    }
+  });
+  return {attn_mask, positions, depth};
+}
+
+// ---------------------------------------------------------------------------------------
+// verify_tree
+
+struct TreeRequest {
+  const int64_t* tokens;   // [M] node tokens (tokens[0] is the anchor, never read)
+  const int64_t* parents;  // [M]
+  int64_t nodes;           // n_r, cut to the rows that exist
+  int64_t first_row;       // index of this request's node 0 in target_logits
+  float temperature;
+  int64_t seed, offset;
+  int64_t* out;        // [M] output tokens, pre-filled with -1
+  int64_t* out_nodes;  // [M] accepted node indices, pre-filled with -1
+};
+
+bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
+  for (int64_t e = 0; e < num_eos; ++e)
+    if (eos[e] == token) return true;
+  return false;
+}
+
+// Calls visit(v, bits_v) for v in [0, vocab) with the raw words of Purpose::kTreeResample at
+// `node` (one Philox call per four ids); the races turn them into Gumbel noise only where an
+// entry can still win (BoundedRace in dspark/tree_sampling.h).
+template <typename Visit>
+void for_each_bits(int64_t vocab, int64_t seed, int64_t offset, int64_t node, Visit&& visit) {
+  for (int64_t base = 0; base < vocab; base += 4) {
+    const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
+                                      static_cast<uint64_t>(base));
+    const int64_t n = vocab - base < 4 ? vocab - base : 4;
+    for (int64_t lane = 0; lane < n; ++lane) visit(base + lane, bits.v[lane]);
+  }
+}
+
+// The first child of `node` at index >= from whose token is `token` (-1: none).
+int64_t child_with_token(const TreeRequest& q, int64_t node, int64_t token) {
+  for (int64_t j = node + 1; j < q.nodes; ++j)
+    if (q.parents[j] == node && q.tokens[j] == token) return j;
+  return -1;
+}
+
+// The first child of `node` at index >= from with an in-range token (-1: none). Children
+// with a token outside [0, V) cannot have been drawn from q_i: they are skipped entirely
+// (no coin, no residual update), which keeps the remaining children i.i.d. from q_i.
+int64_t next_valid_child(const TreeRequest& q, int64_t node, int64_t from, int64_t vocab) {
+  for (int64_t j = from; j < q.nodes; ++j)
+    if (q.parents[j] == node && q.tokens[j] >= 0 && q.tokens[j] < vocab) return j;
+  return -1;
+}
+
+// Recursive rejection sampling at `node` (which has at least one valid child `first`).
+// Returns (accepted child or -1, emitted token or -1).
+template <typename TT, typename TD>
+std::pair<int64_t, int64_t> recursive_rejection(const TreeRequest& q, int64_t node, int64_t first, const TT* prow,
+                                                const TD* qrow, int64_t vocab) {
+  const float T = q.temperature;
+  SoftmaxStats ps, qs;
+  for (int64_t v = 0; v < vocab; ++v) {
+    ps.add(scaled_logit(load(prow, v), T));
+    qs.add(scaled_logit(load(qrow, v), T));
+  }
+  auto p_at = [&](int64_t v) { return ps.prob(scaled_logit(load(prow, v), T)); };
+  auto q_at = [&](int64_t v) { return qs.prob(scaled_logit(load(qrow, v), T)); };
+  float c = 0.0f, D = 1.0f;  // p' = max(0, p - c q) / D (dspark/tree_sampling.h)
+  for (int64_t j = first; j >= 0;) {
+    const int64_t x = q.tokens[j];
+    const float px = p_at(x), qx = q_at(x);
+    const float coin = random_uniform(q.seed, q.offset, Purpose::kTreeCoin, static_cast<uint32_t>(node),
+                                      static_cast<uint64_t>(j));
+    if (coin * qx < tree_residual_prob(px, qx, c, D)) return {j, -1};
+    c += D;
+    j = next_valid_child(q, node, j + 1, vocab);
+    if (j < 0) break;
+    float mass = 0.0f;
+    for (int64_t v = 0; v < vocab; ++v) {
+      const float r = tree_residual(p_at(v), c, q_at(v));
+      if (r > 0.0f) mass += r;
+    }
+    if (!(mass > 0.0f)) break;  // p' has no mass left: no later child is accepted
+    D = mass;
+  }
+  // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
+  BoundedRace residual, fallback;
+  for_each_bits(vocab, q.seed, q.offset, node, [&](int64_t v, uint32_t bits) {
+    const float xv = scaled_logit(load(prow, v), T);
+    const float r = tree_residual(ps.prob(xv), c, q_at(v));
+    const float lr = r > 0.0f ? logf(r) : -INFINITY;
+    const bool use_r = !residual.hopeless(lr, bits), use_f = !fallback.hopeless(xv, bits);
+    if (!use_r && !use_f) return;
+    const float g = gumbel_from_bits(bits);
+    if (use_r) residual.add(lr, g, v);
+    if (use_f) fallback.add(xv, g, v);
+  });
+  return {-1, residual.race.empty() ? fallback.race.index() : residual.race.index()};
+}
+
+// target, draft: [N, V] (draft may be nullptr). Returns (num_accepted, num_emitted).
+template <typename TT, typename TD>
+std::pair<int64_t, int64_t> verify_one(const TreeRequest& q, const TT* target, const TD* draft, int64_t vocab,
+                                       const int64_t* eos, int64_t num_eos) {
+  if (q.nodes <= 0) return {0, 0};
+  const bool greedy = is_greedy(q.temperature);
+  const float T = q.temperature;
+  int64_t node = 0, accepted = 0;
+  while (true) {
+    const TT* prow = target + (q.first_row + node) * vocab;
+    int64_t next = -1, emitted = -1;
+    const int64_t first = draft && !greedy ? next_valid_child(q, node, node + 1, vocab) : -1;
+    if (greedy) {
+      const int64_t best = row_argmax(prow, vocab);
+      next = child_with_token(q, node, best);
+      if (next < 0) emitted = best;
+    } else if (first >= 0) {
+      const TD* qrow = draft + (q.first_row + node) * vocab;
+      std::tie(next, emitted) = recursive_rejection(q, node, first, prow, qrow, vocab);
+    } else {
+      // y ~ p_node; with draft_logits this node has no valid child and y is the bonus token.
+      BoundedRace race;
+      for_each_bits(vocab, q.seed, q.offset, node,
+                    [&](int64_t v, uint32_t bits) { race.add_bits(scaled_logit(load(prow, v), T), bits, v); });
+      const int64_t y = race.race.index();
+      next = draft ? -1 : child_with_token(q, node, y);
+      if (next < 0) emitted = y;
+    }
+    if (next < 0) {
+      q.out[accepted] = emitted;
+      return {accepted, accepted + 1};
+    }
+    q.out[accepted] = q.tokens[next];
+    q.out_nodes[accepted++] = next;
+    if (is_eos(q.tokens[next], eos, num_eos)) return {accepted, accepted};
+    node = next;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
+    const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
+    const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
+    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids) {
+  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed,
+                                             offset, draft_logits, eos_ids);
+  const int64_t R = s.requests, M = s.width;
+  const auto opts = tree_tokens.options();
+  auto out_tokens = at::full({R, M}, -1, opts);
+  auto accepted_nodes = at::full({R, M}, -1, opts);
+  auto num_accepted = at::zeros({R}, opts);
+  auto num_emitted = at::zeros({R}, opts);
+  if (R == 0 || M == 0) return {out_tokens, accepted_nodes, num_accepted, num_emitted};
+
+  const auto target = target_logits.contiguous();
+  const auto tokens = tree_tokens.contiguous(), par = parents.contiguous(), cnt = num_nodes.contiguous();
+  const auto draft = draft_logits ? std::optional<at::Tensor>(draft_logits->contiguous()) : std::nullopt;
+  const auto eos = eos_ids ? eos_ids->contiguous() : at::empty({0}, opts);
+  const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
+
+  // Row starts: request r's nodes begin after Σ_{r' < r} n_r'.
+  std::vector<int64_t> first_row(R);
+  const int64_t* np = cnt.data_ptr<int64_t>();
+  for (int64_t r = 0, acc = 0; r < R; ++r) {
+    first_row[r] = acc;
+    acc += np[r];
+  }
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "verify_tree_cpu", [&] {
+    using TT = scalar_t;
+    const auto draft_type = draft ? draft->scalar_type() : target.scalar_type();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, draft_type, "verify_tree_cpu_draft", [&] {
+      using TD = scalar_t;
+      const TT* tp = target.data_ptr<TT>();
+      const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;
+      at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; ++r) {
+          TreeRequest q{tokens.data_ptr<int64_t>() + r * M,
+                        par.data_ptr<int64_t>() + r * M,
+                        np[r],
+                        first_row[r],
+                        temp.data_ptr<float>()[r],
+                        sd.data_ptr<int64_t>()[r],
+                        off.data_ptr<int64_t>()[r],
+                        out_tokens.data_ptr<int64_t>() + r * M,
+                        accepted_nodes.data_ptr<int64_t>() + r * M};
+          auto [acc, emit] = verify_one(q, tp, dp, s.vocab, eos.data_ptr<int64_t>(), s.num_eos);
+          num_accepted.data_ptr<int64_t>()[r] = acc;
+          num_emitted.data_ptr<int64_t>()[r] = emit;
+        }
+      });
+    });
+  });
+  return {out_tokens, accepted_nodes, num_accepted, num_emitted};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dspark, CPU, m) {
+  m.impl("tree_metadata", &tree_metadata);
+  m.impl("verify_tree", &verify_tree);
+}
+
+}  // namespace dspark::cpu

@@ -1,0 +1,41 @@
+// Launchers of the tree kernels (declared for the torch binding, defined in verify_tree.cu).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "dspark/dtype.h"
+
+namespace dspark::cuda {
+
+// parents [R, M], num_nodes [R], prefix_lens [R] -> attn_mask [R, M, M] (bool as uint8),
+// positions [R, M], depth [R, M]. Every output element is written.
+cudaError_t launch_tree_metadata(const int64_t* parents, const int64_t* num_nodes, const int64_t* prefix_lens,
+                                 int64_t requests, int64_t width, bool* attn_mask, int64_t* positions,
+                                 int64_t* depth, cudaStream_t stream);
+
+struct VerifyTreeParams {
+  const void* target;  // [rows, vocab] of target_dtype
+  DType target_dtype;
+  const void* draft;  // [rows, vocab] of draft_dtype, or nullptr
+  DType draft_dtype;
+  int64_t rows, vocab;
+  const int64_t* tokens;     // [R, M]
+  const int64_t* parents;    // [R, M]
+  const int64_t* num_nodes;  // [R]
+  int64_t requests, width;   // R, M
+  const float* temperature;  // [R]
+  const int64_t* seed;       // [R]
+  const int64_t* offset;     // [R]
+  const int64_t* eos;        // [E] (may be nullptr when E = 0)
+  int64_t num_eos;
+  int64_t* out_tokens;      // [R, M] every element written
+  int64_t* accepted_nodes;  // [R, M] every element written
+  int64_t* num_accepted;    // [R]
+  int64_t* num_emitted;     // [R]
+};
+
+cudaError_t launch_verify_tree(const VerifyTreeParams& p, cudaStream_t stream);
+
+}  // namespace dspark::cuda

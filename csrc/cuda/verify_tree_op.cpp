@@ -1,0 +1,98 @@
+// CUDA bindings of dspark::tree_metadata and dspark::verify_tree: checks (shared with the CPU
+// binding), allocation, launch on the current stream. No host sync unless DSPARK_CHECK=1.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <optional>
+#include <tuple>
+
+#include "common/verify_tree_args.h"
+#include "cuda/launch_check.h"
+#include "cuda/verify_tree.h"
+
+namespace dspark::cuda {
+namespace {
+
+DType to_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kBFloat16:
+      return DType::kBFloat16;
+    case at::kHalf:
+      return DType::kFloat16;
+    default:
+      return DType::kFloat32;
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_metadata(const at::Tensor& parents, const at::Tensor& num_nodes,
+                                                             const at::Tensor& prefix_lens) {
+  const TreeSizes s = check_tree_metadata_args(parents, num_nodes, prefix_lens);
+  const c10::cuda::CUDAGuard guard(parents.device());
+  // Every element is written by the kernel: no fill needed.
+  auto attn_mask = at::empty({s.requests, s.width, s.width}, parents.options().dtype(at::kBool));
+  auto positions = at::empty({s.requests, s.width}, parents.options());
+  auto depth = at::empty({s.requests, s.width}, parents.options());
+  const auto par = parents.contiguous(), cnt = num_nodes.contiguous(), pre = prefix_lens.contiguous();
+  DSPARK_CUDA_CHECK(launch_tree_metadata(par.data_ptr<int64_t>(), cnt.data_ptr<int64_t>(), pre.data_ptr<int64_t>(),
+                                         s.requests, s.width, attn_mask.data_ptr<bool>(),
+                                         positions.data_ptr<int64_t>(), depth.data_ptr<int64_t>(),
+                                         c10::cuda::getCurrentCUDAStream()));
+  return {attn_mask, positions, depth};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
+    const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
+    const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
+    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids) {
+  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed,
+                                             offset, draft_logits, eos_ids);
+  const c10::cuda::CUDAGuard guard(target_logits.device());
+  const auto opts = tree_tokens.options();
+  // Every element is written by the kernel (it fills its own rows with -1 first).
+  auto out_tokens = at::empty({s.requests, s.width}, opts);
+  auto accepted_nodes = at::empty({s.requests, s.width}, opts);
+  auto num_accepted = at::zeros({s.requests}, opts);  // M = 0 launches nothing
+  auto num_emitted = at::zeros({s.requests}, opts);
+  if (s.requests == 0 || s.width == 0) return {out_tokens, accepted_nodes, num_accepted, num_emitted};
+
+  const auto target = target_logits.contiguous();
+  const auto tokens = tree_tokens.contiguous(), par = parents.contiguous(), cnt = num_nodes.contiguous();
+  const at::Tensor draft = draft_logits ? draft_logits->contiguous() : at::Tensor();
+  const auto eos = eos_ids ? eos_ids->contiguous() : at::empty({0}, opts);
+  const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
+
+  VerifyTreeParams p{};
+  p.target = target.data_ptr();
+  p.target_dtype = to_dtype(target.scalar_type());
+  p.draft = draft.defined() ? draft.data_ptr() : nullptr;
+  p.draft_dtype = draft.defined() ? to_dtype(draft.scalar_type()) : p.target_dtype;
+  p.rows = s.rows;
+  p.vocab = s.vocab;
+  p.tokens = tokens.data_ptr<int64_t>();
+  p.parents = par.data_ptr<int64_t>();
+  p.num_nodes = cnt.data_ptr<int64_t>();
+  p.requests = s.requests;
+  p.width = s.width;
+  p.temperature = temp.data_ptr<float>();
+  p.seed = sd.data_ptr<int64_t>();
+  p.offset = off.data_ptr<int64_t>();
+  p.eos = s.num_eos > 0 ? eos.data_ptr<int64_t>() : nullptr;
+  p.num_eos = s.num_eos;
+  p.out_tokens = out_tokens.data_ptr<int64_t>();
+  p.accepted_nodes = accepted_nodes.data_ptr<int64_t>();
+  p.num_accepted = num_accepted.data_ptr<int64_t>();
+  p.num_emitted = num_emitted.data_ptr<int64_t>();
+  DSPARK_CUDA_CHECK(launch_verify_tree(p, c10::cuda::getCurrentCUDAStream()));
+  return {out_tokens, accepted_nodes, num_accepted, num_emitted};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dspark, CUDA, m) {
+  m.impl("tree_metadata", &tree_metadata);
+  m.impl("verify_tree", &verify_tree);
+}
+
+}  // namespace dspark::cuda

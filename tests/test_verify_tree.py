@@ -1,0 +1,595 @@
+"""Tests of tree_metadata and verify_tree (SPEC §5): hand-built trees with exact outputs,
+kernel vs the pure-PyTorch reference, distribution tests of both sampling modes, chains as
+trees against verify_chain, malformed trees, batch invariance, opcheck, torch.compile, and
+CPU vs CUDA when a GPU is present.
+
+Statistical tests use fixed seeds (so they are deterministic); each would fail with
+probability 1e-4 for a correct kernel under fresh seeds (p-value threshold 1e-4)."""
+
+from __future__ import annotations
+
+import collections
+
+import pytest
+import torch
+from scipy import stats
+
+import dspark_ops
+from dspark_ops import reference as ref
+from dspark_ops.reference.rng import gumbel
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+P_MIN = 1e-4  # p-value threshold of every chi-square test
+
+
+def random_trees(R, M, V, gen, min_nodes=1):
+    """Random topological trees: counts in [min_nodes, M], mixed bushy/chain shapes, tokens
+    sometimes copied from a sibling (repeats) or -1 (invalid)."""
+    n = torch.randint(min_nodes, M + 1, (R,), generator=gen)
+    parents = torch.full((R, M), -1, dtype=torch.long)
+    for i in range(1, M):
+        bushy = torch.randint(0, i, (R,), generator=gen)
+        parents[:, i] = torch.where(torch.rand(R, generator=gen) < 0.6, bushy, torch.full((R,), i - 1))
+    tokens = torch.randint(0, V, (R, M), generator=gen)
+    tokens[torch.rand(R, M, generator=gen) < 0.05] = -1
+    return tokens, parents, n
+
+
+def batch_inputs(R, M, V, seed=0, greedy_every=4, dtype=torch.float32, draft_dtype=torch.bfloat16, scale=2.0):
+    g = torch.Generator().manual_seed(seed)
+    tokens, parents, n = random_trees(R, M, V, g)
+    N = int(n.sum())
+    target = (torch.randn(N, V, generator=g) * scale).to(dtype)
+    draft = (torch.randn(N, V, generator=g) * scale).to(draft_dtype)
+    # Make some children match the argmax so greedy walks go deep.
+    first = torch.cumsum(n, 0) - n
+    for r in range(0, R, 2):
+        for i in range(1, int(n[r])):
+            if torch.rand(1, generator=g).item() < 0.7:
+                tokens[r, i] = int(target[first[r] + parents[r, i]].float().argmax())
+    temperature = torch.rand(R, generator=g) + 0.4
+    if greedy_every:
+        temperature[::greedy_every] = 0.0
+    seeds = torch.randint(0, 2**62, (R,), generator=g)
+    offsets = torch.randint(0, 2**40, (R,), generator=g)
+    return target, tokens, parents, n, temperature, seeds, offsets, draft
+
+
+def on(device, *tensors):
+    return [t.to(device) if isinstance(t, torch.Tensor) else t for t in tensors]
+
+
+# ---------------------------------------------------------------------------------------
+# tree_metadata
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tree_metadata_hand_built(device):
+    #      0
+    #    /   \
+    #   1     2
+    #  / \     \
+    # 3   4     5
+    parents = torch.tensor([[-1, 0, 0, 1, 1, 2, 7, 7], [-1] * 8, [-1, 0, 5, 5, 5, 5, 5, 5]])
+    num_nodes = torch.tensor([6, 0, 2])
+    prefix = torch.tensor([10, 3, 0])
+    mask, pos, depth = dspark_ops.tree_metadata(*on(device, parents, num_nodes, prefix))
+    expected_mask = torch.eye(8, dtype=torch.bool).repeat(3, 1, 1)
+    for i, ancestors in {1: [0], 2: [0], 3: [0, 1], 4: [0, 1], 5: [0, 2]}.items():
+        expected_mask[0, i, ancestors] = True
+    expected_mask[2, 1, 0] = True
+    expected_depth = torch.tensor([[0, 1, 1, 2, 2, 2, -1, -1], [-1] * 8, [0, 1] + [-1] * 6])
+    expected_pos = torch.where(expected_depth >= 0, expected_depth + prefix[:, None], -1)
+    assert torch.equal(mask.cpu(), expected_mask)
+    assert torch.equal(depth.cpu(), expected_depth)
+    assert torch.equal(pos.cpu(), expected_pos)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tree_metadata_matches_reference(device):
+    g = torch.Generator().manual_seed(3)
+    _, parents, n = random_trees(9, 13, 5, g, min_nodes=0)
+    prefix = torch.randint(0, 1000, (9,), generator=g)
+    got = dspark_ops.tree_metadata(*on(device, parents, n, prefix))
+    want = ref.tree_metadata(parents, n, prefix)
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+    # Non-contiguous parents (a column slice of a wider tensor) give the same result.
+    wide = torch.stack([parents, parents], 2).reshape(9, 26)[:, ::2]
+    assert not wide.is_contiguous()
+    for a, b in zip(dspark_ops.tree_metadata(*on(device, wide, n, prefix)), want):
+        assert torch.equal(a.cpu(), b)
+
+
+# ---------------------------------------------------------------------------------------
+# verify_tree: exact outputs
+
+
+def hand_tree(V=8):
+    """Root 0 (anchor 9) with children 1 (tok 3) and 2 (tok 5); node 1 has children 3 (tok 2)
+    and 4 (tok 6); node 2 has children 5 (tok 1), 6 (tok 1, a repeat) and 7 (tok -1)."""
+    tokens = torch.tensor([9 % V, 3, 5, 2, 6, 1, 1, -1])
+    parents = torch.tensor([-1, 0, 0, 1, 1, 2, 2, 2])
+    return tokens, parents
+
+
+def onehot_rows(argmaxes, V=8):
+    rows = torch.randn(len(argmaxes), V, generator=torch.Generator().manual_seed(5))
+    for i, a in enumerate(argmaxes):
+        rows[i, a] = 10.0
+    return rows
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_greedy_hand_built(device):
+    tokens, parents = hand_tree()
+    V, M = 8, 8
+    cases = [
+        # (row argmaxes per node, eos, expected out, expected nodes)
+        ([5, 0, 1, 0, 0, 7, 4, 0], None, [5, 1, 7], [2, 5]),  # root -> 2 -> 5 (first of the repeats) -> bonus 7
+        ([4, 0, 0, 0, 0, 0, 0, 0], None, [4], []),  # no child matches at the root
+        ([3, 6, 0, 0, 2, 0, 0, 0], None, [3, 6, 2], [1, 4]),  # leaf 4's bonus
+        ([3, 6, 0, 0, 2, 0, 0, 0], [6], [3, 6], [1, 4]),  # EOS accepted at node 4: stop
+        ([5, 0, 3, 0, 0, 0, 0, 0], None, [5, 3], [2]),  # invalid child never matches
+    ]
+    R = len(cases)
+    target = torch.cat([onehot_rows(c[0]) for c in cases])
+    tree_tokens = tokens.repeat(R, 1)
+    tree_parents = parents.repeat(R, 1)
+    num_nodes = torch.full((R,), 8)
+    for eos in (None, torch.tensor([6])):
+        rows = [c for c in cases if (c[1] is not None) == (eos is not None)]
+        idx = [i for i, c in enumerate(cases) if (c[1] is not None) == (eos is not None)]
+        t = torch.cat([target[i * 8 : (i + 1) * 8] for i in idx])
+        args = on(device, t, tree_tokens[idx], tree_parents[idx], num_nodes[idx], torch.zeros(len(idx)),
+                  torch.arange(len(idx)), torch.zeros(len(idx), dtype=torch.long))
+        out, nodes, acc, emit = dspark_ops.verify_tree(*args, None, None if eos is None else eos.to(device))
+        for k, (_, e, want_out, want_nodes) in enumerate(rows):
+            stopped = e is not None
+            assert out[k].tolist() == want_out + [-1] * (M - len(want_out))
+            assert nodes[k].tolist() == want_nodes + [-1] * (M - len(want_nodes))
+            assert acc[k].item() == len(want_nodes)
+            assert emit[k].item() == len(want_nodes) + (0 if stopped else 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_empty_and_single_node(device):
+    V, M = 7, 4
+    target = torch.randn(1 + 2, V)
+    tokens = torch.tensor([[1, 2, 3, 4], [0, 0, 0, 0], [5, 6, -1, -1]])
+    parents = torch.tensor([[-1, 0, 0, 0], [-1, -1, -1, -1], [-1, 0, 9, 9]])
+    n = torch.tensor([1, 0, 2])
+    for temp in (0.0, 1.0):
+        args = on(device, target, tokens, parents, n, torch.full((3,), temp), torch.arange(3), torch.zeros(3, dtype=torch.long))
+        out, nodes, acc, emit = dspark_ops.verify_tree(*args)
+        assert emit.tolist()[:2] == [1, 0] and acc.tolist()[:2] == [0, 0]
+        assert out[1].tolist() == [-1] * M and nodes[1].tolist() == [-1] * M
+        if temp == 0.0:
+            assert out[0, 0].item() == int(target[0].argmax())
+    # R = 0 and M = 0 are valid.
+    empty = dspark_ops.verify_tree(*on(device, torch.zeros(0, V), torch.zeros(0, 3, dtype=torch.long),
+                                       torch.zeros(0, 3, dtype=torch.long), torch.zeros(0, dtype=torch.long),
+                                       torch.zeros(0), torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)))
+    assert [tuple(t.shape) for t in empty] == [(0, 3), (0, 3), (0,), (0,)]
+    flat = dspark_ops.verify_tree(*on(device, torch.zeros(0, V), torch.zeros(2, 0, dtype=torch.long),
+                                      torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, dtype=torch.long),
+                                      torch.zeros(2), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long)))
+    assert [tuple(t.shape) for t in flat] == [(2, 0), (2, 0), (2,), (2,)] and flat[3].tolist() == [0, 0]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_draft", [False, True])
+@pytest.mark.parametrize("with_eos", [False, True])
+def test_matches_reference(device, with_draft, with_eos):
+    V = 37  # odd
+    target, tokens, parents, n, temp, seeds, offs, draft = batch_inputs(24, 9, V, seed=11, dtype=torch.float16)
+    eos = torch.tensor([3, 8]) if with_eos else None
+    d = draft if with_draft else None
+    want = ref.verify_tree(target, tokens, parents, n, temp, seeds, offs, d, eos)
+    got = dspark_ops.verify_tree(*on(device, target, tokens, parents, n, temp, seeds, offs, d, eos))
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+    assert (want[2] > 0).any() and (want[2] >= 2).any()  # the walks do go deep
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_matches_reference_wide_rrs(device):
+    """Bushy roots (7 children, repeats common with V=5) so that several rejections in a row
+    and the residual after them are exercised against the reference's explicit p'."""
+    R, M, V = 300, 8, 5
+    g = torch.Generator().manual_seed(17)
+    tokens = torch.randint(0, V, (R, M), generator=g)
+    parents = torch.zeros(R, M, dtype=torch.long)
+    parents[:, 0] = -1
+    parents[::3, 5:] = 1  # some second-level nodes too
+    n = torch.full((R,), M)
+    target = torch.randn(R * M, V, generator=g) * 1.5
+    draft = torch.randn(R * M, V, generator=g) * 1.5
+    temp = torch.rand(R, generator=g) + 0.5
+    seeds, offs = torch.arange(R) * 3, torch.full((R,), 77)
+    want = ref.verify_tree(target, tokens, parents, n, temp, seeds, offs, draft)
+    got = dspark_ops.verify_tree(*on(device, target, tokens, parents, n, temp, seeds, offs, draft))
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+    first = want[1][:, 0]
+    assert (first >= 4).sum() > 10 and (first == -1).sum() > 10  # late accepts and all-rejected
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_residual_without_mass_falls_back_to_p(device):
+    """q = p and a first child whose token has p = q = 0: it is rejected, the residual
+    max(0, p - q) has no mass, so no later child is accepted and the token comes from p, the
+    very race a childless root runs."""
+    R, V = 50, 9
+    g = torch.Generator().manual_seed(8)
+    logits = torch.randn(R, V, generator=g)
+    logits[:, 4] = float("-inf")
+    tokens = torch.tensor([0, 4, 2]).repeat(R, 1)
+    parents = torch.tensor([-1, 0, 0]).repeat(R, 1)
+    target = torch.stack([logits, logits, logits], 1).reshape(R * 3, V)
+    temp, seeds, offs = torch.full((R,), 0.7), torch.arange(R), torch.zeros(R, dtype=torch.long)
+    out, nodes, acc, emit = dspark_ops.verify_tree(*on(device, target, tokens, parents, torch.full((R,), 3), temp,
+                                                       seeds, offs, target))
+    assert (acc == 0).all() and (emit == 1).all()
+    alone = dspark_ops.verify_tree(*on(device, logits, tokens[:, :1], parents[:, :1], torch.ones(R, dtype=torch.long),
+                                       temp, seeds, offs))
+    assert torch.equal(out[:, 0], alone[0][:, 0])
+    want = ref.verify_tree(target, tokens, parents, torch.full((R,), 3), temp, seeds, offs, target)
+    assert torch.equal(out.cpu(), want[0])
+
+
+def test_gumbel_bound_of_bounded_race():
+    """BoundedRace (dspark/tree_sampling.h) skips the noise of entries with
+    log_weight + 17.5 < best; that is exact only if every finite Gumbel of the generator is
+    <= 17.5 and the only infinite one comes from words whose top 24 bits are all ones."""
+    top = torch.arange(0xFFFFFF00 - 4096, 0xFFFFFF00, 64, dtype=torch.int64)
+    assert torch.isfinite(gumbel(top)).all() and gumbel(top).max() <= 17.5
+    assert gumbel(torch.tensor([0xFFFFFEFF])).item() <= 17.5
+    g_inf = gumbel(torch.tensor([0xFFFFFF00, 0xFFFFFFFF]))
+    assert (torch.isinf(g_inf) | (g_inf <= 17.5)).all()
+
+
+def test_closed_form_residual():
+    """p'_j = max(0, p - c_j q) / D_j (dspark/tree_sampling.h) equals the SPEC's iterated
+    p'_{j+1} = norm(max(0, p'_j - q))."""
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        p = torch.softmax(torch.randn(50, generator=g, dtype=torch.float64) * 2, 0)
+        q = torch.softmax(torch.randn(50, generator=g, dtype=torch.float64) * 2, 0)
+        it, c, D = p.clone(), 0.0, 1.0
+        for _ in range(5):
+            assert torch.allclose(it, torch.clamp(p - c * q, min=0) / D, atol=1e-12)
+            rest = torch.clamp(it - q, min=0)
+            if rest.sum() <= 0:
+                break
+            it = rest / rest.sum()
+            c = c + D
+            D = float(torch.clamp(p - c * q, min=0).sum())
+
+
+# ---------------------------------------------------------------------------------------
+# Distributions
+
+
+def chi2_pvalue(counts, probs, ddof=0):
+    counts = torch.as_tensor(counts, dtype=torch.float64)
+    probs = torch.as_tensor(probs, dtype=torch.float64)
+    expected = probs * counts.sum() / probs.sum()
+    return stats.chisquare(counts.numpy(), expected.numpy(), ddof=ddof).pvalue
+
+
+def check_first_two_tokens(out, p0, p2):
+    """t0 ~ p0; whenever a second token exists after t0, it is ~ p2[t0]."""
+    V = p0.numel()
+    t0, t1 = out[:, 0], out[:, 1]
+    assert (t0 >= 0).all()
+    assert chi2_pvalue(torch.bincount(t0, minlength=V), p0) > P_MIN
+    counts, probs = [], []
+    for a in range(V):
+        sel = (t0 == a) & (t1 >= 0)
+        if sel.sum() < 50:
+            continue
+        counts.append(torch.bincount(t1[sel], minlength=V).double())
+        probs.append(p2[a].double() / p2[a].double().sum() * float(sel.sum()))
+    assert len(counts) >= 2
+    pv = chi2_pvalue(torch.cat(counts), torch.cat(probs), ddof=len(counts) - 1)
+    assert pv > P_MIN
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_distribution_target_only(device):
+    """Top-k style (deterministic) children, no draft_logits: the emitted tokens follow p."""
+    V, R, T = 6, 8000, 0.8
+    g = torch.Generator().manual_seed(21)
+    L0 = torch.randn(V, generator=g)
+    L2 = torch.randn(V, V, generator=g)
+    p0, p2 = torch.softmax(L0 / T, 0), torch.softmax(L2 / T, 1)
+    # 0 -> {1: tok 0, 2: tok 2, 3: tok 4}; 1 -> {4: tok 1, 5: tok 3}; 2 -> {6: tok 5}
+    tok = torch.tensor([5, 0, 2, 4, 1, 3, 5])
+    par = torch.tensor([-1, 0, 0, 0, 1, 1, 2])
+    rows = torch.stack([L0, L2[0], L2[2], L2[4], L2[1], L2[3], L2[5]])
+    target = rows.repeat(R, 1)
+    args = on(device, target, tok.repeat(R, 1), par.repeat(R, 1), torch.full((R,), 7), torch.full((R,), T),
+              torch.arange(R) * 7919 + 1, torch.full((R,), 5))
+    out, nodes, acc, emit = dspark_ops.verify_tree(*args)
+    check_first_two_tokens(out.cpu(), p0, p2)
+    # accepted_nodes are consistent with the tokens.
+    assert torch.equal(torch.where(nodes >= 0, tok.to(device)[nodes.clamp_min(0)], -1)[:, :2].cpu(),
+                       torch.where(acc[:, None].cpu() > torch.arange(2), out[:, :2].cpu(), -1))
+
+
+def rrs_batch(R, V, T, seed):
+    """Trees whose children are drawn i.i.d. (with replacement) from the draft's q: root -> 3
+    children ~ q0, each child a -> 2 children ~ Q2[a]. Target after token a is p2[a]."""
+    g = torch.Generator().manual_seed(seed)
+    L0, Lq0 = torch.randn(V, generator=g), torch.randn(V, generator=g) * 1.5
+    L2, Lq2 = torch.randn(V, V, generator=g), torch.randn(V, V, generator=g) * 1.5
+    q0, q2 = torch.softmax(Lq0 / T, 0), torch.softmax(Lq2 / T, 1)
+    c1 = torch.multinomial(q0.expand(R, V), 3, replacement=True, generator=g)  # [R, 3]
+    c2 = torch.multinomial(q2[c1.reshape(-1)], 2, replacement=True, generator=g).reshape(R, 6)
+    tok = torch.cat([torch.full((R, 1), V - 1), c1, c2], 1)  # nodes 0, 1..3, 4..9
+    par = torch.tensor([-1, 0, 0, 0, 1, 1, 2, 2, 3, 3]).repeat(R, 1)
+    t_rows = torch.cat([L0.expand(R, 1, V), L2[c1], L2[c2]], 1).reshape(R * 10, V)
+    d_rows = torch.cat([Lq0.expand(R, 1, V), Lq2[c1], torch.zeros(R, 6, V)], 1).reshape(R * 10, V)
+    return t_rows, tok, par, d_rows, torch.softmax(L0 / T, 0), torch.softmax(L2 / T, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_distribution_recursive_rejection(device):
+    V, R, T = 6, 8000, 0.9
+    target, tok, par, draft, p0, p2 = rrs_batch(R, V, T, seed=4)
+    args = on(device, target, tok, par, torch.full((R,), 10), torch.full((R,), T), torch.arange(R) + 100,
+              torch.full((R,), 3), draft.to(torch.bfloat16).float())
+    out, nodes, acc, emit = dspark_ops.verify_tree(*args[:7], args[7])
+    out = out.cpu()
+    check_first_two_tokens(out, p0, p2)
+    # Rejections do happen at the root, and so do acceptances of the 2nd/3rd child.
+    first_acc = nodes[:, 0].cpu()
+    assert (first_acc == -1).sum() > 100 and (first_acc >= 2).sum() > 100
+
+
+# ---------------------------------------------------------------------------------------
+# Chains as trees
+
+
+def chain_batch(R, V, L, seed):
+    g = torch.Generator().manual_seed(seed)
+    target = torch.randn(R * (L + 1), V, generator=g) * 1.5
+    drafts = torch.randint(0, V, (R, L), generator=g)
+    draft_logits = torch.randn(R, L, V, generator=g)
+    return target, drafts, draft_logits
+
+
+def as_tree(drafts, draft_logits, V):
+    R, L = drafts.shape
+    tok = torch.cat([torch.zeros(R, 1, dtype=torch.long), drafts], 1)
+    par = (torch.arange(L + 1) - 1).repeat(R, 1)
+    dl = None
+    if draft_logits is not None:  # node i's row = q of its child i+1; the leaf's row is unused
+        dl = torch.cat([draft_logits, torch.zeros(R, 1, V)], 1).reshape(R * (L + 1), V)
+    return tok, par, dl
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_chain_greedy_matches_verify_chain(device):
+    R, V, L = 64, 9, 4
+    target, drafts, _ = chain_batch(R, V, L, seed=1)
+    rows = target.reshape(R, L + 1, V)
+    argmax = rows.argmax(-1)
+    keep = torch.rand(R, L, generator=torch.Generator().manual_seed(2)) < 0.8
+    drafts = torch.where(keep, argmax[:, :L], drafts)  # mostly accepted chains
+    tok, par, _ = as_tree(drafts, None, V)
+    eos = torch.tensor([int(argmax[0, 1])])
+    lengths = torch.full((R,), L)
+    common = [torch.zeros(R), torch.arange(R), torch.zeros(R, dtype=torch.long)]
+    chain = torch.ops.dspark.verify_chain(*on(device, target, drafts, lengths, *common, None, eos))
+    tree = dspark_ops.verify_tree(*on(device, target, tok, par, lengths + 1, *common, None, eos))
+    assert torch.equal(tree[0].cpu(), chain[0].cpu())
+    assert torch.equal(tree[2].cpu(), chain[1].cpu()) and torch.equal(tree[3].cpu(), chain[2].cpu())
+    want_nodes = torch.where(torch.arange(L + 1) < chain[1].cpu()[:, None], torch.arange(L + 1) + 1, -1)
+    assert torch.equal(tree[1].cpu(), want_nodes)
+    assert (chain[1] == L).any() and (chain[1] < L).any()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_draft", [False, True])
+def test_chain_sampling_matches_verify_chain_in_distribution(device, with_draft):
+    """Same fixed drafts for every request, different seeds: verify_chain and verify_tree
+    (one child per node) must give the same distribution of output sequences."""
+    R, V, L, T = 6000, 4, 2, 1.0
+    target1, drafts1, dl1 = chain_batch(1, V, L, seed=8)
+    target = target1.repeat(R, 1)
+    drafts = drafts1.repeat(R, 1)
+    dl = dl1.repeat(R, 1, 1) if with_draft else None
+    tok, par, tdl = as_tree(drafts, dl, V)
+    lengths = torch.full((R,), L)
+    temp = torch.full((R,), T)
+    chain = torch.ops.dspark.verify_chain(*on(device, target, drafts, lengths, temp, torch.arange(R),
+                                             torch.zeros(R, dtype=torch.long), dl))
+    tree = dspark_ops.verify_tree(*on(device, target, tok, par, lengths + 1, temp, torch.arange(R) + R,
+                                      torch.zeros(R, dtype=torch.long), tdl))
+    a = collections.Counter(map(tuple, chain[0].cpu().tolist()))
+    b = collections.Counter(map(tuple, tree[0].cpu().tolist()))
+    keys = [k for k in set(a) | set(b) if a[k] + b[k] >= 20]
+    rest = [sum(a[k] for k in a if k not in keys), sum(b[k] for k in b if k not in keys)]
+    table = [[a[k] for k in keys] + [rest[0]], [b[k] for k in keys] + [rest[1]]]
+    table = [row for row in zip(*table) if sum(row) > 0]
+    assert len(table) >= 4
+    assert stats.chi2_contingency(list(zip(*table))).pvalue > P_MIN
+
+
+# ---------------------------------------------------------------------------------------
+# Invariance, malformed inputs, opcheck, compile
+
+
+def split_request(args, r):
+    target, tokens, parents, n, temp, seeds, offs, draft = args
+    first = int(n[:r].sum())
+    rows = slice(first, first + int(n[r]))
+    return (target[rows], tokens[r : r + 1], parents[r : r + 1], n[r : r + 1], temp[r : r + 1], seeds[r : r + 1],
+            offs[r : r + 1], draft[rows])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_invariance(device):
+    args = batch_inputs(12, 8, 50, seed=5)
+    full = dspark_ops.verify_tree(*on(device, *args))
+    # Each request alone, and the batch reversed, give the same per-request outputs.
+    for r in range(12):
+        alone = dspark_ops.verify_tree(*on(device, *split_request(args, r)))
+        for a, b in zip(full, alone):
+            assert torch.equal(a[r].cpu(), b[0].cpu())
+    parts = [split_request(args, r) for r in reversed(range(12))]
+    rev = [torch.cat([p[k] for p in parts]) for k in range(8)]
+    back = dspark_ops.verify_tree(*on(device, *rev))
+    for a, b in zip(full, back):
+        assert torch.equal(a.cpu(), b.flip(0).cpu())
+    again = dspark_ops.verify_tree(*on(device, *args))
+    for a, b in zip(full, again):
+        assert torch.equal(a, b)
+
+
+def test_non_contiguous_inputs():
+    target, tokens, parents, n, temp, seeds, offs, draft = batch_inputs(10, 6, 21, seed=9)
+    want = dspark_ops.verify_tree(target, tokens, parents, n, temp, seeds, offs, draft)
+    wide_t = torch.stack([target, target], 2).reshape(target.shape[0], -1)[:, ::2]
+    tok_t = tokens.t().contiguous().t()
+    got = dspark_ops.verify_tree(wide_t, tok_t, parents.t().contiguous().t(), n, temp, seeds, offs,
+                                 torch.stack([draft, draft], 2).reshape(draft.shape[0], -1)[:, ::2])
+    for a, b in zip(got, want):
+        assert torch.equal(a, b)
+
+
+def malformed(name):
+    target, tokens, parents, n, temp, seeds, offs, draft = batch_inputs(3, 5, 11, seed=1)
+    n = torch.tensor([5, 3, 4])
+    target, draft = target.new_zeros(12, 11), draft.new_zeros(12, 11)
+    args = dict(target_logits=target, tree_tokens=tokens, parents=parents, num_nodes=n, temperature=temp,
+                seed=seeds, offset=offs, draft_logits=draft)
+    if name == "parent_ge_index":
+        args["parents"] = parents.clone()
+        args["parents"][1, 2] = 2
+    elif name == "parent_negative":
+        args["parents"] = parents.clone()
+        args["parents"][0, 3] = -1
+    elif name == "root_parent":
+        args["parents"] = parents.clone()
+        args["parents"][2, 0] = 0
+    elif name == "count_gt_m":
+        args["num_nodes"] = torch.tensor([6, 3, 3])
+    elif name == "count_negative":
+        args["num_nodes"] = torch.tensor([-1, 9, 4])
+    elif name == "rows_mismatch":
+        args["target_logits"] = target[:11]
+        args["draft_logits"] = draft[:11]
+    elif name == "draft_rows":
+        args["draft_logits"] = draft[:10]
+    elif name == "tokens_dtype":
+        args["tree_tokens"] = tokens.int()
+    elif name == "temperature_dtype":
+        args["temperature"] = temp.double()
+    elif name == "parents_shape":
+        args["parents"] = parents[:, :4]
+    return args
+
+
+@pytest.mark.parametrize(
+    "case,arg",
+    [("parent_ge_index", "parents"), ("parent_negative", "parents"), ("root_parent", "parents"),
+     ("count_gt_m", "num_nodes"), ("count_negative", "num_nodes"), ("rows_mismatch", "target_logits"),
+     ("draft_rows", "draft_logits"), ("tokens_dtype", "tree_tokens"), ("temperature_dtype", "temperature"),
+     ("parents_shape", "parents")],
+)
+def test_malformed_inputs_raise(case, arg):
+    args = malformed(case)
+    with pytest.raises(RuntimeError, match=f"'{arg}'"):
+        dspark_ops.verify_tree(**args)
+    if case in ("parent_ge_index", "parent_negative", "root_parent", "count_gt_m", "count_negative"):
+        with pytest.raises(RuntimeError, match=f"'{arg}'"):
+            dspark_ops.tree_metadata(args["parents"], args["num_nodes"], torch.zeros(3, dtype=torch.long))
+
+
+def test_error_messages_are_clear():
+    args = malformed("parent_ge_index")
+    with pytest.raises(RuntimeError, match=r"topological order.*parents\[1, 2\] = 2"):
+        dspark_ops.verify_tree(**args)
+    args = malformed("count_gt_m")
+    with pytest.raises(RuntimeError, match=r"\[0, M=5\].*got 6"):
+        dspark_ops.verify_tree(**args)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck(device):
+    target, tokens, parents, n, temp, seeds, offs, draft = batch_inputs(5, 6, 13, seed=2)
+    base = on(device, target, tokens, parents, n, temp, seeds, offs)
+    torch.library.opcheck(torch.ops.dspark.verify_tree.default, (*base, None, None))
+    torch.library.opcheck(torch.ops.dspark.verify_tree.default, (*base, draft.to(device), torch.tensor([1, 2], device=device)))
+    torch.library.opcheck(torch.ops.dspark.tree_metadata.default, tuple(on(device, parents, n, torch.arange(5))))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_torch_compile(device):
+    args = on(device, *batch_inputs(6, 7, 19, seed=6))
+
+    def step(target, tokens, parents, n, temp, seeds, offs, draft):
+        mask, pos, depth = dspark_ops.tree_metadata(parents, n, n * 3)
+        out = dspark_ops.verify_tree(target, tokens, parents, n, temp, seeds, offs, draft)
+        return (mask, pos, depth, *out)
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager" if device == "cpu" else "inductor")
+    for a, b in zip(compiled(*args), step(*args)):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------------
+# CUDA vs CPU
+
+
+@cuda_only
+@pytest.mark.parametrize("with_draft", [False, True])
+@pytest.mark.parametrize("V", [151_936, 151_937])  # vector loads (aligned rows) and the scalar path
+def test_cuda_matches_cpu_large_vocab(with_draft, V):
+    args = batch_inputs(16, 12, V, seed=13, dtype=torch.bfloat16, scale=3.0, draft_dtype=torch.float32)
+    if not with_draft:
+        args = args[:7] + (None,)
+    cpu = dspark_ops.verify_tree(*args, torch.tensor([7]))
+    gpu = dspark_ops.verify_tree(*on("cuda", *args), torch.tensor([7], device="cuda"))
+    # Float rounding of the block reductions may flip a near-tie: allow a rare mismatch.
+    same = (cpu[0] == gpu[0].cpu()).all(1) & (cpu[3] == gpu[3].cpu())
+    assert same.sum() >= 15, f"{int((~same).sum())} of 16 requests differ"
+
+
+@cuda_only
+def test_cuda_misaligned_rows_and_exact_small_vocab():
+    """fp32 rows starting at an odd element (storage offset 1) take the scalar path."""
+    args = list(batch_inputs(40, 9, 64, seed=14, dtype=torch.float32, draft_dtype=torch.float16))
+    want = dspark_ops.verify_tree(*args)
+    big = torch.randn(args[0].numel() + 1, device="cuda")
+    target = big[1:].view_as(args[0])
+    target.copy_(args[0])
+    got = dspark_ops.verify_tree(target, *on("cuda", *args[1:]))
+    for a, b in zip(want, got):
+        assert torch.equal(a, b.cpu())
+    got = dspark_ops.tree_metadata(*on("cuda", args[2], args[3], args[3] * 5))
+    for a, b in zip(dspark_ops.tree_metadata(args[2], args[3], args[3] * 5), got):
+        assert torch.equal(a, b.cpu())
+
+
+@cuda_only
+def test_cuda_unchecked_bad_tree_stays_in_bounds():
+    """Without DSPARK_CHECK, malformed trees must not fault (counts clamped, bad parents skipped)."""
+    target = torch.randn(7, 10, device="cuda")
+    tokens = torch.randint(0, 10, (2, 4), device="cuda")
+    parents = torch.tensor([[-1, 3, 9, 0], [-1, 0, 1, 2]], device="cuda")
+    n = torch.tensor([99, 5], device="cuda")
+    try:
+        out = dspark_ops.verify_tree(target, tokens, parents, n, torch.zeros(2, device="cuda"),
+                                     torch.zeros(2, dtype=torch.long, device="cuda"),
+                                     torch.zeros(2, dtype=torch.long, device="cuda"))
+        torch.cuda.synchronize()
+        assert (out[3] <= 4).all()
+        dspark_ops.tree_metadata(parents, n, torch.zeros(2, dtype=torch.long, device="cuda"))
+        torch.cuda.synchronize()
+    except RuntimeError as e:  # DSPARK_CHECK=1 in the environment: value checks raise instead
+        assert "num_nodes" in str(e) or "parents" in str(e)
