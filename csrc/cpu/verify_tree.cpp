@@ -153,7 +153,7 @@ std::pair<int64_t, int64_t> recursive_rejection(const TreeRequest& q, int64_t no
     const float xv = scaled_logit(load(prow, v), T);
     const float r = tree_residual(ps.prob(xv), c, q_at(v));
     const float lr = r > 0.0f ? logf(r) : -INFINITY;
-    const bool use_r = !residual.hopeless(lr, bits), use_f = !fallback.hopeless(xv, bits);
+    const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
     if (!use_r && !use_f) return;
     const float g = gumbel_from_bits(bits);
     if (use_r) residual.add(lr, g, v);

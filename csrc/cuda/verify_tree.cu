@@ -318,7 +318,7 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
       const float xv = scaled_logit(xp[k], T);
       const float r = tree_residual(ps.prob(xv), c, qs.prob(scaled_logit(xq[k], T)));
       const float lr = r > 0.0f ? logf(r) : -INFINITY;
-      const bool use_r = !residual.hopeless(lr, bits.v[k]), use_f = !fallback.hopeless(xv, bits.v[k]);
+      const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
       if (use_r || use_f) {
         const float gum = gumbel_from_bits(bits.v[k]);
         if (use_r) residual.add(lr, gum, 4 * g + k);

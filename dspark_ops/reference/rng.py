@@ -59,6 +59,7 @@ def random_uniform(bits: torch.Tensor) -> torch.Tensor:
 
 
 def gumbel(bits: torch.Tensor) -> torch.Tensor:
-    """-log(-log(u)) with u the open (0, 1) midpoint uniform, as ``gumbel_from_bits``."""
-    u = ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / 16777216.0)
+    """-log(-log(u)) with u the open (0, 1) 23-bit midpoint uniform, as ``gumbel_from_bits``:
+    u in [2^-24, 1 - 2^-24], so the noise is finite and at most 16.64."""
+    u = ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
     return -torch.log(-torch.log(u))

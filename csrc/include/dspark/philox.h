@@ -77,9 +77,11 @@ DSPARK_HD float bits_to_uniform(uint32_t bits) {
   return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
 }
 
-// Uniform in (0, 1): the midpoint of the same 24-bit cell, never 0, so logs stay finite.
+// Uniform in (0, 1): the midpoint of a 23-bit cell, in [2^-24, 1 - 2^-24], so logs stay
+// finite. (A 24-bit midpoint would not do: 16777215.5 is not a float and rounds up to 2^24,
+// giving u = 1 and an infinite Gumbel once in 2^24 draws.)
 DSPARK_HD float bits_to_open_uniform(uint32_t bits) {
-  return (static_cast<float>(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
+  return (static_cast<float>(bits >> 9) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 // The coin of SPEC §2: accept when coin * q < p.
