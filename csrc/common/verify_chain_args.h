@@ -34,9 +34,7 @@ inline VerifyChainSizes check_verify_chain_args(
   DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
                "must have a vocabulary size in [1, 2^32), got ", s.vocab);
   check_index_vector(lengths, op, "lengths", s.requests, "R, the rows of draft_tokens", target_logits);
-  check_float_vector(temperature, op, "temperature", s.requests, "R", target_logits);
-  check_index_vector(seed, op, "seed", s.requests, "R", target_logits);
-  check_index_vector(offset, op, "offset", s.requests, "R", target_logits);
+  s.num_eos = check_sampling_args(op, temperature, seed, offset, eos_ids, s.requests, target_logits);
   if (draft_logits) {
     const auto& d = *draft_logits;
     check_device(d, op, "draft_logits", target_logits);
@@ -45,12 +43,6 @@ inline VerifyChainSizes check_verify_chain_args(
     check_size(d, op, "draft_logits", 0, s.requests, "R");
     check_size(d, op, "draft_logits", 1, s.gamma, "γ, the columns of draft_tokens");
     check_size(d, op, "draft_logits", 2, s.vocab, "V, the columns of target_logits");
-  }
-  if (eos_ids) {
-    check_device(*eos_ids, op, "eos_ids", target_logits);
-    check_dtype(*eos_ids, op, "eos_ids", {at::kLong});
-    check_dim(*eos_ids, op, "eos_ids", 1);
-    s.num_eos = eos_ids->size(0);
   }
   if (value_checks_enabled(lengths) && s.requests > 0) {
     const auto l = lengths.cpu();

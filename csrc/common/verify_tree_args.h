@@ -90,9 +90,7 @@ inline TreeSizes check_verify_tree_args(const at::Tensor& target_logits, const a
   check_tree_layout(op, parents, num_nodes, target_logits);
   check_size(parents, op, "parents", 0, s.requests, "R, the rows of tree_tokens");
   check_size(parents, op, "parents", 1, s.width, "M, the columns of tree_tokens");
-  check_float_vector(temperature, op, "temperature", s.requests, "R", target_logits);
-  check_index_vector(seed, op, "seed", s.requests, "R", target_logits);
-  check_index_vector(offset, op, "offset", s.requests, "R", target_logits);
+  s.num_eos = check_sampling_args(op, temperature, seed, offset, eos_ids, s.requests, target_logits);
   if (draft_logits) {
     const auto& d = *draft_logits;
     check_device(d, op, "draft_logits", target_logits);
@@ -100,12 +98,6 @@ inline TreeSizes check_verify_tree_args(const at::Tensor& target_logits, const a
     check_dim(d, op, "draft_logits", 2);
     check_size(d, op, "draft_logits", 0, s.rows, "N, the rows of target_logits");
     check_size(d, op, "draft_logits", 1, s.vocab, "V, the columns of target_logits");
-  }
-  if (eos_ids) {
-    check_device(*eos_ids, op, "eos_ids", target_logits);
-    check_dtype(*eos_ids, op, "eos_ids", {at::kLong});
-    check_dim(*eos_ids, op, "eos_ids", 1);
-    s.num_eos = eos_ids->size(0);
   }
   if (value_checks_enabled(num_nodes)) {
     const int64_t total = s.requests > 0 ? check_tree_values(op, parents, num_nodes) : 0;

@@ -69,6 +69,21 @@ inline void check_float_vector(const at::Tensor& t, const char* op, const char* 
   check_size(t, op, arg, 0, n, what);
 }
 
+// The per-request sampling arguments shared by the verify ops: temperature [R] float32,
+// seed/offset [R] int64, eos_ids [E] int64 or None. Returns E.
+inline int64_t check_sampling_args(const char* op, const at::Tensor& temperature, const at::Tensor& seed,
+                                   const at::Tensor& offset, const std::optional<at::Tensor>& eos_ids,
+                                   int64_t requests, const at::Tensor& ref) {
+  check_float_vector(temperature, op, "temperature", requests, "R", ref);
+  check_index_vector(seed, op, "seed", requests, "R", ref);
+  check_index_vector(offset, op, "offset", requests, "R", ref);
+  if (!eos_ids) return 0;
+  check_device(*eos_ids, op, "eos_ids", ref);
+  check_dtype(*eos_ids, op, "eos_ids", {at::kLong});
+  check_dim(*eos_ids, op, "eos_ids", 1);
+  return eos_ids->size(0);
+}
+
 // Value checks on CUDA tensors cost a host sync; they run only when DSPARK_CHECK=1 (SPEC §2).
 inline bool value_checks_enabled(const at::Tensor& t) {
   if (t.device().is_cpu()) return true;
