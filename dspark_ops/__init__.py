@@ -7,12 +7,14 @@ below. The contract of every op is SPEC.md (shipped with the repository).
 
 from . import _library
 from ._library import has_cuda_kernels
+from .markov_draft import markov_draft
 from .rng import Purpose, random_bits
 from .verify_chain import verify_chain
 
 __all__ = [
     "Purpose",
     "has_cuda_kernels",
+    "markov_draft",
     "random_bits",
     "verify_chain",
 ]
