@@ -5,15 +5,10 @@
 
 #include <optional>
 
+#include "common/markov_draft_kinds.h"
 #include "dspark/checks.h"
 
 namespace dspark {
-
-// Which sequential head the call asks for: chosen by which weights are passed.
-enum class MarkovHead : int { kVanilla = 0, kGated = 1, kRnn = 2 };
-
-// Which confidence head: none (all ones), input h_k ([d]) or [h_k ; e_k] ([d+r]).
-enum class ConfidenceInput : int { kNone = 0, kHidden = 1, kHiddenEmbedding = 2 };
 
 struct MarkovDraftSizes {
   int64_t requests;  // R

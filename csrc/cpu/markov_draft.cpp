@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
 
   // Hidden-only parts of every head, for all positions at once.
   at::Tensor hf, gate_h, gate_e, rnn_h, rnn_se, state, conf_h, conf_e, scale;
-  if (d > 0 || hidden) hf = hidden->to(at::kFloat);  // [R, γ, d]
+  if (hidden) hf = hidden->to(at::kFloat);  // [R, γ, d]
   if (s.head == MarkovHead::kGated) {
     const auto gw = gate_weight->to(at::kFloat);                                // [r, d + r]
     gate_h = at::matmul(hf, gw.narrow(1, 0, d).t()) + gate_bias->to(at::kFloat);  // [R, γ, r]

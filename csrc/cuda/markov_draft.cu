@@ -1,0 +1,303 @@
+// CUDA kernel of dspark::markov_draft (SPEC §3): the whole block of γ positions in ONE
+// cooperative launch. The grid (all blocks co-resident, sized by occupancy) alternates two
+// phases per position k, separated by grid-wide barriers:
+//
+//   A(k)  one block per request (request q -> block q mod grid): merge the per-block partial
+//         statistics of position k-1 into x_{k-1} and log q_{k-1}(x_{k-1}) (written to the
+//         outputs), gather e_k = w1[x_{k-1}], run the head (vanilla / gated / RNN) into the
+//         [R, r] head-vector scratch, and the confidence c_k.
+//   B(k)  every block owns V-tiles of 32 vocabulary rows: it stages the w2 tile in shared
+//         memory ONCE per position, then for every request computes L = U_k + w2_tile · P_q,
+//         rounds it to the storage dtype, writes draft_logits, and folds the rounded value
+//         into that request's softmax max/sum and Gumbel-max race (argmax for greedy), kept
+//         as one partial per (block, request).
+//
+// w2 is therefore read once per position for the whole batch; nothing float32 of size
+// [R, γ, V] is ever written. The hidden-only parts of the heads are precomputed by the
+// binding (one GEMM per round). Mirrors csrc/cpu/markov_draft.cpp, whose tests validate the
+// algorithm; cross-block data is read with __ldcg (L2) after the barriers.
+//
+// Left for later: tensor cores for the [R, r] x [r, V] product (here a CUDA-core dot per
+// (vocab row, request) from shared memory), and keeping w2 resident on chip across positions.
+#include <cooperative_groups.h>
+
+#include "common/markov_draft_kinds.h"
+#include "cuda/common.cuh"
+#include "cuda/markov_draft.h"
+
+namespace cg = cooperative_groups;
+
+namespace dspark::cuda {
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / kWarpSize;  // 8
+constexpr int kTileV = kWarpSize;             // vocabulary rows per tile: one per lane
+constexpr int kReqChunk = kWarps;             // requests per pass over a tile: one per warp
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+// Shared memory needed by the two phases (floats); the w2 tile rows are padded by one float
+// so that lanes reading column j of different rows hit different banks.
+__host__ __device__ inline int64_t phase_b_floats(int64_t rank) { return kTileV * (rank + 1) + kReqChunk * rank; }
+__host__ __device__ inline int64_t phase_a_floats(int64_t rank) { return 5 * rank; }
+inline size_t smem_bytes(int64_t rank) {
+  const int64_t a = phase_a_floats(rank), b = phase_b_floats(rank);
+  return static_cast<size_t>(a > b ? a : b) * sizeof(float);
+}
+
+// Phase A, first half: merge the partials of position k (1-based) for request q; writes
+// tokens[q, k-1] and token_logprob[q, k-1]; returns x_k to every thread of the block.
+template <typename T>
+__device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_t k, int64_t* x_shared,
+                                   unsigned char* red) {
+  const int nb = gridDim.x;
+  const int64_t R = p.requests;
+  SoftmaxStats st;
+  uint64_t key = 0;
+  for (int j = threadIdx.x; j < nb; j += blockDim.x) {
+    SoftmaxStats o;
+    o.max = __ldcg(p.part_max + j * R + q);
+    o.sum = __ldcg(p.part_sum + j * R + q);
+    st.merge(o);
+    const uint64_t kj = __ldcg(p.part_key + j * R + q);
+    key = kj > key ? kj : key;
+  }
+  st = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));
+  key = block_max_u64(key, reinterpret_cast<uint64_t*>(red));
+  if (threadIdx.x == 0) {
+    int64_t x = race_index(key);
+    x = x < 0 ? 0 : (x >= p.vocab ? p.vocab - 1 : x);
+    const float temp = p.temperature[q];
+    float logprob = 0.0f;
+    if (!is_greedy(temp)) {
+      const T* row = static_cast<const T*>(p.draft_logits) + (q * p.gamma + k - 1) * p.vocab;
+      const float xt = scaled_logit(to_float(__ldcg(row + x)), temp);
+      logprob = (st.sum > 0.0f && xt > -INFINITY) ? (xt - st.max) - logf(st.sum) : -INFINITY;
+    }
+    p.tokens[q * p.gamma + k - 1] = x;
+    p.token_logprob[q * p.gamma + k - 1] = logprob;
+    *x_shared = x;
+  }
+  __syncthreads();
+  const int64_t x = *x_shared;
+  __syncthreads();
+  return x;
+}
+
+// Phase A, second half: the head at position k for request q with x_{k-1} = prev.
+template <typename T>
+__device__ void head_step(const MarkovDraftParams& p, int64_t q, int64_t k, int64_t prev, float* smem) {
+  const int64_t r = p.rank, d = p.hidden;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  float* e = smem;          // [r]  e_k
+  float* z = smem + r;      // [2r] [s_{k-1} ; e_k] (RNN)
+  const T* w1row = static_cast<const T*>(p.w1) + prev * r;
+  float* P = p.head_vector + q * r;
+  for (int64_t i = threadIdx.x; i < r; i += blockDim.x) {
+    const float ei = to_float(w1row[i]);
+    e[i] = ei;
+    if (p.head == static_cast<int>(MarkovHead::kVanilla)) P[i] = ei;
+    if (p.head == static_cast<int>(MarkovHead::kRnn)) {
+      z[i] = p.state[q * r + i];
+      z[r + i] = ei;
+    }
+  }
+  __syncthreads();
+  const int64_t pos = q * p.gamma + (k - 1);
+  if (p.head == static_cast<int>(MarkovHead::kGated)) {
+    const T* gw = static_cast<const T*>(p.gate_weight);
+    for (int64_t i = warp; i < r; i += kWarps) {
+      const T* row = gw + i * (d + r) + d;
+      float acc = 0.0f;
+      for (int64_t j = lane; j < r; j += kWarpSize) acc += to_float(row[j]) * e[j];
+      acc = warp_sum(acc);
+      if (lane == 0) P[i] = sigmoidf(acc + p.head_hidden[pos * r + i]) * e[i];
+    }
+  } else if (p.head == static_cast<int>(MarkovHead::kRnn)) {
+    const T* rw = static_cast<const T*>(p.rnn_weight);
+    const int64_t stride = 2 * r + d;
+    for (int64_t i = warp; i < r; i += kWarps) {
+      float acc[3] = {0.0f, 0.0f, 0.0f};
+      for (int c = 0; c < 3; ++c) {
+        const T* row = rw + (c * r + i) * stride;
+        for (int64_t j = lane; j < 2 * r; j += kWarpSize) acc[c] += to_float(row[j]) * z[j];
+        acc[c] = warp_sum(acc[c]);
+      }
+      if (lane == 0) {
+        const float* hh = p.head_hidden + pos * 3 * r;
+        const float a = sigmoidf(acc[0] + hh[i]);
+        const float b = tanhf(acc[1] + hh[r + i]);
+        const float o = tanhf(acc[2] + hh[2 * r + i]);
+        p.state[q * r + i] = a * z[i] + (1.0f - a) * b;  // z holds s_{k-1}: no read-after-write race
+        P[i] = o;
+      }
+    }
+  }
+  if (p.confidence != static_cast<int>(ConfidenceInput::kNone) && warp == kWarps - 1) {
+    float acc = 0.0f;
+    if (p.confidence == static_cast<int>(ConfidenceInput::kHiddenEmbedding)) {
+      const T* cw = static_cast<const T*>(p.conf_weight) + d;
+      for (int64_t j = lane; j < r; j += kWarpSize) acc += to_float(cw[j]) * e[j];
+      acc = warp_sum(acc);
+    }
+    if (lane == 0) {
+      const float scale = p.conf_scale ? p.conf_scale[k - 1] : 1.0f;
+      p.confidence_out[pos] = sigmoidf(scale * (acc + p.conf_hidden[pos]));
+    }
+  }
+  __syncthreads();  // e / z are reused by the next request of this block
+}
+
+// Phase B at position k: this block's V-tiles against every request.
+template <typename T>
+__device__ void logits_step(const MarkovDraftParams& p, int64_t k, float* smem) {
+  const int64_t R = p.requests, V = p.vocab, r = p.rank, G = p.gamma;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int64_t stride = r + 1;
+  float* w2s = smem;                    // [kTileV, r + 1]
+  float* ps = smem + kTileV * stride;   // [kReqChunk, r]
+  const T* w2 = static_cast<const T*>(p.w2);
+  const T* U = static_cast<const T*>(p.base_logits);
+  T* out = static_cast<T*>(p.draft_logits);
+  const int64_t tiles = (V + kTileV - 1) / kTileV;
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const bool first = tile == static_cast<int64_t>(blockIdx.x);
+    const int64_t v0 = tile * kTileV;
+    const int64_t rows = V - v0 < kTileV ? V - v0 : kTileV;
+    __syncthreads();  // the previous tile's readers are done with w2s
+    const T* src = w2 + v0 * r;
+    for (int64_t idx = threadIdx.x; idx < rows * r; idx += blockDim.x) {
+      const int64_t row = idx / r, col = idx - row * r;
+      w2s[row * stride + col] = to_float(src[idx]);
+    }
+    for (int64_t c0 = 0; c0 < R; c0 += kReqChunk) {
+      const int64_t nreq = R - c0 < kReqChunk ? R - c0 : kReqChunk;
+      __syncthreads();  // previous chunk's readers are done with ps (and w2s is loaded)
+      for (int64_t idx = threadIdx.x; idx < nreq * r; idx += blockDim.x) ps[idx] = __ldcg(p.head_vector + c0 * r + idx);
+      __syncthreads();
+      if (warp >= nreq) continue;  // warp-uniform
+      const int64_t q = c0 + warp;
+      const int64_t v = v0 + lane;
+      const bool valid = lane < rows;
+      const float temp = p.temperature[q];
+      const bool greedy = is_greedy(temp);
+      SoftmaxStats st;
+      Race race;
+      if (valid) {
+        const float* wrow = w2s + lane * stride;
+        const float* prow = ps + warp * r;
+        float acc = 0.0f;
+        for (int64_t j = 0; j < r; ++j) acc = fmaf(wrow[j], prow[j], acc);
+        const int64_t o = (q * G + k - 1) * V + v;
+        const T rounded = from_float<T>(to_float(U[o]) + acc);
+        out[o] = rounded;
+        const float lr = to_float(rounded);
+        if (greedy) {
+          race.add(lr, 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
+        } else {
+          const float x = scaled_logit(lr, temp);
+          st.add(x);
+          race.add(x, gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
+                                                   static_cast<uint32_t>(k), static_cast<uint64_t>(v))),
+                   v);
+        }
+      }
+      if (!greedy) st = warp_merge(st);  // `greedy` is uniform over the warp (one request)
+      const uint64_t key = warp_max_u64(race.best);
+      if (lane == 0) {
+        const int64_t slot = static_cast<int64_t>(blockIdx.x) * R + q;  // only this warp touches it
+        if (first) {
+          p.part_max[slot] = st.max;
+          p.part_sum[slot] = st.sum;
+          p.part_key[slot] = key;
+        } else {
+          SoftmaxStats old;
+          old.max = p.part_max[slot];
+          old.sum = p.part_sum[slot];
+          old.merge(st);
+          p.part_max[slot] = old.max;
+          p.part_sum[slot] = old.sum;
+          const unsigned long long prev = p.part_key[slot];
+          p.part_key[slot] = key > prev ? key : prev;
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) markov_draft_kernel(MarkovDraftParams p) {
+  extern __shared__ __align__(16) float smem[];
+  __shared__ __align__(16) unsigned char red[kWarps * 16];  // block reductions (raw: no ctors)
+  __shared__ int64_t x_shared;
+  cg::grid_group grid = cg::this_grid();
+  const int64_t R = p.requests, G = p.gamma;
+  for (int64_t k = 1; k <= G + 1; ++k) {
+    for (int64_t q = blockIdx.x; q < R; q += gridDim.x) {
+      int64_t prev;
+      if (k == 1) {
+        prev = p.anchor[q];
+        prev = prev < 0 ? 0 : (prev >= p.vocab ? p.vocab - 1 : prev);  // SPEC §2: never read out of bounds
+      } else {
+        prev = finish_position<T>(p, q, k - 1, &x_shared, red);
+      }
+      if (k <= G) head_step<T>(p, q, k, prev, smem);
+    }
+    if (k > G) break;
+    __threadfence();
+    grid.sync();
+    logits_step<T>(p, k, smem);
+    __threadfence();
+    grid.sync();
+  }
+}
+
+template <typename T>
+cudaError_t prepare(int64_t rank) {
+  const size_t bytes = smem_bytes(rank);
+  if (bytes > 48 * 1024)
+    return cudaFuncSetAttribute(markov_draft_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                static_cast<int>(bytes));
+  return cudaSuccess;
+}
+
+}  // namespace
+
+int markov_draft_blocks(DType dtype, int64_t vocab, int64_t rank, int device, cudaError_t* err) {
+  return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> int {
+    *err = prepare<T>(rank);
+    if (*err != cudaSuccess) return 0;
+    int sms = 0, per_sm = 0;
+    *err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (*err != cudaSuccess) return 0;
+    *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, markov_draft_kernel<T>, kThreads,
+                                                         smem_bytes(rank));
+    if (*err != cudaSuccess) return 0;
+    if (per_sm <= 0) {
+      *err = cudaErrorInvalidConfiguration;  // rank too large for shared memory
+      return 0;
+    }
+    const int64_t tiles = (vocab + kTileV - 1) / kTileV;
+    const int64_t resident = static_cast<int64_t>(sms) * per_sm;
+    return static_cast<int>(tiles < resident ? tiles : resident);
+  });
+}
+
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, int blocks, cudaStream_t stream) {
+  if (params.requests == 0 || params.gamma == 0 || blocks <= 0) return cudaSuccess;
+  return DSPARK_DISPATCH_FLOAT(params.dtype, T, [&]() -> cudaError_t {
+    MarkovDraftParams p = params;
+    void* args[] = {&p};
+    return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(markov_draft_kernel<T>), dim3(blocks),
+                                       dim3(kThreads), args, smem_bytes(params.rank), stream);
+  });
+}
+
+}  // namespace dspark::cuda

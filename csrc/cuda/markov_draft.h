@@ -1,0 +1,50 @@
+// Launcher of the markov_draft kernel (declared for the torch binding, defined in markov_draft.cu).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "dspark/dtype.h"
+
+namespace dspark::cuda {
+
+// Raw pointers of one markov_draft call. "T" below is the storage dtype of base_logits (and
+// of every weight); float buffers are float32. Buffers written by one block and read by
+// another inside the kernel are not const.
+struct MarkovDraftParams {
+  DType dtype;
+  int64_t requests, gamma, vocab, rank, hidden;  // R, γ, V, r, d
+  int head;                                      // dspark::MarkovHead
+  int confidence;                                // dspark::ConfidenceInput
+  const void* base_logits;     // [R, γ, V] T
+  const int64_t* anchor;       // [R]
+  const void* w1;              // [V, r] T
+  const void* w2;              // [V, r] T
+  const float* temperature;    // [R]
+  const int64_t* seed;         // [R]
+  const int64_t* offset;       // [R]
+  const void* gate_weight;     // [r, d + r] T (gated head) or null
+  const void* rnn_weight;      // [3r, 2r + d] T (RNN head) or null
+  const float* head_hidden;    // gated [R, γ, r] / RNN [R, γ, 3r]: hidden part + bias, or null
+  const void* conf_weight;     // [d] or [d + r] T, or null
+  const float* conf_hidden;    // [R, γ] conf_weight[:d] · h_k + conf_bias, or null
+  const float* conf_scale;     // [γ] or null
+  int64_t* tokens;             // [R, γ] out
+  void* draft_logits;          // [R, γ, V] T out
+  float* token_logprob;        // [R, γ] out
+  float* confidence_out;       // [R, γ] out (pre-filled with ones)
+  float* head_vector;          // [R, r] scratch: the vector multiplied by w2 at this position
+  float* state;                // [R, r] scratch: RNN state, zero on entry (RNN head only)
+  float* part_max;             // [blocks, R] scratch: per-block softmax max
+  float* part_sum;             // [blocks, R] scratch: per-block softmax sum
+  unsigned long long* part_key;  // [blocks, R] scratch: per-block race / argmax key
+};
+
+// The number of blocks the cooperative kernel runs with on `device` (all co-resident),
+// needed to size the part_* scratch. Returns 0 and sets *err on failure.
+int markov_draft_blocks(DType dtype, int64_t vocab, int64_t rank, int device, cudaError_t* err);
+
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, int blocks, cudaStream_t stream);
+
+}  // namespace dspark::cuda
