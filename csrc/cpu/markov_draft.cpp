@@ -1,7 +1,7 @@
 // CPU kernel of dspark::markov_draft (SPEC §3). Position by position over the whole batch:
-//   1. the head's vector P_k [R, r] from e_k = w1[x_{k-1}] with small ATen GEMMs (the parts
-//      that depend on hidden only are computed once for all positions before the loop);
-//   2. L_k = U_k + P_k w2^T as ONE GEMM over all R requests (w2 read once per position);
+//   1. the head vector P_k [R, r] from e_k = w1[x_{k-1}] (and h_k, s_{k-1});
+//   2. L_k = U_k + P_k w2^T over all R requests, tiled over w2 rows (w2 read once per
+//      position), with fixed-order dot products so results never depend on the batch;
 //   3. one fused pass per request: round L_k to the storage dtype, write draft_logits, and
 //      from the rounded values find the Gumbel-max sample (or argmax) and the softmax
 //      statistics for log q_k(x_k).
@@ -13,6 +13,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 #include <tuple>
@@ -22,6 +23,115 @@
 
 namespace dspark::cpu {
 namespace {
+
+// ---- Batch-invariant products -------------------------------------------------------
+// Every dot product runs in one fixed order (16 interleaved partial sums, then a fixed tree),
+// whatever the batch size or the row's place in it: a BLAS GEMM picks different kernels for
+// different M (gemv for one row), which would make a request's logits depend on its batch
+// (SPEC §2 (a)). The loop shape lets the compiler vectorise it; an AVX2+FMA build of the same
+// code is picked at run time when the CPU has it (one choice per process, so results are
+// reproducible on a machine).
+#if defined(__GNUC__)
+#define DSPARK_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define DSPARK_ALWAYS_INLINE inline
+#endif
+
+constexpr int kLanes = 16;
+
+// Four dot products a_i . b (i < 4) against one weight row b, each in the fixed order
+// described above; four rows at once keep eight independent FMA chains in flight. Every
+// output is computed by this same code (remainder rows repeat a pointer), so a row's
+// result never depends on which other rows share its group.
+DSPARK_ALWAYS_INLINE void fixed_order_dot4(const float* a0, const float* a1, const float* a2, const float* a3,
+                                           const float* b, int64_t n, float* out) {
+  float acc0[kLanes] = {}, acc1[kLanes] = {}, acc2[kLanes] = {}, acc3[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float w = b[j + l];
+      acc0[l] += a0[j + l] * w;
+      acc1[l] += a1[j + l] * w;
+      acc2[l] += a2[j + l] * w;
+      acc3[l] += a3[j + l] * w;
+    }
+  for (int l = 0; j + l < n; ++l) {
+    const float w = b[j + l];
+    acc0[l] += a0[j + l] * w;
+    acc1[l] += a1[j + l] * w;
+    acc2[l] += a2[j + l] * w;
+    acc3[l] += a3[j + l] * w;
+  }
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) {
+      acc0[l] += acc0[l + w];
+      acc1[l] += acc1[l + w];
+      acc2[l] += acc2[l + w];
+      acc3[l] += acc3[l + w];
+    }
+  out[0] = acc0[0];
+  out[1] = acc1[0];
+  out[2] = acc2[0];
+  out[3] = acc3[0];
+}
+
+// out[m, n] = X[m] . W[n] for n in [n0, n1): X [M, K], W [N, K], out [M, N] (float32,
+// row-major). Each W row is read once and used for all M rows.
+DSPARK_ALWAYS_INLINE void rows_times_weight_impl(const float* X, const float* W, float* out, int64_t M, int64_t N,
+                                                int64_t K, int64_t n0, int64_t n1) {
+  float res[4];
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* w = W + n * K;
+    for (int64_t m = 0; m < M; m += 4) {
+      const float* x0 = X + m * K;
+      const float* x1 = m + 1 < M ? x0 + K : x0;
+      const float* x2 = m + 2 < M ? x0 + 2 * K : x0;
+      const float* x3 = m + 3 < M ? x0 + 3 * K : x0;
+      fixed_order_dot4(x0, x1, x2, x3, w, K, res);
+      for (int64_t i = 0; i < 4 && m + i < M; ++i) out[(m + i) * N + n] = res[i];
+    }
+  }
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+__attribute__((target("avx2,fma"))) void rows_times_weight_avx2(const float* X, const float* W, float* out,
+                                                                int64_t M, int64_t N, int64_t K, int64_t n0,
+                                                                int64_t n1) {
+  rows_times_weight_impl(X, W, out, M, N, K, n0, n1);
+}
+bool cpu_has_avx2() {
+  static const bool has = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return has;
+}
+#else
+bool cpu_has_avx2() { return false; }
+void rows_times_weight_avx2(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t) {}
+#endif
+
+void rows_times_weight_default(const float* X, const float* W, float* out, int64_t M, int64_t N, int64_t K,
+                               int64_t n0, int64_t n1) {
+  rows_times_weight_impl(X, W, out, M, N, K, n0, n1);
+}
+
+// X [M, K] times W[N, K]^T -> [M, N] float32, in parallel over tiles of W's rows.
+at::Tensor rows_times_weight(const at::Tensor& X, const at::Tensor& W) {
+  const auto x = X.contiguous(), w = W.contiguous();
+  const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
+  auto out = at::empty({M, N}, x.options());
+  if (M == 0 || N == 0) return out;
+  const float* xp = x.data_ptr<float>();
+  const float* wp = w.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  const bool avx2 = cpu_has_avx2();
+  const int64_t grain = std::max<int64_t>(16, 32768 / std::max<int64_t>(1, M * K));
+  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+    if (avx2) rows_times_weight_avx2(xp, wp, op, M, N, K, n0, n1);
+    else rows_times_weight_default(xp, wp, op, M, N, K, n0, n1);
+  });
+  return out;
+}
+
+inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 // Fills u[0..vocab) with the open uniforms (0, 1) of (seed, offset, kDraftSample, position, v).
 void fill_open_uniforms(float* u, int64_t vocab, int64_t seed, int64_t offset, uint32_t position) {
@@ -39,15 +149,15 @@ void fill_open_uniforms(float* u, int64_t vocab, int64_t seed, int64_t offset, u
   }
 }
 
-// Rounds `logits` (float32 [V]) to T, writes them to `out`, and samples from the rounded
+// Rounds L = base + product (float32) to T, writes them to `out`, and samples from the rounded
 // values. Returns (token, log q(token)); greedy requests return (argmax, 0).
 template <typename T>
-std::pair<int64_t, float> round_and_sample(const float* logits, T* out, const float* noise, int64_t vocab,
-                                           float temperature) {
+std::pair<int64_t, float> round_and_sample(const T* base, const float* product, T* out, const float* noise,
+                                           int64_t vocab, float temperature) {
   if (is_greedy(temperature)) {
     ArgMax best;
     for (int64_t v = 0; v < vocab; ++v) {
-      const T rounded = static_cast<T>(logits[v]);
+      const T rounded = static_cast<T>(static_cast<float>(base[v]) + product[v]);
       out[v] = rounded;
       const float x = static_cast<float>(rounded);
       best.add(x == x ? x : -INFINITY, v);
@@ -58,7 +168,7 @@ std::pair<int64_t, float> round_and_sample(const float* logits, T* out, const fl
   float max = -INFINITY;
   Race race;
   for (int64_t v = 0; v < vocab; ++v) {
-    const T rounded = static_cast<T>(logits[v]);
+    const T rounded = static_cast<T>(static_cast<float>(base[v]) + product[v]);
     out[v] = rounded;
     const float x = scaled_logit(static_cast<float>(rounded), temperature);
     max = x > max ? x : max;
@@ -88,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   const MarkovDraftSizes s = check_markov_draft_args(base_logits, anchor, w1, w2, temperature, seed, offset, hidden,
                                                      gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight,
                                                      conf_bias, conf_scale);
-  const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank, d = s.hidden;
+  const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank;
   const auto fopts = base_logits.options().dtype(at::kFloat);
   auto tokens = at::empty({R, G}, anchor.options());
   auto draft_logits = at::empty({R, G, V}, base_logits.options());
@@ -98,7 +208,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
 
   const auto U = base_logits.contiguous();
   const auto w1f = w1.to(at::kFloat).contiguous();       // [V, r]
-  const auto w2t = w2.to(at::kFloat).t();                 // [r, V] view for the GEMM
+  const auto w2f = w2.to(at::kFloat).contiguous();       // [V, r]
   const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
   const float* tp = temp.data_ptr<float>();
   const int64_t* sp = sd.data_ptr<int64_t>();
@@ -106,23 +216,20 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   bool any_sampled = false;
   for (int64_t i = 0; i < R; ++i) any_sampled = any_sampled || !is_greedy(tp[i]);
 
-  // Hidden-only parts of every head, for all positions at once.
-  at::Tensor hf, gate_h, gate_e, rnn_h, rnn_se, state, conf_h, conf_e, scale;
+  // Head weights in float32 (arithmetic is float32 whatever the storage dtype).
+  at::Tensor hf, head_w, head_b, state, conf_w, conf_b, scale;
   if (hidden) hf = hidden->to(at::kFloat);  // [R, γ, d]
   if (s.head == MarkovHead::kGated) {
-    const auto gw = gate_weight->to(at::kFloat);                                // [r, d + r]
-    gate_h = at::matmul(hf, gw.narrow(1, 0, d).t()) + gate_bias->to(at::kFloat);  // [R, γ, r]
-    gate_e = gw.narrow(1, d, r).t();                                            // [r, r]
+    head_w = gate_weight->to(at::kFloat);  // [r, d + r], input [h_k ; e_k]
+    head_b = gate_bias->to(at::kFloat);
   } else if (s.head == MarkovHead::kRnn) {
-    const auto rw = rnn_weight->to(at::kFloat);                                     // [3r, 2r + d]
-    rnn_h = at::matmul(hf, rw.narrow(1, 2 * r, d).t()) + rnn_bias->to(at::kFloat);  // [R, γ, 3r]
-    rnn_se = rw.narrow(1, 0, 2 * r).t();                                            // [2r, 3r]
-    state = at::zeros({R, r}, fopts);                                               // s_0 = 0
+    head_w = rnn_weight->to(at::kFloat);  // [3r, 2r + d], input [s_{k-1} ; e_k ; h_k]
+    head_b = rnn_bias->to(at::kFloat);
+    state = at::zeros({R, r}, fopts);     // s_0 = 0
   }
   if (s.confidence != ConfidenceInput::kNone) {
-    const auto cw = conf_weight->to(at::kFloat);
-    conf_h = at::matmul(hf, cw.narrow(0, 0, d)) + conf_bias->to(at::kFloat);  // [R, γ]
-    if (s.confidence == ConfidenceInput::kHiddenEmbedding) conf_e = cw.narrow(0, d, r);  // [r]
+    conf_w = conf_weight->to(at::kFloat).reshape({1, -1});  // [1, d] or [1, d + r]
+    conf_b = conf_bias->to(at::kFloat);
     scale = conf_scale ? conf_scale->contiguous() : at::ones({G}, fopts);
   }
 
@@ -130,41 +237,64 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   auto noise = any_sampled ? at::empty({R, V}, fopts) : at::Tensor();
   int64_t* tok = tokens.data_ptr<int64_t>();
   float* lp = token_logprob.data_ptr<float>();
+  const float* hb = head_b.defined() ? head_b.data_ptr<float>() : nullptr;
   for (int64_t k = 1; k <= G; ++k) {
     const auto e = w1f.index_select(0, x);  // e_k [R, r]
-    at::Tensor p;                           // the vector that multiplies w2
+    const auto h = hf.defined() ? hf.select(1, k - 1) : at::Tensor();  // h_k [R, d]
+    // The head vector P_k [R, r]; elementwise math in plain loops (ATen's vectorised
+    // kernels treat a tensor's tail differently, which would depend on R).
+    at::Tensor p;
     if (s.head == MarkovHead::kVanilla) {
       p = e;
     } else if (s.head == MarkovHead::kGated) {
-      p = at::sigmoid(at::addmm(gate_h.select(1, k - 1), e, gate_e)) * e;
+      p = rows_times_weight(at::cat({h, e}, 1), head_w);  // pre-activation, then in place
+      float* pp = p.data_ptr<float>();
+      const float* ep = e.data_ptr<float>();
+      for (int64_t i = 0; i < R * r; ++i) pp[i] = sigmoid(pp[i] + hb[i % r]) * ep[i];
     } else {
-      const auto z = at::addmm(rnn_h.select(1, k - 1), at::cat({state, e}, 1), rnn_se);  // [R, 3r]
-      const auto a = at::sigmoid(z.narrow(1, 0, r));
-      state = a * state + (1 - a) * at::tanh(z.narrow(1, r, r));
-      p = at::tanh(z.narrow(1, 2 * r, r));
+      const auto z = rows_times_weight(at::cat({state, e, h}, 1), head_w);  // [R, 3r]
+      p = at::empty({R, r}, fopts);
+      const float* zp = z.data_ptr<float>();
+      float* sp_ = state.data_ptr<float>();
+      float* pp = p.data_ptr<float>();
+      for (int64_t q = 0; q < R; ++q)
+        for (int64_t i = 0; i < r; ++i) {
+          const float* zq = zp + q * 3 * r;
+          const float a = sigmoid(zq[i] + hb[i]);
+          const float b = std::tanh(zq[r + i] + hb[r + i]);
+          sp_[q * r + i] = a * sp_[q * r + i] + (1.0f - a) * b;
+          pp[q * r + i] = std::tanh(zq[2 * r + i] + hb[2 * r + i]);
+        }
     }
     if (s.confidence != ConfidenceInput::kNone) {
-      auto logit = conf_h.select(1, k - 1);
-      if (conf_e.defined()) logit = logit + at::mv(e, conf_e);
-      confidence.select(1, k - 1).copy_(at::sigmoid(logit * scale[k - 1]));
+      const auto f = s.confidence == ConfidenceInput::kHidden ? h : at::cat({h, e}, 1);
+      const auto dots = rows_times_weight(f, conf_w);  // [R, 1]
+      const float sc = scale.data_ptr<float>()[k - 1], cb = conf_b.data_ptr<float>()[0];
+      for (int64_t q = 0; q < R; ++q)
+        confidence.data_ptr<float>()[q * G + k - 1] = sigmoid(sc * (dots.data_ptr<float>()[q] + cb));
     }
-    const auto L = at::addmm(U.select(1, k - 1).to(at::kFloat), p, w2t).contiguous();  // [R, V] fp32
+    const auto L = rows_times_weight(p, w2f);  // [R, V] fp32, P_k w2^T (U_k added in the fused pass)
     if (any_sampled) {
       at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i)
-          if (!is_greedy(tp[i]))
-            fill_open_uniforms(noise.data_ptr<float>() + i * V, V, sp[i], op[i], static_cast<uint32_t>(k));
+          if (!is_greedy(tp[i])) {
+            float* row = noise.data_ptr<float>() + i * V;
+            fill_open_uniforms(row, V, sp[i], op[i], static_cast<uint32_t>(k));
+            // Gumbel -log(-log(u)) as reference.rng.gumbel, one row at a time (batch-invariant).
+            at::from_blob(row, {V}, fopts).log_().neg_().log_().neg_();
+          }
       });
-      noise.log_().neg_().log_().neg_();  // Gumbel: -log(-log(u)), as reference.rng.gumbel
     }
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, U.scalar_type(), "markov_draft_cpu", [&] {
       const float* lptr = L.data_ptr<float>();
       scalar_t* dl = draft_logits.data_ptr<scalar_t>();
+      const scalar_t* up = U.data_ptr<scalar_t>();
       const float* np = any_sampled ? noise.data_ptr<float>() : nullptr;
       at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
-          auto [token, logprob] = round_and_sample<scalar_t>(lptr + i * V, dl + (i * G + k - 1) * V,
-                                                             np ? np + i * V : nullptr, V, tp[i]);
+          auto [token, logprob] = round_and_sample<scalar_t>(up + (i * G + k - 1) * V, lptr + i * V,
+                                                             dl + (i * G + k - 1) * V, np ? np + i * V : nullptr,
+                                                             V, tp[i]);
           tok[i * G + k - 1] = token;
           lp[i * G + k - 1] = logprob;
         }

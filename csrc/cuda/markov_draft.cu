@@ -13,8 +13,9 @@
 //         as one partial per (block, request).
 //
 // w2 is therefore read once per position for the whole batch; nothing float32 of size
-// [R, γ, V] is ever written. The hidden-only parts of the heads are precomputed by the
-// binding (one GEMM per round). Mirrors csrc/cpu/markov_draft.cpp, whose tests validate the
+// [R, γ, V] is ever written. Every dot product of a request runs in one fixed order inside
+// the kernel (no cuBLAS pre-pass whose algorithm could change with R), so a request's results
+// never depend on its batch. Mirrors csrc/cpu/markov_draft.cpp, whose tests validate the
 // algorithm; cross-block data is read with __ldcg (L2) after the barriers.
 //
 // Left for later: tensor cores for the [R, r] x [r, V] product (here a CUDA-core dot per
@@ -94,7 +95,7 @@ __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_
 // Phase A, second half: the head at position k for request q with x_{k-1} = prev.
 template <typename T>
 __device__ void head_step(const MarkovDraftParams& p, int64_t q, int64_t k, int64_t prev, float* smem) {
-  const int64_t r = p.rank, d = p.hidden;
+  const int64_t r = p.rank, d = p.hidden_size;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   float* e = smem;          // [r]  e_k
   float* z = smem + r;      // [2r] [s_{k-1} ; e_k] (RNN)
@@ -111,45 +112,46 @@ __device__ void head_step(const MarkovDraftParams& p, int64_t q, int64_t k, int6
   }
   __syncthreads();
   const int64_t pos = q * p.gamma + (k - 1);
+  const T* h = p.hidden ? static_cast<const T*>(p.hidden) + pos * d : nullptr;  // h_k [d]
+  const T* hw = static_cast<const T*>(p.head_weight);
+  const T* hb = static_cast<const T*>(p.head_bias);
   if (p.head == static_cast<int>(MarkovHead::kGated)) {
-    const T* gw = static_cast<const T*>(p.gate_weight);
-    for (int64_t i = warp; i < r; i += kWarps) {
-      const T* row = gw + i * (d + r) + d;
+    for (int64_t i = warp; i < r; i += kWarps) {  // g_i = sigmoid(W_i . [h_k ; e_k] + b_i)
+      const T* row = hw + i * (d + r);
       float acc = 0.0f;
-      for (int64_t j = lane; j < r; j += kWarpSize) acc += to_float(row[j]) * e[j];
+      for (int64_t j = lane; j < d; j += kWarpSize) acc += to_float(row[j]) * to_float(h[j]);
+      for (int64_t j = lane; j < r; j += kWarpSize) acc += to_float(row[d + j]) * e[j];
       acc = warp_sum(acc);
-      if (lane == 0) P[i] = sigmoidf(acc + p.head_hidden[pos * r + i]) * e[i];
+      if (lane == 0) P[i] = sigmoidf(acc + to_float(hb[i])) * e[i];
     }
   } else if (p.head == static_cast<int>(MarkovHead::kRnn)) {
-    const T* rw = static_cast<const T*>(p.rnn_weight);
     const int64_t stride = 2 * r + d;
-    for (int64_t i = warp; i < r; i += kWarps) {
-      float acc[3] = {0.0f, 0.0f, 0.0f};
+    for (int64_t i = warp; i < r; i += kWarps) {  // rows i, r + i, 2r + i of W . [s ; e ; h]
+      float acc[3];
       for (int c = 0; c < 3; ++c) {
-        const T* row = rw + (c * r + i) * stride;
-        for (int64_t j = lane; j < 2 * r; j += kWarpSize) acc[c] += to_float(row[j]) * z[j];
-        acc[c] = warp_sum(acc[c]);
+        const T* row = hw + (c * r + i) * stride;
+        float a = 0.0f;
+        for (int64_t j = lane; j < 2 * r; j += kWarpSize) a += to_float(row[j]) * z[j];
+        for (int64_t j = lane; j < d; j += kWarpSize) a += to_float(row[2 * r + j]) * to_float(h[j]);
+        acc[c] = warp_sum(a) + to_float(hb[c * r + i]);
       }
       if (lane == 0) {
-        const float* hh = p.head_hidden + pos * 3 * r;
-        const float a = sigmoidf(acc[0] + hh[i]);
-        const float b = tanhf(acc[1] + hh[r + i]);
-        const float o = tanhf(acc[2] + hh[2 * r + i]);
-        p.state[q * r + i] = a * z[i] + (1.0f - a) * b;  // z holds s_{k-1}: no read-after-write race
-        P[i] = o;
+        const float a = sigmoidf(acc[0]);
+        p.state[q * r + i] = a * z[i] + (1.0f - a) * tanhf(acc[1]);  // z holds s_{k-1}: no race
+        P[i] = tanhf(acc[2]);
       }
     }
   }
   if (p.confidence != static_cast<int>(ConfidenceInput::kNone) && warp == kWarps - 1) {
+    const T* cw = static_cast<const T*>(p.conf_weight);
     float acc = 0.0f;
-    if (p.confidence == static_cast<int>(ConfidenceInput::kHiddenEmbedding)) {
-      const T* cw = static_cast<const T*>(p.conf_weight) + d;
-      for (int64_t j = lane; j < r; j += kWarpSize) acc += to_float(cw[j]) * e[j];
-      acc = warp_sum(acc);
-    }
+    for (int64_t j = lane; j < d; j += kWarpSize) acc += to_float(cw[j]) * to_float(h[j]);
+    if (p.confidence == static_cast<int>(ConfidenceInput::kHiddenEmbedding))
+      for (int64_t j = lane; j < r; j += kWarpSize) acc += to_float(cw[d + j]) * e[j];
+    acc = warp_sum(acc);
     if (lane == 0) {
       const float scale = p.conf_scale ? p.conf_scale[k - 1] : 1.0f;
-      p.confidence_out[pos] = sigmoidf(scale * (acc + p.conf_hidden[pos]));
+      p.confidence_out[pos] = sigmoidf(scale * (acc + to_float(static_cast<const T*>(p.conf_bias)[0])));
     }
   }
   __syncthreads();  // e / z are reused by the next request of this block

@@ -14,7 +14,7 @@ namespace dspark::cuda {
 // another inside the kernel are not const.
 struct MarkovDraftParams {
   DType dtype;
-  int64_t requests, gamma, vocab, rank, hidden;  // R, γ, V, r, d
+  int64_t requests, gamma, vocab, rank, hidden_size;  // R, γ, V, r, d
   int head;                                      // dspark::MarkovHead
   int confidence;                                // dspark::ConfidenceInput
   const void* base_logits;     // [R, γ, V] T
@@ -24,11 +24,11 @@ struct MarkovDraftParams {
   const float* temperature;    // [R]
   const int64_t* seed;         // [R]
   const int64_t* offset;       // [R]
-  const void* gate_weight;     // [r, d + r] T (gated head) or null
-  const void* rnn_weight;      // [3r, 2r + d] T (RNN head) or null
-  const float* head_hidden;    // gated [R, γ, r] / RNN [R, γ, 3r]: hidden part + bias, or null
+  const void* hidden;          // [R, γ, d] T or null
+  const void* head_weight;     // gated [r, d + r] / RNN [3r, 2r + d] T, or null (vanilla)
+  const void* head_bias;       // gated [r] / RNN [3r] T, or null
   const void* conf_weight;     // [d] or [d + r] T, or null
-  const float* conf_hidden;    // [R, γ] conf_weight[:d] · h_k + conf_bias, or null
+  const void* conf_bias;       // [1] T, or null
   const float* conf_scale;     // [γ] or null
   int64_t* tokens;             // [R, γ] out
   void* draft_logits;          // [R, γ, V] T out

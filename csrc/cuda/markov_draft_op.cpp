@@ -1,5 +1,5 @@
-// CUDA binding of dspark::markov_draft: checks (shared with CPU), the hidden-only parts of
-// the heads as one GEMM each per round, scratch allocation, one cooperative launch.
+// CUDA binding of dspark::markov_draft: checks (shared with CPU), contiguous inputs,
+// scratch allocation, one cooperative launch per round.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -41,18 +41,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   const auto U = base_logits.contiguous(), x0 = anchor.contiguous();
   const auto w1c = w1.contiguous(), w2c = w2.contiguous();
   const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
-  at::Tensor hf, head_hidden, gate_w, rnn_w, conf_w, conf_hidden, scale;
-  if (hidden) hf = hidden->to(at::kFloat);
+  // Weights in their storage dtype; the kernel does every product itself (fixed order).
+  at::Tensor hc, head_w, head_b, conf_w, conf_b, scale;
+  if (hidden) hc = hidden->contiguous();
   if (s.head == MarkovHead::kGated) {
-    gate_w = gate_weight->contiguous();
-    head_hidden = (at::matmul(hf, gate_w.narrow(1, 0, d).to(at::kFloat).t()) + gate_bias->to(at::kFloat)).contiguous();
+    head_w = gate_weight->contiguous();
+    head_b = gate_bias->contiguous();
   } else if (s.head == MarkovHead::kRnn) {
-    rnn_w = rnn_weight->contiguous();
-    head_hidden = (at::matmul(hf, rnn_w.narrow(1, 2 * r, d).to(at::kFloat).t()) + rnn_bias->to(at::kFloat)).contiguous();
+    head_w = rnn_weight->contiguous();
+    head_b = rnn_bias->contiguous();
   }
   if (s.confidence != ConfidenceInput::kNone) {
     conf_w = conf_weight->contiguous();
-    conf_hidden = (at::matmul(hf, conf_w.narrow(0, 0, d).to(at::kFloat)) + conf_bias->to(at::kFloat)).contiguous();
+    conf_b = conf_bias->contiguous();
     if (conf_scale) scale = conf_scale->contiguous();
   }
 
@@ -66,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
 
   MarkovDraftParams p{};
   p.dtype = to_dtype(U.scalar_type());
-  p.requests = R, p.gamma = G, p.vocab = V, p.rank = r, p.hidden = d;
+  p.requests = R, p.gamma = G, p.vocab = V, p.rank = r, p.hidden_size = d;
   p.head = static_cast<int>(s.head);
   p.confidence = static_cast<int>(s.confidence);
   p.base_logits = U.data_ptr();
@@ -76,11 +77,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   p.temperature = temp.data_ptr<float>();
   p.seed = sd.data_ptr<int64_t>();
   p.offset = off.data_ptr<int64_t>();
-  p.gate_weight = gate_w.defined() ? gate_w.data_ptr() : nullptr;
-  p.rnn_weight = rnn_w.defined() ? rnn_w.data_ptr() : nullptr;
-  p.head_hidden = head_hidden.defined() ? head_hidden.data_ptr<float>() : nullptr;
+  p.hidden = hc.defined() ? hc.data_ptr() : nullptr;
+  p.head_weight = head_w.defined() ? head_w.data_ptr() : nullptr;
+  p.head_bias = head_b.defined() ? head_b.data_ptr() : nullptr;
   p.conf_weight = conf_w.defined() ? conf_w.data_ptr() : nullptr;
-  p.conf_hidden = conf_hidden.defined() ? conf_hidden.data_ptr<float>() : nullptr;
+  p.conf_bias = conf_b.defined() ? conf_b.data_ptr() : nullptr;
   p.conf_scale = scale.defined() ? scale.data_ptr<float>() : nullptr;
   p.tokens = tokens.data_ptr<int64_t>();
   p.draft_logits = draft_logits.data_ptr();
