@@ -5,7 +5,7 @@ after that, every op is reachable as ``torch.ops.dspark.<op>`` or through the wr
 below. The contract of every op is SPEC.md (shipped with the repository).
 """
 
-from . import _library
+from . import _library, calibration
 from ._library import has_cuda_kernels
 from .markov_draft import markov_draft
 from .rng import Purpose, random_bits
@@ -13,6 +13,7 @@ from .verify_chain import verify_chain
 
 __all__ = [
     "Purpose",
+    "calibration",
     "has_cuda_kernels",
     "markov_draft",
     "random_bits",

@@ -40,9 +40,7 @@ namespace {
 constexpr int kLanes = 16;
 
 // Four dot products a_i . b (i < 4) against one weight row b, each in the fixed order
-// described above; four rows at once keep eight independent FMA chains in flight. Every
-// output is computed by this same code (remainder rows repeat a pointer), so a row's
-// result never depends on which other rows share its group.
+// described above; four rows at once keep eight independent FMA chains in flight.
 DSPARK_ALWAYS_INLINE void fixed_order_dot4(const float* a0, const float* a1, const float* a2, const float* a3,
                                            const float* b, int64_t n, float* out) {
   float acc0[kLanes] = {}, acc1[kLanes] = {}, acc2[kLanes] = {}, acc3[kLanes] = {};
@@ -75,6 +73,20 @@ DSPARK_ALWAYS_INLINE void fixed_order_dot4(const float* a0, const float* a1, con
   out[3] = acc3[0];
 }
 
+// The same arithmetic as one output of fixed_order_dot4 (same lanes, same order, same
+// contraction), for the rows left over when M is not a multiple of four. The batch-invariance
+// test checks that the two agree bit for bit.
+DSPARK_ALWAYS_INLINE float fixed_order_dot1(const float* a0, const float* b, int64_t n) {
+  float acc0[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) acc0[l] += a0[j + l] * b[j + l];
+  for (int l = 0; j + l < n; ++l) acc0[l] += a0[j + l] * b[j + l];
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc0[l] += acc0[l + w];
+  return acc0[0];
+}
+
 // out[m, n] = X[m] . W[n] for n in [n0, n1): X [M, K], W [N, K], out [M, N] (float32,
 // row-major). Each W row is read once and used for all M rows.
 DSPARK_ALWAYS_INLINE void rows_times_weight_impl(const float* X, const float* W, float* out, int64_t M, int64_t N,
@@ -82,14 +94,13 @@ DSPARK_ALWAYS_INLINE void rows_times_weight_impl(const float* X, const float* W,
   float res[4];
   for (int64_t n = n0; n < n1; ++n) {
     const float* w = W + n * K;
-    for (int64_t m = 0; m < M; m += 4) {
+    int64_t m = 0;
+    for (; m + 4 <= M; m += 4) {
       const float* x0 = X + m * K;
-      const float* x1 = m + 1 < M ? x0 + K : x0;
-      const float* x2 = m + 2 < M ? x0 + 2 * K : x0;
-      const float* x3 = m + 3 < M ? x0 + 3 * K : x0;
-      fixed_order_dot4(x0, x1, x2, x3, w, K, res);
-      for (int64_t i = 0; i < 4 && m + i < M; ++i) out[(m + i) * N + n] = res[i];
+      fixed_order_dot4(x0, x0 + K, x0 + 2 * K, x0 + 3 * K, w, K, res);
+      for (int64_t i = 0; i < 4; ++i) out[(m + i) * N + n] = res[i];
     }
+    for (; m < M; ++m) out[m * N + n] = fixed_order_dot1(X + m * K, w, K);
   }
 }
 
@@ -133,26 +144,73 @@ at::Tensor rows_times_weight(const at::Tensor& X, const at::Tensor& W) {
 
 inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
-// Fills u[0..vocab) with the open uniforms (0, 1) of (seed, offset, kDraftSample, position, v).
+// Fills u[0..vocab) with the open uniforms (0, 1) of (seed, offset, kDraftSample, position, v):
+// the Philox4x32-10 of dspark/philox.h, eight counters at a time in plain loops the compiler
+// vectorises (the AVX2 build below is picked at run time). Same words as random_block().
+DSPARK_ALWAYS_INLINE void fill_open_uniforms_impl(float* u, int64_t vocab, int64_t seed, int64_t offset,
+                                                  uint32_t position) {
+  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u, kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
+  constexpr int kBatch = 8;
+  const uint64_t sd = static_cast<uint64_t>(seed), of = static_cast<uint64_t>(offset);
+  const uint32_t c0 = static_cast<uint32_t>(of), c1 = static_cast<uint32_t>(of >> 32);
+  const uint32_t c2 = (static_cast<uint32_t>(Purpose::kDraftSample) << 16) | (position & 0xFFFFu);
+  const int64_t full_blocks = vocab / 4;
+  int64_t blk = 0;
+  for (; blk + kBatch <= full_blocks; blk += kBatch) {
+    uint32_t x0[kBatch], x1[kBatch], x2[kBatch], x3[kBatch];
+    for (int i = 0; i < kBatch; ++i) {
+      x0[i] = c0;
+      x1[i] = c1;
+      x2[i] = c2;
+      x3[i] = static_cast<uint32_t>(blk + i);
+    }
+    uint32_t k0 = static_cast<uint32_t>(sd), k1 = static_cast<uint32_t>(sd >> 32);
+    for (int round = 0; round < 10; ++round) {
+      for (int i = 0; i < kBatch; ++i) {
+        const uint64_t p0 = static_cast<uint64_t>(kM0) * x0[i];
+        const uint64_t p1 = static_cast<uint64_t>(kM1) * x2[i];
+        const uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ x1[i] ^ k0;
+        const uint32_t n2 = static_cast<uint32_t>(p0 >> 32) ^ x3[i] ^ k1;
+        x1[i] = static_cast<uint32_t>(p1);
+        x3[i] = static_cast<uint32_t>(p0);
+        x0[i] = n0;
+        x2[i] = n2;
+      }
+      k0 += kW0;
+      k1 += kW1;
+    }
+    float* out = u + blk * 4;
+    for (int i = 0; i < kBatch; ++i) {
+      out[4 * i] = (static_cast<float>(x0[i] >> 8) + 0.5f) * (1.0f / 16777216.0f);
+      out[4 * i + 1] = (static_cast<float>(x1[i] >> 8) + 0.5f) * (1.0f / 16777216.0f);
+      out[4 * i + 2] = (static_cast<float>(x2[i] >> 8) + 0.5f) * (1.0f / 16777216.0f);
+      out[4 * i + 3] = (static_cast<float>(x3[i] >> 8) + 0.5f) * (1.0f / 16777216.0f);
+    }
+  }
+  for (int64_t base = blk * 4; base < vocab; base += 4) {
+    const Philox4 b = random_block(seed, offset, Purpose::kDraftSample, position, static_cast<uint64_t>(base));
+    for (int64_t lane = 0; lane < 4 && base + lane < vocab; ++lane) u[base + lane] = bits_to_open_uniform(b.v[lane]);
+  }
+}
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+__attribute__((target("avx2"))) void fill_open_uniforms_avx2(float* u, int64_t vocab, int64_t seed, int64_t offset,
+                                                             uint32_t position) {
+  fill_open_uniforms_impl(u, vocab, seed, offset, position);
+}
+#else
+void fill_open_uniforms_avx2(float*, int64_t, int64_t, int64_t, uint32_t) {}
+#endif
+
 void fill_open_uniforms(float* u, int64_t vocab, int64_t seed, int64_t offset, uint32_t position) {
-  int64_t base = 0;
-  for (; base + 4 <= vocab; base += 4) {
-    const Philox4 b = random_block(seed, offset, Purpose::kDraftSample, position, static_cast<uint64_t>(base));
-    u[base] = bits_to_open_uniform(b.v[0]);
-    u[base + 1] = bits_to_open_uniform(b.v[1]);
-    u[base + 2] = bits_to_open_uniform(b.v[2]);
-    u[base + 3] = bits_to_open_uniform(b.v[3]);
-  }
-  if (base < vocab) {
-    const Philox4 b = random_block(seed, offset, Purpose::kDraftSample, position, static_cast<uint64_t>(base));
-    for (int64_t lane = 0; base + lane < vocab; ++lane) u[base + lane] = bits_to_open_uniform(b.v[lane]);
-  }
+  if (cpu_has_avx2()) fill_open_uniforms_avx2(u, vocab, seed, offset, position);
+  else fill_open_uniforms_impl(u, vocab, seed, offset, position);
 }
 
 // Rounds L = base + product (float32) to T, writes them to `out`, and samples from the rounded
 // values. Returns (token, log q(token)); greedy requests return (argmax, 0).
 template <typename T>
-std::pair<int64_t, float> round_and_sample(const T* base, const float* product, T* out, const float* noise,
+std::pair<int64_t, float> round_and_sample(const T* base, const float* product, T* out, float* noise,
                                            int64_t vocab, float temperature) {
   if (is_greedy(temperature)) {
     ArgMax best;
@@ -164,7 +222,8 @@ std::pair<int64_t, float> round_and_sample(const T* base, const float* product, 
     }
     return {best.result(), 0.0f};
   }
-  // Pass 1 (fused): round, store, max of the scaled row, Gumbel race.
+  // Pass 1 (fused): round, store, max of the scaled row, Gumbel race; the scaled values
+  // replace the (consumed) noise in the row's scratch.
   float max = -INFINITY;
   Race race;
   for (int64_t v = 0; v < vocab; ++v) {
@@ -173,16 +232,13 @@ std::pair<int64_t, float> round_and_sample(const T* base, const float* product, 
     const float x = scaled_logit(static_cast<float>(rounded), temperature);
     max = x > max ? x : max;
     race.add(x, noise[v], v);
+    noise[v] = x;
   }
   const int64_t token = race.index();
-  // Pass 2 over the (cache-hot) rounded row: the normaliser.
+  // Pass 2, vectorised by ATen over the cache-hot scratch row: the normaliser.
   float sum = 0.0f;
-  if (max > -INFINITY) {
-    for (int64_t v = 0; v < vocab; ++v) {
-      const float x = scaled_logit(static_cast<float>(out[v]), temperature);
-      sum += std::exp(x - max);
-    }
-  }
+  if (max > -INFINITY)
+    sum = at::from_blob(noise, {vocab}, at::TensorOptions().dtype(at::kFloat)).sub_(max).exp_().sum().item<float>();
   const float xt = scaled_logit(static_cast<float>(out[token]), temperature);
   const float logprob = (sum > 0.0f && xt > -INFINITY) ? (xt - max) - std::log(sum) : -INFINITY;
   return {token, logprob};
@@ -289,7 +345,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
       const float* lptr = L.data_ptr<float>();
       scalar_t* dl = draft_logits.data_ptr<scalar_t>();
       const scalar_t* up = U.data_ptr<scalar_t>();
-      const float* np = any_sampled ? noise.data_ptr<float>() : nullptr;
+      float* np = any_sampled ? noise.data_ptr<float>() : nullptr;
       at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i) {
           auto [token, logprob] = round_and_sample<scalar_t>(up + (i * G + k - 1) * V, lptr + i * V,

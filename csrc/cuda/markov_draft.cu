@@ -7,7 +7,8 @@
 //         outputs), gather e_k = w1[x_{k-1}], run the head (vanilla / gated / RNN) into the
 //         [R, r] head-vector scratch, and the confidence c_k.
 //   B(k)  every block owns V-tiles of 32 vocabulary rows: it stages the w2 tile in shared
-//         memory ONCE per position, then for every request computes L = U_k + w2_tile · P_q,
+//         memory ONCE per position, then for every request (32 per pass, 4 per warp) computes
+//         L = U_k + w2_tile · P_q,
 //         rounds it to the storage dtype, writes draft_logits, and folds the rounded value
 //         into that request's softmax max/sum and Gumbel-max race (argmax for greedy), kept
 //         as one partial per (block, request).
@@ -34,7 +35,9 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;  // 8
 constexpr int kTileV = kWarpSize;             // vocabulary rows per tile: one per lane
-constexpr int kReqChunk = kWarps;             // requests per pass over a tile: one per warp
+constexpr int kReqPerWarp = 4;                // requests per warp: each w2 value read from
+                                              // shared memory feeds four FMAs
+constexpr int kReqChunk = kWarps * kReqPerWarp;  // requests per pass over a tile (32)
 
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
@@ -184,50 +187,64 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, float* smem) 
       __syncthreads();  // previous chunk's readers are done with ps (and w2s is loaded)
       for (int64_t idx = threadIdx.x; idx < nreq * r; idx += blockDim.x) ps[idx] = __ldcg(p.head_vector + c0 * r + idx);
       __syncthreads();
-      if (warp >= nreq) continue;  // warp-uniform
-      const int64_t q = c0 + warp;
+      const int64_t local0 = static_cast<int64_t>(warp) * kReqPerWarp;  // this warp's first request
+      if (local0 >= nreq) continue;                                      // warp-uniform
       const int64_t v = v0 + lane;
       const bool valid = lane < rows;
-      const float temp = p.temperature[q];
-      const bool greedy = is_greedy(temp);
-      SoftmaxStats st;
-      Race race;
+      // Dot products w2[v] . P_q for the warp's four requests (rows of ps past nreq hold
+      // stale values; their results are never used). Each output is one sequential fmaf
+      // chain over j, whatever the batch: batch-invariant.
+      float acc[kReqPerWarp] = {};
       if (valid) {
         const float* wrow = w2s + lane * stride;
-        const float* prow = ps + warp * r;
-        float acc = 0.0f;
-        for (int64_t j = 0; j < r; ++j) acc = fmaf(wrow[j], prow[j], acc);
-        const int64_t o = (q * G + k - 1) * V + v;
-        const T rounded = from_float<T>(to_float(U[o]) + acc);
-        out[o] = rounded;
-        const float lr = to_float(rounded);
-        if (greedy) {
-          race.add(lr, 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
-        } else {
-          const float x = scaled_logit(lr, temp);
-          st.add(x);
-          race.add(x, gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
-                                                   static_cast<uint32_t>(k), static_cast<uint64_t>(v))),
-                   v);
+        const float* prow = ps + local0 * r;
+        for (int64_t j = 0; j < r; ++j) {
+          const float w = wrow[j];
+#pragma unroll
+          for (int i = 0; i < kReqPerWarp; ++i) acc[i] = fmaf(w, prow[i * r + j], acc[i]);
         }
       }
-      if (!greedy) st = warp_merge(st);  // `greedy` is uniform over the warp (one request)
-      const uint64_t key = warp_max_u64(race.best);
-      if (lane == 0) {
-        const int64_t slot = static_cast<int64_t>(blockIdx.x) * R + q;  // only this warp touches it
-        if (first) {
-          p.part_max[slot] = st.max;
-          p.part_sum[slot] = st.sum;
-          p.part_key[slot] = key;
-        } else {
-          SoftmaxStats old;
-          old.max = p.part_max[slot];
-          old.sum = p.part_sum[slot];
-          old.merge(st);
-          p.part_max[slot] = old.max;
-          p.part_sum[slot] = old.sum;
-          const unsigned long long prev = p.part_key[slot];
-          p.part_key[slot] = key > prev ? key : prev;
+#pragma unroll
+      for (int i = 0; i < kReqPerWarp; ++i) {
+        if (local0 + i >= nreq) break;  // warp-uniform
+        const int64_t q = c0 + local0 + i;
+        const float temp = p.temperature[q];
+        const bool greedy = is_greedy(temp);
+        SoftmaxStats st;
+        Race race;
+        if (valid) {
+          const int64_t o = (q * G + k - 1) * V + v;
+          const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
+          out[o] = rounded;
+          const float lr = to_float(rounded);
+          if (greedy) {
+            race.add(lr, 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
+          } else {
+            const float x = scaled_logit(lr, temp);
+            st.add(x);
+            race.add(x, gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
+                                                     static_cast<uint32_t>(k), static_cast<uint64_t>(v))),
+                     v);
+          }
+        }
+        if (!greedy) st = warp_merge(st);  // `greedy` is uniform over the warp (one request)
+        const uint64_t key = warp_max_u64(race.best);
+        if (lane == 0) {
+          const int64_t slot = static_cast<int64_t>(blockIdx.x) * R + q;  // only this warp touches it
+          if (first) {
+            p.part_max[slot] = st.max;
+            p.part_sum[slot] = st.sum;
+            p.part_key[slot] = key;
+          } else {
+            SoftmaxStats old;
+            old.max = p.part_max[slot];
+            old.sum = p.part_sum[slot];
+            old.merge(st);
+            p.part_max[slot] = old.max;
+            p.part_sum[slot] = old.sum;
+            const unsigned long long prev = p.part_key[slot];
+            p.part_key[slot] = key > prev ? key : prev;
+          }
         }
       }
     }
