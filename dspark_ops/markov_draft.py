@@ -48,6 +48,7 @@ def markov_draft(
         anchor: ``[R]`` int64, ``x_0`` (the last committed token), in ``[0, V)``.
         w1: ``[V, r]`` Markov embedding (``markov_w1.weight``).
         w2: ``[V, r]`` Markov projection (``markov_w2.weight``, ``nn.Linear(r, V)`` layout).
+            The CUDA kernel supports ``r <= 512`` (DeepSpec uses 256).
         temperature: ``[R]`` float32.
         seed, offset: ``[R]`` int64 keys of the counter-based generator (never changed).
         hidden: ``[R, γ, d]`` backbone hidden states ``h_k``; required by the gated and RNN
@@ -71,6 +72,10 @@ def markov_draft(
         ``sigmoid(conf_scale[k-1] * (conf_weight · f_k + conf_bias))`` with ``f_k = h_k`` or
         ``[h_k ; e_k]`` (it depends on ``x_{k-1}``, never on ``x_k``), all ones without a
         confidence head.
+
+    Results do not depend on the other requests of the batch (every dot product runs in one
+    fixed order), and CPU and CUDA draw the same noise, so they agree except where float
+    rounding flips a near-tie.
 
     An anchor outside ``[0, V)`` raises on CPU; on CUDA it raises only with ``DSPARK_CHECK=1``
     (the check needs a host sync), and otherwise it is clamped into ``[0, V)`` so the kernel

@@ -30,6 +30,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
                                                      gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight,
                                                      conf_bias, conf_scale);
   const c10::cuda::CUDAGuard guard(base_logits.device());
+  // The logits phase stages a [32, r] w2 tile and [32, r] head vectors in shared memory.
+  DSPARK_CHECK(s.rank <= 512, "dspark::markov_draft", "w1",
+               "must have rank r <= 512 on CUDA (shared-memory tiles), got r = ", s.rank);
   const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank, d = s.hidden;
   const auto fopts = base_logits.options().dtype(at::kFloat);
   auto tokens = at::empty({R, G}, anchor.options());
