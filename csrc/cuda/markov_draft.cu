@@ -19,8 +19,13 @@
 // never depend on its batch. Mirrors csrc/cpu/markov_draft.cpp, whose tests validate the
 // algorithm; cross-block data is read with __ldcg (L2) after the barriers.
 //
-// Left for later: tensor cores for the [R, r] x [r, V] product (here a CUDA-core dot per
-// (vocab row, request) from shared memory), and keeping w2 resident on chip across positions.
+// Resident w2 (when it fits): each block always owns the same tiles (tile = block + i·grid), so
+// when a block's tiles fit in its shared memory they are staged at position 1 and reused at
+// positions 2..γ: HBM sees w2 once per round instead of γ times (V·r ≤ ~ (SMs · 200 KB) / 2
+// bytes in bf16, e.g. V = 32000, r = 256). Otherwise one tile slot is re-staged per tile.
+//
+// Left for later: tensor cores for the [R, r] x [r, V] product (here CUDA-core FMAs from
+// shared memory, four requests per w2 value), and double-buffered (cp.async) tile staging.
 #include <cooperative_groups.h>
 
 #include "common/markov_draft_kinds.h"
@@ -47,13 +52,20 @@ __device__ __forceinline__ float warp_sum(float v) {
 
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-// Shared memory needed by the two phases (floats); the w2 tile rows are padded by one float
-// so that lanes reading column j of different rows hit different banks.
-__host__ __device__ inline int64_t phase_b_floats(int64_t rank) { return kTileV * (rank + 1) + kReqChunk * rank; }
-__host__ __device__ inline int64_t phase_a_floats(int64_t rank) { return 5 * rank; }
-inline size_t smem_bytes(int64_t rank) {
-  const int64_t a = phase_a_floats(rank), b = phase_b_floats(rank);
-  return static_cast<size_t>(a > b ? a : b) * sizeof(float);
+// Shared memory layout: [w2 tile slots, T][scratch, float]. A staged w2 row is padded by one
+// 32-bit word so lanes reading column j of 32 different rows hit 32 different banks.
+template <typename T>
+__host__ __device__ inline int64_t staged_stride(int64_t rank) {
+  return rank + static_cast<int64_t>(4 / sizeof(T));  // elements of T per staged row
+}
+template <typename T>
+__host__ __device__ inline int64_t tile_slot_bytes(int64_t rank) {
+  return (kTileV * staged_stride<T>(rank) * static_cast<int64_t>(sizeof(T)) + 15) / 16 * 16;
+}
+// Scratch: phase B's head vectors of a request chunk, or phase A's [e_k ; s_{k-1} ; e_k].
+__host__ __device__ inline int64_t scratch_bytes(int64_t rank) {
+  const int64_t b = kReqChunk * rank, a = 3 * rank;
+  return (a > b ? a : b) * static_cast<int64_t>(sizeof(float));
 }
 
 // Phase A, first half: merge the partials of position k (1-based) for request q; writes
@@ -162,29 +174,36 @@ __device__ void head_step(const MarkovDraftParams& p, int64_t q, int64_t k, int6
 
 // Phase B at position k: this block's V-tiles against every request.
 template <typename T>
-__device__ void logits_step(const MarkovDraftParams& p, int64_t k, float* smem) {
+__device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
   const int64_t R = p.requests, V = p.vocab, r = p.rank, G = p.gamma;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int64_t stride = r + 1;
-  float* w2s = smem;                    // [kTileV, r + 1]
-  float* ps = smem + kTileV * stride;   // [kReqChunk, r]
+  const int64_t stride = staged_stride<T>(r);
+  const int64_t slots = p.resident_tiles > 0 ? p.resident_tiles : 1;
+  T* slot0 = reinterpret_cast<T*>(smem_raw);                                    // [slots][kTileV, stride]
+  float* ps = reinterpret_cast<float*>(smem_raw + slots * tile_slot_bytes<T>(r));  // [kReqChunk, r]
   const T* w2 = static_cast<const T*>(p.w2);
   const T* U = static_cast<const T*>(p.base_logits);
   T* out = static_cast<T*>(p.draft_logits);
   const int64_t tiles = (V + kTileV - 1) / kTileV;
-  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+  int64_t local = 0;  // this block's tile counter: the tile's slot in resident mode
+  for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
     const bool first = tile == static_cast<int64_t>(blockIdx.x);
     const int64_t v0 = tile * kTileV;
     const int64_t rows = V - v0 < kTileV ? V - v0 : kTileV;
-    __syncthreads();  // the previous tile's readers are done with w2s
-    const T* src = w2 + v0 * r;
-    for (int64_t idx = threadIdx.x; idx < rows * r; idx += blockDim.x) {
-      const int64_t row = idx / r, col = idx - row * r;
-      w2s[row * stride + col] = to_float(src[idx]);
+    T* w2s = p.resident_tiles > 0
+                 ? reinterpret_cast<T*>(reinterpret_cast<unsigned char*>(slot0) + local * tile_slot_bytes<T>(r))
+                 : slot0;
+    if (p.resident_tiles == 0 || k == 1) {  // block-uniform
+      __syncthreads();  // streaming: the previous tile's readers are done with the slot
+      const T* src = w2 + v0 * r;
+      for (int64_t idx = threadIdx.x; idx < rows * r; idx += blockDim.x) {
+        const int64_t row = idx / r, col = idx - row * r;
+        w2s[row * stride + col] = src[idx];
+      }
     }
     for (int64_t c0 = 0; c0 < R; c0 += kReqChunk) {
       const int64_t nreq = R - c0 < kReqChunk ? R - c0 : kReqChunk;
-      __syncthreads();  // previous chunk's readers are done with ps (and w2s is loaded)
+      __syncthreads();  // previous chunk's readers are done with ps (and the tile is staged)
       for (int64_t idx = threadIdx.x; idx < nreq * r; idx += blockDim.x) ps[idx] = __ldcg(p.head_vector + c0 * r + idx);
       __syncthreads();
       const int64_t local0 = static_cast<int64_t>(warp) * kReqPerWarp;  // this warp's first request
@@ -196,10 +215,10 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, float* smem) 
       // chain over j, whatever the batch: batch-invariant.
       float acc[kReqPerWarp] = {};
       if (valid) {
-        const float* wrow = w2s + lane * stride;
+        const T* wrow = w2s + lane * stride;
         const float* prow = ps + local0 * r;
         for (int64_t j = 0; j < r; ++j) {
-          const float w = wrow[j];
+          const float w = to_float(wrow[j]);
 #pragma unroll
           for (int i = 0; i < kReqPerWarp; ++i) acc[i] = fmaf(w, prow[i * r + j], acc[i]);
         }
@@ -253,7 +272,7 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, float* smem) 
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) markov_draft_kernel(MarkovDraftParams p) {
-  extern __shared__ __align__(16) float smem[];
+  extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(16) unsigned char red[kWarps * 16];  // block reductions (raw: no ctors)
   __shared__ int64_t x_shared;
   cg::grid_group grid = cg::this_grid();
@@ -267,7 +286,9 @@ __global__ void __launch_bounds__(kThreads) markov_draft_kernel(MarkovDraftParam
       } else {
         prev = finish_position<T>(p, q, k - 1, &x_shared, red);
       }
-      if (k <= G) head_step<T>(p, q, k, prev, smem);
+      // Phase A's scratch lies after the w2 slots: resident tiles survive it.
+      const int64_t slots = p.resident_tiles > 0 ? p.resident_tiles : 1;
+      if (k <= G) head_step<T>(p, q, k, prev, reinterpret_cast<float*>(smem + slots * tile_slot_bytes<T>(p.rank)));
     }
     if (k > G) break;
     __threadfence();
@@ -278,44 +299,70 @@ __global__ void __launch_bounds__(kThreads) markov_draft_kernel(MarkovDraftParam
   }
 }
 
-template <typename T>
-cudaError_t prepare(int64_t rank) {
-  const size_t bytes = smem_bytes(rank);
-  if (bytes > 48 * 1024)
-    return cudaFuncSetAttribute(markov_draft_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                static_cast<int>(bytes));
-  return cudaSuccess;
-}
-
 }  // namespace
 
-int markov_draft_blocks(DType dtype, int64_t vocab, int64_t rank, int device, cudaError_t* err) {
-  return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> int {
-    *err = prepare<T>(rank);
-    if (*err != cudaSuccess) return 0;
-    int sms = 0, per_sm = 0;
-    *err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
-    if (*err != cudaSuccess) return 0;
-    *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, markov_draft_kernel<T>, kThreads,
-                                                         smem_bytes(rank));
-    if (*err != cudaSuccess) return 0;
-    if (per_sm <= 0) {
-      *err = cudaErrorInvalidConfiguration;  // rank too large for shared memory
-      return 0;
-    }
+MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, bool allow_resident,
+                                    cudaError_t* err) {
+  return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> MarkovDraftLaunch {
+    MarkovDraftLaunch plan;
+    int sms = 0, optin = 0, per_sm_bytes = 0;
+    if ((*err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return plan;
+    if ((*err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess)
+      return plan;
+    if ((*err = cudaDeviceGetAttribute(&per_sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device)) !=
+        cudaSuccess)
+      return plan;
+    // Allow up to the opt-in maximum; each launch asks only for what it needs.
+    if ((*err = cudaFuncSetAttribute(markov_draft_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin)) !=
+        cudaSuccess)
+      return plan;
     const int64_t tiles = (vocab + kTileV - 1) / kTileV;
-    const int64_t resident = static_cast<int64_t>(sms) * per_sm;
-    return static_cast<int>(tiles < resident ? tiles : resident);
+    const int64_t slot = tile_slot_bytes<T>(rank), scratch = scratch_bytes(rank);
+    auto fits = [&](size_t smem, int64_t want_per_sm, int64_t* blocks) {
+      int per_sm = 0;
+      *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, markov_draft_kernel<T>, kThreads, smem);
+      if (*err != cudaSuccess || per_sm < want_per_sm || per_sm <= 0) return false;
+      const int64_t resident = static_cast<int64_t>(sms) * (want_per_sm > 0 ? want_per_sm : per_sm);
+      *blocks = tiles < resident ? tiles : resident;
+      return true;
+    };
+    if (allow_resident) {
+      for (int64_t per_sm = 2; per_sm >= 1; --per_sm) {
+        const int64_t blocks = tiles < sms * per_sm ? tiles : sms * per_sm;
+        const int64_t share = (tiles + blocks - 1) / blocks;  // tiles per block
+        const int64_t smem = share * slot + scratch;
+        const int64_t budget = per_sm_bytes / per_sm - 2048;  // leave room for static smem / reserve
+        int64_t got = 0;
+        if (smem <= optin && smem <= budget && fits(static_cast<size_t>(smem), per_sm, &got) && got == blocks) {
+          plan.blocks = static_cast<int>(blocks);
+          plan.smem = static_cast<size_t>(smem);
+          plan.resident_tiles = static_cast<int>(share);
+          return plan;
+        }
+        if (*err != cudaSuccess) return plan;
+      }
+    }
+    const size_t smem = static_cast<size_t>(slot + scratch);
+    int64_t blocks = 0;
+    if (!fits(smem, 0, &blocks)) {
+      if (*err == cudaSuccess) *err = cudaErrorInvalidConfiguration;  // rank too large for shared memory
+      return plan;
+    }
+    plan.blocks = static_cast<int>(blocks);
+    plan.smem = smem;
+    return plan;
   });
 }
 
-cudaError_t launch_markov_draft(const MarkovDraftParams& params, int blocks, cudaStream_t stream) {
-  if (params.requests == 0 || params.gamma == 0 || blocks <= 0) return cudaSuccess;
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch,
+                                cudaStream_t stream) {
+  if (params.requests == 0 || params.gamma == 0 || launch.blocks <= 0) return cudaSuccess;
   return DSPARK_DISPATCH_FLOAT(params.dtype, T, [&]() -> cudaError_t {
     MarkovDraftParams p = params;
+    p.resident_tiles = launch.resident_tiles;
     void* args[] = {&p};
-    return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(markov_draft_kernel<T>), dim3(blocks),
-                                       dim3(kThreads), args, smem_bytes(params.rank), stream);
+    return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(markov_draft_kernel<T>), dim3(launch.blocks),
+                                       dim3(kThreads), args, launch.smem, stream);
   });
 }
 

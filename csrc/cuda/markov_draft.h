@@ -39,12 +39,25 @@ struct MarkovDraftParams {
   float* part_max;             // [blocks, R] scratch: per-block softmax max
   float* part_sum;             // [blocks, R] scratch: per-block softmax sum
   unsigned long long* part_key;  // [blocks, R] scratch: per-block race / argmax key
+  int resident_tiles;          // > 0: each block keeps its w2 tiles in shared memory for the
+                               // whole round (read from HBM once per round); 0: re-staged per position
 };
 
-// The number of blocks the cooperative kernel runs with on `device` (all co-resident),
-// needed to size the part_* scratch. Returns 0 and sets *err on failure.
-int markov_draft_blocks(DType dtype, int64_t vocab, int64_t rank, int device, cudaError_t* err);
+// How the cooperative kernel is launched: blocks (all co-resident), dynamic shared memory,
+// and the resident-w2 tiles per block (0 for the streaming kernel).
+struct MarkovDraftLaunch {
+  int blocks = 0;
+  size_t smem = 0;
+  int resident_tiles = 0;
+};
 
-cudaError_t launch_markov_draft(const MarkovDraftParams& params, int blocks, cudaStream_t stream);
+// Plans the launch on `device` (the block count sizes the part_* scratch). With
+// allow_resident, picks the resident-w2 kernel when every block's share of w2 fits in its
+// shared memory (e.g. V = 32000, r = 256 in bf16 on an H100). Sets *err on failure.
+MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, bool allow_resident,
+                                    cudaError_t* err);
+
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch,
+                                cudaStream_t stream);
 
 }  // namespace dspark::cuda

@@ -5,7 +5,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "common/markov_draft_args.h"
@@ -14,6 +16,16 @@
 
 namespace dspark::cuda {
 namespace {
+
+// DSPARK_MARKOV_RESIDENT=0 forces the streaming kernel (w2 re-read every position), e.g. to
+// measure what the resident-w2 kernel gains.
+bool allow_resident_w2() {
+  static const bool allow = [] {
+    const char* env = std::getenv("DSPARK_MARKOV_RESIDENT");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  return allow;
+}
 
 DType to_dtype(at::ScalarType t) {
   return t == at::kBFloat16 ? DType::kBFloat16 : t == at::kHalf ? DType::kFloat16 : DType::kFloat32;
@@ -61,8 +73,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   }
 
   cudaError_t err = cudaSuccess;
-  const int blocks = markov_draft_blocks(to_dtype(U.scalar_type()), V, r, base_logits.get_device(), &err);
+  const MarkovDraftLaunch plan =
+      plan_markov_draft(to_dtype(U.scalar_type()), V, r, base_logits.get_device(), allow_resident_w2(), &err);
   DSPARK_CUDA_CHECK(err);
+  const int64_t blocks = plan.blocks;
   auto head_vector = at::empty({R, r}, fopts);
   auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;
   auto part_max = at::empty({blocks, R}, fopts), part_sum = at::empty({blocks, R}, fopts);
@@ -95,7 +109,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   p.part_max = part_max.data_ptr<float>();
   p.part_sum = part_sum.data_ptr<float>();
   p.part_key = reinterpret_cast<unsigned long long*>(part_key.data_ptr<int64_t>());
-  DSPARK_CUDA_CHECK(launch_markov_draft(p, blocks, c10::cuda::getCurrentCUDAStream()));
+  DSPARK_CUDA_CHECK(launch_markov_draft(p, plan, c10::cuda::getCurrentCUDAStream()));
   return {tokens, draft_logits, token_logprob, confidence};
 }
 
