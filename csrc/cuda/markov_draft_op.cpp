@@ -6,6 +6,8 @@
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <map>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <tuple>
@@ -25,6 +27,22 @@ bool allow_resident_w2() {
     return env == nullptr || std::string(env) != "0";
   }();
   return allow;
+}
+
+// Launch plans depend only on (dtype, V, r, device): computed once (device queries and the
+// shared-memory attribute stay out of later calls, including CUDA-graph captures).
+MarkovDraftLaunch cached_plan(DType dtype, int64_t vocab, int64_t rank, int device) {
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int64_t, int64_t, int>, MarkovDraftLaunch> plans;
+  const auto key = std::make_tuple(static_cast<int>(dtype), vocab, rank, device);
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto it = plans.find(key);
+  if (it != plans.end()) return it->second;
+  cudaError_t err = cudaSuccess;
+  const MarkovDraftLaunch plan = plan_markov_draft(dtype, vocab, rank, device, allow_resident_w2(), &err);
+  DSPARK_CUDA_CHECK(err);
+  plans.emplace(key, plan);
+  return plan;
 }
 
 DType to_dtype(at::ScalarType t) {
@@ -72,10 +90,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     if (conf_scale) scale = conf_scale->contiguous();
   }
 
-  cudaError_t err = cudaSuccess;
-  const MarkovDraftLaunch plan =
-      plan_markov_draft(to_dtype(U.scalar_type()), V, r, base_logits.get_device(), allow_resident_w2(), &err);
-  DSPARK_CUDA_CHECK(err);
+  const MarkovDraftLaunch plan = cached_plan(to_dtype(U.scalar_type()), V, r, base_logits.get_device());
   const int64_t blocks = plan.blocks;
   auto head_vector = at::empty({R, r}, fopts);
   auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;
