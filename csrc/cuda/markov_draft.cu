@@ -172,6 +172,73 @@ __device__ void head_step(const MarkovDraftParams& p, int64_t q, int64_t k, int6
   __syncthreads();  // e / z are reused by the next request of this block
 }
 
+constexpr int kStageBatch = 4;  // 16-byte loads in flight per thread while staging
+
+// Copies a [rows, r] tile of w2 (global, row-major) into shared memory rows of
+// staged_stride<T>(r) elements. 16-byte loads, kStageBatch in flight per thread, when rows are
+// 16-byte multiples and the source is aligned; element copies otherwise.
+template <typename T>
+__device__ __forceinline__ void stage_tile(const T* src, T* dst, int64_t rows, int64_t r) {
+  const int64_t row_bytes = r * static_cast<int64_t>(sizeof(T));
+  if (row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    const int64_t per_row = row_bytes / 16, total = rows * per_row;
+    const int64_t stride_words = staged_stride<T>(r) * static_cast<int64_t>(sizeof(T)) / 4;
+    const uint4* s4 = reinterpret_cast<const uint4*>(src);
+    uint32_t* d = reinterpret_cast<uint32_t*>(dst);
+    for (int64_t base = threadIdx.x; base < total; base += kStageBatch * static_cast<int64_t>(blockDim.x)) {
+      uint4 buf[kStageBatch];
+#pragma unroll
+      for (int u = 0; u < kStageBatch; ++u) {
+        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
+        if (c < total) buf[u] = __ldg(s4 + c);
+      }
+#pragma unroll
+      for (int u = 0; u < kStageBatch; ++u) {
+        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
+        if (c < total) {
+          const int64_t row = c / per_row, col = c - row * per_row;
+          uint32_t* w = d + row * stride_words + col * 4;  // rows padded by one word: 4-byte stores
+          w[0] = buf[u].x;
+          w[1] = buf[u].y;
+          w[2] = buf[u].z;
+          w[3] = buf[u].w;
+        }
+      }
+    }
+  } else {
+    const int64_t stride = staged_stride<T>(r);
+    for (int64_t idx = threadIdx.x; idx < rows * r; idx += blockDim.x) {
+      const int64_t row = idx / r, col = idx - row * r;
+      dst[row * stride + col] = src[idx];
+    }
+  }
+}
+
+// Copies n floats of the head-vector scratch (written by other blocks before the barrier;
+// read through L2 with __ldcg) into shared memory.
+__device__ __forceinline__ void load_head_vectors(const float* src, float* dst, int64_t n) {
+  if (n % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    const float4* s4 = reinterpret_cast<const float4*>(src);
+    float4* d4 = reinterpret_cast<float4*>(dst);
+    const int64_t n4 = n / 4;
+    for (int64_t base = threadIdx.x; base < n4; base += kStageBatch * static_cast<int64_t>(blockDim.x)) {
+      float4 buf[kStageBatch];
+#pragma unroll
+      for (int u = 0; u < kStageBatch; ++u) {
+        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
+        if (c < n4) buf[u] = __ldcg(s4 + c);
+      }
+#pragma unroll
+      for (int u = 0; u < kStageBatch; ++u) {
+        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
+        if (c < n4) d4[c] = buf[u];
+      }
+    }
+  } else {
+    for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __ldcg(src + i);
+  }
+}
+
 // Phase B at position k: this block's V-tiles against every request.
 template <typename T>
 __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
@@ -195,17 +262,15 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
                  : slot0;
     if (p.resident_tiles == 0 || k == 1) {  // block-uniform
       __syncthreads();  // streaming: the previous tile's readers are done with the slot
-      const T* src = w2 + v0 * r;
-      for (int64_t idx = threadIdx.x; idx < rows * r; idx += blockDim.x) {
-        const int64_t row = idx / r, col = idx - row * r;
-        w2s[row * stride + col] = src[idx];
-      }
+      stage_tile(w2 + v0 * r, w2s, rows, r);
     }
     for (int64_t c0 = 0; c0 < R; c0 += kReqChunk) {
       const int64_t nreq = R - c0 < kReqChunk ? R - c0 : kReqChunk;
-      __syncthreads();  // previous chunk's readers are done with ps (and the tile is staged)
-      for (int64_t idx = threadIdx.x; idx < nreq * r; idx += blockDim.x) ps[idx] = __ldcg(p.head_vector + c0 * r + idx);
-      __syncthreads();
+      if (R > kReqChunk || first) {  // with one chunk, ps keeps its requests across tiles
+        __syncthreads();             // previous chunk's readers are done with ps
+        load_head_vectors(p.head_vector + c0 * r, ps, nreq * r);
+      }
+      __syncthreads();  // ps and the staged tile are visible to every warp
       const int64_t local0 = static_cast<int64_t>(warp) * kReqPerWarp;  // this warp's first request
       if (local0 >= nreq) continue;                                      // warp-uniform
       const int64_t v = v0 + lane;
@@ -271,7 +336,7 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) markov_draft_kernel(MarkovDraftParams p) {
+__global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(16) unsigned char red[kWarps * 16];  // block reductions (raw: no ctors)
   __shared__ int64_t x_shared;
