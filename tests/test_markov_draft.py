@@ -245,9 +245,11 @@ def test_empty_batch_and_block(device):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head,conf", [("vanilla", "he"), ("gated", "h"), ("rnn", "he")])
-def test_cpu_cuda_agree(dtype, head, conf):
-    args = make_inputs(R=16, G=7, V=32003, r=64, d=48, dtype=dtype, head=head, conf=conf, seed=4)
+@pytest.mark.parametrize("head,conf,R", [("vanilla", "he", 16), ("gated", "h", 40), ("rnn", "he", 16),
+                                         ("vanilla", "none", 70)])
+def test_cpu_cuda_agree(dtype, head, conf, R):
+    # R = 40 and 70: several 32-request chunks per w2 tile in the CUDA logits phase.
+    args = make_inputs(R=R, G=7, V=32003, r=64, d=48, dtype=dtype, head=head, conf=conf, seed=4)
     cpu = dspark_ops.markov_draft(**args)
     gpu = dspark_ops.markov_draft(**to_device(args, "cuda"))
     # Same random numbers; only a float near-tie could flip a token (none with these inputs).
@@ -268,6 +270,34 @@ def test_cuda_large_and_graph_capture():
     args2 = dict(args)
     for a, b in zip(out, dspark_ops.markov_draft(**args2)):
         assert torch.equal(a, b)
+
+
+_STREAMING_SCRIPT = """
+import sys, torch, dspark_ops
+sys.path.insert(0, {tests!r})
+from test_markov_draft import make_inputs, to_device
+args = to_device(make_inputs(R=20, G=5, V=32003, r=256, d=32, dtype=torch.bfloat16, head="gated", conf="he",
+                             seed=8), "cuda")
+torch.save([t.cpu() for t in dspark_ops.markov_draft(**args)], {out!r})
+"""
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("resident", ["1", "0"])
+def test_cuda_resident_and_streaming_w2_agree(tmp_path, resident):
+    # V = 32003, r = 256 in bf16 fits the resident-w2 kernel on an A100/H100;
+    # DSPARK_MARKOV_RESIDENT=0 forces the streaming kernel (the choice is made once per process).
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "out.pt"
+    env = dict(os.environ, DSPARK_MARKOV_RESIDENT=resident)
+    script = _STREAMING_SCRIPT.format(tests=os.path.dirname(__file__), out=str(out))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    got = torch.load(out)
+    args = make_inputs(R=20, G=5, V=32003, r=256, d=32, dtype=torch.bfloat16, head="gated", conf="he", seed=8)
+    check_against_reference(got, dspark_ops.markov_draft(**args), torch.bfloat16, args["temperature"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
