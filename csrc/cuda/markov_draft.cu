@@ -172,6 +172,25 @@ __device__ void head_step(const MarkovDraftParams& p, int64_t q, int64_t k, int6
   __syncthreads();  // e / z are reused by the next request of this block
 }
 
+// Four consecutive staged w2 values as float (p 4-byte aligned for the 16-bit types: rows
+// start on 32-bit words and j is a multiple of 4).
+__device__ __forceinline__ void load4(const float* p, float* w) {
+  w[0] = p[0];
+  w[1] = p[1];
+  w[2] = p[2];
+  w[3] = p[3];
+}
+__device__ __forceinline__ void load4(const __nv_bfloat16* p, float* w) {
+  const float2 a = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p));
+  const float2 b = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(p + 2));
+  w[0] = a.x, w[1] = a.y, w[2] = b.x, w[3] = b.y;
+}
+__device__ __forceinline__ void load4(const __half* p, float* w) {
+  const float2 a = __half22float2(*reinterpret_cast<const __half2*>(p));
+  const float2 b = __half22float2(*reinterpret_cast<const __half2*>(p + 2));
+  w[0] = a.x, w[1] = a.y, w[2] = b.x, w[3] = b.y;
+}
+
 constexpr int kStageBatch = 4;  // 16-byte loads in flight per thread while staging
 
 // Copies a [rows, r] tile of w2 (global, row-major) into shared memory rows of
@@ -282,7 +301,22 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
       if (valid) {
         const T* wrow = w2s + lane * stride;
         const float* prow = ps + local0 * r;
-        for (int64_t j = 0; j < r; ++j) {
+        int64_t j = 0;
+        if (r % 4 == 0) {  // four columns per step: paired w2 loads, 16-byte broadcast P loads
+          for (; j < r; j += 4) {
+            float w[4];
+            load4(wrow + j, w);
+#pragma unroll
+            for (int i = 0; i < kReqPerWarp; ++i) {
+              const float4 pv = *reinterpret_cast<const float4*>(prow + i * r + j);
+              acc[i] = fmaf(w[0], pv.x, acc[i]);  // same j order as the scalar loop
+              acc[i] = fmaf(w[1], pv.y, acc[i]);
+              acc[i] = fmaf(w[2], pv.z, acc[i]);
+              acc[i] = fmaf(w[3], pv.w, acc[i]);
+            }
+          }
+        }
+        for (; j < r; ++j) {
           const float w = to_float(wrow[j]);
 #pragma unroll
           for (int i = 0; i < kReqPerWarp; ++i) acc[i] = fmaf(w, prow[i * r + j], acc[i]);
