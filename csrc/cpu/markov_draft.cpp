@@ -41,20 +41,21 @@ constexpr int kLanes = 16;
 
 // Four dot products a_i . b (i < 4) against one weight row b, each in the fixed order
 // described above; four rows at once keep eight independent FMA chains in flight.
+template <typename TW>
 DSPARK_ALWAYS_INLINE void fixed_order_dot4(const float* a0, const float* a1, const float* a2, const float* a3,
-                                           const float* b, int64_t n, float* out) {
+                                           const TW* b, int64_t n, float* out) {
   float acc0[kLanes] = {}, acc1[kLanes] = {}, acc2[kLanes] = {}, acc3[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
     for (int l = 0; l < kLanes; ++l) {
-      const float w = b[j + l];
+      const float w = static_cast<float>(b[j + l]);
       acc0[l] += a0[j + l] * w;
       acc1[l] += a1[j + l] * w;
       acc2[l] += a2[j + l] * w;
       acc3[l] += a3[j + l] * w;
     }
   for (int l = 0; j + l < n; ++l) {
-    const float w = b[j + l];
+    const float w = static_cast<float>(b[j + l]);
     acc0[l] += a0[j + l] * w;
     acc1[l] += a1[j + l] * w;
     acc2[l] += a2[j + l] * w;
@@ -76,12 +77,13 @@ DSPARK_ALWAYS_INLINE void fixed_order_dot4(const float* a0, const float* a1, con
 // The same arithmetic as one output of fixed_order_dot4 (same lanes, same order, same
 // contraction), for the rows left over when M is not a multiple of four. The batch-invariance
 // test checks that the two agree bit for bit.
-DSPARK_ALWAYS_INLINE float fixed_order_dot1(const float* a0, const float* b, int64_t n) {
+template <typename TW>
+DSPARK_ALWAYS_INLINE float fixed_order_dot1(const float* a0, const TW* b, int64_t n) {
   float acc0[kLanes] = {};
   int64_t j = 0;
   for (; j + kLanes <= n; j += kLanes)
-    for (int l = 0; l < kLanes; ++l) acc0[l] += a0[j + l] * b[j + l];
-  for (int l = 0; j + l < n; ++l) acc0[l] += a0[j + l] * b[j + l];
+    for (int l = 0; l < kLanes; ++l) acc0[l] += a0[j + l] * static_cast<float>(b[j + l]);
+  for (int l = 0; j + l < n; ++l) acc0[l] += a0[j + l] * static_cast<float>(b[j + l]);
   for (int w = kLanes / 2; w >= 1; w /= 2)
     for (int l = 0; l < w; ++l) acc0[l] += acc0[l + w];
   return acc0[0];
@@ -89,11 +91,12 @@ DSPARK_ALWAYS_INLINE float fixed_order_dot1(const float* a0, const float* b, int
 
 // out[m, n] = X[m] . W[n] for n in [n0, n1): X [M, K], W [N, K], out [M, N] (float32,
 // row-major). Each W row is read once and used for all M rows.
-DSPARK_ALWAYS_INLINE void rows_times_weight_impl(const float* X, const float* W, float* out, int64_t M, int64_t N,
+template <typename TW>
+DSPARK_ALWAYS_INLINE void rows_times_weight_impl(const float* X, const TW* W, float* out, int64_t M, int64_t N,
                                                 int64_t K, int64_t n0, int64_t n1) {
   float res[4];
   for (int64_t n = n0; n < n1; ++n) {
-    const float* w = W + n * K;
+    const TW* w = W + n * K;
     int64_t m = 0;
     for (; m + 4 <= M; m += 4) {
       const float* x0 = X + m * K;
@@ -105,9 +108,9 @@ DSPARK_ALWAYS_INLINE void rows_times_weight_impl(const float* X, const float* W,
 }
 
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
-__attribute__((target("avx2,fma"))) void rows_times_weight_avx2(const float* X, const float* W, float* out,
-                                                                int64_t M, int64_t N, int64_t K, int64_t n0,
-                                                                int64_t n1) {
+template <typename TW>
+__attribute__((target("avx2,fma"))) void rows_times_weight_avx2(const float* X, const TW* W, float* out, int64_t M,
+                                                                int64_t N, int64_t K, int64_t n0, int64_t n1) {
   rows_times_weight_impl(X, W, out, M, N, K, n0, n1);
 }
 bool cpu_has_avx2() {
@@ -115,29 +118,34 @@ bool cpu_has_avx2() {
   return has;
 }
 #else
+template <typename TW>
+void rows_times_weight_avx2(const float*, const TW*, float*, int64_t, int64_t, int64_t, int64_t, int64_t) {}
 bool cpu_has_avx2() { return false; }
-void rows_times_weight_avx2(const float*, const float*, float*, int64_t, int64_t, int64_t, int64_t, int64_t) {}
 #endif
 
-void rows_times_weight_default(const float* X, const float* W, float* out, int64_t M, int64_t N, int64_t K,
-                               int64_t n0, int64_t n1) {
+template <typename TW>
+void rows_times_weight_default(const float* X, const TW* W, float* out, int64_t M, int64_t N, int64_t K, int64_t n0,
+                               int64_t n1) {
   rows_times_weight_impl(X, W, out, M, N, K, n0, n1);
 }
 
-// X [M, K] times W[N, K]^T -> [M, N] float32, in parallel over tiles of W's rows.
+// X [M, K] (float32) times W[N, K]^T (float32, bf16 or fp16, converted on the fly: a bf16 w2
+// is never copied to float32) -> [M, N] float32, in parallel over tiles of W's rows.
 at::Tensor rows_times_weight(const at::Tensor& X, const at::Tensor& W) {
   const auto x = X.contiguous(), w = W.contiguous();
   const int64_t M = x.size(0), K = x.size(1), N = w.size(0);
   auto out = at::empty({M, N}, x.options());
   if (M == 0 || N == 0) return out;
   const float* xp = x.data_ptr<float>();
-  const float* wp = w.data_ptr<float>();
   float* op = out.data_ptr<float>();
   const bool avx2 = cpu_has_avx2();
   const int64_t grain = std::max<int64_t>(16, 32768 / std::max<int64_t>(1, M * K));
-  at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-    if (avx2) rows_times_weight_avx2(xp, wp, op, M, N, K, n0, n1);
-    else rows_times_weight_default(xp, wp, op, M, N, K, n0, n1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "markov_draft_rows_times_weight", [&] {
+    const scalar_t* wp = w.data_ptr<scalar_t>();
+    at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
+      if (avx2) rows_times_weight_avx2<scalar_t>(xp, wp, op, M, N, K, n0, n1);
+      else rows_times_weight_default<scalar_t>(xp, wp, op, M, N, K, n0, n1);
+    });
   });
   return out;
 }
@@ -263,8 +271,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   if (R == 0 || G == 0) return {tokens, draft_logits, token_logprob, confidence};
 
   const auto U = base_logits.contiguous();
-  const auto w1f = w1.to(at::kFloat).contiguous();       // [V, r]
-  const auto w2f = w2.to(at::kFloat).contiguous();       // [V, r]
+  const auto w1c = w1.contiguous();  // [V, r]: rows gathered, then converted
+  const auto w2c = w2.contiguous();  // [V, r]: storage dtype, converted inside the product
   const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
   const float* tp = temp.data_ptr<float>();
   const int64_t* sp = sd.data_ptr<int64_t>();
@@ -295,7 +303,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   float* lp = token_logprob.data_ptr<float>();
   const float* hb = head_b.defined() ? head_b.data_ptr<float>() : nullptr;
   for (int64_t k = 1; k <= G; ++k) {
-    const auto e = w1f.index_select(0, x);  // e_k [R, r]
+    const auto e = w1c.index_select(0, x).to(at::kFloat);  // e_k [R, r]
     const auto h = hf.defined() ? hf.select(1, k - 1) : at::Tensor();  // h_k [R, d]
     // The head vector P_k [R, r]; elementwise math in plain loops (ATen's vectorised
     // kernels treat a tensor's tail differently, which would depend on R).
@@ -329,7 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
       for (int64_t q = 0; q < R; ++q)
         confidence.data_ptr<float>()[q * G + k - 1] = sigmoid(sc * (dots.data_ptr<float>()[q] + cb));
     }
-    const auto L = rows_times_weight(p, w2f);  // [R, V] fp32, P_k w2^T (U_k added in the fused pass)
+    const auto L = rows_times_weight(p, w2c);  // [R, V] fp32, P_k w2^T (U_k added in the fused pass)
     if (any_sampled) {
       at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
         for (int64_t i = begin; i < end; ++i)
