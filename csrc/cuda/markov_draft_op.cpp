@@ -67,8 +67,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   const auto fopts = base_logits.options().dtype(at::kFloat);
   auto tokens = at::empty({R, G}, anchor.options());
   auto draft_logits = at::empty({R, G, V}, base_logits.options());
-  auto token_logprob = at::zeros({R, G}, fopts);
-  auto confidence = at::ones({R, G}, fopts);
+  auto token_logprob = at::empty({R, G}, fopts);  // every entry written by the kernel
+  auto confidence = s.confidence == ConfidenceInput::kNone ? at::ones({R, G}, fopts) : at::empty({R, G}, fopts);
   if (R == 0 || G == 0) return {tokens, draft_logits, token_logprob, confidence};
 
   const auto U = base_logits.contiguous(), x0 = anchor.contiguous();
