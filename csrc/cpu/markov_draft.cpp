@@ -75,8 +75,8 @@ DSPARK_ALWAYS_INLINE void fixed_order_dot4(const float* a0, const float* a1, con
 }
 
 // The same arithmetic as one output of fixed_order_dot4 (same lanes, same order, same
-// contraction), for the rows left over when M is not a multiple of four. The batch-invariance
-// test checks that the two agree bit for bit.
+// contraction), for the last few weight rows of a tile. The batch-invariance test checks
+// that the variants agree bit for bit.
 template <typename TW>
 DSPARK_ALWAYS_INLINE float fixed_order_dot1(const float* a0, const TW* b, int64_t n) {
   float acc0[kLanes] = {};
@@ -89,21 +89,73 @@ DSPARK_ALWAYS_INLINE float fixed_order_dot1(const float* a0, const TW* b, int64_
   return acc0[0];
 }
 
+// One row against four weight rows: per output the arithmetic of fixed_order_dot1 (a * b is
+// commutative, so lane l computes exactly the same fused multiply-adds), with eight
+// independent chains in flight. Used for the rows left over when M is not a multiple of four
+// (a single request, typically).
+template <typename TW>
+DSPARK_ALWAYS_INLINE void fixed_order_dot1x4(const float* a, const TW* b0, const TW* b1, const TW* b2, const TW* b3,
+                                             int64_t n, float* out) {
+  float acc0[kLanes] = {}, acc1[kLanes] = {}, acc2[kLanes] = {}, acc3[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes)
+    for (int l = 0; l < kLanes; ++l) {
+      const float x = a[j + l];
+      acc0[l] += x * static_cast<float>(b0[j + l]);
+      acc1[l] += x * static_cast<float>(b1[j + l]);
+      acc2[l] += x * static_cast<float>(b2[j + l]);
+      acc3[l] += x * static_cast<float>(b3[j + l]);
+    }
+  for (int l = 0; j + l < n; ++l) {
+    const float x = a[j + l];
+    acc0[l] += x * static_cast<float>(b0[j + l]);
+    acc1[l] += x * static_cast<float>(b1[j + l]);
+    acc2[l] += x * static_cast<float>(b2[j + l]);
+    acc3[l] += x * static_cast<float>(b3[j + l]);
+  }
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) {
+      acc0[l] += acc0[l + w];
+      acc1[l] += acc1[l + w];
+      acc2[l] += acc2[l + w];
+      acc3[l] += acc3[l + w];
+    }
+  out[0] = acc0[0];
+  out[1] = acc1[0];
+  out[2] = acc2[0];
+  out[3] = acc3[0];
+}
+
 // out[m, n] = X[m] . W[n] for n in [n0, n1): X [M, K], W [N, K], out [M, N] (float32,
-// row-major). Each W row is read once and used for all M rows.
+// row-major). W is walked in blocks of four rows (hot in L1) and each block is used for all
+// M rows: groups of four rows of X, then the leftover rows one at a time.
 template <typename TW>
 DSPARK_ALWAYS_INLINE void rows_times_weight_impl(const float* X, const TW* W, float* out, int64_t M, int64_t N,
                                                 int64_t K, int64_t n0, int64_t n1) {
   float res[4];
-  for (int64_t n = n0; n < n1; ++n) {
+  const int64_t M4 = M / 4 * 4;
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
     const TW* w = W + n * K;
-    int64_t m = 0;
-    for (; m + 4 <= M; m += 4) {
+    for (int64_t i = 0; i < 4; ++i)
+      for (int64_t m = 0; m < M4; m += 4) {
+        const float* x0 = X + m * K;
+        fixed_order_dot4(x0, x0 + K, x0 + 2 * K, x0 + 3 * K, w + i * K, K, res);
+        for (int64_t t = 0; t < 4; ++t) out[(m + t) * N + n + i] = res[t];
+      }
+    for (int64_t m = M4; m < M; ++m) {
+      fixed_order_dot1x4(X + m * K, w, w + K, w + 2 * K, w + 3 * K, K, res);
+      for (int64_t i = 0; i < 4; ++i) out[m * N + n + i] = res[i];
+    }
+  }
+  for (; n < n1; ++n) {
+    const TW* w = W + n * K;
+    for (int64_t m = 0; m < M4; m += 4) {
       const float* x0 = X + m * K;
       fixed_order_dot4(x0, x0 + K, x0 + 2 * K, x0 + 3 * K, w, K, res);
-      for (int64_t i = 0; i < 4; ++i) out[(m + i) * N + n] = res[i];
+      for (int64_t t = 0; t < 4; ++t) out[(m + t) * N + n] = res[t];
     }
-    for (; m < M; ++m) out[m * N + n] = fixed_order_dot1(X + m * K, w, K);
+    for (int64_t m = M4; m < M; ++m) out[m * N + n] = fixed_order_dot1(X + m * K, w, K);
   }
 }
 
