@@ -57,13 +57,13 @@ def markov_draft(
         rnn_weight, rnn_bias: ``[3r, 2r+d]``, ``[3r]`` (``joint_proj``), input
             ``[s_{k-1} ; e_k ; h_k]``, output chunks (gate, candidate, output).
         conf_weight, conf_bias: ``[d]`` (input ``h_k``) or ``[d+r]`` (input ``[h_k ; e_k]``), ``[1]``.
-        conf_scale: ``[γ]`` float32 Sequential Temperature Scaling multipliers (default all 1);
-            only valid with a confidence head (see :mod:`dspark_ops.calibration`).
+        conf_scale: ``[γ]`` float32 Sequential Temperature Scaling multipliers (default all 1,
+            see :mod:`dspark_ops.calibration`); ignored (but still checked) without a
+            confidence head.
 
     Every logits/weight/activation argument must share the dtype of ``base_logits`` (a
-    mismatch is an error); arithmetic is float32. Passing both gated and RNN weights, a
-    weight without its bias (or the reverse), or ``conf_scale`` without a confidence head
-    is an error.
+    mismatch is an error); arithmetic is float32. Passing both gated and RNN weights, or a
+    weight without its bias (or the reverse), is an error.
 
     Returns:
         ``tokens [R, γ]`` int64; ``draft_logits [R, γ, V]`` (dtype of ``base_logits``);

@@ -199,6 +199,27 @@ def test_batch_invariance(device, r, d):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_rank_one_zero_head_passes_base_logits_through(device):
+    # A drafter without a Markov head (DFlash) passes rank-1 zero weights: L_k = U_k.
+    args = make_inputs(R=4, G=3, V=333, r=1, dtype=torch.bfloat16, device=device, conf="h")
+    args["w1"] = torch.zeros_like(args["w1"])
+    args["w2"] = torch.zeros_like(args["w2"])
+    tokens, logits, logprob, _ = dspark_ops.markov_draft(**args)
+    assert torch.equal(logits, args["base_logits"])
+    check_against_reference((tokens, logits, logprob, _), reference.markov_draft(**to_device(args, "cpu")),
+                            torch.bfloat16, args["temperature"])
+
+
+def test_conf_scale_without_confidence_head_is_ignored():
+    args = make_inputs(R=3, G=3, V=101, r=8, d=6, head="gated", seed=3)
+    expect = dspark_ops.markov_draft(**args)
+    got = dspark_ops.markov_draft(**args, conf_scale=torch.full((3,), 0.5))
+    for a, b in zip(got, expect):
+        assert torch.equal(a, b)
+    assert torch.equal(got[3], torch.ones(3, 3))
+
+
 def test_offset_changes_the_draw():
     args = make_inputs(R=4, temperature=torch.ones(4), V=4001)
     a = dspark_ops.markov_draft(**args)[0]
@@ -337,7 +358,7 @@ def bad_cases():
     case("conf-bias-shape", "conf_bias", conf_bias=torch.zeros(2))
     case("conf-scale-shape", "conf_scale", conf_scale=torch.ones(3))
     case("conf-scale-dtype", "conf_scale", conf_scale=torch.ones(2, dtype=torch.float64))
-    case("conf-scale-alone", "conf_scale", conf_weight=None, conf_bias=None)
+    case("conf-scale-alone-shape", "conf_scale", conf_weight=None, conf_bias=None, conf_scale=torch.ones(5))
     case("temperature-dtype", "temperature", temperature=base["temperature"].double())
     case("temperature-size", "temperature", temperature=torch.ones(4))
     case("anchor-dtype", "anchor", anchor=base["anchor"].int())

@@ -72,8 +72,6 @@ inline MarkovDraftSizes check_markov_draft_args(
   DSPARK_CHECK(!(gate_weight && rnn_weight), op, "rnn_weight",
                "cannot be combined with gate_weight: pass the gated head (gate_weight, gate_bias) or the "
                "RNN head (rnn_weight, rnn_bias), not both");
-  DSPARK_CHECK(conf_weight.has_value() || !conf_scale.has_value(), op, "conf_scale",
-               "needs a confidence head (conf_weight, conf_bias); without one the confidence is all ones");
   s.head = gate_weight ? MarkovHead::kGated : rnn_weight ? MarkovHead::kRnn : MarkovHead::kVanilla;
 
   if (hidden) {
@@ -108,8 +106,9 @@ inline MarkovDraftSizes check_markov_draft_args(
     s.confidence = n == d ? ConfidenceInput::kHidden : ConfidenceInput::kHiddenEmbedding;
     check_like(*conf_bias, "conf_bias", 1);
     check_size(*conf_bias, op, "conf_bias", 0, 1, "a single bias");
-    if (conf_scale) check_float_vector(*conf_scale, op, "conf_scale", s.gamma, "γ, one scale per position", base_logits);
   }
+  // Checked even without a confidence head (then it is ignored: the confidence is all ones).
+  if (conf_scale) check_float_vector(*conf_scale, op, "conf_scale", s.gamma, "γ, one scale per position", base_logits);
   if (value_checks_enabled(anchor) && s.requests > 0) {
     const auto a = anchor.cpu();
     const int64_t lo = a.min().item<int64_t>(), hi = a.max().item<int64_t>();
