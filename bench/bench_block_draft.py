@@ -26,7 +26,6 @@ from dspark_ops.drafter import DSparkDrafter
 from harness import Case
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-HAS_MARKOV_DRAFT = torch._C._dispatch_has_kernel_for_dispatch_key("dspark::markov_draft", "CPU")
 
 
 def attention_inputs(R, gamma, hq, hkv, dh, L, dtype, device, seed=0):
@@ -122,10 +121,7 @@ def drafter_case(R, L, dtype_name, device, d=2560, layers=5, hq=32, hkv=8, dh=12
     def step():
         cache.lens.copy_(base_lens)  # every call appends at the same positions
         with torch.no_grad():
-            if HAS_MARKOV_DRAFT:
-                return model.step(cache, chunk, num_new, anchor, temperature, seed, offset)
-            model.append_context(cache, chunk, num_new)
-            return model.compute_logits(model.backbone(anchor, cache))
+            return model.step(cache, chunk, num_new, anchor, temperature, seed, offset)
 
     def step_sdpa():
         for layer in model.layers:  # instance attribute: a plain function, not bound
@@ -140,7 +136,7 @@ def drafter_case(R, L, dtype_name, device, d=2560, layers=5, hq=32, hkv=8, dh=12
     weights = sum(p.numel() for n, p in model.named_parameters() if n != "embed_tokens.weight")
     kv = R * (L + gamma + 1) * hkv * dh * 2 * layers
     bytes_moved = (weights + kv) * elem
-    note = "append γ+1 + backbone + lm_head" + (" + markov_draft" if HAS_MARKOV_DRAFT else " (markov_draft not built)")
+    note = "append γ+1 + backbone + lm_head + markov_draft"
     return Case("drafter_step", f"R={R} L={L} d={d} layers={layers} V={vocab}", dtype_name,
                 {"ours": step, "sdpa": step_sdpa}, bytes_moved, note=note)
 

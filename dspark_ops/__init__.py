@@ -5,10 +5,11 @@ after that, every op is reachable as ``torch.ops.dspark.<op>`` or through the wr
 below. The contract of every op is SPEC.md (shipped with the repository).
 """
 
-from . import _library
+from . import _library, calibration
 from ._library import has_cuda_kernels
 from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
 from .drafter import DSparkConfig, DSparkDrafter
+from .markov_draft import markov_draft
 from .rng import Purpose, random_bits
 from .schedule_lengths import schedule_lengths
 from .verify_chain import verify_chain
@@ -39,7 +40,9 @@ __all__ = [
     "qk_norm_rope",
     "rms_norm",
     "Purpose",
+    "calibration",
     "has_cuda_kernels",
+    "markov_draft",
     "random_bits",
     "schedule_lengths",
     "scheduling",

@@ -16,10 +16,6 @@ from dspark_ops import reference as ref
 
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
-HAS_MARKOV_DRAFT = torch._C._dispatch_has_kernel_for_dispatch_key("dspark::markov_draft", "CPU")
-needs_markov_draft = pytest.mark.skipif(
-    not HAS_MARKOV_DRAFT, reason="dspark::markov_draft has no kernel on this branch (merged by the lead)"
-)
 
 
 def make_config(markov="vanilla", rank=8, confidence=True, with_markov=True, **over):
@@ -268,7 +264,6 @@ def test_batch_rows_are_independent(tmp_path):
     torch.testing.assert_close(full[1:2], one, atol=1e-5, rtol=1e-5)
 
 
-@needs_markov_draft
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "variant", [dict(markov="vanilla"), dict(markov="gated"), dict(markov="rnn", with_markov=False),

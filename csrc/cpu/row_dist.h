@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 
+#include "cpu/philox_batch.h"
 #include "dspark/philox.h"
 #include "dspark/sampling.h"
 
@@ -47,12 +48,7 @@ RowDist row_dist(const T* row, int64_t vocab, float temperature) {
 // [V] Gumbel noise -log(-log(U_v)) of (seed, offset, purpose, position, v), as gumbel_from_bits.
 inline at::Tensor gumbel_row(int64_t vocab, int64_t seed, int64_t offset, Purpose purpose, uint32_t position) {
   auto u = at::empty({vocab}, at::kFloat);
-  float* up = u.data_ptr<float>();
-  for (int64_t base = 0; base < vocab; base += 4) {
-    const Philox4 bits = random_block(seed, offset, purpose, position, static_cast<uint64_t>(base));
-    const int64_t n = vocab - base < 4 ? vocab - base : 4;
-    for (int64_t lane = 0; lane < n; ++lane) up[base + lane] = bits_to_open_uniform(bits.v[lane]);
-  }
+  fill_open_uniforms(u.data_ptr<float>(), vocab, seed, offset, purpose, position);
   return u.log_().neg_().log_().neg_();
 }
 

@@ -39,30 +39,44 @@ DSPARK_HD uint32_t mulhilo32(uint32_t a, uint32_t b, uint32_t* hi) {
   return static_cast<uint32_t>(product);
 }
 
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u, kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u, kPhiloxW1 = 0xBB67AE85u;
+
+// One Philox4x32 round on the counter words (c0, c1, c2, c3) with round key (k0, k1).
+// Written on scalars so that CPU loops over many counters vectorise it (cpu/philox_batch.cpp).
+DSPARK_HD void philox_round(uint32_t& c0, uint32_t& c1, uint32_t& c2, uint32_t& c3, uint32_t k0, uint32_t k1) {
+  uint32_t hi0, hi1;
+  const uint32_t lo0 = mulhilo32(kPhiloxM0, c0, &hi0);
+  const uint32_t lo1 = mulhilo32(kPhiloxM1, c2, &hi1);
+  c0 = hi1 ^ c1 ^ k0;
+  c1 = lo1;
+  c2 = hi0 ^ c3 ^ k1;
+  c3 = lo0;
+}
+
 // Philox4x32 with 10 rounds (Salmon et al., SC'11), the Random123 reference definition.
 DSPARK_HD Philox4 philox4x32_10(Philox4 ctr, uint32_t k0, uint32_t k1) {
-  constexpr uint32_t kM0 = 0xD2511F53u, kM1 = 0xCD9E8D57u;
-  constexpr uint32_t kW0 = 0x9E3779B9u, kW1 = 0xBB67AE85u;
 #if defined(__CUDA_ARCH__)
 #pragma unroll
 #endif
   for (int round = 0; round < 10; ++round) {
-    uint32_t hi0, hi1;
-    const uint32_t lo0 = mulhilo32(kM0, ctr.v[0], &hi0);
-    const uint32_t lo1 = mulhilo32(kM1, ctr.v[2], &hi1);
-    ctr = Philox4{{hi1 ^ ctr.v[1] ^ k0, lo1, hi0 ^ ctr.v[3] ^ k1, lo0}};
-    k0 += kW0;
-    k1 += kW1;
+    philox_round(ctr.v[0], ctr.v[1], ctr.v[2], ctr.v[3], k0, k1);
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
   }
   return ctr;
+}
+
+// The third counter word: which stream (purpose) and where in it (position, 16 bits).
+DSPARK_HD uint32_t purpose_word(Purpose purpose, uint32_t position) {
+  return (static_cast<uint32_t>(purpose) << 16) | (position & 0xFFFFu);
 }
 
 // The four words whose lane (index & 3) is the number for `index`.
 DSPARK_HD Philox4 random_block(int64_t seed, int64_t offset, Purpose purpose,
                                uint32_t position, uint64_t index) {
   const uint64_t s = static_cast<uint64_t>(seed), o = static_cast<uint64_t>(offset);
-  Philox4 ctr{{static_cast<uint32_t>(o), static_cast<uint32_t>(o >> 32),
-               (static_cast<uint32_t>(purpose) << 16) | (position & 0xFFFFu),
+  Philox4 ctr{{static_cast<uint32_t>(o), static_cast<uint32_t>(o >> 32), purpose_word(purpose, position),
                static_cast<uint32_t>(index >> 2)}};
   return philox4x32_10(ctr, static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32));
 }

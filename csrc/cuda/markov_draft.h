@@ -1,0 +1,63 @@
+// Launcher of the markov_draft kernel (declared for the torch binding, defined in markov_draft.cu).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "dspark/dtype.h"
+
+namespace dspark::cuda {
+
+// Raw pointers of one markov_draft call. "T" below is the storage dtype of base_logits (and
+// of every weight); float buffers are float32. Buffers written by one block and read by
+// another inside the kernel are not const.
+struct MarkovDraftParams {
+  DType dtype;
+  int64_t requests, gamma, vocab, rank, hidden_size;  // R, γ, V, r, d
+  int head;                                      // dspark::MarkovHead
+  int confidence;                                // dspark::ConfidenceInput
+  const void* base_logits;     // [R, γ, V] T
+  const int64_t* anchor;       // [R]
+  const void* w1;              // [V, r] T
+  const void* w2;              // [V, r] T
+  const float* temperature;    // [R]
+  const int64_t* seed;         // [R]
+  const int64_t* offset;       // [R]
+  const void* hidden;          // [R, γ, d] T or null
+  const void* head_weight;     // gated [r, d + r] / RNN [3r, 2r + d] T, or null (vanilla)
+  const void* head_bias;       // gated [r] / RNN [3r] T, or null
+  const void* conf_weight;     // [d] or [d + r] T, or null
+  const void* conf_bias;       // [1] T, or null
+  const float* conf_scale;     // [γ] or null
+  int64_t* tokens;             // [R, γ] out
+  void* draft_logits;          // [R, γ, V] T out
+  float* token_logprob;        // [R, γ] out
+  float* confidence_out;       // [R, γ] out (pre-filled with ones)
+  float* head_vector;          // [R, r] scratch: the vector multiplied by w2 at this position
+  float* state;                // [R, r] scratch: RNN state, zero on entry (RNN head only)
+  float* part_max;             // [blocks, R] scratch: per-block softmax max
+  float* part_sum;             // [blocks, R] scratch: per-block softmax sum
+  unsigned long long* part_key;  // [blocks, R] scratch: per-block race / argmax key
+  int resident_tiles;          // > 0: each block keeps its w2 tiles in shared memory for the
+                               // whole round (read from HBM once per round); 0: re-staged per position
+};
+
+// How the cooperative kernel is launched: blocks (all co-resident), dynamic shared memory,
+// and the resident-w2 tiles per block (0 for the streaming kernel).
+struct MarkovDraftLaunch {
+  int blocks = 0;
+  size_t smem = 0;
+  int resident_tiles = 0;
+};
+
+// Plans the launch on `device` (the block count sizes the part_* scratch). With
+// allow_resident, picks the resident-w2 kernel when every block's share of w2 fits in its
+// shared memory (e.g. V = 32000, r = 256 in bf16 on an H100). Sets *err on failure.
+MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, bool allow_resident,
+                                    cudaError_t* err);
+
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch,
+                                cudaStream_t stream);
+
+}  // namespace dspark::cuda
