@@ -12,6 +12,7 @@ import importlib
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 
@@ -135,7 +136,7 @@ def main() -> None:
     result = run(preset, args.device, args.only)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = result["environment"]["device_name"].replace(" ", "_").replace("/", "_")[:40]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", result["environment"]["device_name"]).strip("_")[:40]
     stem = f"{args.device}-{name}-{preset}"
     json_path = out / f"{stem}.json"
     json_path.write_text(json.dumps(result, indent=1))

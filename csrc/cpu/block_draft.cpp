@@ -47,106 +47,34 @@ void norm_rope_row(const T* x, const T* w, T* y, int64_t dh, int64_t position, f
 // ---------------------------------------------------------------------------------------
 // block_attention
 
-struct CacheStrides {
-  int64_t request, slot, head;  // in elements; the head dimension is contiguous
-};
-
-// Dot product with four independent partial sums (lets the compiler vectorise).
-inline float dot(const float* a, const float* b, int64_t n) {
-  float s0 = 0.0f, s1 = 0.0f, s2 = 0.0f, s3 = 0.0f;
-  int64_t d = 0;
-  for (; d + 4 <= n; d += 4) {
-    s0 += a[d] * b[d];
-    s1 += a[d + 1] * b[d + 1];
-    s2 += a[d + 2] * b[d + 2];
-    s3 += a[d + 3] * b[d + 3];
-  }
-  for (; d < n; ++d) s0 += a[d] * b[d];
-  return (s0 + s1) + (s2 + s3);
-}
-
-// One task per (request, kv head): its γ·G query rows share every key/value row, which is
-// converted to float32 once and used by all of them (the CPU twin of the CUDA tiling).
-template <typename T>
-void block_attention_kernel(const BlockAttentionSizes& s, const T* q, const T* k_cache, const T* v_cache,
-                            CacheStrides kcs, CacheStrides vcs, const int64_t* cache_lens, const T* k_block,
-                            const T* v_block, float scale, T* out) {
-  const int64_t group = s.q_heads / s.kv_heads, dh = s.head_dim, gamma = s.gamma;
-  const int64_t rows = gamma * group;
-  at::parallel_for(0, s.requests * s.kv_heads, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> qf(rows * dh), acc(rows * dh), kv(dh), scores, mx(rows), sum(rows);
-    for (int64_t rh = begin; rh < end; ++rh) {
-      const int64_t r = rh / s.kv_heads, h = rh % s.kv_heads;
-      const int64_t len = std::clamp<int64_t>(cache_lens[r], 0, s.max_len);
-      const int64_t keys = len + gamma;
-      // Key j < len is cache slot j; key len + t is block key t.
-      auto key = [&](int64_t j) -> const T* {
-        return j < len ? k_cache + r * kcs.request + j * kcs.slot + h * kcs.head
-                       : k_block + ((r * gamma + (j - len)) * s.kv_heads + h) * dh;
-      };
-      auto value = [&](int64_t j) -> const T* {
-        return j < len ? v_cache + r * vcs.request + j * vcs.slot + h * vcs.head
-                       : v_block + ((r * gamma + (j - len)) * s.kv_heads + h) * dh;
-      };
-      // Local row i = t·G + g is block position t, query head h·G + g.
-      auto q_index = [&](int64_t i) { return (r * gamma + i / group) * s.q_heads + h * group + i % group; };
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t d = 0; d < dh; ++d) qf[i * dh + d] = static_cast<float>(q[q_index(i) * dh + d]);
-      scores.resize(rows * keys);
-      std::fill(mx.begin(), mx.end(), -INFINITY);
-      for (int64_t j = 0; j < keys; ++j) {
-        const T* kp = key(j);
-        for (int64_t d = 0; d < dh; ++d) kv[d] = static_cast<float>(kp[d]);
-        for (int64_t i = 0; i < rows; ++i) {
-          const float sc = dot(&qf[i * dh], kv.data(), dh) * scale;
-          scores[i * keys + j] = sc;
-          mx[i] = std::max(mx[i], sc);
-        }
-      }
-      std::fill(sum.begin(), sum.end(), 0.0f);
-      for (int64_t i = 0; i < rows; ++i)
-        for (int64_t j = 0; j < keys; ++j) {
-          const float p = std::exp(scores[i * keys + j] - mx[i]);
-          scores[i * keys + j] = p;
-          sum[i] += p;
-        }
-      std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t j = 0; j < keys; ++j) {
-        const T* vp = value(j);
-        for (int64_t d = 0; d < dh; ++d) kv[d] = static_cast<float>(vp[d]);
-        for (int64_t i = 0; i < rows; ++i) {
-          const float p = scores[i * keys + j];
-          float* a = &acc[i * dh];
-          for (int64_t d = 0; d < dh; ++d) a[d] += p * kv[d];
-        }
-      }
-      for (int64_t i = 0; i < rows; ++i) {
-        const float inv = 1.0f / sum[i];
-        T* o = out + q_index(i) * dh;
-        for (int64_t d = 0; d < dh; ++d) o[d] = static_cast<T>(acc[i * dh + d] * inv);
-      }
-    }
-  });
-}
-
 // q [R, γ, Hq, Dh]; k_cache, v_cache [R, Lmax, Hkv, Dh]; cache_lens [R]; k_block, v_block
 // [R, γ, Hkv, Dh] -> [R, γ, Hq, Dh].
+// One task per request: its keys are the first cache_lens[r] cache slots followed by the γ
+// block keys, and all γ·G query rows of a KV head share them through one batched product
+// per head (ATen's vectorised GEMM and softmax, float32), the CPU twin of the CUDA tiling.
 at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& cache_lens, const at::Tensor& k_block, const at::Tensor& v_block,
                            double scale) {
   const auto s = check_block_attention_args(q, k_cache, v_cache, cache_lens, k_block, v_block, scale);
   auto out = at::empty({s.requests, s.gamma, s.q_heads, s.head_dim}, q.options());
   if (out.numel() == 0) return out;
-  const auto qc = q.contiguous(), kb = k_block.contiguous(), vb = v_block.contiguous();
+  const int64_t group = s.q_heads / s.kv_heads;
   const auto lens = cache_lens.contiguous();
-  // The caches are read through their strides (no copy) when the head dimension is contiguous.
-  const auto kc = k_cache.stride(3) == 1 ? k_cache : k_cache.contiguous();
-  const auto vc = v_cache.stride(3) == 1 ? v_cache : v_cache.contiguous();
-  const CacheStrides kcs{kc.stride(0), kc.stride(1), kc.stride(2)}, vcs{vc.stride(0), vc.stride(1), vc.stride(2)};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "block_attention_cpu", [&] {
-    block_attention_kernel<scalar_t>(s, qc.data_ptr<scalar_t>(), kc.data_ptr<scalar_t>(), vc.data_ptr<scalar_t>(), kcs,
-                                     vcs, lens.data_ptr<int64_t>(), kb.data_ptr<scalar_t>(), vb.data_ptr<scalar_t>(),
-                                     static_cast<float>(scale), out.data_ptr<scalar_t>());
+  const int64_t* lp = lens.data_ptr<int64_t>();
+  at::parallel_for(0, s.requests, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t len = std::clamp<int64_t>(lp[r], 0, s.max_len);
+      // [Hkv, len + γ, Dh] keys and values of request r.
+      const auto keys = at::cat({k_cache[r].narrow(0, 0, len), k_block[r]}, 0).to(at::kFloat).transpose(0, 1);
+      const auto values = at::cat({v_cache[r].narrow(0, 0, len), v_block[r]}, 0).to(at::kFloat).transpose(0, 1);
+      // [Hkv, γ·G, Dh] queries: row t·G + g is block position t, query head h·G + g.
+      const auto queries = q[r].to(at::kFloat).view({s.gamma, s.kv_heads, group, s.head_dim})
+                               .permute({1, 0, 2, 3}).reshape({s.kv_heads, s.gamma * group, s.head_dim});
+      const auto probs = at::bmm(queries, keys.transpose(1, 2)).mul_(scale).softmax(-1);
+      const auto o = at::bmm(probs, values);  // [Hkv, γ·G, Dh]
+      out[r].copy_(o.view({s.kv_heads, s.gamma, group, s.head_dim}).permute({1, 0, 2, 3})
+                       .reshape({s.gamma, s.q_heads, s.head_dim}));
+    }
   });
   return out;
 }
@@ -221,6 +149,10 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::T
 
 // ---------------------------------------------------------------------------------------
 // append_context_kv
+
+struct CacheStrides {
+  int64_t request, slot, head;  // in elements; the head dimension is contiguous
+};
 
 // k_cache, v_cache [R, Lmax, Hkv, Dh] written in place: for i < num_new[r], slot start[r] + i
 // gets RoPE(k_norm(k_new[r, i])) at position start[r] + i, and v_new[r, i].
