@@ -411,9 +411,20 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
     if ((*err = cudaDeviceGetAttribute(&per_sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device)) !=
         cudaSuccess)
       return plan;
-    // Allow up to the opt-in maximum; each launch asks only for what it needs.
-    if ((*err = cudaFuncSetAttribute(markov_draft_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, optin)) !=
-        cudaSuccess)
+    // Allow up to the opt-in maximum; each launch asks only for what it needs. The cap on
+    // DYNAMIC shared memory is the opt-in maximum minus the kernel's static shared memory
+    // (`red`, `x_shared`: 144 bytes): asking for the full opt-in value fails with
+    // cudaErrorInvalidValue (dynamic + static may not exceed the opt-in maximum), which made
+    // every call fail.
+    cudaFuncAttributes attr{};
+    if ((*err = cudaFuncGetAttributes(&attr, markov_draft_kernel<T>)) != cudaSuccess) return plan;
+    const int64_t max_dynamic = static_cast<int64_t>(optin) - static_cast<int64_t>(attr.sharedSizeBytes);
+    if (max_dynamic <= 0) {
+      *err = cudaErrorInvalidConfiguration;
+      return plan;
+    }
+    if ((*err = cudaFuncSetAttribute(markov_draft_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     static_cast<int>(max_dynamic))) != cudaSuccess)
       return plan;
     const int64_t tiles = (vocab + kTileV - 1) / kTileV;
     const int64_t slot = tile_slot_bytes<T>(rank), scratch = scratch_bytes(rank);
@@ -432,7 +443,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
         const int64_t smem = share * slot + scratch;
         const int64_t budget = per_sm_bytes / per_sm - 2048;  // leave room for static smem / reserve
         int64_t got = 0;
-        if (smem <= optin && smem <= budget && fits(static_cast<size_t>(smem), per_sm, &got) && got == blocks) {
+        if (smem <= max_dynamic && smem <= budget && fits(static_cast<size_t>(smem), per_sm, &got) && got == blocks) {
           plan.blocks = static_cast<int>(blocks);
           plan.smem = static_cast<size_t>(smem);
           plan.resident_tiles = static_cast<int>(share);
@@ -443,7 +454,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
     }
     const size_t smem = static_cast<size_t>(slot + scratch);
     int64_t blocks = 0;
-    if (!fits(smem, 0, &blocks)) {
+    if (static_cast<int64_t>(smem) > max_dynamic || !fits(smem, 0, &blocks)) {
       if (*err == cudaSuccess) *err = cudaErrorInvalidConfiguration;  // rank too large for shared memory
       return plan;
     }
