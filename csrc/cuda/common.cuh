@@ -89,6 +89,14 @@ __device__ __forceinline__ SoftmaxStats warp_merge(SoftmaxStats s) {
     other.sum = __shfl_xor_sync(0xFFFFFFFFu, s.sum, o);
     s.merge(other);
   }
+  // The butterfly alone does not leave every lane with the same bits: nvcc contracts
+  // merge()'s `sum * e + o.sum * e'` into fma(sum, e, o.sum * e'), which is not symmetric in
+  // its rounding, so partner lanes i and i^o can round differently. Callers branch on the
+  // result (verify_chain's decide walk compares coin * q(x) < p(x) on every lane, then keeps
+  // shuffling with a full mask), so lanes must agree bit for bit: take lane 0's result.
+  // Through block_merge (every warp reduces the same scratch) this makes it block-uniform too.
+  s.max = __shfl_sync(0xFFFFFFFFu, s.max, 0);
+  s.sum = __shfl_sync(0xFFFFFFFFu, s.sum, 0);
   return s;
 }
 

@@ -310,9 +310,12 @@ cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cud
   if (p.requests == 0) return cudaSuccess;
   const int64_t chunks = num_chunks(p.vocab);
   const Workspace w = carve(workspace, p.requests, p.gamma, p.vocab);
-  first_rows_kernel<<<1, 1024, 0, stream>>>(p.lengths, p.requests, p.gamma, w.first_row);
   const int64_t slots = p.requests * (2 * p.gamma + 1);
   const int64_t decide_blocks = (p.requests + kWarpsPerDecideBlock - 1) / kWarpsPerDecideBlock;
+  // gridDim.x is at most 2^31 - 1: refuse rather than let the unsigned casts below wrap to a
+  // smaller grid that would silently skip rows. (slots * chunks is the largest grid.)
+  if (slots * chunks > 0x7FFFFFFF) return cudaErrorInvalidValue;
+  first_rows_kernel<<<1, 1024, 0, stream>>>(p.lengths, p.requests, p.gamma, w.first_row);
   DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
     DSPARK_DISPATCH_FLOAT(p.draft_dtype, TD, [&] {
       row_stats_kernel<TT, TD><<<static_cast<unsigned>(slots * chunks), kThreads, 0, stream>>>(p, w, chunks);

@@ -422,6 +422,7 @@ cudaError_t launch_tree_metadata(const int64_t* parents, const int64_t* num_node
                                  int64_t requests, int64_t width, bool* attn_mask, int64_t* positions,
                                  int64_t* depth, cudaStream_t stream) {
   if (requests == 0 || width == 0) return cudaSuccess;
+  if (requests > 0x7FFFFFFF) return cudaErrorInvalidValue;  // gridDim.x limit (one block per request)
   tree_metadata_kernel<<<static_cast<unsigned>(requests), kMetadataThreads, 0, stream>>>(
       parents, num_nodes, prefix_lens, width, attn_mask, positions, depth);
   return cudaGetLastError();
