@@ -33,6 +33,8 @@ inline VerifyChainSizes check_verify_chain_args(
                      target_logits.size(0), 0};
   DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
                "must have a vocabulary size in [1, 2^32), got ", s.vocab);
+  // Positions 1..γ+1 key the random streams through 16 bits (dspark/philox.h).
+  DSPARK_CHECK(s.gamma < 65535, op, "draft_tokens", "must have fewer than 65535 columns (γ), got ", s.gamma);
   check_index_vector(lengths, op, "lengths", s.requests, "R, the rows of draft_tokens", target_logits);
   s.num_eos = check_sampling_args(op, temperature, seed, offset, eos_ids, s.requests, target_logits);
   if (draft_logits) {

@@ -48,28 +48,33 @@ __device__ __forceinline__ __half from_float<__half>(float x) { return __float2h
 
 constexpr int kWarpSize = 32;
 
+// True when every row of a [rows, vocab] tensor starting at `base` is 16-byte aligned, so the
+// rows can be read with vector loads. It depends only on the tensor, never on a row's place in
+// the batch, which keeps the per-thread summation order (and the float rounding) of a row the
+// same whether its request runs alone or in a batch (SPEC §2 (a)).
+template <typename T>
+__device__ __forceinline__ bool rows_vectorizable(const void* base, int64_t vocab) {
+  return reinterpret_cast<uintptr_t>(base) % 16 == 0 && (vocab * static_cast<int64_t>(sizeof(T))) % 16 == 0;
+}
+
 // Calls f(value, index) for every index in [begin, end) of `row`, spread over the block's
-// threads. The aligned middle is read with 16-byte vector loads (8 bf16/fp16 or 4 fp32 per
-// load), which HBM needs to approach its bandwidth; an unaligned head and the tail are read
-// one element at a time, so any V and any row start work.
+// threads. With `vectorize` (see rows_vectorizable; `row + begin` must then be 16-byte
+// aligned) it reads 16-byte vectors (8 bf16/fp16 or 4 fp32 per load), which HBM needs to
+// approach its bandwidth; otherwise one element at a time, so any V and any row start work.
 template <typename T, typename F>
-__device__ __forceinline__ void block_for_each(const T* __restrict__ row, int64_t begin, int64_t end, F&& f) {
+__device__ __forceinline__ void block_for_each(const T* __restrict__ row, int64_t begin, int64_t end, bool vectorize,
+                                               F&& f) {
   constexpr int kVec = 16 / sizeof(T);
-  const uintptr_t addr = reinterpret_cast<uintptr_t>(row + begin);
-  int64_t head = static_cast<int64_t>((16 - addr % 16) % 16) / static_cast<int64_t>(sizeof(T));
-  if (addr % sizeof(T) != 0 || head > end - begin) head = end - begin;  // no aligned body
-  for (int64_t v = begin + threadIdx.x; v < begin + head; v += blockDim.x) f(to_float(row[v]), v);
-  const int64_t body = begin + head;
-  const int64_t vectors = (end - body) / kVec;
-  const uint4* vec = reinterpret_cast<const uint4*>(row + body);
+  const int64_t vectors = vectorize ? (end - begin) / kVec : 0;
+  const uint4* vec = reinterpret_cast<const uint4*>(row + begin);
 #pragma unroll 4
   for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
     const uint4 raw = __ldg(vec + i);
     const T* vals = reinterpret_cast<const T*>(&raw);
 #pragma unroll
-    for (int j = 0; j < kVec; ++j) f(to_float(vals[j]), body + i * kVec + j);
+    for (int j = 0; j < kVec; ++j) f(to_float(vals[j]), begin + i * kVec + j);
   }
-  for (int64_t v = body + vectors * kVec + threadIdx.x; v < end; v += blockDim.x) f(to_float(row[v]), v);
+  for (int64_t v = begin + vectors * kVec + threadIdx.x; v < end; v += blockDim.x) f(to_float(row[v]), v);
 }
 
 __device__ __forceinline__ uint64_t warp_max_u64(uint64_t v) {

@@ -130,13 +130,14 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
   RowPartial acc;
   if (is_target) {
     const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
-    block_for_each(src, begin, end, [&](float logit, int64_t v) {
+    block_for_each(src, begin, end, rows_vectorizable<TT>(p.target_logits, p.vocab), [&](float logit, int64_t v) {
       acc.stats.add(scaled_logit(logit, temperature));
       acc.argmax.add(logit, v);
     });
   } else {
     const TD* src = static_cast<const TD*>(p.draft_logits) + (r * p.gamma + k) * p.vocab;
-    block_for_each(src, begin, end, [&](float logit, int64_t) { acc.stats.add(scaled_logit(logit, temperature)); });
+    block_for_each(src, begin, end, rows_vectorizable<TD>(p.draft_logits, p.vocab),
+                   [&](float logit, int64_t) { acc.stats.add(scaled_logit(logit, temperature)); });
   }
   __shared__ SoftmaxStats scratch_stats[kThreads / kWarpSize];
   __shared__ ArgMax scratch_argmax[kThreads / kWarpSize];
