@@ -58,7 +58,8 @@ def block_attention(
     CUDA: a decode-style split-KV kernel (one CTA per request, kv head, ≤ 32 query rows and
     key split; all γ·Hq/Hkv queries of a kv head share every K/V tile; a combine kernel
     merges the splits). The number of splits depends on shapes only, so the call never syncs
-    and can be captured in a CUDA graph. Head dims 64, 128 and 256 (CPU: any). Aligned
+    and can be captured in a CUDA graph. Head dims 64, 128 and 256 have kernels; any other
+    head dim runs the same masked attention as float32 ATen ops (still sync-free). Aligned
     bf16/fp16 inputs use tensor cores (float32 accumulation; the softmax probabilities are
     rounded to the input dtype before ``P V``, as in FlashAttention);
     ``DSPARK_BLOCK_ATTENTION_SIMT=1`` forces the CUDA-core kernel (all float32).

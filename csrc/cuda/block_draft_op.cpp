@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <tuple>
 
 #include "common/block_draft_args.h"
@@ -28,15 +29,49 @@ DType dtype_of(const at::Tensor& t) {
 // A cache read or written through its strides needs a contiguous head dimension.
 at::Tensor with_contiguous_rows(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
 
+// Head dimensions without a specialised kernel (the kernels cover 64, 128 and 256): the same
+// attention in float32 with ATen ops, the keys past cache_lens masked on the device (no host
+// sync, so still capturable). Without it every other Dh raised on CUDA although the op is
+// defined for any Dh (the CPU kernel and tests such as torch.compile with Dh = 16 use one).
+at::Tensor block_attention_aten(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& cache_lens, const at::Tensor& k_block, const at::Tensor& v_block,
+                                double scale, const BlockAttentionSizes& s) {
+  const int64_t group = s.q_heads / s.kv_heads, keys_n = s.max_len + s.gamma;
+  const auto j = at::arange(keys_n, cache_lens.options());
+  const auto lens = cache_lens.clamp(0, s.max_len);
+  // visible [R, Lmax + γ]: cache slots below the length, and every block key.
+  const auto visible = j.unsqueeze(0).lt(lens.unsqueeze(1)).logical_or(j.ge(s.max_len).unsqueeze(0));
+  const auto hidden = visible.logical_not();
+  // [R, Hkv, Lmax + γ, Dh]; values past the length zeroed too (0 * NaN would poison the sum).
+  const auto keys = at::cat({k_cache, k_block}, 1).to(at::kFloat).permute({0, 2, 1, 3});
+  const auto values = at::cat({v_cache, v_block}, 1)
+                          .to(at::kFloat)
+                          .masked_fill(hidden.view({s.requests, keys_n, 1, 1}), 0.0)
+                          .permute({0, 2, 1, 3});
+  // [R, Hkv, γ·G, Dh]: row t·G + g is block position t, query head h·G + g.
+  const auto queries = q.to(at::kFloat)
+                           .reshape({s.requests, s.gamma, s.kv_heads, group, s.head_dim})
+                           .permute({0, 2, 1, 3, 4})
+                           .reshape({s.requests, s.kv_heads, s.gamma * group, s.head_dim});
+  auto scores = at::matmul(queries, keys.transpose(-1, -2)).mul_(scale);  // [R, Hkv, γ·G, Lmax + γ]
+  scores.masked_fill_(hidden.view({s.requests, 1, 1, keys_n}), -std::numeric_limits<float>::infinity());
+  const auto o = at::matmul(scores.softmax(-1), values);  // [R, Hkv, γ·G, Dh]
+  return o.view({s.requests, s.kv_heads, s.gamma, group, s.head_dim})
+      .permute({0, 2, 1, 3, 4})
+      .reshape({s.requests, s.gamma, s.q_heads, s.head_dim})
+      .to(q.scalar_type())
+      .contiguous();
+}
+
 at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& cache_lens, const at::Tensor& k_block, const at::Tensor& v_block,
                            double scale) {
   const auto s = check_block_attention_args(q, k_cache, v_cache, cache_lens, k_block, v_block, scale);
-  DSPARK_CHECK(block_attention_supports_head_dim(s.head_dim), "dspark::block_attention", "q",
-               "must have a head dimension of 64, 128 or 256 on CUDA, got ", s.head_dim);
   const c10::cuda::CUDAGuard guard(q.device());
+  if (q.numel() == 0) return at::empty({s.requests, s.gamma, s.q_heads, s.head_dim}, q.options());
+  if (!block_attention_supports_head_dim(s.head_dim))
+    return block_attention_aten(q, k_cache, v_cache, cache_lens, k_block, v_block, scale, s);
   auto out = at::empty({s.requests, s.gamma, s.q_heads, s.head_dim}, q.options());
-  if (out.numel() == 0) return out;
   const auto qc = q.contiguous(), kb = k_block.contiguous(), vb = v_block.contiguous(), lens = cache_lens.contiguous();
   const auto kc = with_contiguous_rows(k_cache), vc = with_contiguous_rows(v_cache);
   BlockAttentionArgs a{};

@@ -34,7 +34,11 @@ def rms_norm(x, weight, eps):
 
 def rope_cos_sin(positions, head_dim, theta, dtype):
     """cos, sin ``[..., Dh]`` as Qwen3RotaryEmbedding computes them (float32, then dtype)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim))
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
+    # theta ** exponent in float64 rounded once to float32: the correctly rounded float32 power,
+    # which HF's float32 pow gives on the CPU, on every device (CUDA powf is only 2-ulp accurate).
+    theta32 = float(torch.tensor(theta, dtype=torch.float32))
+    inv_freq = 1.0 / (theta32 ** exponent.double()).float()
     freqs = positions.float()[..., None] * inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)
     return emb.cos().to(dtype), emb.sin().to(dtype)
