@@ -14,6 +14,7 @@
 
 #include "common/markov_draft_args.h"
 #include "cuda/launch_check.h"
+#include "cuda/torch_dtype.h"
 #include "cuda/markov_draft.h"
 
 namespace dspark::cuda {
@@ -43,10 +44,6 @@ MarkovDraftLaunch cached_plan(DType dtype, int64_t vocab, int64_t rank, int devi
   DSPARK_CUDA_CHECK(err);
   plans.emplace(key, plan);
   return plan;
-}
-
-DType to_dtype(at::ScalarType t) {
-  return t == at::kBFloat16 ? DType::kBFloat16 : t == at::kHalf ? DType::kFloat16 : DType::kFloat32;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(

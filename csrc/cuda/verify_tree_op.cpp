@@ -10,21 +10,11 @@
 
 #include "common/verify_tree_args.h"
 #include "cuda/launch_check.h"
+#include "cuda/torch_dtype.h"
 #include "cuda/verify_tree.h"
 
 namespace dspark::cuda {
 namespace {
-
-DType to_dtype(at::ScalarType t) {
-  switch (t) {
-    case at::kBFloat16:
-      return DType::kBFloat16;
-    case at::kHalf:
-      return DType::kFloat16;
-    default:
-      return DType::kFloat32;
-  }
-}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_metadata(const at::Tensor& parents, const at::Tensor& num_nodes,
                                                              const at::Tensor& prefix_lens) {
