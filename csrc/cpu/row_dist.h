@@ -16,32 +16,30 @@ namespace dspark::cpu {
 
 // A row's distribution softmax(row / T) with NaN read as -inf (probability 0).
 struct RowDist {
-  at::Tensor scaled;  // [V] float32, row / T
-  float max = -INFINITY;
-  float sum = 0.0f;
+  at::Tensor scaled;          // [V] float32, row / T
+  float log_norm = -INFINITY;  // log Σ exp(scaled); -inf for a row without a finite logit
 
   float prob_of(int64_t v) const {
     const float x = scaled.data_ptr<float>()[v];
-    return (sum > 0.0f && x > -INFINITY) ? std::exp(x - max) / sum : 0.0f;
+    return (log_norm > -INFINITY && x > -INFINITY) ? std::exp(x - log_norm) : 0.0f;
   }
   // [V] probabilities (all 0 for a row without a finite logit).
   at::Tensor probs() const {
-    if (!(sum > 0.0f)) return at::zeros_like(scaled);
-    return (scaled - max).exp_().div_(sum);
+    if (!(log_norm > -INFINITY)) return at::zeros_like(scaled);
+    return (scaled - log_norm).exp_();
   }
 };
 
 template <typename T>
 RowDist row_dist(const T* row, int64_t vocab, float temperature) {
   const auto dtype = c10::CppTypeToScalarType<T>::value;
-  at::Tensor x = at::from_blob(const_cast<T*>(row), {vocab}, at::TensorOptions().dtype(dtype)).to(at::kFloat);
-  if (x.data_ptr() == static_cast<const void*>(row)) x = x.clone();  // float rows: never write the input
-  x.div_(temperature);
-  x.masked_fill_(x.isnan(), -INFINITY);
+  const at::Tensor view = at::from_blob(const_cast<T*>(row), {vocab}, at::TensorOptions().dtype(dtype));
+  // One pass to a new float32 row (the input is never written), one to map NaN to -inf.
+  at::Tensor x = dtype == at::kFloat ? at::div(view, temperature) : view.to(at::kFloat).div_(temperature);
+  x.nan_to_num_(-INFINITY, INFINITY, -INFINITY);
   RowDist d;
   d.scaled = x;
-  d.max = x.max().item<float>();
-  if (d.max > -INFINITY) d.sum = (x - d.max).exp_().sum().item<float>();
+  d.log_norm = at::logsumexp(x, 0).item<float>();
   return d;
 }
 
