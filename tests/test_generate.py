@@ -447,19 +447,25 @@ def _chi_square_pvalue(samples: torch.Tensor, probs: torch.Tensor) -> float:
     return float(stats.chisquare(obs.numpy(), exp.numpy() * obs.sum().item() / exp.sum().item()).pvalue)
 
 
-@pytest.mark.parametrize("drafter_kind", ["tiny", "random"])
+@pytest.mark.parametrize("drafter_kind", ["tiny", "dspark", "random"])
 def test_sampling_matches_target_distribution(drafter_kind):
     """Tokens 1..4 (1 from the prefill, 2..4 drafted and verified from round 1) of 4000 requests with distinct seeds
     follow the target's exact marginals (enumerated). Chi-square at p < 1e-4: with a correct
     loop the fixed seed set fails with probability 1e-4 per check. A drafter with a
     different q (noisy copy, or uniform) makes both the accept and the residual paths hit."""
-    cfg = TinyConfig(vocab_size=24, d_model=32, n_layers=2, n_heads=2, d_ff=64)
+    cfg = TinyConfig(vocab_size=24, d_model=32, n_layers=2, n_heads=2, d_ff=64, hidden_layers=(1, 2))
     model = make_target(seed=3, cfg=cfg)
     prompt = [5, 17, 2]
     T = 0.9
     n = 4000
-    drafter = TinyDrafter(make_draft_model(model, noise=0.3)) if drafter_kind == "tiny" else RandomDrafter(cfg.vocab_size)
-    res = generate(model, drafter, [prompt] * n, max_new_tokens=4, temperature=T, seed=list(range(n)), gamma=3)
+    if drafter_kind == "tiny":
+        drafter = TinyDrafter(make_draft_model(model, noise=0.3))
+    elif drafter_kind == "dspark":  # markov_draft's sampling and draft logits in the loop
+        drafter = make_dspark_proposer("vanilla", cfg=cfg)
+    else:
+        drafter = RandomDrafter(cfg.vocab_size)
+    with torch.no_grad():
+        res = generate(model, drafter, [prompt] * n, max_new_tokens=4, temperature=T, seed=list(range(n)), gamma=3)
     toks = torch.tensor(res.tokens)
     assert toks.shape == (n, 4)
     acc = res.rounds[0].accepted
@@ -533,14 +539,15 @@ def test_hf_adapter_with_tiny_drafter_and_sampling_batch_invariance():
 # ---------------------------------------------------------------- the DSpark drafter in the loop
 
 
-def make_dspark_proposer(head: str, seed: int = 0):
+def make_dspark_proposer(head: str, seed: int = 0, cfg: TinyConfig = CFG):
     from dspark_ops import DSparkDrafter
     from dspark_ops.drafters import DSparkProposer
 
     torch.manual_seed(seed)
-    config = dict(vocab_size=V, hidden_size=CFG.d_model, intermediate_size=64, num_hidden_layers=1,
+    vocab = cfg.vocab_size
+    config = dict(vocab_size=vocab, hidden_size=cfg.d_model, intermediate_size=64, num_hidden_layers=1,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6,
-                  rope_theta=10000.0, target_layer_ids=list(CFG.hidden_layers), mask_token_id=V - 1,
+                  rope_theta=10000.0, target_layer_ids=list(cfg.hidden_layers), mask_token_id=vocab - 1,
                   block_size=5, markov_rank=8, markov_head_type=head, enable_confidence_head=True,
                   confidence_head_with_markov=True)
     return DSparkProposer(DSparkDrafter(config).eval())
