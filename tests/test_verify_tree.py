@@ -240,7 +240,7 @@ def test_residual_without_mass_falls_back_to_p(device):
 
 
 def test_gumbel_bound_of_bounded_race():
-    """BoundedRace (dspark/tree_sampling.h) skips the noise of entries with
+    """BoundedRace (dspark/sampling.h) skips the noise of entries with
     log_weight + 17.5 < best; that is exact only if every Gumbel of the generator is finite
     and <= 17.5. The largest comes from the largest word."""
     top = torch.cat([torch.arange(0xFFFFFF00 - 4096, 0xFFFFFF00, 64), torch.arange(0xFFFFFE00, 0x100000000)])

@@ -266,20 +266,29 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
   const TD* qrow = d.draft_row >= 0 ? static_cast<const TD*>(p.draft_logits) + d.draft_row * p.vocab : nullptr;
   const int64_t begin = chunk * kChunk;
   const int64_t end = begin + kChunk < p.vocab ? begin + kChunk : p.vocab;
-  Race residual, plain;
-  for (int64_t v = begin + threadIdx.x; v < end; v += blockDim.x) {
-    const float g = gumbel_from_bits(random_bits(seed, offset, Purpose::kChainResample, d.position, v));
-    const float xv = scaled_logit(to_float(prow[v]), T);
-    plain.add(xv, g, v);
-    if (d.mode == kResidual) {
-      const float pv = d.p.prob(xv);
-      const float qv = qrow ? d.q.prob(scaled_logit(to_float(qrow[v]), T)) : (v == d.rejected ? 1.0f : 0.0f);
-      residual.add(pv > qv ? logf(pv - qv) : -INFINITY, g, v);
+  // Each thread takes groups of four entries, which share one Philox call (chunks start at
+  // multiples of 4). Bounded races skip the noise, and for the residual the exps and the log,
+  // of entries that cannot win (log p_v bounds log(p_v - q_v)); the winner is unchanged.
+  BoundedRace residual, plain;
+  const float p_log_norm = d.p.max + logf(d.p.sum);  // log p_v = x_v - p_log_norm
+  for (int64_t group = begin + 4 * threadIdx.x; group < end; group += 4 * static_cast<int64_t>(blockDim.x)) {
+    const Philox4 bits = random_block(seed, offset, Purpose::kChainResample, d.position, static_cast<uint64_t>(group));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t v = group + j;
+      if (v >= end) break;
+      const float xv = scaled_logit(to_float(prow[v]), T);
+      plain.add_bits(xv, bits.v[j], v);
+      if (d.mode == kResidual && !residual.hopeless(xv - p_log_norm)) {
+        const float pv = d.p.prob(xv);
+        const float qv = qrow ? d.q.prob(scaled_logit(to_float(qrow[v]), T)) : (v == d.rejected ? 1.0f : 0.0f);
+        residual.add_bits(pv > qv ? logf(pv - qv) : -INFINITY, bits.v[j], v);
+      }
     }
   }
   __shared__ uint64_t scratch[kThreads / kWarpSize];
-  const uint64_t best_residual = block_max_u64(residual.best, scratch);
-  const uint64_t best_plain = block_max_u64(plain.best, scratch);
+  const uint64_t best_residual = block_max_u64(residual.race.best, scratch);
+  const uint64_t best_plain = block_max_u64(plain.race.best, scratch);
   if (threadIdx.x == 0) {
     if (best_residual) atomicMax(&w.keys[2 * r], static_cast<unsigned long long>(best_residual));
     if (best_plain) atomicMax(&w.keys[2 * r + 1], static_cast<unsigned long long>(best_plain));

@@ -66,6 +66,32 @@ struct Race {
   DSPARK_HD int64_t index() const { return race_index(best); }
 };
 
+// Gumbel races that skip the two logarithms of an entry's noise when the entry cannot win.
+// gumbel_from_bits(bits) <= 16.64 for every word (the open uniform is at most 1 - 2^-24), so
+// an entry with log_weight + kGumbelBound < best score so far has a strictly lower score than
+// the current winner whatever its noise: skipping it never changes the winner.
+// tests/test_verify_tree.py checks the bound against the Python twin of the generator.
+constexpr float kGumbelBound = 17.5f;
+
+struct BoundedRace {
+  Race race;
+  float best = -INFINITY;  // score of the current winner
+
+  // True when an entry of this log-weight cannot win (or is no candidate at all).
+  DSPARK_HD bool hopeless(float log_weight) const {
+    return !race_candidate(log_weight) || log_weight + kGumbelBound < best;
+  }
+  DSPARK_HD void add(float log_weight, float gumbel, int64_t index) {
+    const uint64_t before = race.best;
+    race.add(log_weight, gumbel, index);
+    if (race.best != before) best = log_weight + gumbel;
+  }
+  // add() with the noise computed only when the entry can win.
+  DSPARK_HD void add_bits(float log_weight, uint32_t bits, int64_t index) {
+    if (!hopeless(log_weight)) add(log_weight, gumbel_from_bits(bits), index);
+  }
+};
+
 // Running softmax statistics of a row of scaled logits: max and sum of exp(x - max).
 struct SoftmaxStats {
   float max = -INFINITY;
