@@ -92,3 +92,13 @@ def test_cuda_draws_the_same_bits_as_cpu():
         cpu = dspark_ops.random_bits(seed, offset, purpose, position, 1003)
         gpu = dspark_ops.random_bits(seed.cuda(), offset.cuda(), purpose, position, 1003)
         assert torch.equal(cpu, gpu.cpu())
+
+
+def test_torch_compile_fullgraph():
+    seed, offset = torch.arange(4), torch.arange(4) * 3
+
+    @torch.compile(fullgraph=True, backend="eager")
+    def draw(seed, offset):
+        return dspark_ops.random_bits(seed, offset, 2, 5, 33) & 0xFF
+
+    assert torch.equal(draw(seed, offset), dspark_ops.random_bits(seed, offset, 2, 5, 33) & 0xFF)
