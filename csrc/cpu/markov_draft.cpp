@@ -35,6 +35,13 @@ namespace {
 // reproducible on a machine).
 constexpr int kLanes = 16;
 
+// The fixed tree that ends every fixed-order dot product: lanes l and l + w, w = 8, 4, 2, 1.
+DSPARK_ALWAYS_INLINE float lane_tree_sum(float* acc) {
+  for (int w = kLanes / 2; w >= 1; w /= 2)
+    for (int l = 0; l < w; ++l) acc[l] += acc[l + w];
+  return acc[0];
+}
+
 // Four dot products a_i . b (i < 4) against one weight row b, each in the fixed order
 // described above; four rows at once keep eight independent FMA chains in flight.
 template <typename TW>
@@ -57,17 +64,10 @@ DSPARK_ALWAYS_INLINE void fixed_order_dot4(const float* a0, const float* a1, con
     acc2[l] += a2[j + l] * w;
     acc3[l] += a3[j + l] * w;
   }
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) {
-      acc0[l] += acc0[l + w];
-      acc1[l] += acc1[l + w];
-      acc2[l] += acc2[l + w];
-      acc3[l] += acc3[l + w];
-    }
-  out[0] = acc0[0];
-  out[1] = acc1[0];
-  out[2] = acc2[0];
-  out[3] = acc3[0];
+  out[0] = lane_tree_sum(acc0);
+  out[1] = lane_tree_sum(acc1);
+  out[2] = lane_tree_sum(acc2);
+  out[3] = lane_tree_sum(acc3);
 }
 
 // The same arithmetic as one output of fixed_order_dot4 (same lanes, same order, same
@@ -80,9 +80,7 @@ DSPARK_ALWAYS_INLINE float fixed_order_dot1(const float* a0, const TW* b, int64_
   for (; j + kLanes <= n; j += kLanes)
     for (int l = 0; l < kLanes; ++l) acc0[l] += a0[j + l] * static_cast<float>(b[j + l]);
   for (int l = 0; j + l < n; ++l) acc0[l] += a0[j + l] * static_cast<float>(b[j + l]);
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) acc0[l] += acc0[l + w];
-  return acc0[0];
+  return lane_tree_sum(acc0);
 }
 
 // One row against four weight rows: per output the arithmetic of fixed_order_dot1 (a * b is
@@ -109,17 +107,10 @@ DSPARK_ALWAYS_INLINE void fixed_order_dot1x4(const float* a, const TW* b0, const
     acc2[l] += x * static_cast<float>(b2[j + l]);
     acc3[l] += x * static_cast<float>(b3[j + l]);
   }
-  for (int w = kLanes / 2; w >= 1; w /= 2)
-    for (int l = 0; l < w; ++l) {
-      acc0[l] += acc0[l + w];
-      acc1[l] += acc1[l + w];
-      acc2[l] += acc2[l + w];
-      acc3[l] += acc3[l + w];
-    }
-  out[0] = acc0[0];
-  out[1] = acc1[0];
-  out[2] = acc2[0];
-  out[3] = acc3[0];
+  out[0] = lane_tree_sum(acc0);
+  out[1] = lane_tree_sum(acc1);
+  out[2] = lane_tree_sum(acc2);
+  out[3] = lane_tree_sum(acc3);
 }
 
 // out[m, n] = X[m] . W[n] for n in [n0, n1): X [M, K], W [N, K], out [M, N] (float32,

@@ -63,6 +63,43 @@ __device__ __forceinline__ void load_vec(const T* p, float* dst, bool aligned) {
   }
 }
 
+// The work of one attention CTA (both kernels): request r, KV head h, local query rows
+// [0, nrows) = head rows [row0, row0 + nrows) of its γ·G rows, and keys [key_begin, key_end)
+// of the request's len + γ keys (split `split`, tile-aligned so splits never share a tile).
+struct AttnTile {
+  int64_t r, h, group, row0, len, key_begin, key_end;
+  int split, nrows;
+
+  // Row of q / out (in rows of Dh elements) holding local query row rho.
+  __device__ int64_t q_row(const BlockAttentionArgs& a, int rho) const {
+    const int64_t rg = row0 + rho;
+    return (r * a.gamma + rg / group) * a.q_heads + h * group + rg % group;
+  }
+};
+
+__device__ AttnTile attention_tile(const BlockAttentionArgs& a, int row_chunks) {
+  AttnTile t;
+  int64_t bid = blockIdx.x;
+  t.split = static_cast<int>(bid % a.splits);
+  bid /= a.splits;
+  const int chunk = static_cast<int>(bid % row_chunks);
+  bid /= row_chunks;
+  t.h = bid % a.kv_heads;
+  t.r = bid / a.kv_heads;
+  t.group = a.q_heads / a.kv_heads;
+  t.row0 = static_cast<int64_t>(chunk) * kMaxRows;
+  const int64_t rows_left = a.gamma * t.group - t.row0;
+  t.nrows = rows_left < kMaxRows ? static_cast<int>(rows_left) : kMaxRows;
+  int64_t len = a.cache_lens[t.r];
+  t.len = len < 0 ? 0 : (len > a.max_len ? a.max_len : len);  // clamp, never a host check
+  const int64_t keys = t.len + a.gamma;
+  int64_t per = (keys + a.splits - 1) / a.splits;
+  per = (per + kTile - 1) / kTile * kTile;
+  t.key_begin = t.split * per;
+  t.key_end = t.key_begin + per < keys ? t.key_begin + per : keys;
+  return t;
+}
+
 template <int DH>
 constexpr size_t attention_smem_bytes() {
   // q_s [kMaxRows][DH] + k_s [kTile][DH + 4] + v_s [kTile][DH], float32.
@@ -82,25 +119,12 @@ __global__ void __launch_bounds__(kAttnThreads)
   float* k_s = q_s + kMaxRows * DH;
   float* v_s = k_s + kTile * kKStride;
 
-  const int splits = a.splits;
-  int64_t bid = blockIdx.x;
-  const int split = static_cast<int>(bid % splits);
-  bid /= splits;
-  const int chunk = static_cast<int>(bid % row_chunks);
-  bid /= row_chunks;
-  const int64_t h = bid % a.kv_heads;
-  const int64_t r = bid / a.kv_heads;
-  const int64_t group = a.q_heads / a.kv_heads;
-  const int64_t row0 = static_cast<int64_t>(chunk) * kMaxRows;
-  const int64_t rows_left = a.gamma * group - row0;
-  const int nrows = rows_left < kMaxRows ? static_cast<int>(rows_left) : kMaxRows;
+  const AttnTile tile = attention_tile(a, row_chunks);
+  const int64_t r = tile.r, h = tile.h;
+  const int nrows = tile.nrows, split = tile.split, splits = a.splits;
   const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
 
-  // Index of local query row rho in q / out (as rows of Dh elements).
-  auto q_row = [&](int rho) {
-    const int64_t rg = row0 + rho;
-    return (r * a.gamma + rg / group) * a.q_heads + h * group + rg % group;
-  };
+  auto q_row = [&](int rho) { return tile.q_row(a, rho); };
 
   const T* q = static_cast<const T*>(a.q);
   const float qscale = a.scale * kLog2e;
@@ -109,13 +133,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     q_s[e] = rho < nrows ? to_float(q[q_row(rho) * DH + d]) * qscale : 0.0f;
   }
 
-  int64_t len = a.cache_lens[r];
-  len = len < 0 ? 0 : (len > a.max_len ? a.max_len : len);  // clamp, never a host check
-  const int64_t keys = len + a.gamma;
-  int64_t per = (keys + splits - 1) / splits;
-  per = (per + kTile - 1) / kTile * kTile;
-  const int64_t kbeg = split * per;
-  const int64_t kend = kbeg + per < keys ? kbeg + per : keys;
+  const int64_t len = tile.len, kbeg = tile.key_begin, kend = tile.key_end;
 
   const T* k_cache = static_cast<const T*>(a.k_cache);
   const T* v_cache = static_cast<const T*>(a.v_cache);
@@ -307,24 +325,12 @@ __global__ void __launch_bounds__(kAttnThreads)
   float* m_s = reinterpret_cast<float*>(mma_smem + L::kStats);
   float* l_s = m_s + kMaxRows;
 
-  const int splits = a.splits;
-  int64_t bid = blockIdx.x;
-  const int split = static_cast<int>(bid % splits);
-  bid /= splits;
-  const int chunk = static_cast<int>(bid % row_chunks);
-  bid /= row_chunks;
-  const int64_t h = bid % a.kv_heads;
-  const int64_t r = bid / a.kv_heads;
-  const int64_t group = a.q_heads / a.kv_heads;
-  const int64_t row0 = static_cast<int64_t>(chunk) * kMaxRows;
-  const int64_t rows_left = a.gamma * group - row0;
-  const int nrows = rows_left < kMaxRows ? static_cast<int>(rows_left) : kMaxRows;
+  const AttnTile tile = attention_tile(a, row_chunks);
+  const int64_t r = tile.r, h = tile.h;
+  const int nrows = tile.nrows, split = tile.split, splits = a.splits;
   const int tid = threadIdx.x, lane = tid % kWarpSize, warp = tid / kWarpSize;
 
-  auto q_row = [&](int rho) {
-    const int64_t rg = row0 + rho;
-    return (r * a.gamma + rg / group) * a.q_heads + h * group + rg % group;
-  };
+  auto q_row = [&](int rho) { return tile.q_row(a, rho); };
 
   const T* q = static_cast<const T*>(a.q);
   for (int e = tid; e < kMaxRows * DH; e += kAttnThreads) {
@@ -337,13 +343,7 @@ __global__ void __launch_bounds__(kAttnThreads)
     l_s[tid] = 0.0f;
   }
 
-  int64_t len = a.cache_lens[r];
-  len = len < 0 ? 0 : (len > a.max_len ? a.max_len : len);
-  const int64_t keys = len + a.gamma;
-  int64_t per = (keys + splits - 1) / splits;
-  per = (per + kTile - 1) / kTile * kTile;
-  const int64_t kbeg = split * per;
-  const int64_t kend = kbeg + per < keys ? kbeg + per : keys;
+  const int64_t len = tile.len, kbeg = tile.key_begin, kend = tile.key_end;
   const T* k_cache = static_cast<const T*>(a.k_cache);
   const T* v_cache = static_cast<const T*>(a.v_cache);
   const T* k_block = static_cast<const T*>(a.k_block);
