@@ -13,15 +13,9 @@ from typing import Optional
 import torch
 
 from ..rng import Purpose
-from .rng import gumbel, random_bits
+from .rng import vocab_gumbel
 
 GREEDY_TEMPERATURE = 1e-5
-
-
-def draft_noise(seed: torch.Tensor, offset: torch.Tensor, position: int, vocab: int) -> torch.Tensor:
-    """[R, V] Gumbel noise of ``Purpose.DRAFT_SAMPLE`` at block position ``position`` (1-based)."""
-    index = torch.arange(vocab, device=seed.device)
-    return gumbel(random_bits(seed[:, None], offset[:, None], Purpose.DRAFT_SAMPLE, position, index))
 
 
 def markov_draft(
@@ -85,7 +79,7 @@ def markov_draft(
         lr_clean = torch.where(torch.isnan(lr), torch.full_like(lr, float("-inf")), lr)
         arg = lr_clean.argmax(-1)  # lowest index on ties
         scaled = lr_clean / safe_t
-        noise = draft_noise(seed, offset, k, vocab)
+        noise = vocab_gumbel(seed, offset, Purpose.DRAFT_SAMPLE, k, vocab)
         score = torch.where(torch.isinf(scaled) & (scaled < 0), scaled, scaled + noise)
         sampled = score.argmax(-1)
         xk = torch.where(greedy, arg, sampled)

@@ -63,3 +63,13 @@ def gumbel(bits: torch.Tensor) -> torch.Tensor:
     u in [2^-24, 1 - 2^-24], so the noise is finite and at most 16.64."""
     u = ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
     return -torch.log(-torch.log(u))
+
+
+def vocab_gumbel(seed, offset, purpose: int, position, vocab: int) -> torch.Tensor:
+    """Gumbel noise of ``(seed, offset, purpose, position, v)`` for every ``v < vocab`` on a new
+    last axis; seed, offset and position broadcast (``[R]`` gives ``[R, V]``, scalars ``[V]``)."""
+    seed = torch.as_tensor(seed, dtype=torch.int64)
+    offset = torch.as_tensor(offset, dtype=torch.int64, device=seed.device)
+    position = torch.as_tensor(position, dtype=torch.int64, device=seed.device)
+    index = torch.arange(vocab, device=seed.device)
+    return gumbel(random_bits(seed[..., None], offset[..., None], purpose, position[..., None], index))

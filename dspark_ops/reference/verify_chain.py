@@ -12,7 +12,7 @@ from typing import Optional
 import torch
 
 from ..rng import Purpose
-from .rng import gumbel, random_bits, random_uniform
+from .rng import random_bits, random_uniform, vocab_gumbel
 
 GREEDY_TEMPERATURE = 1e-5
 
@@ -37,12 +37,6 @@ def race(log_weight: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, t
     score = log_weight + noise
     score = torch.where(torch.isfinite(log_weight) & ~torch.isnan(score), score, torch.full_like(score, float("-inf")))
     return score.argmax(-1), torch.isfinite(log_weight).any(-1)
-
-
-def resample_noise(seed, offset, position: torch.Tensor, vocab: int) -> torch.Tensor:
-    """[R, V] Gumbel noise of Purpose.CHAIN_RESAMPLE at per-request positions."""
-    index = torch.arange(vocab, device=seed.device)
-    return gumbel(random_bits(seed[:, None], offset[:, None], Purpose.CHAIN_RESAMPLE, position[:, None], index))
 
 
 def verify_chain(
@@ -108,7 +102,7 @@ def verify_chain(
     p_row = p.gather(1, at_row).squeeze(1)
     x_row = x.gather(1, at_row).squeeze(1)
     q_row = q.gather(1, row.clamp_max(gamma - 1)[:, None, None].expand(-1, 1, vocab)).squeeze(1) if gamma else p_row
-    noise = resample_noise(seed, offset, position, vocab)
+    noise = vocab_gumbel(seed, offset, Purpose.CHAIN_RESAMPLE, position, vocab)
     residual = torch.clamp(p_row - q_row, min=0)
     res_token, res_any = race(torch.log(torch.where(residual > 0, residual, torch.zeros(()))), noise)
     fallback, _ = race(x_row, noise)

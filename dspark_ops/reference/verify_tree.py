@@ -15,7 +15,7 @@ from typing import Optional
 import torch
 
 from ..rng import Purpose
-from .rng import gumbel, random_bits, random_uniform
+from .rng import random_bits, random_uniform, vocab_gumbel
 from .verify_chain import GREEDY_TEMPERATURE, _nan_argmax, race, scaled_logits, softmax_rows
 
 
@@ -41,11 +41,6 @@ def tree_metadata(
         mask[:, i, i] = True
     positions = torch.where(depth >= 0, prefix_lens[:, None] + depth, -1)
     return mask, positions, depth
-
-
-def _noise(seed: torch.Tensor, offset: torch.Tensor, node: int, vocab: int) -> torch.Tensor:
-    index = torch.arange(vocab, device=seed.device)
-    return gumbel(random_bits(seed, offset, Purpose.TREE_RESAMPLE, node, index))
 
 
 def verify_tree(
@@ -91,7 +86,7 @@ def verify_tree(
                 x = scaled_logits(raw, T)
                 valid = [j for j in children if 0 <= tokens[j] < vocab]
                 if draft_logits is None or not valid:
-                    y = int(race(x, _noise(s, o, node, vocab))[0])
+                    y = int(race(x, vocab_gumbel(s, o, Purpose.TREE_RESAMPLE, node, vocab))[0])
                     nxt = next((j for j in children if tokens[j] == y), None) if draft_logits is None else None
                     if nxt is None:
                         emitted = y
@@ -127,7 +122,7 @@ def _recursive_rejection(x_p, draft_row, T, tokens, valid, node, seed, offset):
         rest = torch.clamp(residual - q, min=0)
         mass = rest.sum()
         if not bool(mass > 0):  # p' has no mass left: emit from p
-            return None, int(race(x_p, _noise(seed, offset, node, p.shape[0]))[0])
+            return None, int(race(x_p, vocab_gumbel(seed, offset, Purpose.TREE_RESAMPLE, node, p.shape[0]))[0])
         residual = rest / mass
-    noise = _noise(seed, offset, node, p.shape[0])
+    noise = vocab_gumbel(seed, offset, Purpose.TREE_RESAMPLE, node, p.shape[0])
     return None, int(race(torch.log(residual), noise)[0])
