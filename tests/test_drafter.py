@@ -10,7 +10,6 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-import dspark_ops
 from dspark_ops import DSparkConfig, DSparkDrafter
 from dspark_ops import reference as ref
 

@@ -3,7 +3,6 @@ statistics, batch invariance, argument checks, opcheck and torch.compile."""
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import scipy.stats

@@ -124,7 +124,7 @@ def onehot_rows(argmaxes, V=8):
 @pytest.mark.parametrize("device", DEVICES)
 def test_greedy_hand_built(device):
     tokens, parents = hand_tree()
-    V, M = 8, 8
+    M = 8
     cases = [
         # (row argmaxes per node, eos, expected out, expected nodes)
         ([5, 0, 1, 0, 0, 7, 4, 0], None, [5, 1, 7], [2, 5]),  # root -> 2 -> 5 (first of the repeats) -> bonus 7
