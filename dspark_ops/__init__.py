@@ -2,19 +2,32 @@
 
 ``import dspark_ops`` loads the compiled library and registers the fake (meta) kernels;
 after that, every op is reachable as ``torch.ops.dspark.<op>`` or through the wrappers
-below. The contract of every op is SPEC.md (shipped with the repository).
+re-exported here. The documentation of every op (signature, shapes, dtypes, semantics,
+randomness, checks, CUDA limits) is ``docs/ops.md`` in the repository.
+
+Layout: ``dspark_ops.ops`` holds the op wrappers and fake kernels; ``dspark_ops.speculative``
+the engine-side code built on them (drafter module, ``generate``, targets, proposers, SPS
+profiling, calibration); ``dspark_ops.reference`` a pure-PyTorch twin of every op, for tests.
 """
 
-from . import _library, calibration
+from . import _library
 from ._library import has_cuda_kernels
-from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
-from .drafter import DSparkConfig, DSparkDrafter
-from .markov_draft import markov_draft
-from .rng import Purpose, random_bits
-from .schedule_lengths import schedule_lengths
-from .verify_chain import verify_chain
-from . import drafters, scheduling, targets
-from .generate import (
+from .ops import (
+    Purpose,
+    append_context_kv,
+    block_attention,
+    markov_draft,
+    qk_norm_rope,
+    random_bits,
+    rms_norm,
+    schedule_lengths,
+    tree_metadata,
+    verify_chain,
+    verify_tree,
+)
+from .speculative import calibration, proposers, sps_profile, targets
+from .speculative.dspark_drafter import DSparkConfig, DSparkDrafter
+from .speculative.generate import (
     ConfidenceThreshold,
     FixedLength,
     GenerateResult,
@@ -22,30 +35,29 @@ from .generate import (
     generate,
     target_decode,
 )
-from .verify_tree import tree_metadata, verify_tree
 
 __all__ = [
     "ConfidenceThreshold",
-    "FixedLength",
-    "GenerateResult",
-    "SPSSchedule",
-    "drafters",
-    "generate",
-    "target_decode",
-    "targets",
     "DSparkConfig",
     "DSparkDrafter",
+    "FixedLength",
+    "GenerateResult",
+    "Purpose",
+    "SPSSchedule",
     "append_context_kv",
     "block_attention",
-    "qk_norm_rope",
-    "rms_norm",
-    "Purpose",
     "calibration",
+    "generate",
     "has_cuda_kernels",
     "markov_draft",
+    "proposers",
+    "qk_norm_rope",
     "random_bits",
+    "rms_norm",
     "schedule_lengths",
-    "scheduling",
+    "sps_profile",
+    "target_decode",
+    "targets",
     "tree_metadata",
     "verify_chain",
     "verify_tree",

@@ -21,8 +21,8 @@ import torch
 
 import dspark_ops
 from dspark_ops import ConfidenceThreshold, FixedLength, SPSSchedule, generate, target_decode
-from dspark_ops.drafters import TinyDrafter
-from dspark_ops.targets import TinyCausalLM, TinyConfig
+from dspark_ops.speculative.proposers import TinyDrafter
+from dspark_ops.speculative.targets import TinyCausalLM, TinyConfig
 
 
 def main() -> None:

@@ -15,7 +15,7 @@ import argparse
 import torch
 
 import dspark_ops
-from dspark_ops.scheduling import SPSTable, profile_sps
+from dspark_ops.speculative.sps_profile import SPSTable, profile_sps
 
 
 class TinyLM(torch.nn.Module):

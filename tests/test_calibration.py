@@ -1,4 +1,4 @@
-"""Tests of dspark_ops.calibration: metrics on hand-checked examples, and the STS fit on
+"""Tests of dspark_ops.speculative.calibration: metrics on hand-checked examples, and the STS fit on
 synthetic data whose true calibration is known."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from dspark_ops import calibration as cal
+from dspark_ops.speculative import calibration as cal
 
 
 def test_ece_brier_auc_by_hand():

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from dspark_ops import ConfidenceThreshold, FixedLength, SPSSchedule, generate, target_decode
-from dspark_ops.drafters import AlwaysWrongDrafter, Proposal, RandomDrafter, TinyDrafter
-from dspark_ops.targets import HFCausalLM, TinyCausalLM, TinyConfig
+from dspark_ops.speculative.proposers import AlwaysWrongDrafter, Proposal, RandomDrafter, TinyDrafter
+from dspark_ops.speculative.targets import HFCausalLM, TinyCausalLM, TinyConfig
 from helpers import DEVICES
 
 V = 96
@@ -541,7 +541,7 @@ def test_hf_adapter_with_tiny_drafter_and_sampling_batch_invariance():
 
 def make_dspark_proposer(head: str, seed: int = 0, cfg: TinyConfig = CFG):
     from dspark_ops import DSparkDrafter
-    from dspark_ops.drafters import DSparkProposer
+    from dspark_ops.speculative.proposers import DSparkProposer
 
     torch.manual_seed(seed)
     vocab = cfg.vocab_size

@@ -1,4 +1,4 @@
-"""Tests of dspark_ops.scheduling: the monotone SPS envelope, JSON round trip, and profiling
+"""Tests of dspark_ops.speculative.sps_profile: the monotone SPS envelope, JSON round trip, and profiling
 a real (tiny) step function on CPU (and with CUDA events / graphs when a GPU is present)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import dspark_ops
-from dspark_ops.scheduling import (SPSTable, default_batch_sizes, isotonic_non_decreasing,
+from dspark_ops.speculative.sps_profile import (SPSTable, default_batch_sizes, isotonic_non_decreasing,
                                    monotone_envelope, profile_sps)
 
 

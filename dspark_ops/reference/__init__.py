@@ -6,7 +6,7 @@ from .schedule_lengths import schedule_lengths
 from .markov_draft import markov_draft
 from .verify_chain import verify_chain
 from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
-from .drafter import drafter_backbone, markov_greedy
+from .dspark_drafter import drafter_backbone, markov_greedy
 from .verify_tree import tree_metadata, verify_tree
 
 __all__ = [

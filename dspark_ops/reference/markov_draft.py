@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..rng import Purpose
+from ..ops.random_bits import Purpose
 from .rng import vocab_gumbel
 
 GREEDY_TEMPERATURE = 1e-5

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ..rng import Purpose
+from ..ops.random_bits import Purpose
 from .rng import random_bits, random_uniform, vocab_gumbel
 
 GREEDY_TEMPERATURE = 1e-5

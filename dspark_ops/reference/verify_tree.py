@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..rng import Purpose
+from ..ops.random_bits import Purpose
 from .rng import random_bits, random_uniform, vocab_gumbel
 from .verify_chain import GREEDY_TEMPERATURE, _nan_argmax, race, scaled_logits, softmax_rows
 

@@ -26,7 +26,7 @@ deterministic, with ``draft_logits = None``): that is what keeps verification lo
 ``confidence[r, k-1]`` estimates P(x_k accepted | x_1..x_{k-1} accepted) and feeds the
 length schedulers; None means all ones.
 
-:class:`DSparkProposer` runs the DSpark drafter (``dspark_ops.drafter``, built on
+:class:`DSparkProposer` runs the DSpark drafter (``dspark_ops.speculative.dspark_drafter``, built on
 ``block_attention`` and ``markov_draft``) under this protocol. The other drafters here need
 neither and exist for tests, demos and baselines.
 """
@@ -38,9 +38,8 @@ from typing import Optional, Protocol
 
 import torch
 
-from .reference.rng import gumbel
-from .rng import Purpose, random_bits
-from .drafter import DrafterCache, DSparkDrafter
+from ..ops.random_bits import Purpose, gumbel, random_bits
+from .dspark_drafter import DrafterCache, DSparkDrafter
 from .targets import TinyCausalLM, pad_ragged, ragged_index
 
 GREEDY_TEMPERATURE = 1e-5
@@ -174,7 +173,7 @@ class AlwaysWrongDrafter:
 
 
 class DSparkProposer:
-    """A :class:`~dspark_ops.drafter.DSparkDrafter` under the drafter protocol.
+    """A :class:`~dspark_ops.speculative.dspark_drafter.DSparkDrafter` under the drafter protocol.
 
     The target's selected hidden layers (``hidden [N, m*d]``, the target built with
     ``hidden_layers`` equal to the drafter's ``target_layer_ids``) of every committed token

@@ -58,7 +58,7 @@ def markov_draft(
             ``[s_{k-1} ; e_k ; h_k]``, output chunks (gate, candidate, output).
         conf_weight, conf_bias: ``[d]`` (input ``h_k``) or ``[d+r]`` (input ``[h_k ; e_k]``), ``[1]``.
         conf_scale: ``[γ]`` float32 Sequential Temperature Scaling multipliers (default all 1,
-            see :mod:`dspark_ops.calibration`); ignored (but still checked) without a
+            see :mod:`dspark_ops.speculative.calibration`); ignored (but still checked) without a
             confidence head.
 
     Every logits/weight/activation argument must share the dtype of ``base_logits`` (a

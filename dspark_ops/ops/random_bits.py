@@ -38,3 +38,11 @@ def random_bits(seed: torch.Tensor, offset: torch.Tensor, purpose: int, position
 @torch.library.register_fake("dspark::random_bits")
 def _random_bits_fake(seed, offset, purpose, position, count):
     return seed.new_empty((seed.shape[0], count))
+
+
+def gumbel(bits: torch.Tensor) -> torch.Tensor:
+    """Gumbel noise ``-log(-log(u))`` from Philox words ``bits`` (any shape, int64 in
+    ``[0, 2**32)``), with the same open 23-bit midpoint uniform as the kernels'
+    ``gumbel_from_bits``: finite, at most 16.64."""
+    u = ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / 8388608.0)
+    return -torch.log(-torch.log(u))

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
+from ..ops.block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
 
 __all__ = ["DSparkConfig", "DSparkDrafter", "DrafterCache", "DraftOutput"]
 

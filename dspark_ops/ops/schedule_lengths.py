@@ -32,7 +32,7 @@ def schedule_lengths(
         confidence: ``[R, γ]`` float32, the calibrated conditional acceptance ``c_{r,k}``.
             Values are clamped to ``[0, 1]`` and NaN counts as 0 (no error, on any device).
         sps: ``[S]`` float32, profiled engine steps per second for a verify batch of ``B``
-            tokens at ``sps[B]`` (see ``dspark_ops.scheduling``), ``S > R·(γ+1)``, else a
+            tokens at ``sps[B]`` (see ``dspark_ops.speculative.sps_profile``), ``S > R·(γ+1)``, else a
             RuntimeError (a shape check: it never syncs).
         mode: ``0`` causal (Algorithm 1): keep a candidate while ``Θ > Θ*`` (raising ``Θ*``)
             and stop at the first one with ``Θ ≤ Θ*``. ``1`` global (section 5.2): walk the

@@ -34,9 +34,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
-from .drafters import Drafter, Proposal
+from .proposers import Drafter, Proposal
 from .targets import Target, ragged_index
-from .verify_chain import verify_chain
+from ..ops.verify_chain import verify_chain
 
 STAGES = ("draft", "schedule", "target", "verify", "update")
 
@@ -219,8 +219,8 @@ def generate(
     """Batched speculative decoding of ``prompts`` with ``target`` and ``drafter``.
 
     Args:
-        target: a :class:`dspark_ops.targets.Target` (``TinyCausalLM``, ``HFCausalLM``, ...).
-        drafter: a :class:`dspark_ops.drafters.Drafter`.
+        target: a :class:`dspark_ops.speculative.targets.Target` (``TinyCausalLM``, ``HFCausalLM``, ...).
+        drafter: a :class:`dspark_ops.speculative.proposers.Drafter`.
         prompts: R token lists or 1-D tensors, each non-empty, of any lengths.
         max_new_tokens, temperature, seed, offset: one value for all, or one per request.
             ``temperature <= 1e-5`` is greedy. ``offset`` is the request's first counter;
@@ -391,7 +391,7 @@ def _is_eos(tokens: torch.Tensor, eos: torch.Tensor) -> torch.Tensor:
 def target_decode(target: Target, prompts, **kwargs) -> GenerateResult:
     """Plain autoregressive decoding with the same loop (no drafts, ``ℓ = 0`` every round):
     the baseline that speculative decoding must match and beat."""
-    from .drafters import AlwaysWrongDrafter
+    from .proposers import AlwaysWrongDrafter
 
     kwargs = dict(kwargs)
     kwargs["gamma"] = 1
