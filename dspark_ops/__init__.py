@@ -10,8 +10,9 @@ the engine-side code built on them (drafter module, ``generate``, targets, propo
 profiling, calibration); ``dspark_ops.reference`` a pure-PyTorch twin of every op, for tests.
 """
 
-from . import _library
+from . import _library  # noqa: F401  (loads _C.so: registers every op before the wrappers)
 from ._library import has_cuda_kernels
+from ._version import __version__
 from .ops import (
     Purpose,
     append_context_kv,
@@ -37,6 +38,7 @@ from .speculative.generate import (
 )
 
 __all__ = [
+    "__version__",
     "ConfidenceThreshold",
     "DSparkConfig",
     "DSparkDrafter",
@@ -62,4 +64,3 @@ __all__ = [
     "verify_chain",
     "verify_tree",
 ]
-__version__ = "0.1.0"

@@ -3,13 +3,13 @@ statistics, batch invariance, argument checks, opcheck and torch.compile."""
 
 from __future__ import annotations
 
-
 import pytest
 import scipy.stats
 import torch
 
 import dspark_ops
 from dspark_ops import reference
+from dspark_ops.ops.greedy import is_greedy
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 # Chi-square tests reject at p < 1e-4: with the fixed seeds below they are deterministic;
@@ -54,7 +54,7 @@ def to_device(args, device):
 
 def logprob_from_logits(logits, tokens, temperature):
     """log softmax(draft_logits / T)[token], 0 for greedy rows: what token_logprob must be."""
-    sampled = temperature > 1e-5
+    sampled = ~is_greedy(temperature)
     T = torch.where(sampled, temperature, torch.ones_like(temperature))
     lp = torch.log_softmax(logits.float() / T[:, None, None], -1).gather(-1, tokens[..., None])[..., 0]
     return torch.where(sampled[:, None], lp, torch.zeros_like(lp))
@@ -115,7 +115,7 @@ def test_logprob_consistent_with_draft_logits(device, dtype):
     tokens, logits, logprob, _ = dspark_ops.markov_draft(**args)
     expect = logprob_from_logits(logits, tokens, args["temperature"])
     torch.testing.assert_close(logprob, expect, atol=2e-5, rtol=1e-5)
-    assert (logprob[args["temperature"] > 1e-5] < 0).all()
+    assert (logprob[~is_greedy(args["temperature"])] < 0).all()
 
 
 def chisquare_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:

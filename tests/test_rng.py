@@ -6,6 +6,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference
+
 from helpers import assert_distribution, requires_cuda
 
 # Random123's known-answer vectors for Philox4x32-10: (counter, key, output).

@@ -7,6 +7,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference
+
 from helpers import assert_distribution, requires_cuda
 
 GREEDY, HOT = 0.0, 1.0
