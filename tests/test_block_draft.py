@@ -8,10 +8,8 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference as ref
+from helpers import requires_cuda
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Tolerances against a float32 reference rounded to the output dtype: one or two ulps.
 TOL = {torch.float32: (2e-5, 2e-5), torch.bfloat16: (2e-2, 2e-2), torch.float16: (5e-3, 5e-3)}
@@ -44,7 +42,6 @@ def close(a, b, dtype):
 # ------------------------------------------------------------------------------------ block_attention
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     "R,gamma,hq,hkv,dh,lmax,lens",
@@ -69,7 +66,6 @@ def test_block_attention_any_head_dim_on_cpu(dh):
     close(dspark_ops.block_attention(**args), ref.block_attention(**args), torch.float32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_block_attention_ignores_slots_past_cache_len(device):
     args = attention_inputs(3, 4, 4, 2, 64, 20, torch.float32, device, [0, 6, 19])
     out = dspark_ops.block_attention(**args)
@@ -82,7 +78,6 @@ def test_block_attention_ignores_slots_past_cache_len(device):
     assert torch.equal(out, out2)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_block_attention_is_non_causal_inside_the_block(device):
     # With an empty context and identical values except at the last block key, every block
     # query (including the first) must see the last key.
@@ -94,7 +89,6 @@ def test_block_attention_is_non_causal_inside_the_block(device):
     close(out, ref.block_attention(**args), torch.float32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_block_attention_single_key_is_identity(device):
     # γ = 1 and no context: the output is the value itself, whatever the scores.
     args = attention_inputs(2, 1, 4, 2, 64, 3, torch.float32, device, [0, 0])
@@ -103,7 +97,6 @@ def test_block_attention_single_key_is_identity(device):
     torch.testing.assert_close(out, expected, atol=1e-6, rtol=1e-6)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_block_attention_non_contiguous_inputs(device):
     args = attention_inputs(2, 5, 4, 2, 64, 16, torch.float32, device, [9, 16])
     expected = ref.block_attention(**args)
@@ -118,7 +111,6 @@ def test_block_attention_non_contiguous_inputs(device):
     close(dspark_ops.block_attention(**nc), expected, torch.float32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_block_attention_empty(device):
     args = attention_inputs(0, 4, 4, 2, 64, 8, torch.float32, device, [])
     assert dspark_ops.block_attention(**args).shape == (0, 4, 4, 64)
@@ -150,7 +142,6 @@ def test_block_attention_bad_inputs(name, value, match):
 # ------------------------------------------------------------------------------------ rms_norm
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape", [(5, 64), (2, 3, 257), (1, 2560), (7, 1)])
 def test_rms_norm_matches_reference(device, dtype, shape):
@@ -162,7 +153,6 @@ def test_rms_norm_matches_reference(device, dtype, shape):
     close(out, ref.rms_norm(x, w, 1e-6), dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_rms_norm_non_contiguous_and_empty(device):
     x = torch.randn(8, 6, device=device).t()  # [6, 8] non-contiguous
     w = torch.randn(16, device=device)[::2]
@@ -197,7 +187,6 @@ def qk_inputs(lead, hq, hkv, dh, dtype, device, max_pos=200_000, seed=2):
     )
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("lead,hq,hkv,dh", [((3, 7), 8, 2, 128), ((5,), 4, 4, 64), ((2, 2, 3), 2, 1, 10)])
 def test_qk_norm_rope_matches_reference(device, dtype, lead, hq, hkv, dh):
@@ -210,7 +199,6 @@ def test_qk_norm_rope_matches_reference(device, dtype, lead, hq, hkv, dh):
     close(k, rk, dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_qk_norm_rope_position_zero_is_plain_norm(device):
     args = qk_inputs((4,), 2, 1, 64, torch.float32, device)
     args["positions"] = torch.zeros(4, dtype=torch.int64, device=device)
@@ -219,7 +207,6 @@ def test_qk_norm_rope_position_zero_is_plain_norm(device):
     close(k, ref.rms_norm(args["k"], args["k_norm_weight"], 1e-6), torch.float32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_qk_norm_rope_relative_positions(device):
     # RoPE's defining property: <q(p), k(p')> depends only on p - p' (float32, unit weights).
     args = qk_inputs((1,), 1, 1, 64, torch.float32, device)
@@ -276,7 +263,6 @@ def append_inputs(R, lmax, hkv, dh, C, start, num_new, dtype, device, seed=3):
     )
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_append_context_kv_matches_reference(device, dtype):
     args = append_inputs(4, 30, 2, 64, 8, [0, 5, 22, 30], [8, 0, 3, 0], dtype, device)
@@ -295,7 +281,6 @@ def test_append_context_kv_matches_reference(device, dtype):
     assert not torch.equal(args["k_cache"].cpu()[touched], before["k_cache"].cpu()[touched])
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_append_then_attend_equals_rope_of_full_context(device):
     # Appending a context in ragged chunks gives the cache a one-shot qk_norm_rope would give.
     R, lmax, hkv, dh = 2, 12, 2, 64
@@ -359,13 +344,11 @@ def op_samples(device):
     ]
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_opcheck(device):
     for op, args in op_samples(device):
         torch.library.opcheck(op, args)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph(device):
     def layer(x, w, qw, kw, positions, kc, vc, lens, k_new, v_new, num_new):
         dspark_ops.append_context_kv(kc, vc, k_new, v_new, kw, lens, num_new, 1e-6, 1e6)
@@ -397,7 +380,7 @@ def test_torch_compile_fullgraph(device):
 # ------------------------------------------------------------------------------------ CUDA
 
 
-@needs_cuda
+@requires_cuda
 @pytest.mark.parametrize("simt", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dh", [64, 128, 256])
@@ -422,7 +405,7 @@ def test_cuda_block_attention_agrees_with_cpu(monkeypatch, simt, dtype, dh, R, l
         close(gpu, cpu, dtype)
 
 
-@needs_cuda
+@requires_cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_helpers_agree_with_cpu(dtype):
     to = lambda d: {k: v.cuda() if torch.is_tensor(v) else v for k, v in d.items()}  # noqa: E731
@@ -440,7 +423,7 @@ def test_cuda_helpers_agree_with_cpu(dtype):
     assert torch.equal(ap_gpu["v_cache"].cpu(), ap["v_cache"])
 
 
-@needs_cuda
+@requires_cuda
 def test_cuda_block_attention_clamps_bad_lengths_without_sync():
     args = attention_inputs(3, 4, 8, 2, 64, 10, torch.float32, "cuda", [0, 5, 10])
     args["cache_lens"] = torch.tensor([-4, 5, 1000], device="cuda")  # clamped to [0, 10]
@@ -449,7 +432,7 @@ def test_cuda_block_attention_clamps_bad_lengths_without_sync():
     torch.testing.assert_close(out, dspark_ops.block_attention(**args))
 
 
-@needs_cuda
+@requires_cuda
 def test_cuda_graph_capture_and_replay():
     args = attention_inputs(4, 7, 32, 8, 128, 2048, torch.bfloat16, "cuda", [0, 100, 2000, 2048])
     out = dspark_ops.block_attention(**args)  # warm-up (sets the kernel attributes)
@@ -463,7 +446,7 @@ def test_cuda_graph_capture_and_replay():
     close(out, ref.block_attention(**args), torch.bfloat16)
 
 
-@needs_cuda
+@requires_cuda
 def test_cuda_append_skips_slots_outside_the_cache_without_sync():
     # Without DSPARK_CHECK=1 the CUDA op does not validate values; entries that would land
     # outside the cache are skipped (the CPU op raises instead).
