@@ -1,7 +1,8 @@
 """Tests of the block-draft ops (SPEC §7): block_attention and the fused helpers rms_norm,
 qk_norm_rope and append_context_kv. Kernels vs the pure-PyTorch references (random shapes,
-GQA, ragged context lengths including 0), masking, non-contiguous inputs, bad inputs,
-opcheck, torch.compile, and CPU/CUDA agreement plus CUDA-graph replay when a GPU is present."""
+GQA, ragged context lengths including 0), masking, strided caches, bad inputs, and CPU/CUDA
+agreement at real sizes when a GPU is present. opcheck, torch.compile, CUDA graphs, strides and
+R = 0 for every op: test_every_op.py."""
 
 import pytest
 import torch
@@ -111,9 +112,7 @@ def test_block_attention_non_contiguous_inputs(device):
     close(dspark_ops.block_attention(**nc), expected, torch.float32)
 
 
-def test_block_attention_empty(device):
-    args = attention_inputs(0, 4, 4, 2, 64, 8, torch.float32, device, [])
-    assert dspark_ops.block_attention(**args).shape == (0, 4, 4, 64)
+def test_block_attention_empty_block(device):
     args = attention_inputs(2, 0, 4, 2, 64, 8, torch.float32, device, [1, 2])
     assert dspark_ops.block_attention(**args).shape == (2, 0, 4, 64)
 
@@ -153,11 +152,10 @@ def test_rms_norm_matches_reference(device, dtype, shape):
     close(out, ref.rms_norm(x, w, 1e-6), dtype)
 
 
-def test_rms_norm_non_contiguous_and_empty(device):
+def test_rms_norm_transposed_input(device):
     x = torch.randn(8, 6, device=device).t()  # [6, 8] non-contiguous
     w = torch.randn(16, device=device)[::2]
     close(dspark_ops.rms_norm(x, w, 1e-5), ref.rms_norm(x, w, 1e-5), torch.float32)
-    assert dspark_ops.rms_norm(torch.empty(0, 8, device=device), torch.ones(8, device=device), 1e-6).shape == (0, 8)
 
 
 def test_rms_norm_bad_inputs():
@@ -328,55 +326,6 @@ def test_append_context_kv_bad_inputs():
             dspark_ops.append_context_kv(**args)
 
 
-# ------------------------------------------------------------------------------------ opcheck / compile
-
-
-def op_samples(device):
-    a = attention_inputs(2, 3, 4, 2, 64, 6, torch.float32, device, [0, 6])
-    qk = qk_inputs((2, 3), 4, 2, 64, torch.float32, device, max_pos=50)
-    ap = append_inputs(2, 6, 2, 64, 3, [0, 2], [3, 1], torch.float32, device)
-    x = torch.randn(3, 5, 64, device=device)
-    return [
-        (torch.ops.dspark.block_attention.default, tuple(a.values())),
-        (torch.ops.dspark.rms_norm.default, (x, torch.randn(64, device=device), 1e-6)),
-        (torch.ops.dspark.qk_norm_rope.default, tuple(qk.values())),
-        (torch.ops.dspark.append_context_kv.default, tuple(ap.values())),
-    ]
-
-
-def test_opcheck(device):
-    for op, args in op_samples(device):
-        torch.library.opcheck(op, args)
-
-
-def test_torch_compile_fullgraph(device):
-    def layer(x, w, qw, kw, positions, kc, vc, lens, k_new, v_new, num_new):
-        dspark_ops.append_context_kv(kc, vc, k_new, v_new, kw, lens, num_new, 1e-6, 1e6)
-        lens2 = lens + num_new
-        h = dspark_ops.rms_norm(x, w, 1e-6)
-        R, L, _ = h.shape
-        q, k = dspark_ops.qk_norm_rope(h.view(R, L, 4, 16), h[..., :32].reshape(R, L, 2, 16), qw, kw, positions, 1e-6, 1e6)
-        return dspark_ops.block_attention(q, kc, vc, lens2, k, k, 0.25)
-
-    g = torch.Generator().manual_seed(5)
-    R, L, lmax = 2, 3, 9
-    inputs = dict(
-        x=torch.randn(R, L, 64, generator=g), w=torch.randn(64, generator=g), qw=torch.randn(16, generator=g),
-        kw=torch.randn(16, generator=g), positions=torch.tensor([[4, 5, 6], [2, 3, 4]]),
-        kc=torch.zeros(R, lmax, 2, 16), vc=torch.zeros(R, lmax, 2, 16), lens=torch.tensor([1, 0]),
-        k_new=torch.randn(R, 3, 2, 16, generator=g), v_new=torch.randn(R, 3, 2, 16, generator=g),
-        num_new=torch.tensor([3, 2]),
-    )
-    inputs = {k: v.to(device) for k, v in inputs.items()}
-    eager_in = {k: v.clone() for k, v in inputs.items()}
-    expected = layer(**eager_in)
-    compiled = torch.compile(layer, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor")
-    out = compiled(**inputs)
-    torch.testing.assert_close(out, expected)
-    torch.testing.assert_close(inputs["kc"], eager_in["kc"])  # the mutation survives compilation
-    torch.testing.assert_close(inputs["vc"], eager_in["vc"])
-
-
 # ------------------------------------------------------------------------------------ CUDA
 
 
@@ -430,20 +379,6 @@ def test_cuda_block_attention_clamps_bad_lengths_without_sync():
     out = dspark_ops.block_attention(**args)
     args["cache_lens"] = torch.tensor([0, 5, 10], device="cuda")
     torch.testing.assert_close(out, dspark_ops.block_attention(**args))
-
-
-@requires_cuda
-def test_cuda_graph_capture_and_replay():
-    args = attention_inputs(4, 7, 32, 8, 128, 2048, torch.bfloat16, "cuda", [0, 100, 2000, 2048])
-    out = dspark_ops.block_attention(**args)  # warm-up (sets the kernel attributes)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = dspark_ops.block_attention(**args)
-    args["cache_lens"].copy_(torch.tensor([7, 0, 1500, 33], device="cuda"))
-    args["q"].normal_()
-    graph.replay()
-    torch.cuda.synchronize()
-    close(out, ref.block_attention(**args), torch.bfloat16)
 
 
 @requires_cuda

@@ -1,5 +1,5 @@
 """Tests of dspark::markov_draft (SPEC §3): kernels vs the pure-PyTorch reference, sampling
-statistics, batch invariance, argument checks, opcheck and torch.compile."""
+statistics, batch invariance, argument checks (the generic checks: test_every_op.py)."""
 
 from __future__ import annotations
 
@@ -215,24 +215,7 @@ def test_confidence_uses_previous_token():
     torch.testing.assert_close(conf, expect, atol=1e-6, rtol=1e-5)
 
 
-def test_non_contiguous_inputs(device):
-    args = make_inputs(R=4, G=3, V=301, device=device, head="gated", conf="he", seed=2)
-    expect = dspark_ops.markov_draft(**args)
-    nc = dict(args)
-    nc["base_logits"] = args["base_logits"].transpose(0, 1).contiguous().transpose(0, 1)
-    nc["w2"] = args["w2"].t().contiguous().t()
-    nc["w1"] = torch.cat([args["w1"], args["w1"]], 1)[:, : args["w1"].shape[1]]
-    nc["hidden"] = args["hidden"].transpose(0, 1).contiguous().transpose(0, 1)
-    nc["seed"] = torch.stack([args["seed"], args["seed"]], 1)[:, 0]
-    assert not nc["base_logits"].is_contiguous() and not nc["w2"].is_contiguous()
-    for a, b in zip(dspark_ops.markov_draft(**nc), expect):
-        assert torch.equal(a, b)
-
-
-def test_empty_batch_and_block(device):
-    args = make_inputs(R=0, G=4, V=50, device=device, head="rnn", conf="h", temperature=torch.zeros(0))
-    tokens, logits, logprob, conf = dspark_ops.markov_draft(**args)
-    assert tokens.shape == (0, 4) and logits.shape == (0, 4, 50) and logprob.shape == (0, 4) and conf.shape == (0, 4)
+def test_empty_block(device):
     args = make_inputs(R=3, G=0, V=50, device=device)
     tokens, logits, logprob, conf = dspark_ops.markov_draft(**args)
     assert tokens.shape == (3, 0) and logits.shape == (3, 0, 50)
@@ -252,19 +235,10 @@ def test_cpu_cuda_agree(dtype, head, conf, R):
 
 
 @requires_cuda
-def test_cuda_large_and_graph_capture():
+def test_cuda_large_matches_reference():
     args = to_device(make_inputs(R=64, G=7, V=151936, r=256, d=64, dtype=torch.bfloat16, conf="he", seed=1), "cuda")
     expect = dspark_ops.markov_draft(**args)
     check_against_reference(expect, reference.markov_draft(**args), torch.bfloat16, args["temperature"])
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = dspark_ops.markov_draft(**args)
-    args["offset"].add_(1)
-    graph.replay()
-    torch.cuda.synchronize()
-    args2 = dict(args)
-    for a, b in zip(out, dspark_ops.markov_draft(**args2)):
-        assert torch.equal(a, b)
 
 
 _STREAMING_SCRIPT = """
@@ -349,24 +323,3 @@ def test_bad_inputs(args, match):
     with pytest.raises(RuntimeError, match=match):
         dspark_ops.markov_draft(**args)
 
-
-@pytest.mark.parametrize("head,conf", [("vanilla", "none"), ("rnn", "he"), ("gated", "h")])
-def test_opcheck(device, head, conf):
-    args = make_inputs(R=3, G=3, V=37, r=8, d=5, device=device, head=head, conf=conf)
-    names = ["base_logits", "anchor", "w1", "w2", "temperature", "seed", "offset", "hidden", "gate_weight",
-             "gate_bias", "rnn_weight", "rnn_bias", "conf_weight", "conf_bias", "conf_scale"]
-    positional = tuple(args.get(n) for n in names)
-    torch.library.opcheck(torch.ops.dspark.markov_draft.default, positional)
-
-
-def test_torch_compile(device):
-    args = make_inputs(R=4, G=3, V=211, device=device, head="gated", conf="he")
-    expect = dspark_ops.markov_draft(**args)
-
-    @torch.compile(fullgraph=True)
-    def f(args):
-        tokens, logits, logprob, conf = dspark_ops.markov_draft(**args)
-        return tokens + 0, logits * 1, logprob, conf
-
-    for a, b in zip(f(args), expect):
-        assert torch.equal(a, b)
