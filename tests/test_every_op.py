@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import pydoc
 
 import pytest
 import torch
@@ -39,16 +40,13 @@ def call(sample: Sample, args: tuple) -> list[torch.Tensor]:
 
 
 def assert_same(got: list[torch.Tensor], want: list[torch.Tensor], atol: float = 0.0, rtol: float = 0.0) -> None:
-    """Integer and bool results equal; floating results within (atol, rtol), 0: bit for bit."""
+    """Integer and bool results equal; floating results within (atol, rtol), 0: bit for bit
+    (NaN where the other has NaN)."""
     assert len(got) == len(want)
     for i, (g, w) in enumerate(zip(got, want)):
-        assert g.shape == w.shape and g.dtype == w.dtype, f"result {i}: {g.shape} {g.dtype} vs {w.shape} {w.dtype}"
-        g, w = g.cpu(), w.cpu()
-        if g.is_floating_point() and (atol or rtol):
-            torch.testing.assert_close(g, w, atol=atol, rtol=rtol, equal_nan=True, msg=f"result {i}")
-        else:
-            assert torch.equal(g, w) or (g.is_floating_point() and torch.equal(g.isnan(), w.isnan())
-                                         and torch.equal(g.nan_to_num(), w.nan_to_num())), f"result {i} differs"
+        tol = (atol, rtol) if g.is_floating_point() else (0.0, 0.0)
+        torch.testing.assert_close(g.cpu(), w.cpu(), atol=tol[0], rtol=tol[1], equal_nan=True,
+                                   msg=lambda m, i=i: f"result {i}: {m}")
 
 
 # ----------------------------------------------------------------------------- the registry itself
@@ -69,6 +67,7 @@ def test_every_op_is_documented(op):
     for target in (packet, packet.default):
         assert target.__doc__ and target.__doc__.startswith(schema), f"{op}: decorate its wrapper with @documented"
         assert wrapper is None or inspect.cleandoc(wrapper.__doc__) in target.__doc__
+        assert schema in pydoc.render_doc(target, renderer=pydoc.plaintext)
     with open(os.path.join(REPO, "docs", "ops.md"), encoding="utf-8") as f:
         headings = "".join(line for line in f if line.startswith("#"))
     assert f"`{op}`" in headings, f"docs/ops.md: no section for {op}"
@@ -94,6 +93,7 @@ def test_compile_fullgraph_equals_eager(sample, device):
 
 
 @requires_cuda
+@pytest.mark.skipif(os.environ.get("DSPARK_CHECK") == "1", reason="value checks sync with the host: not capturable")
 @by_sample
 def test_cuda_graph_replays_with_new_contents(sample):
     args = sample.build("cuda", sample.requests, 0)
