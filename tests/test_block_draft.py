@@ -9,6 +9,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference as ref
+
 from helpers import requires_cuda
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]

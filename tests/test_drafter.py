@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from dspark_ops import DSparkConfig, DSparkDrafter
 from dspark_ops import reference as ref
+
 from helpers import requires_cuda
 
 

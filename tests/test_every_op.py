@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import dspark_ops
+
 from helpers import requires_cuda
 from op_registry import SAMPLES, Sample, library_ops, registered_ops
 

@@ -15,6 +15,7 @@ import torch
 from dspark_ops import ConfidenceThreshold, FixedLength, SPSSchedule, generate, target_decode
 from dspark_ops.speculative.proposers import AlwaysWrongDrafter, Proposal, RandomDrafter, TinyDrafter
 from dspark_ops.speculative.targets import HFCausalLM, TinyCausalLM, TinyConfig
+
 from stats import assert_distribution
 
 V = 96

@@ -11,6 +11,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference
+
 from helpers import requires_cuda
 from stats import assert_binomial, binomial_pvalue
 

@@ -8,8 +8,14 @@ import pytest
 import torch
 
 import dspark_ops
-from dspark_ops.speculative.sps_profile import (SPSTable, default_batch_sizes, isotonic_non_decreasing,
-                                   monotone_envelope, profile_sps)
+from dspark_ops.speculative.sps_profile import (
+    SPSTable,
+    default_batch_sizes,
+    isotonic_non_decreasing,
+    monotone_envelope,
+    profile_sps,
+)
+
 from helpers import requires_cuda
 
 

@@ -16,6 +16,7 @@ import torch
 import dspark_ops
 from dspark_ops import reference as ref
 from dspark_ops.reference.rng import gumbel
+
 from helpers import requires_cuda
 from stats import assert_distribution, assert_same_distribution
 
