@@ -3,7 +3,8 @@
 ``import dspark_ops`` loads the compiled library and registers the fake (meta) kernels;
 after that, every op is reachable as ``torch.ops.dspark.<op>`` or through the wrappers
 re-exported here. The documentation of every op (signature, shapes, dtypes, semantics,
-randomness, checks, CUDA limits) is ``docs/ops.md`` in the repository.
+randomness, checks, CUDA limits) is ``docs/ops.md`` in the repository, and
+``help(torch.ops.dspark.<op>)`` prints one op's documentation.
 
 Layout: ``dspark_ops.ops`` holds the op wrappers and fake kernels; ``dspark_ops.speculative``
 the engine-side code built on them (drafter module, ``generate``, targets, proposers, SPS

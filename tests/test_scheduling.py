@@ -16,6 +16,8 @@ from dspark_ops.speculative.sps_profile import (
     profile_sps,
 )
 
+from helpers import requires_cuda
+
 
 def test_isotonic_is_least_squares_monotone():
     y = np.array([1.0, 3.0, 2.0, 2.0, 5.0, 4.0, 6.0])
@@ -88,7 +90,7 @@ def test_profile_cpu_and_schedule(tmp_path):
     assert int(lengths.sum()) == int(admitted)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 @pytest.mark.parametrize("graphs", [False, True])
 def test_profile_cuda(graphs):
     table = profile_sps(tiny_step_fn("cuda"), max_batch=64, batch_sizes=[1, 16, 64], device="cuda",

@@ -252,10 +252,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   if (hidden) hf = hidden->to(at::kFloat);  // [R, γ, d]
   if (s.head == MarkovHead::kGated) {
     head_w = gate_weight->to(at::kFloat);  // [r, d + r], input [h_k ; e_k]
-    head_b = gate_bias->to(at::kFloat);
+    head_b = gate_bias->to(at::kFloat).contiguous();  // read through a raw pointer below
   } else if (s.head == MarkovHead::kRnn) {
     head_w = rnn_weight->to(at::kFloat);  // [3r, 2r + d], input [s_{k-1} ; e_k ; h_k]
-    head_b = rnn_bias->to(at::kFloat);
+    head_b = rnn_bias->to(at::kFloat).contiguous();
     state = at::zeros({R, r}, fopts);     // s_0 = 0
   }
   if (s.confidence != ConfidenceInput::kNone) {
