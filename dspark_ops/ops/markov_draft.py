@@ -70,7 +70,7 @@ def markov_draft(
     Returns:
         ``tokens [R, γ]`` int64; ``draft_logits [R, γ, V]`` (dtype of ``base_logits``);
         ``token_logprob [R, γ]`` float32 ``log q_k(x_k)`` from the rounded logits (0 for
-        greedy requests); ``confidence [R, γ]`` float32
+        greedy requests; -inf where the row has no finite normaliser: no finite logit, or a +inf); ``confidence [R, γ]`` float32
         ``sigmoid(conf_scale[k-1] * (conf_weight · f_k + conf_bias))`` with ``f_k = h_k`` or
         ``[h_k ; e_k]`` (it depends on ``x_{k-1}``, never on ``x_k``), all ones without a
         confidence head.

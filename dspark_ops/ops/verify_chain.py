@@ -46,7 +46,9 @@ def verify_chain(
     ``norm(max(0, p_k - q_k))`` (``p_k`` if that mass is 0), and after a full accept it draws
     the bonus token from ``p_{ℓ+1}``; both draws are Gumbel-max races with noise from
     ``Purpose.CHAIN_RESAMPLE`` at position k (or ℓ+1). NaN logits count as probability 0;
-    a row with no finite logit yields token 0, never an out-of-range id.
+    a row with no finite logit yields token 0, never an out-of-range id. A row with a +inf
+    logit has no finite normaliser: all its probabilities count as 0, and a token drawn from
+    it is its first +inf entry.
 
     On CPU, value checks (lengths in range, rows summing to N) always run. On CUDA they run
     only with ``DSPARK_CHECK=1`` (they need a host sync); otherwise a request whose rows run
