@@ -21,7 +21,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps
 endif
 
-.PHONY: install test bench bench-full dev dev-cuda sanitize clean
+.PHONY: install test bench bench-full dev dev-cuda sanitize clean gpu-static device-lib
 
 $(VENV)/.deps: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -76,6 +76,16 @@ sanitize: $(DEPS)
 	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" \
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	PYTHONPATH="$(abspath $(SANITIZE_DIR)/pkg)" $(PY) -P -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
+
+# Evidence about the CUDA kernels without a GPU (registers, spills, SASS loops, estimates):
+# bench/results/gpu-static.{md,json}; fails if a kernel spills.
+gpu-static: $(DEPS)
+	$(PY) bench/gpu_static.py
+
+# The op library for the lent GPU machine's torch (2.11.0+cu130, sm_90a), built here:
+# device-lib/_C.so, which bench/gpu_session.sh loads instead of compiling there.
+device-lib: $(DEPS)
+	PY=$(PY) bash bench/device_lib.sh
 
 clean:
 	rm -rf build dspark_ops/_C.so
