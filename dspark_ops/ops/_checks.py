@@ -32,7 +32,9 @@ class ArgChecks:
 
     def device(self, t: torch.Tensor, arg: str) -> None:
         self.check(
-            t.device == self.ref.device, arg, lambda: f"must be on {self.ref.device} like the other arguments, got {t.device}"
+            t.device == self.ref.device,
+            arg,
+            lambda: f"must be on {self.ref.device} like the other arguments, got {t.device}",
         )
 
     def dtype(self, t: torch.Tensor, arg: str, allowed: Sequence[torch.dtype]) -> None:
@@ -40,7 +42,9 @@ class ArgChecks:
         self.check(t.dtype in allowed, arg, lambda: f"must have dtype {names}, got {t.dtype}")
 
     def same_dtype(self, t: torch.Tensor, arg: str, like: torch.Tensor, like_arg: str) -> None:
-        self.check(t.dtype == like.dtype, arg, lambda: f"must have the dtype of {like_arg} ({like.dtype}), got {t.dtype}")
+        self.check(
+            t.dtype == like.dtype, arg, lambda: f"must have the dtype of {like_arg} ({like.dtype}), got {t.dtype}"
+        )
 
     def dim(self, t: torch.Tensor, arg: str, dim: int) -> None:
         self.check(t.dim() == dim, arg, lambda: f"must have {dim} dimensions, got shape {tuple(t.shape)}")

@@ -157,7 +157,8 @@ def _block_attention_fake(q, k_cache, v_cache, cache_lens, k_block, v_block, sca
     c.dim(k_cache, "k_cache", 4)
     max_len, kv_heads = k_cache.size(1), k_cache.size(2)
     for t, name in ((k_cache, "k_cache"), (v_cache, "v_cache"), (k_block, "k_block"), (v_block, "v_block")):
-        c.like(t, name, q, "q", [(requests, "R, from q"), None, (kv_heads, "Hkv, from k_cache"), (head_dim, "Dh, from q")])
+        shape = [(requests, "R, from q"), None, (kv_heads, "Hkv, from k_cache"), (head_dim, "Dh, from q")]
+        c.like(t, name, q, "q", shape)
     c.size(v_cache, "v_cache", 1, max_len, "Lmax, from k_cache")
     c.size(k_block, "k_block", 1, gamma, "gamma, from q")
     c.size(v_block, "v_block", 1, gamma, "gamma, from q")
@@ -165,7 +166,8 @@ def _block_attention_fake(q, k_cache, v_cache, cache_lens, k_block, v_block, sca
     c.check(
         q_heads % kv_heads == 0,
         "q",
-        lambda: f"must have a head count divisible by the key/value head count (GQA), got Hq = {q_heads} and Hkv = {kv_heads}",
+        lambda: "must have a head count divisible by the key/value head count (GQA), got "
+        f"Hq = {q_heads} and Hkv = {kv_heads}",
     )
     c.check(head_dim > 0, "q", lambda: f"must have a head dimension > 0, got shape {tuple(q.shape)}")
     c.index_vector(cache_lens, "cache_lens", requests, "R")

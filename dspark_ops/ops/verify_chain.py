@@ -73,7 +73,7 @@ def _verify_chain_fake(target_logits, draft_tokens, lengths, temperature, seed, 
     c.index_vector(lengths, "lengths", requests, "R, the rows of draft_tokens")
     c.sampling(temperature, seed, offset, eos_ids, requests)
     if draft_logits is not None:
-        c.tensor(draft_logits, "draft_logits", FLOAT_DTYPES,
-                 [(requests, "R"), (gamma, "γ, the columns of draft_tokens"), (vocab, "V, the columns of target_logits")])
+        shape = [(requests, "R"), (gamma, "γ, the columns of draft_tokens"), (vocab, "V, from target_logits")]
+        c.tensor(draft_logits, "draft_logits", FLOAT_DTYPES, shape)
     out_tokens = draft_tokens.new_empty((requests, gamma + 1))
     return out_tokens, draft_tokens.new_empty((requests,)), draft_tokens.new_empty((requests,))

@@ -107,7 +107,8 @@ MAX_TREE_NODES = 2**16
 
 def _check_tree_layout(c, parents, num_nodes, requests, width, rows_of):
     """parents ``[R, M]`` int64 then num_nodes ``[R]``, as ``check_tree_layout``."""
-    c.tensor(parents, "parents", (torch.int64,), [(requests, rows_of), None if width is None else (width, "M, the columns of tree_tokens")])
+    columns = None if width is None else (width, "M, the columns of tree_tokens")
+    c.tensor(parents, "parents", (torch.int64,), [(requests, rows_of), columns])
     c.check(
         parents.size(1) <= MAX_TREE_NODES,
         "parents",
