@@ -8,8 +8,10 @@ from typing import Optional
 import torch
 
 from ._checks import FLOAT_DTYPES, ArgChecks
+from ._documented import documented
 
 
+@documented
 def markov_draft(
     base_logits: torch.Tensor,
     anchor: torch.Tensor,

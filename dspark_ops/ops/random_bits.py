@@ -12,6 +12,7 @@ import enum
 import torch
 
 from ._checks import ArgChecks
+from ._documented import documented
 
 # Philox counters keep index // 4 in 32 bits (csrc/common/random_args.h): larger counts would repeat.
 MAX_COUNT = 2**34
@@ -27,6 +28,7 @@ class Purpose(enum.IntEnum):
     TREE_RESAMPLE = 5
 
 
+@documented
 def random_bits(seed: torch.Tensor, offset: torch.Tensor, purpose: int, position: int, count: int) -> torch.Tensor:
     """Raw 32-bit Philox words, ``[R, count]`` int64 in ``[0, 2**32)``.
 

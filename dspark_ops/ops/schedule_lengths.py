@@ -7,12 +7,14 @@ from typing import Optional
 import torch
 
 from ._checks import ArgChecks
+from ._documented import documented
 
 CAUSAL = 0
 GLOBAL = 1
 TOP_K = 2
 
 
+@documented
 def schedule_lengths(
     confidence: torch.Tensor,
     sps: torch.Tensor,

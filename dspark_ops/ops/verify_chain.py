@@ -7,8 +7,10 @@ from typing import Optional
 import torch
 
 from ._checks import FLOAT_DTYPES, ArgChecks
+from ._documented import documented
 
 
+@documented
 def verify_chain(
     target_logits: torch.Tensor,
     draft_tokens: torch.Tensor,
