@@ -23,6 +23,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference as ref
+
 from helpers import requires_cuda
 
 INT64_MAX, INT64_MIN = 2**63 - 1, -(2**63)

@@ -154,9 +154,9 @@ inline AppendSizes check_append_context_kv_args(const at::Tensor& k_cache, const
   check_no_internal_overlap(v_cache, op, "v_cache");
   check_no_overlap(k_cache, op, "k_cache", v_cache, "v_cache");
   for (const auto& cache : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}})
-    for (auto [t, name] : {std::pair{&k_new, "k_new"}, std::pair{&v_new, "v_new"},
-                           std::pair{&k_norm_weight, "k_norm_weight"}, std::pair{&start, "start"},
-                           std::pair{&num_new, "num_new"}})
+    for (auto [t, name] :
+         {std::pair{&k_new, "k_new"}, std::pair{&v_new, "v_new"}, std::pair{&k_norm_weight, "k_norm_weight"},
+          std::pair{&start, "start"}, std::pair{&num_new, "num_new"}})
       check_no_overlap(*cache.first, op, cache.second, *t, name);
   if (value_checks_enabled(start) && s.requests > 0) {
     const auto st = start.cpu(), nn = num_new.cpu();

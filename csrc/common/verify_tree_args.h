@@ -52,8 +52,8 @@ inline int64_t check_tree_values(const char* op, const at::Tensor& parents_any, 
 
 // parents [R, M] and num_nodes [R]; `rows_of` names where R comes from. parents is checked in
 // full before num_nodes, so that a parents of the wrong shape is blamed on parents.
-inline void check_tree_layout(const char* op, const at::Tensor& parents, const at::Tensor& num_nodes,
-                              int64_t requests, int64_t width, const char* rows_of, const at::Tensor& ref) {
+inline void check_tree_layout(const char* op, const at::Tensor& parents, const at::Tensor& num_nodes, int64_t requests,
+                              int64_t width, const char* rows_of, const at::Tensor& ref) {
   check_device(parents, op, "parents", ref);
   check_dtype(parents, op, "parents", {at::kLong});
   check_dim(parents, op, "parents", 2);
@@ -77,9 +77,9 @@ inline TreeSizes check_tree_metadata_args(const at::Tensor& parents, const at::T
     // positions = prefix_lens + depth with depth < M: bounded so that the sum cannot overflow.
     const auto pre = prefix_lens.cpu();
     const int64_t lo = pre.min().item<int64_t>(), hi = pre.max().item<int64_t>();
-    DSPARK_CHECK(lo >= 0 && hi <= INT64_MAX - s.width, op, "prefix_lens", "must be in [0, 2^63 - 1 - M = ",
-                 INT64_MAX - s.width, "] (positions = prefix_lens + depth must fit in int64), got values in [", lo,
-                 ", ", hi, "]");
+    DSPARK_CHECK(lo >= 0 && hi <= INT64_MAX - s.width, op, "prefix_lens",
+                 "must be in [0, 2^63 - 1 - M = ", INT64_MAX - s.width,
+                 "] (positions = prefix_lens + depth must fit in int64), got values in [", lo, ", ", hi, "]");
   }
   return s;
 }

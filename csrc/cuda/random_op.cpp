@@ -4,9 +4,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include "common/random_args.h"
 #include "cuda/launch_check.h"
 #include "cuda/random.h"
-#include "common/random_args.h"
 
 namespace dspark::cuda {
 namespace {
@@ -18,9 +18,8 @@ at::Tensor random_bits(const at::Tensor& seed, const at::Tensor& offset, int64_t
   const c10::cuda::CUDAGuard guard(seed.device());
   auto out = at::empty({rows, count}, seed.options());
   const auto s = seed.contiguous(), o = offset.contiguous();
-  DSPARK_CUDA_CHECK(launch_random_bits(s.data_ptr<int64_t>(), o.data_ptr<int64_t>(),
-                                       static_cast<uint32_t>(purpose), static_cast<uint32_t>(position),
-                                       rows, count, out.data_ptr<int64_t>(),
+  DSPARK_CUDA_CHECK(launch_random_bits(s.data_ptr<int64_t>(), o.data_ptr<int64_t>(), static_cast<uint32_t>(purpose),
+                                       static_cast<uint32_t>(position), rows, count, out.data_ptr<int64_t>(),
                                        c10::cuda::getCurrentCUDAStream()));
   return out;
 }

@@ -59,7 +59,8 @@ inline void check_device(const at::Tensor& t, const char* op, const char* arg,
 inline void check_no_internal_overlap(const at::Tensor& t, const char* op, const char* arg) {
   DSPARK_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, arg,
                "is written in place and must not have elements that share memory (e.g. an expand()ed "
-               "tensor), got shape ", t.sizes(), " and strides ", t.strides());
+               "tensor), got shape ",
+               t.sizes(), " and strides ", t.strides());
 }
 
 // A tensor written in place must not share memory with another argument (torch's
