@@ -30,7 +30,7 @@ CXX_SOURCES := $(sort $(wildcard csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu 
 # The venv's tools (cmake, ninja, clang-format) first; with PY=python3, those on the PATH.
 TOOLS_PATH = PATH="$(abspath $(dir $(PY))):$$PATH"
 
-.PHONY: install test lint format bench bench-full dev dev-cuda clean gpu-static device-lib
+.PHONY: install test lint format bench bench-full dev dev-cuda sanitize clean gpu-static device-lib
 
 $(VENV)/.deps: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -77,6 +77,23 @@ dev-cuda: $(DEPS)
 	$(DEV_CMAKE) -S . -B build/dev-cuda -G Ninja -DDSPARK_CPU_ONLY=OFF -DPython_EXECUTABLE="$$(command -v $(PY))"
 	$(DEV_CMAKE) --build build/dev-cuda
 	cp build/dev-cuda/_C.so build/dev-cuda/_C.torch_version dspark_ops/
+
+# `sanitize`: the CPU kernels built with AddressSanitizer + UBSan (build/sanitize, option
+# DSPARK_SANITIZE), then pytest against that library: a copy of the package in
+# build/sanitize/pkg holds the instrumented _C.so, so the in-place build is untouched. Python
+# and torch are not instrumented, hence libasan is preloaded. Any UBSan report is fatal.
+#   make sanitize PY=/path/to/python SANITIZE_TESTS="tests/test_bad_inputs.py tests/test_verify_tree.py"
+SANITIZE_TESTS ?= tests
+SANITIZE_DIR := build/sanitize
+sanitize: $(DEPS)
+	$(DEV_CMAKE) -S . -B $(SANITIZE_DIR) -G Ninja -DDSPARK_CPU_ONLY=ON -DDSPARK_SANITIZE=ON \
+		-DCMAKE_BUILD_TYPE=RelWithDebInfo -DPython_EXECUTABLE="$$(command -v $(PY))"
+	$(DEV_CMAKE) --build $(SANITIZE_DIR)
+	rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg
+	cp -r dspark_ops $(SANITIZE_DIR)/pkg/ && cp $(SANITIZE_DIR)/_C.so $(SANITIZE_DIR)/pkg/dspark_ops/_C.so
+	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" \
+	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+	PYTHONPATH="$(abspath $(SANITIZE_DIR)/pkg)" $(PY) -P -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
 
 # Evidence about the CUDA kernels without a GPU (registers, spills, SASS loops, estimates):
 # bench/results/gpu-static.{md,json}; fails if a kernel spills.

@@ -21,11 +21,6 @@ from op_registry import SAMPLES, Sample, library_ops, registered_ops
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 by_sample = pytest.mark.parametrize("sample", SAMPLES, ids=[s.id for s in SAMPLES])
 
-# Fake kernels do not check devices yet, so a call with one argument on 'meta' runs the fake
-# kernel and returns uninitialised tensors instead of raising. Remove once they check.
-FAKE_DEVICE_CHECKS = pytest.mark.xfail(strict=True, reason="fake kernel device checks: house-hardening")
-
-
 def clone(args: tuple) -> tuple:
     return tuple(a.clone() if torch.is_tensor(a) else a for a in args)
 
@@ -172,9 +167,10 @@ def each_argument(sample: Sample):
 ONE_ARGUMENT_EACH = [p for s in SAMPLES for p in each_argument(s)]
 
 
-@FAKE_DEVICE_CHECKS
 @pytest.mark.parametrize("sample,position", ONE_ARGUMENT_EACH)
 def test_argument_on_meta_raises(sample, position, device):
+    """One argument on 'meta' runs the fake kernel, which must reject the mix (it used to
+    return uninitialised tensors); tests/test_bad_inputs.py checks which argument is named."""
     args = list(sample.build(device, sample.requests, 0))
     args[position] = args[position].to("meta")
     with pytest.raises(RuntimeError):

@@ -148,13 +148,25 @@ inline AppendSizes check_append_context_kv_args(const at::Tensor& k_cache, const
   check_index_vector(num_new, op, "num_new", s.requests, "R", k_cache);
   DSPARK_CHECK(eps >= 0.0, op, "eps", "must be >= 0, got ", eps);
   DSPARK_CHECK(rope_theta > 0.0, op, "rope_theta", "must be > 0, got ", rope_theta);
+  // Written in place from parallel threads: no element of a cache may alias another, and no
+  // input may share memory with a cache.
+  check_no_internal_overlap(k_cache, op, "k_cache");
+  check_no_internal_overlap(v_cache, op, "v_cache");
+  check_no_overlap(k_cache, op, "k_cache", v_cache, "v_cache");
+  for (const auto& cache : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}})
+    for (auto [t, name] :
+         {std::pair{&k_new, "k_new"}, std::pair{&v_new, "v_new"}, std::pair{&k_norm_weight, "k_norm_weight"},
+          std::pair{&start, "start"}, std::pair{&num_new, "num_new"}})
+      check_no_overlap(*cache.first, op, cache.second, *t, name);
   if (value_checks_enabled(start) && s.requests > 0) {
     const auto st = start.cpu(), nn = num_new.cpu();
     DSPARK_CHECK(nn.min().item<int64_t>() >= 0 && nn.max().item<int64_t>() <= s.chunk, op, "num_new",
                  "must be in [0, C = ", s.chunk, "], got ", nn);
-    DSPARK_CHECK(st.min().item<int64_t>() >= 0 && (st + nn).max().item<int64_t>() <= s.max_len, op, "start",
-                 "must satisfy 0 <= start and start + num_new <= Lmax = ", s.max_len, ", got start ", st,
-                 " and num_new ", nn);
+    // Bounds first, so that the sum below cannot overflow (start near 2^63 used to wrap and pass).
+    DSPARK_CHECK(st.min().item<int64_t>() >= 0 && st.max().item<int64_t>() <= s.max_len, op, "start",
+                 "must be in [0, Lmax = ", s.max_len, "], got ", st);
+    DSPARK_CHECK((st + nn).max().item<int64_t>() <= s.max_len, op, "start",
+                 "must satisfy start + num_new <= Lmax = ", s.max_len, ", got start ", st, " and num_new ", nn);
   }
   return s;
 }

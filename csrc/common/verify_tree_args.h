@@ -50,24 +50,37 @@ inline int64_t check_tree_values(const char* op, const at::Tensor& parents_any, 
   return total;
 }
 
-inline void check_tree_layout(const char* op, const at::Tensor& parents, const at::Tensor& num_nodes,
-                              const at::Tensor& ref) {
+// parents [R, M] and num_nodes [R]; `rows_of` names where R comes from. parents is checked in
+// full before num_nodes, so that a parents of the wrong shape is blamed on parents.
+inline void check_tree_layout(const char* op, const at::Tensor& parents, const at::Tensor& num_nodes, int64_t requests,
+                              int64_t width, const char* rows_of, const at::Tensor& ref) {
   check_device(parents, op, "parents", ref);
   check_dtype(parents, op, "parents", {at::kLong});
   check_dim(parents, op, "parents", 2);
+  check_size(parents, op, "parents", 0, requests, rows_of);
+  if (width >= 0) check_size(parents, op, "parents", 1, width, "M, the columns of tree_tokens");
   DSPARK_CHECK(parents.size(1) <= kMaxTreeNodes, op, "parents", "must have at most ", kMaxTreeNodes,
                " columns (tree nodes), got shape ", parents.sizes());
-  check_index_vector(num_nodes, op, "num_nodes", parents.size(0), "R, the rows of parents", ref);
+  check_index_vector(num_nodes, op, "num_nodes", requests, rows_of, ref);
 }
 
 // parents [R, M], num_nodes [R], prefix_lens [R] (all int64).
 inline TreeSizes check_tree_metadata_args(const at::Tensor& parents, const at::Tensor& num_nodes,
                                           const at::Tensor& prefix_lens) {
   constexpr const char* op = "dspark::tree_metadata";
-  check_tree_layout(op, parents, num_nodes, parents);
-  check_index_vector(prefix_lens, op, "prefix_lens", parents.size(0), "R, the rows of parents", parents);
+  check_dim(parents, op, "parents", 2);
   TreeSizes s{parents.size(0), parents.size(1), 0, 0, 0};
-  if (value_checks_enabled(parents) && s.requests > 0) s.rows = check_tree_values(op, parents, num_nodes);
+  check_tree_layout(op, parents, num_nodes, s.requests, -1, "R, the rows of parents", parents);
+  check_index_vector(prefix_lens, op, "prefix_lens", s.requests, "R, the rows of parents", parents);
+  if (value_checks_enabled(parents) && s.requests > 0) {
+    s.rows = check_tree_values(op, parents, num_nodes);
+    // positions = prefix_lens + depth with depth < M: bounded so that the sum cannot overflow.
+    const auto pre = prefix_lens.cpu();
+    const int64_t lo = pre.min().item<int64_t>(), hi = pre.max().item<int64_t>();
+    DSPARK_CHECK(lo >= 0 && hi <= INT64_MAX - s.width, op, "prefix_lens",
+                 "must be in [0, 2^63 - 1 - M = ", INT64_MAX - s.width,
+                 "] (positions = prefix_lens + depth must fit in int64), got values in [", lo, ", ", hi, "]");
+  }
   return s;
 }
 
@@ -87,9 +100,7 @@ inline TreeSizes check_verify_tree_args(const at::Tensor& target_logits, const a
   TreeSizes s{tree_tokens.size(0), tree_tokens.size(1), target_logits.size(1), target_logits.size(0), 0};
   DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
                "must have a vocabulary size in [1, 2^32), got ", s.vocab);
-  check_tree_layout(op, parents, num_nodes, target_logits);
-  check_size(parents, op, "parents", 0, s.requests, "R, the rows of tree_tokens");
-  check_size(parents, op, "parents", 1, s.width, "M, the columns of tree_tokens");
+  check_tree_layout(op, parents, num_nodes, s.requests, s.width, "R, the rows of tree_tokens", target_logits);
   s.num_eos = check_sampling_args(op, temperature, seed, offset, eos_ids, s.requests, target_logits);
   if (draft_logits) {
     const auto& d = *draft_logits;

@@ -176,9 +176,10 @@ void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, con
     at::parallel_for(0, s.requests * s.chunk, 4, [&](int64_t begin, int64_t end) {
       for (int64_t ri = begin; ri < end; ++ri) {
         const int64_t r = ri / s.chunk, i = ri % s.chunk;
+        // Entries past num_new[r] are padding; slots outside the cache are never written
+        // (compared as start < Lmax - i, so that start near 2^63 cannot overflow start + i).
+        if (i >= nnp[r] || stp[r] < 0 || stp[r] >= s.max_len - i) continue;
         const int64_t slot = stp[r] + i;
-        // Entries past num_new[r] are padding; slots outside the cache are never written.
-        if (i >= nnp[r] || slot < 0 || slot >= s.max_len) continue;
         for (int64_t h = 0; h < s.kv_heads; ++h) {
           const int64_t src = ((r * s.chunk + i) * s.kv_heads + h) * dh;
           norm_rope_row(knp + src, kwp, kcp + r * kcs.request + slot * kcs.slot + h * kcs.head, dh, slot, e, theta);

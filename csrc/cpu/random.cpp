@@ -2,7 +2,7 @@
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
-#include "dspark/checks.h"
+#include "common/random_args.h"
 #include "dspark/philox.h"
 
 namespace dspark::cpu {
@@ -11,12 +11,7 @@ namespace {
 // seed, offset: [R] int64 -> [R, count] int64 holding uint32 words.
 at::Tensor random_bits(const at::Tensor& seed, const at::Tensor& offset, int64_t purpose,
                        int64_t position, int64_t count) {
-  constexpr const char* op = "dspark::random_bits";
-  check_index_vector(seed, op, "seed", seed.size(0), "R", seed);
-  check_index_vector(offset, op, "offset", seed.size(0), "R", seed);
-  DSPARK_CHECK(count >= 0, op, "count", "must be >= 0, got ", count);
-  DSPARK_CHECK(purpose >= 0 && purpose < 65536, op, "purpose", "must be in [0, 65536), got ", purpose);
-  const int64_t rows = seed.size(0);
+  const int64_t rows = check_random_bits_args(seed, offset, purpose, count);
   auto out = at::empty({rows, count}, seed.options());
   const auto s = seed.contiguous(), o = offset.contiguous();
   const int64_t* sp = s.data_ptr<int64_t>();

@@ -14,19 +14,24 @@
 
 namespace dspark::cpu {
 
-// A row's distribution softmax(row / T) with NaN read as -inf (probability 0).
+// A row's distribution softmax(row / T) with NaN read as -inf (probability 0), kept as the
+// max and the sum of exp(x - max) like SoftmaxStats: a log-normaliser max + log(sum) would
+// lose log(sum) to rounding once |row / T| is large (at 1e8 the ulp exceeds log V; at
+// low temperatures far smaller logits get there), and every probability with it.
 struct RowDist {
   at::Tensor scaled;          // [V] float32, row / T
-  float log_norm = -INFINITY;  // log Σ exp(scaled); -inf for a row without a finite logit
+  float max = -INFINITY;      // max of scaled; -inf for a row without a finite logit
+  float sum = 0.0f;           // Σ exp(scaled - max); NaN when a logit is +inf (no probability
+                              // then, as in SoftmaxStats::prob)
 
   float prob_of(int64_t v) const {
     const float x = scaled.data_ptr<float>()[v];
-    return (log_norm > -INFINITY && x > -INFINITY) ? std::exp(x - log_norm) : 0.0f;
+    return (sum > 0.0f && x > -INFINITY) ? std::exp(x - max) / sum : 0.0f;
   }
   // [V] probabilities (all 0 for a row without a finite logit).
   at::Tensor probs() const {
-    if (!(log_norm > -INFINITY)) return at::zeros_like(scaled);
-    return (scaled - log_norm).exp_();
+    if (!(sum > 0.0f)) return at::zeros_like(scaled);
+    return (scaled - max).exp_().div_(sum);
   }
 };
 
@@ -39,7 +44,8 @@ RowDist row_dist(const T* row, int64_t vocab, float temperature) {
   x.nan_to_num_(-INFINITY, INFINITY, -INFINITY);
   RowDist d;
   d.scaled = x;
-  d.log_norm = at::logsumexp(x, 0).item<float>();
+  d.max = x.max().item<float>();
+  if (d.max > -INFINITY) d.sum = (x - d.max).exp_().sum().item<float>();
   return d;
 }
 

@@ -61,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_metadata(const at::Tensor& p
           const bool* above = mask + parent * M;
           for (int64_t j = 0; j < i; ++j) row[j] = above[j];
         }
-        posp[r * M + i] = lp[r] + d[i];
+        posp[r * M + i] = tree_position(lp[r], d[i]);
       }
     }
   });

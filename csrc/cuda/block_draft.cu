@@ -611,9 +611,11 @@ __global__ void append_context_kv_kernel(const AppendContextArgs a) {
        wi += static_cast<int64_t>(gridDim.x) * warps_per_block) {
     const int64_t r = wi / (a.chunk * a.kv_heads), rem = wi % (a.chunk * a.kv_heads);
     const int64_t i = rem / a.kv_heads, h = rem % a.kv_heads;
-    const int64_t slot = a.start[r] + i;
-    // Padding entries and slots outside the cache are skipped (uniform per warp).
-    if (i >= a.num_new[r] || slot < 0 || slot >= a.max_len) continue;
+    // Padding entries and slots outside the cache are skipped (uniform per warp); compared as
+    // start < Lmax - i so that start near 2^63 cannot overflow start + i.
+    const int64_t first = a.start[r];
+    if (i >= a.num_new[r] || first < 0 || first >= a.max_len - i) continue;
+    const int64_t slot = first + i;
     const int64_t src = ((r * a.chunk + i) * a.kv_heads + h) * a.head_dim;
     warp_norm_rope(k_new + src, kw, k_cache + r * a.k_stride_r + slot * a.k_stride_l + h * a.k_stride_h, a.head_dim,
                    slot, a.eps, a.theta, lane);

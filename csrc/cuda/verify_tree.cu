@@ -66,7 +66,7 @@ __global__ void __launch_bounds__(kMetadataThreads)
       if (cur == 0) di = steps;
     }
     d[i] = di;
-    positions[r * M + i] = di >= 0 ? prefix_lens[r] + di : -1;
+    positions[r * M + i] = di >= 0 ? tree_position(prefix_lens[r], di) : -1;
   }
   __syncthreads();  // depth of every node visible to the block
   // Each thread owns columns j: rows in order, row i = row parent(i) + {i}. The parent's row

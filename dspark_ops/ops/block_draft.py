@@ -20,8 +20,11 @@ arithmetic is float32; outputs are rounded once to the input dtype.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
+from ._checks import FLOAT_DTYPES, ArgChecks
 from ._documented import documented
 
 __all__ = ["block_attention", "rms_norm", "qk_norm_rope", "append_context_kv"]
@@ -136,9 +139,14 @@ def append_context_kv(
     and ``v_cache[r, start[r] + i] = v_new[r, i]``. Nothing else is touched, so requests with
     ``num_new[r] = 0`` keep their cache. The caller advances ``cache_lens += num_new`` (a
     device-side add, no sync). Designed for engines: ragged per-request counts in one padded
-    launch, no host sync, capturable in a CUDA graph. On CPU, ``num_new`` outside ``[0, C]``
-    or ``start + num_new > Lmax`` raises; on CUDA only with ``DSPARK_CHECK=1``, and otherwise
-    entries that would land outside the cache are skipped.
+    launch, no host sync, capturable in a CUDA graph. On CPU, ``num_new`` outside ``[0, C]``,
+    ``start`` outside ``[0, Lmax]`` or ``start + num_new > Lmax`` raises; on CUDA only with
+    ``DSPARK_CHECK=1``, and otherwise entries that would land outside the cache are skipped
+    (compared without overflow, whatever ``start`` is).
+
+    The caches are written from parallel threads: a cache whose elements alias each other
+    (an ``expand()``ed view), caches that overlap each other, or an input that shares memory
+    with a cache raise ``RuntimeError``, as torch's own in-place ops do.
     """
     torch.ops.dspark.append_context_kv(
         k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta
@@ -147,25 +155,55 @@ def append_context_kv(
 
 @torch.library.register_fake("dspark::block_attention")
 def _block_attention_fake(q, k_cache, v_cache, cache_lens, k_block, v_block, scale):
-    op = "dspark::block_attention"
-    torch._check(q.dim() == 4, lambda: f"{op}: argument 'q' must have 4 dimensions")
-    torch._check(k_cache.dim() == 4, lambda: f"{op}: argument 'k_cache' must have 4 dimensions")
-    torch._check(k_block.dim() == 4, lambda: f"{op}: argument 'k_block' must have 4 dimensions")
-    torch._check(
-        q.size(2) % k_cache.size(2) == 0, lambda: f"{op}: argument 'q' must have Hq divisible by Hkv"
+    c = ArgChecks("dspark::block_attention", q)
+    c.dtype(q, "q", FLOAT_DTYPES)
+    c.dim(q, "q", 4)
+    requests, gamma, q_heads, head_dim = q.shape
+    c.dim(k_cache, "k_cache", 4)
+    max_len, kv_heads = k_cache.size(1), k_cache.size(2)
+    for t, name in ((k_cache, "k_cache"), (v_cache, "v_cache"), (k_block, "k_block"), (v_block, "v_block")):
+        shape = [(requests, "R, from q"), None, (kv_heads, "Hkv, from k_cache"), (head_dim, "Dh, from q")]
+        c.like(t, name, q, "q", shape)
+    c.size(v_cache, "v_cache", 1, max_len, "Lmax, from k_cache")
+    c.size(k_block, "k_block", 1, gamma, "gamma, from q")
+    c.size(v_block, "v_block", 1, gamma, "gamma, from q")
+    c.check(kv_heads > 0, "q", lambda: f"needs a key/value head count Hkv > 0 (GQA), got Hkv = {kv_heads}")
+    c.check(
+        q_heads % kv_heads == 0,
+        "q",
+        lambda: "must have a head count divisible by the key/value head count (GQA), got "
+        f"Hq = {q_heads} and Hkv = {kv_heads}",
     )
+    c.check(head_dim > 0, "q", lambda: f"must have a head dimension > 0, got shape {tuple(q.shape)}")
+    c.index_vector(cache_lens, "cache_lens", requests, "R")
+    c.check(math.isfinite(scale), "scale", lambda: f"must be finite, got {scale}")
     return q.new_empty(q.shape)
 
 
 @torch.library.register_fake("dspark::rms_norm")
 def _rms_norm_fake(x, weight, eps):
-    torch._check(x.dim() >= 1, lambda: "dspark::rms_norm: argument 'x' must have at least 1 dimension")
+    c = ArgChecks("dspark::rms_norm", x)
+    c.dtype(x, "x", FLOAT_DTYPES)
+    c.min_dim(x, "x", 1)
+    c.like(weight, "weight", x, "x", [(x.size(-1), "the last dimension of x")])
+    c.check(eps >= 0.0, "eps", lambda: f"must be >= 0, got {eps}")
     return torch.empty(x.shape, dtype=x.dtype, device=x.device)
 
 
 @torch.library.register_fake("dspark::qk_norm_rope")
 def _qk_norm_rope_fake(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta):
-    torch._check(q.dim() >= 2, lambda: "dspark::qk_norm_rope: argument 'q' must have at least 2 dimensions")
+    c = ArgChecks("dspark::qk_norm_rope", q)
+    c.dtype(q, "q", FLOAT_DTYPES)
+    c.min_dim(q, "q", 2)
+    leading = [(q.size(d), "the leading shape of q") for d in range(q.dim() - 2)]
+    head_dim = q.size(-1)
+    c.like(k, "k", q, "q", leading + [None, (head_dim, "Dh, from q")])
+    c.check(head_dim % 2 == 0, "q", lambda: f"must have an even head dimension (rotate-half RoPE), got {head_dim}")
+    for t, name in ((q_norm_weight, "q_norm_weight"), (k_norm_weight, "k_norm_weight")):
+        c.like(t, name, q, "q", [(head_dim, "Dh, from q")])
+    c.tensor(positions, "positions", (torch.int64,), leading)
+    c.check(eps >= 0.0, "eps", lambda: f"must be >= 0, got {eps}")
+    c.check(rope_theta > 0.0, "rope_theta", lambda: f"must be > 0, got {rope_theta}")
     return (
         torch.empty(q.shape, dtype=q.dtype, device=q.device),
         torch.empty(k.shape, dtype=k.dtype, device=k.device),
@@ -174,5 +212,29 @@ def _qk_norm_rope_fake(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_
 
 @torch.library.register_fake("dspark::append_context_kv")
 def _append_context_kv_fake(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta):
-    torch._check(k_cache.dim() == 4, lambda: "dspark::append_context_kv: argument 'k_cache' must have 4 dimensions")
+    # The real kernel also rejects inputs that share memory with a cache; meta tensors have no
+    # addresses, so that check stays with it. Internal overlap is a property of the strides.
+    c = ArgChecks("dspark::append_context_kv", k_cache)
+    c.dtype(k_cache, "k_cache", FLOAT_DTYPES)
+    c.dim(k_cache, "k_cache", 4)
+    requests, max_len, kv_heads, head_dim = k_cache.shape
+    c.dim(k_new, "k_new", 4)
+    chunk = k_new.size(1)
+    per_entry = [(requests, "R, from k_cache"), None, (kv_heads, "Hkv, from k_cache"), (head_dim, "Dh, from k_cache")]
+    for t, name in ((v_cache, "v_cache"), (k_new, "k_new"), (v_new, "v_new")):
+        c.like(t, name, k_cache, "k_cache", per_entry)
+    c.size(v_cache, "v_cache", 1, max_len, "Lmax, from k_cache")
+    c.size(v_new, "v_new", 1, chunk, "C, from k_new")
+    c.check(
+        head_dim % 2 == 0, "k_cache", lambda: f"must have an even head dimension (rotate-half RoPE), got {head_dim}"
+    )
+    for t, name in ((k_cache, "k_cache"), (v_cache, "v_cache")):
+        c.check(t.stride(3) == 1, name, "must have a contiguous last dimension (it is written in place)")
+    c.like(k_norm_weight, "k_norm_weight", k_cache, "k_cache", [(head_dim, "Dh, from k_cache")])
+    c.index_vector(start, "start", requests, "R")
+    c.index_vector(num_new, "num_new", requests, "R")
+    c.check(eps >= 0.0, "eps", lambda: f"must be >= 0, got {eps}")
+    c.check(rope_theta > 0.0, "rope_theta", lambda: f"must be > 0, got {rope_theta}")
+    c.no_internal_overlap(k_cache, "k_cache")
+    c.no_internal_overlap(v_cache, "v_cache")
     return None

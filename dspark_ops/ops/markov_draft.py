@@ -7,6 +7,7 @@ from typing import Optional
 
 import torch
 
+from ._checks import FLOAT_DTYPES, ArgChecks
 from ._documented import documented
 
 
@@ -71,7 +72,7 @@ def markov_draft(
     Returns:
         ``tokens [R, γ]`` int64; ``draft_logits [R, γ, V]`` (dtype of ``base_logits``);
         ``token_logprob [R, γ]`` float32 ``log q_k(x_k)`` from the rounded logits (0 for
-        greedy requests); ``confidence [R, γ]`` float32
+        greedy requests; -inf where the row has no finite normaliser: no finite logit, or a +inf); ``confidence [R, γ]`` float32
         ``sigmoid(conf_scale[k-1] * (conf_weight · f_k + conf_bias))`` with ``f_k = h_k`` or
         ``[h_k ; e_k]`` (it depends on ``x_{k-1}``, never on ``x_k``), all ones without a
         confidence head.
@@ -94,12 +95,65 @@ def markov_draft(
 def _markov_draft_fake(base_logits, anchor, w1, w2, temperature, seed, offset, hidden=None, gate_weight=None,
                        gate_bias=None, rnn_weight=None, rnn_bias=None, conf_weight=None, conf_bias=None,
                        conf_scale=None):
-    torch._check(base_logits.dim() == 3, lambda: "dspark::markov_draft: argument 'base_logits' must have 3 dimensions")
-    torch._check(
+    c = ArgChecks("dspark::markov_draft", base_logits)
+    c.dtype(base_logits, "base_logits", FLOAT_DTYPES)
+    c.dim(base_logits, "base_logits", 3)
+    requests, gamma, vocab = base_logits.shape
+    c.check(vocab > 0, "base_logits", lambda: f"must have a vocabulary size in [1, 2^31), got {vocab}")
+    c.check(vocab < 2**31, "base_logits", lambda: f"must have a vocabulary size in [1, 2^31), got {vocab}")
+    c.check(gamma < 65536, "base_logits", lambda: f"must have a block size γ < 65536, got {gamma}")
+
+    def like(t, name, shape):  # every logits/weight/activation argument shares base_logits' dtype
+        c.like(t, name, base_logits, "base_logits", shape)
+
+    c.index_vector(anchor, "anchor", requests, "R, the rows of base_logits")
+    like(w1, "w1", [(vocab, "V, the vocabulary of base_logits"), None])
+    rank = w1.size(1)
+    c.check(rank > 0, "w1", lambda: f"must have a rank r >= 1, got shape {tuple(w1.shape)}")
+    like(w2, "w2", [(vocab, "V, the nn.Linear(r, V) weight layout"), (rank, "r, the columns of w1")])
+    c.float_vector(temperature, "temperature", requests, "R")
+    c.index_vector(seed, "seed", requests, "R")
+    c.index_vector(offset, "offset", requests, "R")
+    for weight, bias, wname, bname in (
+        (gate_weight, gate_bias, "gate_weight", "gate_bias"),
+        (rnn_weight, rnn_bias, "rnn_weight", "rnn_bias"),
+        (conf_weight, conf_bias, "conf_weight", "conf_bias"),
+    ):
+        c.check(weight is not None or bias is None, wname, f"is required when {bname} is given")
+        c.check(bias is not None or weight is None, bname, f"is required when {wname} is given")
+    c.check(
         gate_weight is None or rnn_weight is None,
-        lambda: "dspark::markov_draft: argument 'rnn_weight' cannot be combined with gate_weight",
+        "rnn_weight",
+        "cannot be combined with gate_weight: pass the gated head (gate_weight, gate_bias) or the RNN head "
+        "(rnn_weight, rnn_bias), not both",
     )
-    requests, gamma, _ = base_logits.shape
+    if hidden is not None:
+        like(hidden, "hidden", [(requests, "R"), (gamma, "γ"), None])
+        d = hidden.size(2)
+    else:
+        needs = next((n for t, n in ((gate_weight, "gate_weight"), (rnn_weight, "rnn_weight"),
+                                     (conf_weight, "conf_weight")) if t is not None), None)
+        c.check(needs is None, "hidden", lambda: f"[R, γ, d] is required when {needs} is given")
+        d = 0
+    if gate_weight is not None:
+        like(gate_weight, "gate_weight", [(rank, "r"), (d + rank, "d + r, input [h_k ; e_k]")])
+        like(gate_bias, "gate_bias", [(rank, "r")])
+    if rnn_weight is not None:
+        like(rnn_weight, "rnn_weight", [(3 * rank, "3r, chunks gate, candidate, output"),
+                                        (2 * rank + d, "2r + d, input [s_{k-1} ; e_k ; h_k]")])
+        like(rnn_bias, "rnn_bias", [(3 * rank, "3r")])
+    if conf_weight is not None:
+        like(conf_weight, "conf_weight", [None])
+        n = conf_weight.size(0)
+        c.check(
+            (n == d) | (n == d + rank),
+            "conf_weight",
+            lambda: f"must have size d = {d} (input h_k) or d + r = {d + rank} (input [h_k ; e_k]), got shape "
+            f"{tuple(conf_weight.shape)}",
+        )
+        like(conf_bias, "conf_bias", [(1, "a single bias")])
+    if conf_scale is not None:
+        c.float_vector(conf_scale, "conf_scale", gamma, "γ, one scale per position")
     tokens = anchor.new_empty((requests, gamma))
     draft_logits = base_logits.new_empty(base_logits.shape)
     token_logprob = base_logits.new_empty((requests, gamma), dtype=torch.float32)

@@ -11,7 +11,11 @@ import enum
 
 import torch
 
+from ._checks import ArgChecks
 from ._documented import documented
+
+# Philox counters keep index // 4 in 32 bits (csrc/common/random_args.h): larger counts would repeat.
+MAX_COUNT = 2**34
 
 
 class Purpose(enum.IntEnum):
@@ -33,14 +37,22 @@ def random_bits(seed: torch.Tensor, offset: torch.Tensor, purpose: int, position
         offset: ``[R]`` int64, the request's stream position (advanced by the caller per round).
         purpose: which stream (:class:`Purpose`, or any int in ``[0, 65536)``).
         position: block position or tree node (its low 16 bits are used).
-        count: how many consecutive indices, starting at 0.
+        count: how many consecutive indices, starting at 0, in ``[0, 2^34]`` (the counter
+            keeps ``index // 4`` in 32 bits).
     """
     return torch.ops.dspark.random_bits(seed, offset, int(purpose), int(position), int(count))
 
 
 @torch.library.register_fake("dspark::random_bits")
 def _random_bits_fake(seed, offset, purpose, position, count):
-    return seed.new_empty((seed.shape[0], count))
+    c = ArgChecks("dspark::random_bits", seed)
+    c.dim(seed, "seed", 1)
+    requests = seed.size(0)
+    c.index_vector(seed, "seed", requests, "R")
+    c.index_vector(offset, "offset", requests, "R, the size of seed")
+    c.check(0 <= count <= MAX_COUNT, "count", lambda: f"must be in [0, 2^34], got {count}")
+    c.check(0 <= purpose < 65536, "purpose", lambda: f"must be in [0, 65536), got {purpose}")
+    return seed.new_empty((requests, count))
 
 
 def gumbel(bits: torch.Tensor) -> torch.Tensor:

@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ._checks import ArgChecks
 from ._documented import documented
 
 CAUSAL = 0
@@ -86,10 +87,25 @@ def schedule_lengths(
 
 @torch.library.register_fake("dspark::schedule_lengths")
 def _schedule_lengths_fake(confidence, sps, mode, budget=-1, max_lengths=None):
-    torch._check(confidence.dim() == 2, lambda: "dspark::schedule_lengths: argument 'confidence' must have 2 dimensions")
-    torch._check(sps.dim() == 1, lambda: "dspark::schedule_lengths: argument 'sps' must have 1 dimension")
-    torch._check(mode in (0, 1, 2), lambda: "dspark::schedule_lengths: argument 'mode' must be 0, 1 or 2")
-    requests = confidence.shape[0]
+    c = ArgChecks("dspark::schedule_lengths", confidence)
+    c.tensor(confidence, "confidence", (torch.float32,), [None, None])
+    requests, gamma = confidence.shape
+    c.check(
+        requests * gamma < 2**31,
+        "confidence",
+        lambda: f"must have fewer than 2^31 entries R*γ, got shape {tuple(confidence.shape)}",
+    )
+    c.tensor(sps, "sps", (torch.float32,), [None])
+    c.check(
+        sps.size(0) > requests * (gamma + 1),
+        "sps",
+        lambda: f"must have more than R*(γ+1) = {requests * (gamma + 1)} entries (sps[B] is read for every verify "
+        f"batch size B up to R*(γ+1)), got {sps.size(0)}",
+    )
+    c.check(mode in (CAUSAL, GLOBAL, TOP_K), "mode", lambda: f"must be 0 (causal), 1 (global) or 2 (top-K), got {mode}")
+    c.check(mode != TOP_K or budget >= 0, "budget", lambda: f"must be >= 0 in mode 2 (top-K), got {budget}")
+    if max_lengths is not None:
+        c.index_vector(max_lengths, "max_lengths", requests, "R")
     lengths = confidence.new_empty((requests,), dtype=torch.int64)
     admitted = confidence.new_empty((), dtype=torch.int64)
     return lengths, admitted, confidence.new_empty(()), confidence.new_empty(())

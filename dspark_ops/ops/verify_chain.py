@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ._checks import FLOAT_DTYPES, ArgChecks
 from ._documented import documented
 
 
@@ -47,7 +48,9 @@ def verify_chain(
     ``norm(max(0, p_k - q_k))`` (``p_k`` if that mass is 0), and after a full accept it draws
     the bonus token from ``p_{ℓ+1}``; both draws are Gumbel-max races with noise from
     ``Purpose.CHAIN_RESAMPLE`` at position k (or ℓ+1). NaN logits count as probability 0;
-    a row with no finite logit yields token 0, never an out-of-range id.
+    a row with no finite logit yields token 0, never an out-of-range id. A row with a +inf
+    logit has no finite normaliser: all its probabilities count as 0, and a token drawn from
+    it is its first +inf entry.
 
     On CPU, value checks (lengths in range, rows summing to N) always run. On CUDA they run
     only with ``DSPARK_CHECK=1`` (they need a host sync); otherwise a request whose rows run
@@ -60,8 +63,19 @@ def verify_chain(
 
 @torch.library.register_fake("dspark::verify_chain")
 def _verify_chain_fake(target_logits, draft_tokens, lengths, temperature, seed, offset, draft_logits=None, eos_ids=None):
-    torch._check(target_logits.dim() == 2, lambda: "dspark::verify_chain: argument 'target_logits' must have 2 dimensions")
-    torch._check(draft_tokens.dim() == 2, lambda: "dspark::verify_chain: argument 'draft_tokens' must have 2 dimensions")
+    c = ArgChecks("dspark::verify_chain", target_logits)
+    c.dtype(target_logits, "target_logits", FLOAT_DTYPES)
+    c.dim(target_logits, "target_logits", 2)
+    c.tensor(draft_tokens, "draft_tokens", (torch.int64,), [None, None])
     requests, gamma = draft_tokens.shape
+    vocab = target_logits.size(1)
+    c.check(vocab > 0, "target_logits", lambda: f"must have a vocabulary size in [1, 2^32), got {vocab}")
+    c.check(vocab < 2**32, "target_logits", lambda: f"must have a vocabulary size in [1, 2^32), got {vocab}")
+    c.check(gamma < 65535, "draft_tokens", lambda: f"must have fewer than 65535 columns (γ), got {gamma}")
+    c.index_vector(lengths, "lengths", requests, "R, the rows of draft_tokens")
+    c.sampling(temperature, seed, offset, eos_ids, requests)
+    if draft_logits is not None:
+        shape = [(requests, "R"), (gamma, "γ, the columns of draft_tokens"), (vocab, "V, from target_logits")]
+        c.tensor(draft_logits, "draft_logits", FLOAT_DTYPES, shape)
     out_tokens = draft_tokens.new_empty((requests, gamma + 1))
     return out_tokens, draft_tokens.new_empty((requests,)), draft_tokens.new_empty((requests,))

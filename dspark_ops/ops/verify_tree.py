@@ -6,6 +6,7 @@ from typing import Optional
 
 import torch
 
+from ._checks import FLOAT_DTYPES, ArgChecks
 from ._documented import documented
 
 
@@ -22,17 +23,19 @@ def tree_metadata(
     Args:
         parents: ``[R, M]`` int64 parent of every node (the parent-array encoding).
         num_nodes: ``[R]`` int64 in ``[0, M]``. ``0`` is an empty slot (all rows are padding).
-        prefix_lens: ``[R]`` int64, the committed length before the root (its position).
+        prefix_lens: ``[R]`` int64, the committed length before the root (its position), in
+            ``[0, 2^63 - 1 - M]`` so that every position fits in int64.
 
     Returns:
         ``attn_mask [R, M, M]`` bool: ``attn_mask[r, i, j]`` iff j is i or an ancestor of i;
         ``positions [R, M]`` int64: ``prefix_lens[r] + depth``; ``depth [R, M]`` int64 (root 0).
         Padding rows (``i >= n_r``) attend only to themselves and have position and depth -1.
 
-    On CPU the value checks (counts in range, root parent -1, parents before children) always
-    run and raise ``RuntimeError`` naming ``num_nodes`` or ``parents``. On CUDA they run only
-    with ``DSPARK_CHECK=1`` (they need a host sync); otherwise a node whose parent is out of
-    ``[0, i)`` is detached: it and its descendants are laid out like padding rows.
+    On CPU the value checks (counts in range, root parent -1, parents before children,
+    ``prefix_lens`` in range) always run and raise ``RuntimeError`` naming ``num_nodes``,
+    ``parents`` or ``prefix_lens``. On CUDA they run only with ``DSPARK_CHECK=1`` (they need a
+    host sync); otherwise a node whose parent is out of ``[0, i)`` is detached: it and its
+    descendants are laid out like padding rows, and positions saturate at ``2^63 - 1``.
     """
     return torch.ops.dspark.tree_metadata(parents, num_nodes, prefix_lens)
 
@@ -101,10 +104,29 @@ def verify_tree(
     )
 
 
+# Tree nodes index the Philox `position` field, which keeps 16 bits (csrc/common/verify_tree_args.h).
+MAX_TREE_NODES = 2**16
+
+
+def _check_tree_layout(c, parents, num_nodes, requests, width, rows_of):
+    """parents ``[R, M]`` int64 then num_nodes ``[R]``, as ``check_tree_layout``."""
+    columns = None if width is None else (width, "M, the columns of tree_tokens")
+    c.tensor(parents, "parents", (torch.int64,), [(requests, rows_of), columns])
+    c.check(
+        parents.size(1) <= MAX_TREE_NODES,
+        "parents",
+        lambda: f"must have at most {MAX_TREE_NODES} columns (tree nodes), got shape {tuple(parents.shape)}",
+    )
+    c.index_vector(num_nodes, "num_nodes", requests, rows_of)
+
+
 @torch.library.register_fake("dspark::tree_metadata")
 def _tree_metadata_fake(parents, num_nodes, prefix_lens):
-    torch._check(parents.dim() == 2, lambda: "dspark::tree_metadata: argument 'parents' must have 2 dimensions")
+    c = ArgChecks("dspark::tree_metadata", parents)
+    c.dim(parents, "parents", 2)
     requests, width = parents.shape
+    _check_tree_layout(c, parents, num_nodes, requests, None, "R, the rows of parents")
+    c.index_vector(prefix_lens, "prefix_lens", requests, "R, the rows of parents")
     return (
         parents.new_empty((requests, width, width), dtype=torch.bool),
         parents.new_empty((requests, width)),
@@ -116,9 +138,19 @@ def _tree_metadata_fake(parents, num_nodes, prefix_lens):
 def _verify_tree_fake(
     target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset, draft_logits=None, eos_ids=None
 ):
-    torch._check(target_logits.dim() == 2, lambda: "dspark::verify_tree: argument 'target_logits' must have 2 dimensions")
-    torch._check(tree_tokens.dim() == 2, lambda: "dspark::verify_tree: argument 'tree_tokens' must have 2 dimensions")
+    c = ArgChecks("dspark::verify_tree", target_logits)
+    c.dtype(target_logits, "target_logits", FLOAT_DTYPES)
+    c.dim(target_logits, "target_logits", 2)
+    c.tensor(tree_tokens, "tree_tokens", (torch.int64,), [None, None])
     requests, width = tree_tokens.shape
+    rows, vocab = target_logits.shape
+    c.check(vocab > 0, "target_logits", lambda: f"must have a vocabulary size in [1, 2^32), got {vocab}")
+    c.check(vocab < 2**32, "target_logits", lambda: f"must have a vocabulary size in [1, 2^32), got {vocab}")
+    _check_tree_layout(c, parents, num_nodes, requests, width, "R, the rows of tree_tokens")
+    c.sampling(temperature, seed, offset, eos_ids, requests)
+    if draft_logits is not None:
+        c.tensor(draft_logits, "draft_logits", FLOAT_DTYPES,
+                 [(rows, "N, the rows of target_logits"), (vocab, "V, the columns of target_logits")])
     return (
         tree_tokens.new_empty((requests, width)),
         tree_tokens.new_empty((requests, width)),

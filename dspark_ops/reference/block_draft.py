@@ -14,11 +14,14 @@ def block_attention(q, k_cache, v_cache, cache_lens, k_block, v_block, scale):
     lmax, hkv = k_cache.shape[1], k_cache.shape[2]
     group = hq // hkv
     lens = cache_lens.clamp(0, lmax)
-    keys = torch.cat([k_cache, k_block], dim=1).float().repeat_interleave(group, dim=2)  # [R, Lmax+γ, Hq, Dh]
-    values = torch.cat([v_cache, v_block], dim=1).float().repeat_interleave(group, dim=2)
-    scores = torch.einsum("rthd,rjhd->rhtj", q.float(), keys) * scale  # [R, Hq, γ, Lmax+γ]
     j = torch.arange(lmax + gamma, device=q.device)
     visible = (j[None, :] < lens[:, None]) | (j[None, :] >= lmax)  # [R, Lmax+γ]
+    # Slots past cache_lens are never read by the kernels: zero them here too, or a NaN there
+    # would leak through 0 * NaN in the products.
+    hidden = ~visible[:, :, None, None]
+    keys = torch.cat([k_cache, k_block], dim=1).float().masked_fill(hidden, 0.0).repeat_interleave(group, dim=2)
+    values = torch.cat([v_cache, v_block], dim=1).float().masked_fill(hidden, 0.0).repeat_interleave(group, dim=2)
+    scores = torch.einsum("rthd,rjhd->rhtj", q.float(), keys) * scale  # [R, Hq, γ, Lmax+γ]
     scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
     probs = torch.softmax(scores, dim=-1)
     out = torch.einsum("rhtj,rjhd->rthd", probs, values)
@@ -67,8 +70,9 @@ def append_context_kv(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_
     R, C = k_new.shape[:2]
     lmax = k_cache.shape[1]
     i = torch.arange(C, device=k_new.device)
-    slots = start[:, None] + i[None, :]  # [R, C]
-    keep = (i[None, :] < num_new[:, None]) & (slots >= 0) & (slots < lmax)
+    # In range as start < Lmax - i, like the kernels: start + i could overflow near 2^63.
+    keep = (i[None, :] < num_new[:, None]) & (start[:, None] >= 0) & (start[:, None] < lmax - i[None, :])  # [R, C]
+    slots = torch.where(keep, start[:, None], 0) + i[None, :]  # kept entries only are written
     cos, sin = rope_cos_sin(slots, k_new.shape[-1], rope_theta, k_new.dtype)
     k_rot = _apply_rope(rms_norm(k_new, k_norm_weight, eps), cos, sin)
     rr, cc = keep.nonzero(as_tuple=True)

@@ -83,6 +83,8 @@ def markov_draft(
         sampled = score.argmax(-1)
         xk = torch.where(greedy, arg, sampled)
         lsm = torch.log_softmax(scaled, -1).gather(1, xk[:, None])[:, 0]
+        # No finite normaliser (every logit NaN or -inf, or one +inf): -inf, as in the kernels.
+        lsm = lsm.nan_to_num(nan=float("-inf"))
         logprob[:, k - 1] = torch.where(greedy, torch.zeros_like(lsm), lsm)
         tokens[:, k - 1] = xk
         x = xk

@@ -23,11 +23,13 @@ def scaled_logits(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tens
 
 
 def softmax_rows(x: torch.Tensor) -> torch.Tensor:
-    """softmax over the last dim; an all -inf row gives all zeros instead of NaN."""
+    """softmax over the last dim; a row without a finite normaliser (all -inf, or any +inf)
+    gives all zeros instead of NaN, like the kernels' ``SoftmaxStats::prob``."""
     m = x.amax(-1, keepdim=True)
     e = torch.exp(x - torch.where(torch.isinf(m), torch.zeros_like(m), m))
     s = e.sum(-1, keepdim=True)
-    return torch.where(s > 0, e / s.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(e))
+    ok = (s > 0) & (m < float("inf"))
+    return torch.where(ok, e / s.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(e))
 
 
 def race(log_weight: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

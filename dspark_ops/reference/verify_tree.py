@@ -40,7 +40,9 @@ def tree_metadata(
         above = mask[torch.arange(requests, device=device), parent]  # [R, M]
         mask[:, i] = torch.where(ok[:, None], above, mask[:, i])
         mask[:, i, i] = True
-    positions = torch.where(depth >= 0, prefix_lens[:, None] + depth, -1)
+    # Saturated at 2^63 - 1 like the kernels (the sum cannot overflow where checks are off).
+    int64_max = torch.iinfo(torch.int64).max
+    positions = torch.where(depth >= 0, torch.minimum(prefix_lens[:, None], int64_max - depth) + depth, -1)
     return mask, positions, depth
 
 

@@ -2,6 +2,7 @@
 // RuntimeError (c10::Error) whose message names the op, the argument and what was expected.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
@@ -49,6 +50,26 @@ inline void check_device(const at::Tensor& t, const char* op, const char* arg,
                          const at::Tensor& ref) {
   DSPARK_CHECK(t.device() == ref.device(), op, arg, "must be on ", ref.device(), " like the other arguments, got ",
                t.device());
+}
+
+// A tensor an op writes in place must not hold elements that share memory (an expand()ed
+// view): parallel threads would write one location twice. Same rule as torch's own in-place
+// ops (at::assert_no_internal_overlap); strided views whose overlap cannot be decided
+// cheaply are accepted, as torch accepts them.
+inline void check_no_internal_overlap(const at::Tensor& t, const char* op, const char* arg) {
+  DSPARK_CHECK(at::has_internal_overlap(t) != at::MemOverlap::Yes, op, arg,
+               "is written in place and must not have elements that share memory (e.g. an expand()ed "
+               "tensor), got shape ",
+               t.sizes(), " and strides ", t.strides());
+}
+
+// A tensor written in place must not share memory with another argument (torch's
+// at::assert_no_overlap: partial or full overlap is an error).
+inline void check_no_overlap(const at::Tensor& written, const char* op, const char* arg, const at::Tensor& other,
+                             const char* other_arg) {
+  const auto status = at::get_overlap_status(written, other);
+  DSPARK_CHECK(status != at::MemOverlapStatus::Partial && status != at::MemOverlapStatus::Full, op, other_arg,
+               "must not share memory with '", arg, "', which the op writes in place");
 }
 
 // An int64 vector [n] on the reference device.

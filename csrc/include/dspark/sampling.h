@@ -116,9 +116,11 @@ struct SoftmaxStats {
     sum = sum * expf(max - m) + o.sum * expf(o.max - m);
     max = m;
   }
-  // Probability of an entry whose scaled logit is x; 0 for an empty (all -inf/NaN) row.
+  // Probability of an entry whose scaled logit is x; 0 for a row without a finite
+  // normaliser: all -inf/NaN, or any +inf (inf / inf has no value; the draws from such a row
+  // fall back to its logits, where the first +inf wins).
   DSPARK_HD float prob(float x) const {
-    return (sum > 0.0f && x > -INFINITY) ? expf(x - max) / sum : 0.0f;
+    return (sum > 0.0f && max < INFINITY && x > -INFINITY) ? expf(x - max) / sum : 0.0f;
   }
 };
 

@@ -24,7 +24,16 @@
 
 #include "dspark/sampling.h"
 
+#include <cstdint>
+
 namespace dspark {
+
+// positions[r, i] of tree_metadata: prefix_lens[r] + depth (depth >= 0), saturated at
+// INT64_MAX so that the sum never overflows where the value check of prefix_lens is off
+// (CUDA without DSPARK_CHECK=1).
+DSPARK_HD int64_t tree_position(int64_t prefix_len, int64_t depth) {
+  return prefix_len > INT64_MAX - depth ? INT64_MAX : prefix_len + depth;
+}
 
 // Unnormalised residual weight p(v) - c q(v) (may be <= 0). Written without contraction into
 // an FMA on the device so that the CPU and CUDA kernels round it the same way.

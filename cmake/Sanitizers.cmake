@@ -1,0 +1,14 @@
+# DSPARK_SANITIZE=ON: AddressSanitizer + UBSan on our own code (`make sanitize`). Torch and
+# Python stay uninstrumented, so the test run preloads libasan. vptr is off: it checks dynamic
+# types against torch's uninstrumented RTTI across library boundaries and reports false
+# positives there; every other UBSan check (signed overflow, shifts, bounds, alignment, ...)
+# is on and fatal.
+function(dspark_enable_sanitizers target)
+  if(NOT CMAKE_CXX_COMPILER_ID MATCHES "GNU|Clang")
+    message(FATAL_ERROR "DSPARK_SANITIZE needs GCC or Clang")
+  endif()
+  set(flags -fsanitize=address,undefined -fno-sanitize=vptr -fno-sanitize-recover=undefined
+            -fno-omit-frame-pointer -g)
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CXX>:${flags}>)
+  target_link_options(${target} PRIVATE -fsanitize=address,undefined)
+endfunction()
