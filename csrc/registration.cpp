@@ -17,6 +17,15 @@ TORCH_LIBRARY(dspark, m) {
       "Tensor? rnn_bias=None, Tensor? conf_weight=None, Tensor? conf_bias=None, "
       "Tensor? conf_scale=None) -> (Tensor, Tensor, Tensor, Tensor)");
 
+  // SPEC §10: markov_draft pruned to the backbone's K = num_candidates best ids per position.
+  // -> (tokens [R, γ], draft_ids [R, γ, K], draft_logits [R, γ, K], token_logprob, confidence).
+  m.def(
+      "markov_draft_topk(Tensor base_logits, Tensor anchor, Tensor w1, Tensor w2, "
+      "Tensor temperature, Tensor seed, Tensor offset, int num_candidates, Tensor? hidden=None, "
+      "Tensor? gate_weight=None, Tensor? gate_bias=None, Tensor? rnn_weight=None, "
+      "Tensor? rnn_bias=None, Tensor? conf_weight=None, Tensor? conf_bias=None, "
+      "Tensor? conf_scale=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+
   // SPEC §4: lossless verification of chain drafts.
   m.def(
       "verify_chain(Tensor target_logits, Tensor draft_tokens, Tensor lengths, "

@@ -1,4 +1,5 @@
-// Argument checks of dspark::markov_draft shared by the CPU and CUDA bindings (SPEC §3).
+// Argument checks of dspark::markov_draft and dspark::markov_draft_topk shared by the CPU and
+// CUDA bindings (SPEC §3, §10).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -24,14 +25,14 @@ struct MarkovDraftSizes {
 // float32; hidden [R, γ, d]; gate_weight [r, d+r], gate_bias [r]; rnn_weight [3r, 2r+d],
 // rnn_bias [3r]; conf_weight [d] or [d+r], conf_bias [1]; conf_scale [γ] float32.
 // Every logits/weight/activation argument shares the dtype of base_logits.
+// `op` names the op in messages (markov_draft or markov_draft_topk: same arguments).
 inline MarkovDraftSizes check_markov_draft_args(
-    const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
+    const char* op, const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
     const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
     const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
     const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
     const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
     const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale) {
-  constexpr const char* op = "dspark::markov_draft";
   check_float_dtype(base_logits, op, "base_logits");
   check_dim(base_logits, op, "base_logits", 3);
   MarkovDraftSizes s{base_logits.size(0), base_logits.size(1), base_logits.size(2), 0, 0,
@@ -116,6 +117,12 @@ inline MarkovDraftSizes check_markov_draft_args(
                  "), got values in [", lo, ", ", hi, "]");
   }
   return s;
+}
+
+// num_candidates of markov_draft_topk: K in [1, V] (SPEC §10).
+inline void check_num_candidates(int64_t num_candidates, const MarkovDraftSizes& s) {
+  DSPARK_CHECK(num_candidates >= 1 && num_candidates <= s.vocab, "dspark::markov_draft_topk", "num_candidates",
+               "must be in [1, V=", s.vocab, "], got ", num_candidates);
 }
 
 }  // namespace dspark

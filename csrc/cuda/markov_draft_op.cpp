@@ -53,7 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
     const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
     const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale) {
-  const MarkovDraftSizes s = check_markov_draft_args(base_logits, anchor, w1, w2, temperature, seed, offset, hidden,
+  const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft", base_logits, anchor, w1, w2, temperature, seed, offset, hidden,
                                                      gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight,
                                                      conf_bias, conf_scale);
   const c10::cuda::CUDAGuard guard(base_logits.device());

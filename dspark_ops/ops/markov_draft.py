@@ -1,5 +1,6 @@
 """``markov_draft``: the sequential Markov / gated / RNN head fused with sampling and the
-confidence head (SPEC §3)."""
+confidence head (SPEC §3); ``markov_draft_topk``: the same pruned to the backbone's K best
+candidates per position (SPEC §10)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,76 @@ def _markov_draft_fake(base_logits, anchor, w1, w2, temperature, seed, offset, h
     token_logprob = base_logits.new_empty((requests, gamma), dtype=torch.float32)
     confidence = base_logits.new_empty((requests, gamma), dtype=torch.float32)
     return tokens, draft_logits, token_logprob, confidence
+
+
+def markov_draft_topk(
+    base_logits: torch.Tensor,
+    anchor: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    temperature: torch.Tensor,
+    seed: torch.Tensor,
+    offset: torch.Tensor,
+    num_candidates: int,
+    hidden: Optional[torch.Tensor] = None,
+    gate_weight: Optional[torch.Tensor] = None,
+    gate_bias: Optional[torch.Tensor] = None,
+    rnn_weight: Optional[torch.Tensor] = None,
+    rnn_bias: Optional[torch.Tensor] = None,
+    conf_weight: Optional[torch.Tensor] = None,
+    conf_bias: Optional[torch.Tensor] = None,
+    conf_scale: Optional[torch.Tensor] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`markov_draft` pruned to the backbone's ``K = num_candidates`` best ids per position.
+
+    For each request and position k, the candidates ``C_k`` are the K ids with the largest
+    ``U_k = base_logits[:, k-1]`` (NaN counts as -inf; ties: the lower id first), listed best
+    first in ``draft_ids``. Only those K rows of ``w2`` are read: ``draft_logits[.., j] =
+    round(U_k(c) + B(x_{k-1})(c))`` for ``c = draft_ids[.., j]``, with the head ``B`` and the
+    rounding of :func:`markov_draft`, and ``x_k`` is drawn from ``softmax(draft_logits / T)``
+    over ``C_k`` (greedy: the largest rounded logit, lowest vocabulary id on ties). The Gumbel
+    noise of a candidate is keyed by its vocabulary id (``Purpose.DRAFT_SAMPLE``, position k,
+    index = id), and each candidate's logit is computed with exactly the dense op's arithmetic,
+    so with ``K = V`` the tokens and confidences equal :func:`markov_draft`'s on the same device,
+    ``draft_logits`` are its logits permuted by ``draft_ids``, and ``token_logprob`` agrees up to
+    the order of the softmax sum. A row without a finite logit draws its first candidate.
+
+    The draft distribution is sparse: ``q(v) = softmax(draft_logits / T)[j]`` where
+    ``draft_ids[j] = v``, and 0 for every other id. Verify with ``verify_chain`` /
+    ``verify_tree`` given ``draft_ids`` (SPEC §10), which read O(K) entries per row.
+
+    Args:
+        as :func:`markov_draft`, plus ``num_candidates``: K in ``[1, V]``.
+
+    Returns:
+        ``tokens [R, γ]`` int64 (each one of its position's candidates);
+        ``draft_ids [R, γ, K]`` int64; ``draft_logits [R, γ, K]`` (dtype of ``base_logits``);
+        ``token_logprob [R, γ]`` float32 ``log q_k(x_k)`` (0 for greedy requests);
+        ``confidence [R, γ]`` float32, as :func:`markov_draft` (it does not depend on K).
+
+    Cost: ``K`` rows of ``w2`` per request and position instead of ``V`` (the dense op reads all
+    of ``w2`` per position), plus a selection pass over ``U_k``. On CUDA, ``K <= 1024`` uses a
+    radix select in one block per row; larger K falls back to ``torch.topk`` on packed
+    (value, id) keys (same result, more memory traffic).
+    """
+    return torch.ops.dspark.markov_draft_topk(
+        base_logits, anchor, w1, w2, temperature, seed, offset, num_candidates, hidden, gate_weight, gate_bias,
+        rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale,
+    )
+
+
+@torch.library.register_fake("dspark::markov_draft_topk")
+def _markov_draft_topk_fake(base_logits, anchor, w1, w2, temperature, seed, offset, num_candidates, hidden=None,
+                            gate_weight=None, gate_bias=None, rnn_weight=None, rnn_bias=None, conf_weight=None,
+                            conf_bias=None, conf_scale=None):
+    tokens, _, token_logprob, confidence = _markov_draft_fake(
+        base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias,
+        conf_weight, conf_bias, conf_scale)
+    requests, gamma, vocab = base_logits.shape
+    torch._check(
+        1 <= num_candidates <= vocab,
+        lambda: f"dspark::markov_draft_topk: argument 'num_candidates' must be in [1, V={vocab}], got {num_candidates}",
+    )
+    draft_ids = anchor.new_empty((requests, gamma, num_candidates))
+    draft_logits = base_logits.new_empty((requests, gamma, num_candidates))
+    return tokens, draft_ids, draft_logits, token_logprob, confidence

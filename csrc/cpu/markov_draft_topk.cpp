@@ -1,0 +1,134 @@
+// CPU kernel of dspark::markov_draft_topk (SPEC §10): markov_draft pruned to the K candidates
+// of the backbone at every position. Per call:
+//   1. candidate selection, for every (request, position) in parallel and before the
+//      sequential loop (U_k does not depend on the drafted tokens): the K largest
+//      race_key(U_k(v), v) (value first, then the lower id), by a radix pre-filter on the key's
+//      top 12 bits (one histogram pass, one pass collecting the entries at or above the K-th
+//      bucket) and a partial sort of the few survivors, never a sort of the row;
+//   2. position by position, the head and confidence steps shared with markov_draft
+//      (cpu/markov_head.h), then per request the K products P_k . w2[c] over gathered w2 rows
+//      (the dense op's fixed-order dot, so each candidate's logit is the dense op's bits), and
+//      the shared round-and-sample over the K entries with noise keyed by vocabulary id.
+// w2 traffic: K rows per request and position instead of V.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <functional>
+#include <optional>
+#include <tuple>
+#include <vector>
+
+#include "common/markov_draft_args.h"
+#include "cpu/markov_head.h"
+#include "cpu/markov_products.h"
+#include "cpu/markov_sample.h"
+#include "dspark/sampling.h"
+
+namespace dspark::cpu {
+namespace {
+
+constexpr int kBucketBits = 12;  // radix pre-filter: buckets of the key's top 12 bits
+
+// The order of SPEC §10 as one integer: larger U first (NaN counts as -inf), then lower id.
+template <typename T>
+inline uint64_t candidate_key(const T* row, int64_t v) {
+  const float x = static_cast<float>(row[v]);
+  return race_key(x == x ? x : -INFINITY, v);
+}
+
+// ids[0..K) = the K candidates of one row of base logits [V], best first.
+template <typename T>
+void select_candidates(const T* row, int64_t V, int64_t K, int64_t* ids, std::vector<uint64_t>& survivors) {
+  std::array<int64_t, (1 << kBucketBits)> hist{};
+  for (int64_t v = 0; v < V; ++v) ++hist[candidate_key(row, v) >> (64 - kBucketBits)];
+  int64_t bucket = (1 << kBucketBits) - 1, above = 0;  // the bucket holding the K-th key
+  while (above + hist[bucket] < K) above += hist[bucket--];
+  survivors.clear();
+  for (int64_t v = 0; v < V; ++v) {
+    const uint64_t key = candidate_key(row, v);
+    if (static_cast<int64_t>(key >> (64 - kBucketBits)) >= bucket) survivors.push_back(key);
+  }
+  std::nth_element(survivors.begin(), survivors.begin() + (K - 1), survivors.end(), std::greater<uint64_t>());
+  std::sort(survivors.begin(), survivors.begin() + K, std::greater<uint64_t>());
+  for (int64_t j = 0; j < K; ++j) ids[j] = race_index(survivors[j]);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft_topk(
+    const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
+    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset, int64_t num_candidates,
+    const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
+    const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
+    const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
+    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale) {
+  const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft_topk", base_logits, anchor, w1, w2,
+                                                     temperature, seed, offset, hidden, gate_weight, gate_bias,
+                                                     rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale);
+  check_num_candidates(num_candidates, s);
+  const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank, K = num_candidates;
+  const auto fopts = base_logits.options().dtype(at::kFloat);
+  auto tokens = at::empty({R, G}, anchor.options());
+  auto draft_ids = at::empty({R, G, K}, anchor.options());
+  auto draft_logits = at::empty({R, G, K}, base_logits.options());
+  auto token_logprob = at::zeros({R, G}, fopts);
+  auto confidence = at::ones({R, G}, fopts);
+  if (R == 0 || G == 0) return {tokens, draft_ids, draft_logits, token_logprob, confidence};
+
+  const auto U = base_logits.contiguous();
+  const auto w2c = w2.contiguous();
+  const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
+  const float* tp = temp.data_ptr<float>();
+  const int64_t* sp = sd.data_ptr<int64_t>();
+  const int64_t* op = off.data_ptr<int64_t>();
+  int64_t* idp = draft_ids.data_ptr<int64_t>();
+  MarkovHeadCpu head(s, w1, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale);
+
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, U.scalar_type(), "markov_draft_topk_select", [&] {
+    const scalar_t* up = U.data_ptr<scalar_t>();
+    at::parallel_for(0, R * G, 1, [&](int64_t begin, int64_t end) {
+      std::vector<uint64_t> survivors;
+      for (int64_t row = begin; row < end; ++row) select_candidates(up + row * V, V, K, idp + row * K, survivors);
+    });
+  });
+
+  auto x = anchor.contiguous();  // x_{k-1}, [R]
+  auto product = at::empty({R, K}, fopts);  // P_k . w2[c] per candidate
+  auto noise = at::empty({R, K}, fopts);    // Gumbel noise, then the scaled row
+  int64_t* tok = tokens.data_ptr<int64_t>();
+  float* lp = token_logprob.data_ptr<float>();
+  for (int64_t k = 1; k <= G; ++k) {
+    const auto e = head.embed(x);  // e_k [R, r]
+    const auto p = head.head_step(k, e).contiguous();
+    head.confidence_step(k, e, confidence);
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, U.scalar_type(), "markov_draft_topk_cpu", [&] {
+      const scalar_t* up = U.data_ptr<scalar_t>();
+      const scalar_t* wp = w2c.data_ptr<scalar_t>();
+      scalar_t* dl = draft_logits.data_ptr<scalar_t>();
+      at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+        for (int64_t i = begin; i < end; ++i) {
+          const int64_t at_k = i * G + k - 1;
+          const markov::CandidateIds ids{idp + at_k * K};
+          float* prod = product.data_ptr<float>() + i * K;
+          float* row = noise.data_ptr<float>() + i * K;
+          markov::gathered_dot(p.data_ptr<float>() + i * r, wp, ids.ids, K, r, prod);
+          if (!is_greedy(tp[i])) markov::fill_gumbel(row, K, ids, sp[i], op[i], k);
+          auto [token, logprob] =
+              markov::round_and_sample<scalar_t>(up + at_k * V, ids, prod, dl + at_k * K, row, K, tp[i]);
+          tok[at_k] = token;
+          lp[at_k] = logprob;
+        }
+      });
+    });
+    x = tokens.select(1, k - 1).contiguous();
+  }
+  return {tokens, draft_ids, draft_logits, token_logprob, confidence};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(dspark, CPU, m) { m.impl("markov_draft_topk", &markov_draft_topk); }
+
+}  // namespace dspark::cpu
