@@ -2,9 +2,8 @@
 // of the backbone at every position. Per call:
 //   1. candidate selection, for every (request, position) in parallel and before the
 //      sequential loop (U_k does not depend on the drafted tokens): the K largest
-//      race_key(U_k(v), v) (value first, then the lower id), by a radix pre-filter on the key's
-//      top 12 bits (one histogram pass, one pass collecting the entries at or above the K-th
-//      bucket) and a partial sort of the few survivors, never a sort of the row;
+//      race_key(U_k(v), v) (value first, then the lower id) in one pass over the row with a
+//      running threshold (select_candidates), never a sort of the row;
 //   2. position by position, the head and confidence steps shared with markov_draft
 //      (cpu/markov_head.h), then per request the K products P_k . w2[c] over gathered w2 rows
 //      (the dense op's fixed-order dot, so each candidate's logit is the dense op's bits), and
@@ -16,7 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <array>
+#include <cstring>
 #include <functional>
 #include <optional>
 #include <tuple>
@@ -31,30 +30,49 @@
 namespace dspark::cpu {
 namespace {
 
-constexpr int kBucketBits = 12;  // radix pre-filter: buckets of the key's top 12 bits
+constexpr int64_t kBlock = 64;  // entries per block of the selection scan
 
-// The order of SPEC §10 as one integer: larger U first (NaN counts as -inf), then lower id.
+// ids[0..K) = the K candidates of one row of base logits [V], best first: the K largest
+// race_key(U(v), v) (larger value, NaN as -inf, then the lower id). One pass over the row
+// keeps a buffer of at most 2K keys and the value of its K-th best once it has been full
+// (thr): an entry can enter the final K only if its value is above thr (an equal value has a
+// higher id than every buffered key, so it ranks below the K-th). A block of entries whose
+// max (a vectorised loop) is not above thr is skipped whole, which is almost every block
+// once thr has settled; when the buffer fills, it is cut back to its best K.
 template <typename T>
-inline uint64_t candidate_key(const T* row, int64_t v) {
-  const float x = static_cast<float>(row[v]);
-  return race_key(x == x ? x : -INFINITY, v);
-}
-
-// ids[0..K) = the K candidates of one row of base logits [V], best first.
-template <typename T>
-void select_candidates(const T* row, int64_t V, int64_t K, int64_t* ids, std::vector<uint64_t>& survivors) {
-  std::array<int64_t, (1 << kBucketBits)> hist{};
-  for (int64_t v = 0; v < V; ++v) ++hist[candidate_key(row, v) >> (64 - kBucketBits)];
-  int64_t bucket = (1 << kBucketBits) - 1, above = 0;  // the bucket holding the K-th key
-  while (above + hist[bucket] < K) above += hist[bucket--];
-  survivors.clear();
-  for (int64_t v = 0; v < V; ++v) {
-    const uint64_t key = candidate_key(row, v);
-    if (static_cast<int64_t>(key >> (64 - kBucketBits)) >= bucket) survivors.push_back(key);
+void select_candidates(const T* row, int64_t V, int64_t K, int64_t* ids, std::vector<uint64_t>& buffer) {
+  buffer.clear();
+  float thr = -INFINITY;
+  bool settled = false;  // thr holds the K-th best value seen
+  for (int64_t b = 0; b < V; b += kBlock) {
+    const int64_t n = std::min(kBlock, V - b);
+    if (settled) {
+      float m = -INFINITY;
+      for (int64_t i = 0; i < n; ++i) {
+        const float x = static_cast<float>(row[b + i]);
+        m = x > m ? x : m;  // NaN never wins
+      }
+      if (!(m > thr)) continue;
+    }
+    for (int64_t v = b; v < b + n; ++v) {
+      float x = static_cast<float>(row[v]);
+      x = x == x ? x : -INFINITY;
+      if (settled && !(x > thr)) continue;
+      buffer.push_back(race_key(x, v));
+      if (static_cast<int64_t>(buffer.size()) == 2 * K) {
+        std::nth_element(buffer.begin(), buffer.begin() + (K - 1), buffer.end(), std::greater<uint64_t>());
+        buffer.resize(K);
+        const uint32_t ordered = static_cast<uint32_t>(buffer[K - 1] >> 32);  // race_key's value bits, undone
+        const uint32_t bits = (ordered & 0x80000000u) ? (ordered & 0x7FFFFFFFu) : ~ordered;
+        std::memcpy(&thr, &bits, sizeof(thr));
+        settled = true;
+      }
+    }
   }
-  std::nth_element(survivors.begin(), survivors.begin() + (K - 1), survivors.end(), std::greater<uint64_t>());
-  std::sort(survivors.begin(), survivors.begin() + K, std::greater<uint64_t>());
-  for (int64_t j = 0; j < K; ++j) ids[j] = race_index(survivors[j]);
+  if (static_cast<int64_t>(buffer.size()) > K)
+    std::nth_element(buffer.begin(), buffer.begin() + (K - 1), buffer.end(), std::greater<uint64_t>());
+  std::sort(buffer.begin(), buffer.begin() + K, std::greater<uint64_t>());
+  for (int64_t j = 0; j < K; ++j) ids[j] = race_index(buffer[j]);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft_topk(
@@ -89,8 +107,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, U.scalar_type(), "markov_draft_topk_select", [&] {
     const scalar_t* up = U.data_ptr<scalar_t>();
     at::parallel_for(0, R * G, 1, [&](int64_t begin, int64_t end) {
-      std::vector<uint64_t> survivors;
-      for (int64_t row = begin; row < end; ++row) select_candidates(up + row * V, V, K, idp + row * K, survivors);
+      std::vector<uint64_t> buffer;
+      buffer.reserve(static_cast<size_t>(2 * K));
+      for (int64_t row = begin; row < end; ++row) select_candidates(up + row * V, V, K, idp + row * K, buffer);
     });
   });
 
