@@ -46,7 +46,7 @@ def test_k_equals_v_is_markov_draft(device, dtype, head, conf):
 
 def check_against_reference(out, ref, dtype, temperature):
     tokens, ids, logits, logprob, conf = out
-    rt, rids, rl, rlp, rc = ref
+    rt, rids, rl, _, rc = ref
     assert torch.equal(ids.cpu(), rids.cpu())
     assert torch.equal(tokens.cpu(), rt.cpu())
     assert logits.dtype == dtype and logits.shape == rl.shape
@@ -115,7 +115,7 @@ def test_greedy_is_argmax_over_candidates_lowest_id(device):
     base[:, :, [9, 7, 40]] = 3.0  # tie among three: 7 is the lowest id, listed second
     base[:, :, 50] = 2.0
     args["base_logits"] = base
-    tokens, ids, logits, logprob, _ = topk(args, K)
+    tokens, ids, _, logprob, _ = topk(args, K)
     assert ids[0, 0].tolist() == [7, 9, 40, 50, 0]
     assert tokens.tolist() == [[7, 7], [7, 7]]
     assert torch.equal(logprob, torch.zeros_like(logprob))
@@ -235,3 +235,110 @@ def test_cuda_large_and_graph_capture():
     torch.cuda.synchronize()
     for a, b in zip(out, topk(args, 256)):
         assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------- pruned draft + sparse verify
+
+
+def _pair_setup(head, n, V=10, K=4, T=0.9, seed=21):
+    """n requests sharing one drafter input (independent seeds), a target P1 [V] for the first
+    token and P2 [V, V] for the second given the first (float64 probabilities)."""
+    base = make_inputs(R=1, G=2, V=V, r=8, d=6, head=head, conf="h", seed=seed)
+    args = {k: (v.expand(n, *v.shape[1:]) if k in PER_REQUEST and torch.is_tensor(v) else v) for k, v in base.items()}
+    args["temperature"] = torch.full((n,), T)
+    args["seed"] = torch.arange(n) * 13 + 5
+    args["offset"] = torch.full((n,), 17)
+    g = torch.Generator().manual_seed(seed)
+    P1 = torch.softmax(torch.randn(V, generator=g, dtype=torch.float64), -1)
+    P2 = torch.softmax(torch.randn(V, V, generator=g, dtype=torch.float64) * 1.5, -1)
+    return args, P1, P2
+
+
+def _second_tokens(y1, emitted, out, P2, T, seeds):
+    """The second generated token: from the round where two were emitted, else one more
+    target step (a length-0 verify round drawing from P2[y1])."""
+    y2 = out[:, 1].clone()
+    need = emitted < 2
+    m = int(need.sum())
+    if m:
+        rows = (torch.log(P2[y1[need]]) * T).float()
+        extra, _, _ = dspark_ops.verify_chain(rows, torch.full((m, 1), -1), torch.zeros(m, dtype=torch.int64), T,
+                                              seeds[need], 99)
+        y2[need] = extra[:, 0]
+    return y2
+
+
+@pytest.mark.parametrize("head", ["vanilla", "gated", "rnn"])
+def test_pruned_draft_and_sparse_chain_verify_are_lossless(head):
+    # Drafts come only from the K candidates (q = 0 elsewhere), the target puts mass on every
+    # id: acceptance, the sparse residual max(0, p - q) and the bonus must still give exactly p.
+    n, V, K, T = 6000, 10, 4, 0.9
+    args, P1, P2 = _pair_setup(head, n, V, K, T)
+    tokens, ids, logits, _, _ = topk(args, K)
+    x1 = tokens[:, 0]
+    target = torch.stack([torch.log(P1).expand(n, V), torch.log(P2[x1]), torch.zeros(n, V, dtype=torch.float64)], 1)
+    target = (target * T).float().reshape(3 * n, V)
+    out, acc, emitted = dspark_ops.verify_chain(target, tokens, torch.full((n,), 2), T, args["seed"], 23,
+                                                draft_logits=logits, draft_ids=ids)
+    assert (acc > 0).any() and (acc < 2).any()  # both paths are exercised
+    y1 = out[:, 0]
+    assert_distribution(torch.bincount(y1, minlength=V).numpy(), P1.numpy(), f"{head}: first token")
+    y2 = _second_tokens(y1, emitted, out, P2, T, args["seed"])
+    joint = torch.zeros(V, V, dtype=torch.int64)
+    joint.index_put_((y1, y2), torch.ones_like(y1), accumulate=True)
+    assert_distribution(joint.numpy(), (P1[:, None] * P2).numpy(), f"{head}: first two tokens")
+
+
+@pytest.mark.parametrize("head", ["vanilla", "gated", "rnn"])
+def test_pruned_draft_and_sparse_tree_verify_are_lossless(head):
+    # A root with three children drawn i.i.d. from the pruned q_1 (three offsets of one draft),
+    # verified by verify_tree with draft_ids: the first token must follow P1, the bonus P2.
+    n, V, K, T, m = 6000, 10, 4, 0.9, 3
+    args, P1, P2 = _pair_setup(head, n, V, K, T)
+    draws = [topk({**args, "offset": args["offset"] + j}, K) for j in range(m)]
+    ids, logits = draws[0][1][:, 0], draws[0][2][:, 0]  # q_1 does not depend on the offset
+    for d in draws[1:]:
+        assert torch.equal(d[1][:, 0], ids) and torch.equal(d[2][:, 0], logits)
+    children = torch.stack([d[0][:, 0] for d in draws], 1)  # [n, m]
+    tree_tokens = torch.cat([torch.zeros(n, 1, dtype=torch.int64), children], 1)
+    parents = torch.tensor([-1] + [0] * m).expand(n, -1).contiguous()
+    num_nodes = torch.full((n,), m + 1)
+    rows = torch.cat([torch.log(P1).expand(n, 1, V), torch.log(P2[children])], 1)  # node i -> its next token
+    target = (rows * T).float().reshape(n * (m + 1), V)
+    node_ids = torch.cat([ids[:, None], ids[:, None].expand(n, m, K)], 1).reshape(n * (m + 1), K)
+    node_logits = torch.cat([logits[:, None], logits[:, None].expand(n, m, K)], 1).reshape(n * (m + 1), K)
+    out, _, acc, emitted = dspark_ops.verify_tree(target, tree_tokens, parents, num_nodes, T, args["seed"], 31,
+                                                  draft_logits=node_logits, draft_ids=node_ids)
+    assert (acc > 0).any() and (acc == 0).any()
+    y1 = out[:, 0]
+    assert_distribution(torch.bincount(y1, minlength=V).numpy(), P1.numpy(), f"{head}: tree first token")
+    y2 = _second_tokens(y1, emitted, out, P2, T, args["seed"])
+    joint = torch.zeros(V, V, dtype=torch.int64)
+    joint.index_put_((y1, y2), torch.ones_like(y1), accumulate=True)
+    assert_distribution(joint.numpy(), (P1[:, None] * P2).numpy(), f"{head}: tree first two tokens")
+
+
+@pytest.mark.parametrize("head", ["vanilla", "rnn"])
+def test_generate_with_pruned_drafter(head):
+    # generate verifies a pruned proposal against its sparse q (draft_ids): greedy output is
+    # the target's greedy decoding, and sampled runs are reproducible and batch invariant.
+    from dspark_ops import ConfidenceThreshold, generate
+    from test_generate import greedy_reference, make_dspark_proposer, make_prompts, make_target, tiny_logits
+
+    target = make_target()
+    prompts = make_prompts(3, seed=5)
+
+    def proposer():
+        p = make_dspark_proposer(head)
+        p.num_candidates = 7
+        return p
+
+    with torch.no_grad():
+        res = generate(target, proposer(), prompts, max_new_tokens=10, gamma=4, schedule=ConfidenceThreshold(0.05))
+        for p, toks in zip(prompts, res.tokens):
+            assert toks == greedy_reference(tiny_logits(target), p, 10)
+        kw = dict(max_new_tokens=8, gamma=3, temperature=[0.9, 1.2, 0.7], seed=[5, 6, 7])
+        a = generate(target, proposer(), prompts, **kw)
+        b = generate(target, proposer(), prompts, **kw)
+        alone = generate(target, proposer(), prompts[1:2], max_new_tokens=8, gamma=3, temperature=[1.2], seed=[6])
+    assert a.tokens == b.tokens and alone.tokens[0] == a.tokens[1]

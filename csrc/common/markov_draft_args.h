@@ -8,8 +8,29 @@
 
 #include "common/markov_draft_kinds.h"
 #include "dspark/checks.h"
+#include "dspark/filters.h"
 
 namespace dspark {
+
+// top_k [R] int64 (any value; <= 0 or >= the row length: off), top_p [R] float32 in (0, 1],
+// min_p [R] float32 in [0, 1] (SPEC §9). Returns whether any filter is given.
+inline bool check_markov_filter_args(const char* op, const std::optional<at::Tensor>& top_k,
+                                     const std::optional<at::Tensor>& top_p, const std::optional<at::Tensor>& min_p,
+                                     int64_t requests, const at::Tensor& ref) {
+  if (top_k) check_index_vector(*top_k, op, "top_k", requests, "R", ref);
+  auto check_range = [&](const std::optional<at::Tensor>& t, const char* arg, bool (*ok)(float), const char* range) {
+    if (!t) return;
+    check_float_vector(*t, op, arg, requests, "R", ref);
+    if (!value_checks_enabled(*t) || requests == 0) return;
+    const auto v = t->cpu().contiguous();
+    const float* p = v.data_ptr<float>();
+    for (int64_t i = 0; i < requests; ++i)
+      DSPARK_CHECK(ok(p[i]), op, arg, "must lie in ", range, ", got ", p[i], " for request ", i);
+  };
+  check_range(top_p, "top_p", top_p_in_range, "(0, 1] (1: off)");
+  check_range(min_p, "min_p", min_p_in_range, "[0, 1] (0: off)");
+  return top_k || top_p || min_p;
+}
 
 struct MarkovDraftSizes {
   int64_t requests;  // R
@@ -19,11 +40,13 @@ struct MarkovDraftSizes {
   int64_t hidden;    // d (0 without `hidden`)
   MarkovHead head;
   ConfidenceInput confidence;
+  bool filters = false;  // any of top_k / top_p / min_p given (SPEC §9)
 };
 
 // base_logits [R, γ, V]; anchor, seed, offset [R] int64; w1, w2 [V, r]; temperature [R]
 // float32; hidden [R, γ, d]; gate_weight [r, d+r], gate_bias [r]; rnn_weight [3r, 2r+d],
-// rnn_bias [3r]; conf_weight [d] or [d+r], conf_bias [1]; conf_scale [γ] float32.
+// rnn_bias [3r]; conf_weight [d] or [d+r], conf_bias [1]; conf_scale [γ] float32;
+// top_k [R] int64, top_p / min_p [R] float32 (values checked on CPU, or with DSPARK_CHECK=1).
 // Every logits/weight/activation argument shares the dtype of base_logits.
 // `op` names the op in messages (markov_draft or markov_draft_topk: same arguments).
 inline MarkovDraftSizes check_markov_draft_args(
@@ -32,7 +55,9 @@ inline MarkovDraftSizes check_markov_draft_args(
     const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
     const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
     const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
-    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale) {
+    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p) {
   check_float_dtype(base_logits, op, "base_logits");
   check_dim(base_logits, op, "base_logits", 3);
   MarkovDraftSizes s{base_logits.size(0), base_logits.size(1), base_logits.size(2), 0, 0,
@@ -110,6 +135,7 @@ inline MarkovDraftSizes check_markov_draft_args(
   }
   // Checked even without a confidence head (then it is ignored: the confidence is all ones).
   if (conf_scale) check_float_vector(*conf_scale, op, "conf_scale", s.gamma, "γ, one scale per position", base_logits);
+  s.filters = check_markov_filter_args(op, top_k, top_p, min_p, s.requests, base_logits);
   if (value_checks_enabled(anchor) && s.requests > 0) {
     const auto a = anchor.cpu();
     const int64_t lo = a.min().item<int64_t>(), hi = a.max().item<int64_t>();

@@ -32,10 +32,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
     const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
     const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
-    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale) {
+    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p) {
   const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft", base_logits, anchor, w1, w2, temperature,
                                                      seed, offset, hidden, gate_weight, gate_bias, rnn_weight,
-                                                     rnn_bias, conf_weight, conf_bias, conf_scale);
+                                                     rnn_bias, conf_weight, conf_bias, conf_scale, top_k,
+                                                     top_p, min_p);
   const int64_t R = s.requests, G = s.gamma, V = s.vocab;
   const auto fopts = base_logits.options().dtype(at::kFloat);
   auto tokens = at::empty({R, G}, anchor.options());
@@ -50,6 +53,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   const float* tp = temp.data_ptr<float>();
   const int64_t* sp = sd.data_ptr<int64_t>();
   const int64_t* op = off.data_ptr<int64_t>();
+  const auto filters = markov::row_filters(top_k, top_p, min_p, R, V);
   MarkovHeadCpu head(s, w1, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale);
 
   auto x = anchor.contiguous();  // x_{k-1}, [R]
@@ -66,12 +70,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
       scalar_t* dl = draft_logits.data_ptr<scalar_t>();
       const scalar_t* up = U.data_ptr<scalar_t>();
       at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+        markov::FilterScratch scratch;
         for (int64_t i = begin; i < end; ++i) {
           float* row = noise.data_ptr<float>() + i * V;
           if (!is_greedy(tp[i])) markov::fill_gumbel(row, V, markov::DenseIds{}, sp[i], op[i], k);
           const int64_t at_k = i * G + k - 1;
           auto [token, logprob] = markov::round_and_sample<scalar_t>(up + at_k * V, markov::DenseIds{}, lptr + i * V,
-                                                                     dl + at_k * V, row, V, tp[i]);
+                                                                     dl + at_k * V, row, V, tp[i], filters[i], scratch);
           tok[at_k] = token;
           lp[at_k] = logprob;
         }

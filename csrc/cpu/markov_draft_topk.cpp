@@ -81,10 +81,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
     const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
     const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
     const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
-    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale) {
+    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p) {
   const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft_topk", base_logits, anchor, w1, w2,
                                                      temperature, seed, offset, hidden, gate_weight, gate_bias,
-                                                     rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale);
+                                                     rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k,
+                                                     top_p, min_p);
   check_num_candidates(num_candidates, s);
   const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank, K = num_candidates;
   const auto fopts = base_logits.options().dtype(at::kFloat);
@@ -102,6 +105,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
   const int64_t* sp = sd.data_ptr<int64_t>();
   const int64_t* op = off.data_ptr<int64_t>();
   int64_t* idp = draft_ids.data_ptr<int64_t>();
+  const auto filters = markov::row_filters(top_k, top_p, min_p, R, K);
   MarkovHeadCpu head(s, w1, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale);
 
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, U.scalar_type(), "markov_draft_topk_select", [&] {
@@ -127,6 +131,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
       const scalar_t* wp = w2c.data_ptr<scalar_t>();
       scalar_t* dl = draft_logits.data_ptr<scalar_t>();
       at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+        markov::FilterScratch scratch;
         for (int64_t i = begin; i < end; ++i) {
           const int64_t at_k = i * G + k - 1;
           const markov::CandidateIds ids{idp + at_k * K};
@@ -135,7 +140,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
           markov::gathered_dot(p.data_ptr<float>() + i * r, wp, ids.ids, K, r, prod);
           if (!is_greedy(tp[i])) markov::fill_gumbel(row, K, ids, sp[i], op[i], k);
           auto [token, logprob] =
-              markov::round_and_sample<scalar_t>(up + at_k * V, ids, prod, dl + at_k * K, row, K, tp[i]);
+              markov::round_and_sample<scalar_t>(up + at_k * V, ids, prod, dl + at_k * K, row, K, tp[i], filters[i],
+                                                 scratch);
           tok[at_k] = token;
           lp[at_k] = logprob;
         }

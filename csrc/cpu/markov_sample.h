@@ -8,9 +8,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 #include <utility>
+#include <vector>
 
 #include "cpu/philox_batch.h"
+#include "dspark/filters.h"
 #include "dspark/philox.h"
 #include "dspark/sampling.h"
 
@@ -39,14 +42,47 @@ inline void fill_gumbel(float* noise, int64_t n, CandidateIds ids, int64_t seed,
   at::from_blob(noise, {n}, at::TensorOptions().dtype(at::kFloat)).log_().neg_().log_().neg_();
 }
 
+// The filter of every request (SPEC §9; all off without filter tensors) over rows of `entries`
+// values: top_k [R] int64, top_p / min_p [R] float32, each optional, values already checked.
+inline std::vector<RowFilter> row_filters(const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+                                          const std::optional<at::Tensor>& min_p, int64_t requests, int64_t entries) {
+  std::vector<RowFilter> f(static_cast<size_t>(requests));
+  const auto k = top_k ? top_k->contiguous() : at::Tensor();
+  const auto p = top_p ? top_p->contiguous() : at::Tensor();
+  const auto m = min_p ? min_p->contiguous() : at::Tensor();
+  for (int64_t i = 0; i < requests; ++i)
+    f[i] = make_row_filter(k.defined() ? k.data_ptr<int64_t>()[i] : 0, p.defined() ? p.data_ptr<float>()[i] : 1.0f,
+                           m.defined() ? m.data_ptr<float>()[i] : 0.0f, entries);
+  return f;
+}
+
+// Host memory reused across the rows a thread samples with a filter on.
+struct FilterScratch {
+  std::vector<float> scaled;  // [n] the scaled row
+  std::vector<float> search;  // filter_threshold's own
+};
+
+// log q(winner) from the scaled row x [n] (overwritten: exps are taken in place), its max and
+// the winner's scaled logit. Vectorised by ATen over the cache-hot scratch row.
+inline float winner_logprob(float* x, int64_t n, float max, float xt) {
+  float sum = 0.0f;
+  if (max > -INFINITY)
+    sum = at::from_blob(x, {n}, at::TensorOptions().dtype(at::kFloat)).sub_(max).exp_().sum().item<float>();
+  return (sum > 0.0f && xt > -INFINITY) ? (xt - max) - std::log(sum) : -INFINITY;
+}
+
 // Rounds L_j = base[id(j)] + product[j] (float32) to T, writes them to out[j], and samples
 // from the rounded values: the Gumbel-max race over softmax(L / T) with noise[j] (consumed:
 // it is overwritten by the scaled row), or the argmax for greedy requests (noise unused, lowest
-// vocabulary id on ties). Returns (vocabulary id, log q(id)); greedy requests return (argmax, 0).
-// A row without a finite logit returns entry 0's id (log q = -inf when sampled).
+// vocabulary id on ties). With a filter that is on (SPEC §9, sampled requests only), the race
+// and the softmax run over the filtered scaled row, and every filtered-out entry of out is set
+// to -inf; an off filter takes exactly the unfiltered path. Returns (vocabulary id, log q(id));
+// greedy requests return (argmax, 0). A row without a finite logit returns entry 0's id (log q =
+// -inf when sampled).
 template <typename T, typename Ids>
 std::pair<int64_t, float> round_and_sample(const T* base, Ids id, const float* product, T* out, float* noise,
-                                           int64_t n, float temperature) {
+                                           int64_t n, float temperature, const RowFilter& filter,
+                                           FilterScratch& scratch) {
   if (is_greedy(temperature)) {
     ArgMax best;
     for (int64_t j = 0; j < n; ++j) {
@@ -57,28 +93,43 @@ std::pair<int64_t, float> round_and_sample(const T* base, Ids id, const float* p
     }
     return {best.index < 0 ? id(0) : best.index, 0.0f};
   }
-  // Pass 1 (fused): round, store, max of the scaled row, Gumbel race; the scaled values
-  // replace the (consumed) noise in the row's scratch.
   float max = -INFINITY;
   Race race;
   int64_t winner = 0;  // entry of the race's winner
-  for (int64_t j = 0; j < n; ++j) {
-    const T rounded = static_cast<T>(static_cast<float>(base[id(j)]) + product[j]);
-    out[j] = rounded;
-    const float x = scaled_logit(static_cast<float>(rounded), temperature);
-    max = x > max ? x : max;
-    const uint64_t before = race.best;
-    race.add(x, noise[j], id(j));
-    winner = race.best != before ? j : winner;
-    noise[j] = x;
+  if (filter.off()) {
+    // One fused pass: round, store, max of the scaled row, Gumbel race; the scaled values
+    // replace the (consumed) noise in the row's scratch.
+    for (int64_t j = 0; j < n; ++j) {
+      const T rounded = static_cast<T>(static_cast<float>(base[id(j)]) + product[j]);
+      out[j] = rounded;
+      const float x = scaled_logit(static_cast<float>(rounded), temperature);
+      max = x > max ? x : max;
+      const uint64_t before = race.best;
+      race.add(x, noise[j], id(j));
+      winner = race.best != before ? j : winner;
+      noise[j] = x;
+    }
+  } else {
+    // Round and scale first (the threshold needs the whole row), then race over the kept.
+    scratch.scaled.resize(static_cast<size_t>(n));
+    float* scaled = scratch.scaled.data();
+    for (int64_t j = 0; j < n; ++j) {
+      const T rounded = static_cast<T>(static_cast<float>(base[id(j)]) + product[j]);
+      out[j] = rounded;
+      scaled[j] = scaled_logit(static_cast<float>(rounded), temperature);
+    }
+    const float theta = filter_threshold(scaled, n, filter, scratch.search);
+    for (int64_t j = 0; j < n; ++j) {
+      const float x = filtered(scaled[j], theta);
+      if (!(scaled[j] >= theta)) out[j] = static_cast<T>(-INFINITY);
+      max = x > max ? x : max;
+      const uint64_t before = race.best;
+      race.add(x, noise[j], id(j));
+      winner = race.best != before ? j : winner;
+      noise[j] = x;
+    }
   }
-  // Pass 2, vectorised by ATen over the cache-hot scratch row: the normaliser.
-  float sum = 0.0f;
-  if (max > -INFINITY)
-    sum = at::from_blob(noise, {n}, at::TensorOptions().dtype(at::kFloat)).sub_(max).exp_().sum().item<float>();
-  const float xt = scaled_logit(static_cast<float>(out[winner]), temperature);
-  const float logprob = (sum > 0.0f && xt > -INFINITY) ? (xt - max) - std::log(sum) : -INFINITY;
-  return {id(winner), logprob};  // entry 0 when nothing can be drawn (a row without a finite logit)
+  return {id(winner), winner_logprob(noise, n, max, noise[winner])};
 }
 
 }  // namespace dspark::cpu::markov

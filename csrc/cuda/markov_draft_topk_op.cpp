@@ -38,10 +38,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
     const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
     const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
     const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
-    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale) {
+    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p) {
   const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft_topk", base_logits, anchor, w1, w2,
                                                      temperature, seed, offset, hidden, gate_weight, gate_bias,
-                                                     rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale);
+                                                     rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
   check_num_candidates(num_candidates, s);
   const c10::cuda::CUDAGuard guard(base_logits.device());
   const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank, K = num_candidates;
@@ -102,6 +104,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
   p.conf_weight = conf_w.defined() ? conf_w.data_ptr() : nullptr;
   p.conf_bias = conf_b.defined() ? conf_b.data_ptr() : nullptr;
   p.conf_scale = scale.defined() ? scale.data_ptr<float>() : nullptr;
+  const auto tk = top_k ? top_k->contiguous() : at::Tensor();
+  const auto tp = top_p ? top_p->contiguous() : at::Tensor();
+  const auto mp = min_p ? min_p->contiguous() : at::Tensor();
+  p.top_k = tk.defined() ? tk.data_ptr<int64_t>() : nullptr;
+  p.top_p = tp.defined() ? tp.data_ptr<float>() : nullptr;
+  p.min_p = mp.defined() ? mp.data_ptr<float>() : nullptr;
   p.tokens = tokens.data_ptr<int64_t>();
   p.draft_logits = draft_logits.data_ptr();
   p.token_logprob = token_logprob.data_ptr<float>();

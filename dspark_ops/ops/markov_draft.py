@@ -8,15 +8,17 @@ from typing import Optional
 
 import torch
 
+from .arguments import PerRequest, request_args
+
 
 def markov_draft(
     base_logits: torch.Tensor,
     anchor: torch.Tensor,
     w1: torch.Tensor,
     w2: torch.Tensor,
-    temperature: torch.Tensor,
-    seed: torch.Tensor,
-    offset: torch.Tensor,
+    temperature: PerRequest,
+    seed: PerRequest,
+    offset: PerRequest,
     hidden: Optional[torch.Tensor] = None,
     gate_weight: Optional[torch.Tensor] = None,
     gate_bias: Optional[torch.Tensor] = None,
@@ -25,6 +27,9 @@ def markov_draft(
     conf_weight: Optional[torch.Tensor] = None,
     conf_bias: Optional[torch.Tensor] = None,
     conf_scale: Optional[torch.Tensor] = None,
+    top_k: Optional[PerRequest] = None,
+    top_p: Optional[PerRequest] = None,
+    min_p: Optional[PerRequest] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draft γ tokens left to right: ``L_k = U_k + B(x_{k-1})``, sample ``x_k``, confidence ``c_k``.
 
@@ -50,8 +55,9 @@ def markov_draft(
         w1: ``[V, r]`` Markov embedding (``markov_w1.weight``).
         w2: ``[V, r]`` Markov projection (``markov_w2.weight``, ``nn.Linear(r, V)`` layout).
             The CUDA kernel supports ``r <= 512`` (DeepSpec uses 256).
-        temperature: ``[R]`` float32.
-        seed, offset: ``[R]`` int64 keys of the counter-based generator (never changed).
+        temperature: ``[R]`` float32 (a Python float or list is converted on the logits' device).
+        seed, offset: ``[R]`` int64 keys of the counter-based generator (never changed); Python
+            ints or lists accepted.
         hidden: ``[R, γ, d]`` backbone hidden states ``h_k``; required by the gated and RNN
             heads and by the confidence head, ignored otherwise.
         gate_weight, gate_bias: ``[r, d+r]``, ``[r]`` (``gate_proj``), input ``[h_k ; e_k]``.
@@ -61,6 +67,18 @@ def markov_draft(
         conf_scale: ``[γ]`` float32 Sequential Temperature Scaling multipliers (default all 1,
             see :mod:`dspark_ops.speculative.calibration`); ignored (but still checked) without a
             confidence head.
+        top_k, top_p, min_p: per-request engine filters (SPEC §9; ``[R]`` tensors, Python
+            scalars or lists): ``top_k`` int64 (``<= 0`` or ``>= V``: off), ``top_p`` in
+            ``(0, 1]`` (1: off), ``min_p`` in ``[0, 1]`` (0: off). For sampled requests they are
+            applied to ``round(L_k) / T`` before sampling (min-p, then top-k, then top-p, each
+            keeping an upper set of values with its ties): every filtered-out entry of
+            ``draft_logits`` is returned as ``-inf``, so that ``draft_logits`` describe exactly
+            the distribution ``x_k`` was drawn from (verification stays lossless), and
+            ``token_logprob`` is under the filtered distribution. Greedy requests ignore them;
+            off values give outputs bit-identical to passing no filter. Values outside those
+            ranges raise on CPU (on CUDA with ``DSPARK_CHECK=1``; otherwise clamped). CUDA:
+            the dense kernel raises when a filter is given (use :func:`markov_draft_topk`,
+            which filters on CUDA, or the CPU).
 
     Every logits/weight/activation argument must share the dtype of ``base_logits`` (a
     mismatch is an error); arithmetic is float32. Passing both gated and RNN weights, or a
@@ -82,16 +100,24 @@ def markov_draft(
     (the check needs a host sync), and otherwise it is clamped into ``[0, V)`` so the kernel
     never reads outside ``w1``.
     """
+    a = _per_request(base_logits, temperature, seed, offset, top_k, top_p, min_p)
     return torch.ops.dspark.markov_draft(
-        base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight, gate_bias,
-        rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale,
+        base_logits, anchor, w1, w2, a["temperature"], a["seed"], a["offset"], hidden, gate_weight, gate_bias,
+        rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, a["top_k"], a["top_p"], a["min_p"],
     )
+
+
+def _per_request(base_logits, temperature, seed, offset, top_k, top_p, min_p):
+    """The per-request arguments as ``[R]`` tensors on the device of the logits (Python scalars
+    and lists converted once; tensors passed through for the op to check)."""
+    return request_args(base_logits.shape[0], base_logits.device, temperature=temperature, seed=seed, offset=offset,
+                        top_k=top_k, top_p=top_p, min_p=min_p)
 
 
 @torch.library.register_fake("dspark::markov_draft")
 def _markov_draft_fake(base_logits, anchor, w1, w2, temperature, seed, offset, hidden=None, gate_weight=None,
                        gate_bias=None, rnn_weight=None, rnn_bias=None, conf_weight=None, conf_bias=None,
-                       conf_scale=None):
+                       conf_scale=None, top_k=None, top_p=None, min_p=None):
     torch._check(base_logits.dim() == 3, lambda: "dspark::markov_draft: argument 'base_logits' must have 3 dimensions")
     torch._check(
         gate_weight is None or rnn_weight is None,
@@ -110,9 +136,9 @@ def markov_draft_topk(
     anchor: torch.Tensor,
     w1: torch.Tensor,
     w2: torch.Tensor,
-    temperature: torch.Tensor,
-    seed: torch.Tensor,
-    offset: torch.Tensor,
+    temperature: PerRequest,
+    seed: PerRequest,
+    offset: PerRequest,
     num_candidates: int,
     hidden: Optional[torch.Tensor] = None,
     gate_weight: Optional[torch.Tensor] = None,
@@ -122,6 +148,9 @@ def markov_draft_topk(
     conf_weight: Optional[torch.Tensor] = None,
     conf_bias: Optional[torch.Tensor] = None,
     conf_scale: Optional[torch.Tensor] = None,
+    top_k: Optional[PerRequest] = None,
+    top_p: Optional[PerRequest] = None,
+    min_p: Optional[PerRequest] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """:func:`markov_draft` pruned to the backbone's ``K = num_candidates`` best ids per position.
 
@@ -142,7 +171,9 @@ def markov_draft_topk(
     ``verify_tree`` given ``draft_ids`` (SPEC §10), which read O(K) entries per row.
 
     Args:
-        as :func:`markov_draft`, plus ``num_candidates``: K in ``[1, V]``.
+        as :func:`markov_draft`, plus ``num_candidates``: K in ``[1, V]``. The filters
+        ``top_k / top_p / min_p`` apply to the K candidates' distribution (``top_k >= K`` keeps
+        them all); filtered-out candidates keep their id in ``draft_ids`` with a ``-inf`` logit.
 
     Returns:
         ``tokens [R, γ]`` int64 (each one of its position's candidates);
@@ -155,16 +186,17 @@ def markov_draft_topk(
     radix select in one block per row; larger K falls back to ``torch.topk`` on packed
     (value, id) keys (same result, more memory traffic).
     """
+    a = _per_request(base_logits, temperature, seed, offset, top_k, top_p, min_p)
     return torch.ops.dspark.markov_draft_topk(
-        base_logits, anchor, w1, w2, temperature, seed, offset, num_candidates, hidden, gate_weight, gate_bias,
-        rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale,
+        base_logits, anchor, w1, w2, a["temperature"], a["seed"], a["offset"], num_candidates, hidden, gate_weight,
+        gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, a["top_k"], a["top_p"], a["min_p"],
     )
 
 
 @torch.library.register_fake("dspark::markov_draft_topk")
 def _markov_draft_topk_fake(base_logits, anchor, w1, w2, temperature, seed, offset, num_candidates, hidden=None,
                             gate_weight=None, gate_bias=None, rnn_weight=None, rnn_bias=None, conf_weight=None,
-                            conf_bias=None, conf_scale=None):
+                            conf_bias=None, conf_scale=None, top_k=None, top_p=None, min_p=None):
     tokens, _, token_logprob, confidence = _markov_draft_fake(
         base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias,
         conf_weight, conf_bias, conf_scale)

@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from ..ops.random_bits import Purpose
+from .filters import filter_threshold
 from .rng import gumbel, random_bits
 
 GREEDY_TEMPERATURE = 1e-5
@@ -29,8 +30,9 @@ def select_candidates(base_logits: torch.Tensor, num_candidates: int) -> torch.T
 
 
 def _draft(base_logits, anchor, w1, w2, temperature, seed, offset, candidates, hidden, gate_weight, gate_bias,
-           rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale):
-    """The loop shared by both ops; ``candidates [R, γ, K]`` or None (every id, in id order)."""
+           rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p):
+    """The loop shared by both ops; ``candidates [R, γ, K]`` or None (every id, in id order).
+    The SPEC §9 filters apply to the sampled rows' scaled logits over the listed entries."""
     if gate_weight is not None and rnn_weight is not None:
         raise RuntimeError("markov_draft: argument 'rnn_weight' cannot be combined with gate_weight")
     requests, gamma, vocab = base_logits.shape
@@ -83,6 +85,11 @@ def _draft(base_logits, anchor, w1, w2, temperature, seed, offset, candidates, h
         top = lr_clean.amax(-1, keepdim=True)
         arg = torch.where(lr_clean == top, ids, torch.full_like(ids, vocab)).amin(-1)
         scaled = lr_clean / safe_t
+        if top_k is not None or top_p is not None or min_p is not None:
+            theta = filter_threshold(scaled, top_k, top_p, min_p)
+            out = ~greedy[:, None] & ~(scaled >= theta[:, None])
+            scaled = torch.where(out, torch.full_like(scaled, float("-inf")), scaled)
+            draft_logits[:, k - 1] = torch.where(out, torch.full_like(rounded, float("-inf")), rounded)
         noise = gumbel(random_bits(seed[:, None], offset[:, None], Purpose.DRAFT_SAMPLE, k, ids))
         score = torch.where(torch.isinf(scaled) & (scaled < 0), scaled, scaled + noise)
         sampled = ids.gather(1, score.argmax(-1, keepdim=True))[:, 0]
@@ -111,10 +118,13 @@ def markov_draft(
     conf_weight: Optional[torch.Tensor] = None,
     conf_bias: Optional[torch.Tensor] = None,
     conf_scale: Optional[torch.Tensor] = None,
+    top_k: Optional[torch.Tensor] = None,
+    top_p: Optional[torch.Tensor] = None,
+    min_p: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same arguments and results as ``dspark_ops.markov_draft`` (no argument checks)."""
     return _draft(base_logits, anchor, w1, w2, temperature, seed, offset, None, hidden, gate_weight, gate_bias,
-                  rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale)
+                  rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p)
 
 
 def markov_draft_topk(
@@ -134,10 +144,13 @@ def markov_draft_topk(
     conf_weight: Optional[torch.Tensor] = None,
     conf_bias: Optional[torch.Tensor] = None,
     conf_scale: Optional[torch.Tensor] = None,
+    top_k: Optional[torch.Tensor] = None,
+    top_p: Optional[torch.Tensor] = None,
+    min_p: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same arguments and results as ``dspark_ops.markov_draft_topk`` (no argument checks)."""
     ids = select_candidates(base_logits, num_candidates)
     tokens, draft_logits, logprob, confidence = _draft(
         base_logits, anchor, w1, w2, temperature, seed, offset, ids, hidden, gate_weight, gate_bias, rnn_weight,
-        rnn_bias, conf_weight, conf_bias, conf_scale)
+        rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p)
     return tokens, ids, draft_logits, logprob, confidence
