@@ -10,7 +10,8 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference
-from helpers import assert_distribution, requires_cuda
+from helpers import requires_cuda
+from stats import assert_distribution
 from test_markov_draft import logprob_from_logits, make_inputs, to_device
 
 OPS = ["dense", "topk"]

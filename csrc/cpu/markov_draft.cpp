@@ -11,7 +11,6 @@
 // position k, index = vocab id); its two logs run through ATen's vectorised log, exactly the
 // operations of the pure-PyTorch reference.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -19,6 +18,7 @@
 #include <tuple>
 
 #include "common/markov_draft_args.h"
+#include "cpu/dispatch.h"
 #include "cpu/markov_head.h"
 #include "cpu/markov_products.h"
 #include "cpu/markov_sample.h"
@@ -65,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     const auto p = head.head_step(k, e);
     head.confidence_step(k, e, confidence);
     const auto L = markov::rows_times_weight(p, w2c);  // [R, V] fp32, P_k w2^T (U_k added in the fused pass)
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, U.scalar_type(), "markov_draft_cpu", [&] {
+    DSPARK_CPU_DISPATCH_FLOAT(U.scalar_type(), "dspark::markov_draft", "base_logits", [&] {
       const float* lptr = L.data_ptr<float>();
       scalar_t* dl = draft_logits.data_ptr<scalar_t>();
       const scalar_t* up = U.data_ptr<scalar_t>();

@@ -10,7 +10,6 @@
 //      the shared round-and-sample over the K entries with noise keyed by vocabulary id.
 // w2 traffic: K rows per request and position instead of V.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -22,6 +21,7 @@
 #include <vector>
 
 #include "common/markov_draft_args.h"
+#include "cpu/dispatch.h"
 #include "cpu/markov_head.h"
 #include "cpu/markov_products.h"
 #include "cpu/markov_sample.h"
@@ -108,7 +108,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
   const auto filters = markov::row_filters(top_k, top_p, min_p, R, K);
   MarkovHeadCpu head(s, w1, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, U.scalar_type(), "markov_draft_topk_select", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(U.scalar_type(), "dspark::markov_draft_topk", "base_logits", [&] {
     const scalar_t* up = U.data_ptr<scalar_t>();
     at::parallel_for(0, R * G, 1, [&](int64_t begin, int64_t end) {
       std::vector<uint64_t> buffer;
@@ -126,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
     const auto e = head.embed(x);  // e_k [R, r]
     const auto p = head.head_step(k, e).contiguous();
     head.confidence_step(k, e, confidence);
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, U.scalar_type(), "markov_draft_topk_cpu", [&] {
+    DSPARK_CPU_DISPATCH_FLOAT(U.scalar_type(), "dspark::markov_draft_topk", "base_logits", [&] {
       const scalar_t* up = U.data_ptr<scalar_t>();
       const scalar_t* wp = w2c.data_ptr<scalar_t>();
       scalar_t* dl = draft_logits.data_ptr<scalar_t>();

@@ -3,13 +3,13 @@
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
 
 #include "cpu/cpu_features.h"
+#include "cpu/dispatch.h"
 
 namespace dspark::cpu {
 namespace markov {
@@ -157,7 +157,7 @@ inline at::Tensor rows_times_weight(const at::Tensor& X, const at::Tensor& W) {
   float* op = out.data_ptr<float>();
   const bool avx2 = cpu_has_avx2();
   const int64_t grain = std::max<int64_t>(16, 32768 / std::max<int64_t>(1, M * K));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "markov_draft_rows_times_weight", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(w.scalar_type(), "dspark::markov_draft", "w2", [&] {
     const scalar_t* wp = w.data_ptr<scalar_t>();
     at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
       if (avx2) rows_times_weight_avx2<scalar_t>(xp, wp, op, M, N, K, n0, n1);

@@ -15,12 +15,6 @@ namespace dspark::cuda::markov {
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;  // 8
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-  return v;
-}
-
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // The head at position k (1-based) for request q with x_{k-1} = prev: writes

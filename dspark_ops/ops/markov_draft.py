@@ -8,9 +8,11 @@ from typing import Optional
 
 import torch
 
+from ._documented import documented
 from .arguments import PerRequest, request_args
 
 
+@documented
 def markov_draft(
     base_logits: torch.Tensor,
     anchor: torch.Tensor,
@@ -131,6 +133,7 @@ def _markov_draft_fake(base_logits, anchor, w1, w2, temperature, seed, offset, h
     return tokens, draft_logits, token_logprob, confidence
 
 
+@documented
 def markov_draft_topk(
     base_logits: torch.Tensor,
     anchor: torch.Tensor,

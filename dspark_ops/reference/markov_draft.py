@@ -14,11 +14,10 @@ from typing import Optional
 
 import torch
 
+from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose
 from .filters import filter_threshold
 from .rng import gumbel, random_bits
-
-GREEDY_TEMPERATURE = 1e-5
 
 
 def select_candidates(base_logits: torch.Tensor, num_candidates: int) -> torch.Tensor:
@@ -44,7 +43,7 @@ def _draft(base_logits, anchor, w1, w2, temperature, seed, offset, candidates, h
     hf = hidden.to(f32) if hidden is not None else None
     d = hf.shape[-1] if hf is not None else 0
     temp = temperature.to(f32)
-    greedy = ~(temp > GREEDY_TEMPERATURE)
+    greedy = is_greedy(temp)
     safe_t = torch.where(greedy, torch.ones_like(temp), temp)[:, None]
     entries = vocab if candidates is None else candidates.shape[-1]
 
