@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from stats import assert_distribution
 
 import dspark_ops
 from dspark_ops import reference
 from dspark_ops.reference.markov_draft import select_candidates
+
 from helpers import DEVICES, requires_cuda
-from stats import assert_distribution
 from test_markov_draft import TOL, logprob_from_logits, make_inputs, to_device
 
 HEADS = [("vanilla", "none"), ("vanilla", "h"), ("gated", "he"), ("rnn", "h"), ("rnn", "he")]
@@ -300,6 +301,7 @@ def test_generate_with_pruned_drafter(head):
     # generate verifies a pruned proposal against its sparse q (draft_ids): greedy output is
     # the target's greedy decoding, and sampled runs are reproducible and batch invariant.
     from dspark_ops import ConfidenceThreshold, generate
+
     from test_generate import greedy_reference, make_dspark_proposer, make_prompts, make_target, tiny_logits
 
     target = make_target()

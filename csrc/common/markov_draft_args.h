@@ -60,7 +60,7 @@ inline MarkovDraftSizes check_markov_draft_args(
     const std::optional<at::Tensor>& min_p) {
   check_float_dtype(base_logits, op, "base_logits");
   check_dim(base_logits, op, "base_logits", 3);
-  MarkovDraftSizes s{base_logits.size(0), base_logits.size(1), base_logits.size(2), 0, 0,
+  MarkovDraftSizes s{base_logits.size(0),  base_logits.size(1),   base_logits.size(2), 0, 0,
                      MarkovHead::kVanilla, ConfidenceInput::kNone};
   DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 31), op, "base_logits",
                "must have a vocabulary size in [1, 2^31), got ", s.vocab);
@@ -70,8 +70,7 @@ inline MarkovDraftSizes check_markov_draft_args(
   auto check_like = [&](const at::Tensor& t, const char* arg, int64_t dim) {
     check_device(t, op, arg, base_logits);
     DSPARK_CHECK(t.scalar_type() == dtype, op, arg, "must have the dtype of base_logits (", dtype,
-                 "): every logits/weight/activation argument of one call shares one dtype, got ",
-                 t.scalar_type());
+                 "): every logits/weight/activation argument of one call shares one dtype, got ", t.scalar_type());
     check_dim(t, op, arg, dim);
   };
   check_index_vector(anchor, op, "anchor", s.requests, "R, the rows of base_logits", base_logits);
@@ -87,8 +86,8 @@ inline MarkovDraftSizes check_markov_draft_args(
   check_index_vector(offset, op, "offset", s.requests, "R", base_logits);
 
   // Pairs: a weight without its bias (or the reverse) is a contradiction.
-  auto check_pair = [&](const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
-                        const char* wname, const char* bname) {
+  auto check_pair = [&](const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b, const char* wname,
+                        const char* bname) {
     DSPARK_CHECK(w.has_value() || !b.has_value(), op, wname, "is required when ", bname, " is given");
     DSPARK_CHECK(b.has_value() || !w.has_value(), op, bname, "is required when ", wname, " is given");
   };
@@ -127,8 +126,8 @@ inline MarkovDraftSizes check_markov_draft_args(
   if (conf_weight) {
     check_like(*conf_weight, "conf_weight", 1);
     const int64_t n = conf_weight->size(0);
-    DSPARK_CHECK(n == d || n == d + r, op, "conf_weight", "must have size d = ", d, " (input h_k) or d + r = ",
-                 d + r, " (input [h_k ; e_k]), got shape ", conf_weight->sizes());
+    DSPARK_CHECK(n == d || n == d + r, op, "conf_weight", "must have size d = ", d, " (input h_k) or d + r = ", d + r,
+                 " (input [h_k ; e_k]), got shape ", conf_weight->sizes());
     s.confidence = n == d ? ConfidenceInput::kHidden : ConfidenceInput::kHiddenEmbedding;
     check_like(*conf_bias, "conf_bias", 1);
     check_size(*conf_bias, op, "conf_bias", 0, 1, "a single bias");
@@ -139,8 +138,8 @@ inline MarkovDraftSizes check_markov_draft_args(
   if (value_checks_enabled(anchor) && s.requests > 0) {
     const auto a = anchor.cpu();
     const int64_t lo = a.min().item<int64_t>(), hi = a.max().item<int64_t>();
-    DSPARK_CHECK(lo >= 0 && hi < s.vocab, op, "anchor", "must hold token ids in [0, V=", s.vocab,
-                 "), got values in [", lo, ", ", hi, "]");
+    DSPARK_CHECK(lo >= 0 && hi < s.vocab, op, "anchor", "must hold token ids in [0, V=", s.vocab, "), got values in [",
+                 lo, ", ", hi, "]");
   }
   return s;
 }

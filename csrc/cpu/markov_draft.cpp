@@ -36,9 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
     const std::optional<at::Tensor>& min_p) {
   const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft", base_logits, anchor, w1, w2, temperature,
-                                                     seed, offset, hidden, gate_weight, gate_bias, rnn_weight,
-                                                     rnn_bias, conf_weight, conf_bias, conf_scale, top_k,
-                                                     top_p, min_p);
+                                                     seed, offset, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias,
+                                                     conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
   const int64_t R = s.requests, G = s.gamma, V = s.vocab;
   const auto fopts = base_logits.options().dtype(at::kFloat);
   auto tokens = at::empty({R, G}, anchor.options());

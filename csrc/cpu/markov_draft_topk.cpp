@@ -84,10 +84,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
     const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
     const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
     const std::optional<at::Tensor>& min_p) {
-  const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft_topk", base_logits, anchor, w1, w2,
-                                                     temperature, seed, offset, hidden, gate_weight, gate_bias,
-                                                     rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k,
-                                                     top_p, min_p);
+  const MarkovDraftSizes s = check_markov_draft_args(
+      "dspark::markov_draft_topk", base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight,
+      gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
   check_num_candidates(num_candidates, s);
   const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank, K = num_candidates;
   const auto fopts = base_logits.options().dtype(at::kFloat);
@@ -139,9 +138,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
           float* row = noise.data_ptr<float>() + i * K;
           markov::gathered_dot(p.data_ptr<float>() + i * r, wp, ids.ids, K, r, prod);
           if (!is_greedy(tp[i])) markov::fill_gumbel(row, K, ids, sp[i], op[i], k);
-          auto [token, logprob] =
-              markov::round_and_sample<scalar_t>(up + at_k * V, ids, prod, dl + at_k * K, row, K, tp[i], filters[i],
-                                                 scratch);
+          auto [token, logprob] = markov::round_and_sample<scalar_t>(up + at_k * V, ids, prod, dl + at_k * K, row, K,
+                                                                     tp[i], filters[i], scratch);
           tok[at_k] = token;
           lp[at_k] = logprob;
         }

@@ -105,7 +105,7 @@ DSPARK_ALWAYS_INLINE void fixed_order_dot1x4(const float* a, const TW* b0, const
 // M rows: groups of four rows of X, then the leftover rows one at a time.
 template <typename TW>
 DSPARK_ALWAYS_INLINE void rows_times_weight_impl(const float* X, const TW* W, float* out, int64_t M, int64_t N,
-                                                int64_t K, int64_t n0, int64_t n1) {
+                                                 int64_t K, int64_t n0, int64_t n1) {
   float res[4];
   const int64_t M4 = M / 4 * 4;
   int64_t n = n0;
@@ -135,8 +135,8 @@ DSPARK_ALWAYS_INLINE void rows_times_weight_impl(const float* X, const TW* W, fl
 
 // The AVX2+FMA build of the same code (the baseline build where the compiler has no clones).
 template <typename TW>
-DSPARK_TARGET_AVX2 void rows_times_weight_avx2(const float* X, const TW* W, float* out, int64_t M, int64_t N,
-                                               int64_t K, int64_t n0, int64_t n1) {
+DSPARK_TARGET_AVX2 void rows_times_weight_avx2(const float* X, const TW* W, float* out, int64_t M, int64_t N, int64_t K,
+                                               int64_t n0, int64_t n1) {
   rows_times_weight_impl(X, W, out, M, N, K, n0, n1);
 }
 
@@ -160,13 +160,14 @@ inline at::Tensor rows_times_weight(const at::Tensor& X, const at::Tensor& W) {
   DSPARK_CPU_DISPATCH_FLOAT(w.scalar_type(), "dspark::markov_draft", "w2", [&] {
     const scalar_t* wp = w.data_ptr<scalar_t>();
     at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
-      if (avx2) rows_times_weight_avx2<scalar_t>(xp, wp, op, M, N, K, n0, n1);
-      else rows_times_weight_default<scalar_t>(xp, wp, op, M, N, K, n0, n1);
+      if (avx2)
+        rows_times_weight_avx2<scalar_t>(xp, wp, op, M, N, K, n0, n1);
+      else
+        rows_times_weight_default<scalar_t>(xp, wp, op, M, N, K, n0, n1);
     });
   });
   return out;
 }
-
 
 // out[j] = x . W[ids[j]] for j < n: one row against gathered weight rows (the pruned head's
 // candidates), with exactly the arithmetic of rows_times_weight for that row (a single row
@@ -194,8 +195,10 @@ void gathered_dot_default(const float* x, const TW* W, const int64_t* ids, int64
 
 template <typename TW>
 void gathered_dot(const float* x, const TW* W, const int64_t* ids, int64_t n, int64_t K, float* out) {
-  if (cpu_has_avx2()) gathered_dot_avx2(x, W, ids, n, K, out);
-  else gathered_dot_default(x, W, ids, n, K, out);
+  if (cpu_has_avx2())
+    gathered_dot_avx2(x, W, ids, n, K, out);
+  else
+    gathered_dot_default(x, W, ids, n, K, out);
 }
 
 }  // namespace markov

@@ -37,14 +37,15 @@ inline void fill_gumbel(float* noise, int64_t n, DenseIds, int64_t seed, int64_t
 }
 inline void fill_gumbel(float* noise, int64_t n, CandidateIds ids, int64_t seed, int64_t offset, int64_t k) {
   for (int64_t j = 0; j < n; ++j)
-    noise[j] = bits_to_open_uniform(random_bits(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k),
-                                                static_cast<uint64_t>(ids(j))));
+    noise[j] = bits_to_open_uniform(
+        random_bits(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k), static_cast<uint64_t>(ids(j))));
   at::from_blob(noise, {n}, at::TensorOptions().dtype(at::kFloat)).log_().neg_().log_().neg_();
 }
 
 // The filter of every request (SPEC §9; all off without filter tensors) over rows of `entries`
 // values: top_k [R] int64, top_p / min_p [R] float32, each optional, values already checked.
-inline std::vector<RowFilter> row_filters(const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+inline std::vector<RowFilter> row_filters(const std::optional<at::Tensor>& top_k,
+                                          const std::optional<at::Tensor>& top_p,
                                           const std::optional<at::Tensor>& min_p, int64_t requests, int64_t entries) {
   std::vector<RowFilter> f(static_cast<size_t>(requests));
   const auto k = top_k ? top_k->contiguous() : at::Tensor();
@@ -80,9 +81,8 @@ inline float winner_logprob(float* x, int64_t n, float max, float xt) {
 // greedy requests return (argmax, 0). A row without a finite logit returns entry 0's id (log q =
 // -inf when sampled).
 template <typename T, typename Ids>
-std::pair<int64_t, float> round_and_sample(const T* base, Ids id, const float* product, T* out, float* noise,
-                                           int64_t n, float temperature, const RowFilter& filter,
-                                           FilterScratch& scratch) {
+std::pair<int64_t, float> round_and_sample(const T* base, Ids id, const float* product, T* out, float* noise, int64_t n,
+                                           float temperature, const RowFilter& filter, FilterScratch& scratch) {
   if (is_greedy(temperature)) {
     ArgMax best;
     for (int64_t j = 0; j < n; ++j) {

@@ -270,8 +270,9 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
           } else {
             const float x = scaled_logit(lr, temp);
             st.add(x);
-            race.add(x, gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
-                                                     static_cast<uint32_t>(k), static_cast<uint64_t>(v))),
+            race.add(x,
+                     gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
+                                                  static_cast<uint32_t>(k), static_cast<uint64_t>(v))),
                      v);
           }
         }
@@ -394,8 +395,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
   });
 }
 
-cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch,
-                                cudaStream_t stream) {
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch, cudaStream_t stream) {
   if (params.requests == 0 || params.gamma == 0 || launch.blocks <= 0) return cudaSuccess;
   return DSPARK_DISPATCH_FLOAT(params.dtype, T, [&]() -> cudaError_t {
     MarkovDraftParams p = params;

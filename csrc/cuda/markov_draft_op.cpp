@@ -14,8 +14,8 @@
 
 #include "common/markov_draft_args.h"
 #include "cuda/launch_check.h"
-#include "cuda/torch_dtype.h"
 #include "cuda/markov_draft.h"
+#include "cuda/torch_dtype.h"
 
 namespace dspark::cuda {
 namespace {
@@ -55,9 +55,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
     const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
     const std::optional<at::Tensor>& min_p) {
-  const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft", base_logits, anchor, w1, w2, temperature, seed, offset, hidden,
-                                                     gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight,
-                                                     conf_bias, conf_scale, top_k, top_p, min_p);
+  const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft", base_logits, anchor, w1, w2, temperature,
+                                                     seed, offset, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias,
+                                                     conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
   const c10::cuda::CUDAGuard guard(base_logits.device());
   DSPARK_CHECK(!s.filters, "dspark::markov_draft", "top_k",
                "and top_p / min_p (SPEC §9 filters) are not implemented by the dense CUDA kernel yet: use "
@@ -92,7 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     if (conf_scale) scale = conf_scale->contiguous();
   }
 
-  const MarkovDraftLaunch plan = cached_plan(to_dtype(U, "dspark::markov_draft", "base_logits"), V, r, base_logits.get_device());
+  const MarkovDraftLaunch plan = cached_plan(to_dtype(U, "dspark::markov_draft", "base_logits"), V, r,
+                                             base_logits.get_device());
   const int64_t blocks = plan.blocks;
   auto head_vector = at::empty({R, r}, fopts);
   auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;

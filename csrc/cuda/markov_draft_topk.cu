@@ -77,8 +77,8 @@ __device__ __forceinline__ int next_pow2(int n) {
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kSelectThreads) select_candidates_kernel(const T* __restrict__ base, int64_t V,
-                                                                          int64_t K, int64_t* __restrict__ ids) {
+__global__ void __launch_bounds__(kSelectThreads)
+    select_candidates_kernel(const T* __restrict__ base, int64_t V, int64_t K, int64_t* __restrict__ ids) {
   __shared__ unsigned int hist[kBins];
   __shared__ uint64_t buf[kBuffer];                 // the K-th bucket's entries, in id order
   __shared__ uint64_t out[kMaxSelectCandidates];    // the selected keys
@@ -253,8 +253,9 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
         race.add(x, 0.0f, c);  // argmax: NaN/-inf never win, ties -> lowest id
       } else {
         st.add(x);
-        race.add(x, gumbel_from_bits(random_bits(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k),
-                                                 static_cast<uint64_t>(c))),
+        race.add(x,
+                 gumbel_from_bits(random_bits(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k),
+                                              static_cast<uint64_t>(c))),
                  c);
       }
       if (race.best != before) mine = x;
@@ -293,8 +294,9 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
     if (threadIdx.x == 0) {
       const float xt = xt_shared;
       p.tokens[row] = x_shared;
-      p.token_logprob[row] = greedy ? 0.0f : (st.sum > 0.0f && xt > -INFINITY) ? (xt - st.max) - logf(st.sum)
-                                                                                : -INFINITY;
+      p.token_logprob[row] = greedy                              ? 0.0f
+                             : (st.sum > 0.0f && xt > -INFINITY) ? (xt - st.max) - logf(st.sum)
+                                                                 : -INFINITY;
     }
     prev = x_shared;
     __syncthreads();  // x_shared / xt_shared are rewritten at the next position

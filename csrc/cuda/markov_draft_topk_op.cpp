@@ -41,9 +41,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
     const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
     const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
     const std::optional<at::Tensor>& min_p) {
-  const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft_topk", base_logits, anchor, w1, w2,
-                                                     temperature, seed, offset, hidden, gate_weight, gate_bias,
-                                                     rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
+  const MarkovDraftSizes s = check_markov_draft_args(
+      "dspark::markov_draft_topk", base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight,
+      gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
   check_num_candidates(num_candidates, s);
   const c10::cuda::CUDAGuard guard(base_logits.device());
   const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank, K = num_candidates;
@@ -52,7 +52,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
   auto draft_logits = at::empty({R, G, K}, base_logits.options());
   auto token_logprob = at::empty({R, G}, fopts);  // every entry written by the kernel
   auto confidence = s.confidence == ConfidenceInput::kNone ? at::ones({R, G}, fopts) : at::empty({R, G}, fopts);
-  if (R == 0 || G == 0) return {tokens, at::empty({R, G, K}, anchor.options()), draft_logits, token_logprob, confidence};
+  if (R == 0 || G == 0)
+    return {tokens, at::empty({R, G, K}, anchor.options()), draft_logits, token_logprob, confidence};
 
   const auto U = base_logits.contiguous(), x0 = anchor.contiguous();
   const auto w1c = w1.contiguous(), w2c = w2.contiguous();
@@ -63,7 +64,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
   at::Tensor draft_ids;
   if (K <= kMaxSelectCandidates) {
     draft_ids = at::empty({R, G, K}, anchor.options());
-    DSPARK_CUDA_CHECK(launch_select_candidates(dtype, U.data_ptr(), R * G, V, K, draft_ids.data_ptr<int64_t>(), stream));
+    DSPARK_CUDA_CHECK(
+        launch_select_candidates(dtype, U.data_ptr(), R * G, V, K, draft_ids.data_ptr<int64_t>(), stream));
   } else {
     draft_ids = select_candidates_topk(U, K).contiguous();
   }
