@@ -9,6 +9,9 @@ confidence head) with randomly initialised layers that shares the target's embed
 ``lm_head``; there is no trained tiny checkpoint in the repository, so absolute acceptance is
 low and what matters is the trend in K. Every round verifies all γ drafts (FixedLength(γ)), and
 acceptance at position k is P(x_k accepted | x_1..x_{k-1} accepted), pooled over rounds.
+With ``--dense-q`` the pruned proposal is verified through the equivalent dense q (its logits
+scattered into ``[R, γ, V]`` with -inf off the candidates): the same distribution, so the same
+acceptance, for a verify_chain without ``draft_ids``.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import pathlib
 import torch
 
 from dspark_ops import DSparkDrafter, FixedLength, generate
-from dspark_ops.speculative.proposers import DSparkProposer
+from dspark_ops.speculative.proposers import DSparkProposer, Proposal
 from dspark_ops.speculative.targets import TinyCausalLM, TinyConfig
 
 
@@ -37,6 +40,23 @@ def make_pair(vocab: int, device: str, seed: int = 0):
         drafter.embed_tokens.weight.copy_(target.embed.weight)
         drafter.lm_head.weight.copy_(target.lm_head.weight)
     return target, drafter
+
+
+class DenseQ:
+    """A pruned proposer whose proposals carry the equivalent dense q (-inf off the candidates)."""
+
+    def __init__(self, inner: DSparkProposer, vocab: int):
+        self.inner, self.vocab = inner, vocab
+
+    def propose(self, anchor, temperature, seed, offset, gamma):
+        p = self.inner.propose(anchor, temperature, seed, offset, gamma)
+        if p.draft_ids is None:
+            return p
+        dense = p.draft_logits.new_full((*p.draft_logits.shape[:2], self.vocab), float("-inf"))
+        return Proposal(p.tokens, dense.scatter(-1, p.draft_ids, p.draft_logits), p.confidence)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 def acceptance(result, gamma: int) -> list[float]:
@@ -56,6 +76,7 @@ def main():
     ap.add_argument("--gamma", type=int, default=5)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dense-q", action="store_true", help="verify pruned drafts through the equivalent dense q")
     args = ap.parse_args()
     target, drafter = make_pair(args.vocab, args.device)
     g = torch.Generator().manual_seed(0)
@@ -63,6 +84,8 @@ def main():
     rows = []
     for K in [None, args.vocab, 256, 64, 16, 4, 1]:
         proposer = DSparkProposer(drafter, num_candidates=K)
+        if args.dense_q:
+            proposer = DenseQ(proposer, args.vocab)
         with torch.no_grad():
             res = generate(target, proposer, prompts, max_new_tokens=args.tokens, temperature=args.temperature,
                            seed=list(range(args.requests)), gamma=args.gamma, schedule=FixedLength(args.gamma))
