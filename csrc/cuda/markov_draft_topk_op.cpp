@@ -61,7 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
   const auto w1c = w1.contiguous(), w2c = w2.contiguous();
   const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
   const auto stream = c10::cuda::getCurrentCUDAStream();
-  const DType dtype = to_dtype(U.scalar_type());
+  const DType dtype = to_dtype(U, "dspark::markov_draft_topk", "base_logits");
 
   at::Tensor draft_ids;
   if (K <= kMaxSelectCandidates) {
