@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from stats import assert_distribution
 
 import dspark_ops
 from dspark_ops import reference
 
 from helpers import requires_cuda
+from stats import assert_distribution
 from test_markov_draft import logprob_from_logits, make_inputs, to_device
 
 OPS = ["dense", "topk"]

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stats import assert_distribution
 
 import dspark_ops
 from dspark_ops import reference
 from dspark_ops.reference.markov_draft import select_candidates
 
 from helpers import DEVICES, requires_cuda
+from stats import assert_distribution
 from test_markov_draft import TOL, logprob_from_logits, make_inputs, to_device
 
 HEADS = [("vanilla", "none"), ("vanilla", "h"), ("gated", "he"), ("rnn", "h"), ("rnn", "he")]
