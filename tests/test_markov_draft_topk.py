@@ -4,6 +4,8 @@ argument checks, opcheck and torch.compile."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -217,6 +219,13 @@ def test_cuda_large_and_graph_capture():
 
 # ---------------------------------------------------------------- pruned draft + sparse verify
 
+# The sparse verify side (draft_ids, SPEC §10) comes with the verify ops' own branch; until it is
+# merged these tests cannot run (they are not counted as passing).
+needs_sparse_verify = pytest.mark.skipif(
+    "draft_ids" not in inspect.signature(dspark_ops.verify_chain).parameters,
+    reason="verify_chain / verify_tree without draft_ids (SPEC §10) in this build",
+)
+
 
 def _pair_setup(head, n, V=10, K=4, T=0.9, seed=21):
     """n requests sharing one drafter input (independent seeds), a target P1 [V] for the first
@@ -246,6 +255,7 @@ def _second_tokens(y1, emitted, out, P2, T, seeds):
     return y2
 
 
+@needs_sparse_verify
 @pytest.mark.parametrize("head", ["vanilla", "gated", "rnn"])
 def test_pruned_draft_and_sparse_chain_verify_are_lossless(head):
     # Drafts come only from the K candidates (q = 0 elsewhere), the target puts mass on every
@@ -267,6 +277,7 @@ def test_pruned_draft_and_sparse_chain_verify_are_lossless(head):
     assert_distribution(joint.numpy(), (P1[:, None] * P2).numpy(), f"{head}: first two tokens")
 
 
+@needs_sparse_verify
 @pytest.mark.parametrize("head", ["vanilla", "gated", "rnn"])
 def test_pruned_draft_and_sparse_tree_verify_are_lossless(head):
     # A root with three children drawn i.i.d. from the pruned q_1 (three offsets of one draft),
@@ -296,6 +307,7 @@ def test_pruned_draft_and_sparse_tree_verify_are_lossless(head):
     assert_distribution(joint.numpy(), (P1[:, None] * P2).numpy(), f"{head}: tree first two tokens")
 
 
+@needs_sparse_verify
 @pytest.mark.parametrize("head", ["vanilla", "rnn"])
 def test_generate_with_pruned_drafter(head):
     # generate verifies a pruned proposal against its sparse q (draft_ids): greedy output is
