@@ -7,6 +7,11 @@ gather log q(x). Inputs: vanilla Markov head, rank r = 256, every request sampli
 
 Floor: every position must read w2 (V·r) and U_k (R·V) and write draft_logits (R·V):
 bytes = γ·(V·r + 2·R·V)·elem. flops = 2·R·γ·V·r (the rank-r products).
+
+Pruned rows (op markov_draft_topk, SPEC §10): ours = markov_draft_topk with K candidates,
+"dense" = markov_draft on the same inputs, side by side. Its floor reads U_k once for the
+selection and the K gathered w2 rows per request and position, and writes K logits and ids:
+bytes = γ·R·(V + K·r + K)·elem + γ·R·K·8. flops = 2·R·γ·K·r.
 """
 
 from __future__ import annotations
@@ -71,13 +76,29 @@ def case(R, gamma, V, r, dtype_name, device, with_compile):
                 note="vanilla head, T=1")
 
 
+def pruned_case(R, gamma, V, r, K, dtype_name, device):
+    args = make_inputs(R, gamma, V, r, DTYPES[dtype_name], device)
+    elem = DTYPES[dtype_name].itemsize
+    providers = {
+        "ours": lambda: dspark_ops.markov_draft_topk(**args, num_candidates=K),
+        "dense": lambda: dspark_ops.markov_draft(**args),
+    }
+    return Case("markov_draft_topk", f"R={R} γ={gamma} V={V} r={r} K={K}", dtype_name, providers,
+                bytes_moved=gamma * R * (V + K * r + K) * elem + gamma * R * K * 8, flops=2.0 * R * gamma * K * r,
+                note="vanilla head, T=1; dense = markov_draft")
+
+
 def cases(preset: str, device: str) -> list[Case]:
     if device == "cpu":
         if preset == "quick":
             return [case(4, 7, 32000, 256, "fp32", device, with_compile=True),
-                    case(1, 7, 32000, 256, "fp32", device, with_compile=False)]
+                    case(1, 7, 32000, 256, "fp32", device, with_compile=False),
+                    pruned_case(4, 7, 151936, 256, 256, "fp32", device)]
         return [case(R, 7, 32000, 256, dt, device, with_compile=(R == 4))
-                for R in (1, 4, 16, 64) for dt in ("fp32", "bf16")]
+                for R in (1, 4, 16, 64) for dt in ("fp32", "bf16")] + [
+                pruned_case(R, 7, 151936, 256, K, "bf16", device) for R in (1, 4, 16) for K in (64, 256, 1024)]
     if preset == "quick":
-        return [case(R, 7, 151936, 256, "bf16", device, with_compile=(R == 1)) for R in (1, 64)]
-    return [case(R, 7, V, 256, "bf16", device, with_compile=True) for R in (1, 8, 64, 256) for V in (32000, 151936)]
+        return [case(R, 7, 151936, 256, "bf16", device, with_compile=(R == 1)) for R in (1, 64)] + [
+                pruned_case(R, 7, 151936, 256, 256, "bf16", device) for R in (4, 64)]
+    return [case(R, 7, V, 256, "bf16", device, with_compile=True) for R in (1, 8, 64, 256) for V in (32000, 151936)] + [
+            pruned_case(R, 7, 151936, 256, K, "bf16", device) for R in (1, 4, 64, 256) for K in (64, 256, 1024, 4096)]

@@ -9,13 +9,25 @@ TORCH_LIBRARY(dspark, m) {
   // the tests can check that CPU and CUDA draw the same numbers. -> [R, count] int64 in [0, 2^32).
   m.def("random_bits(Tensor seed, Tensor offset, int purpose, int position, int count) -> Tensor");
 
-  // SPEC §3: the sequential Markov / gated / RNN head fused with sampling and confidence.
+  // SPEC §3: the sequential Markov / gated / RNN head fused with sampling and confidence;
+  // top_k / top_p / min_p (SPEC §9) filter L_k / T before sampling.
   m.def(
       "markov_draft(Tensor base_logits, Tensor anchor, Tensor w1, Tensor w2, "
       "Tensor temperature, Tensor seed, Tensor offset, Tensor? hidden=None, "
       "Tensor? gate_weight=None, Tensor? gate_bias=None, Tensor? rnn_weight=None, "
       "Tensor? rnn_bias=None, Tensor? conf_weight=None, Tensor? conf_bias=None, "
-      "Tensor? conf_scale=None) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? conf_scale=None, Tensor? top_k=None, Tensor? top_p=None, "
+      "Tensor? min_p=None) -> (Tensor, Tensor, Tensor, Tensor)");
+
+  // SPEC §10: markov_draft pruned to the backbone's K = num_candidates best ids per position.
+  // -> (tokens [R, γ], draft_ids [R, γ, K], draft_logits [R, γ, K], token_logprob, confidence).
+  m.def(
+      "markov_draft_topk(Tensor base_logits, Tensor anchor, Tensor w1, Tensor w2, "
+      "Tensor temperature, Tensor seed, Tensor offset, int num_candidates, Tensor? hidden=None, "
+      "Tensor? gate_weight=None, Tensor? gate_bias=None, Tensor? rnn_weight=None, "
+      "Tensor? rnn_bias=None, Tensor? conf_weight=None, Tensor? conf_bias=None, "
+      "Tensor? conf_scale=None, Tensor? top_k=None, Tensor? top_p=None, "
+      "Tensor? min_p=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
   // SPEC §4: lossless verification of chain drafts.
   m.def(

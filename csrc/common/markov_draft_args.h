@@ -1,4 +1,5 @@
-// Argument checks of dspark::markov_draft shared by the CPU and CUDA bindings (SPEC §3).
+// Argument checks of dspark::markov_draft and dspark::markov_draft_topk shared by the CPU and
+// CUDA bindings (SPEC §3, §10).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -7,8 +8,29 @@
 
 #include "common/markov_draft_kinds.h"
 #include "dspark/checks.h"
+#include "dspark/filters.h"
 
 namespace dspark {
+
+// top_k [R] int64 (any value; <= 0 or >= the row length: off), top_p [R] float32 in (0, 1],
+// min_p [R] float32 in [0, 1] (SPEC §9). Returns whether any filter is given.
+inline bool check_markov_filter_args(const char* op, const std::optional<at::Tensor>& top_k,
+                                     const std::optional<at::Tensor>& top_p, const std::optional<at::Tensor>& min_p,
+                                     int64_t requests, const at::Tensor& ref) {
+  if (top_k) check_index_vector(*top_k, op, "top_k", requests, "R", ref);
+  auto check_range = [&](const std::optional<at::Tensor>& t, const char* arg, bool (*ok)(float), const char* range) {
+    if (!t) return;
+    check_float_vector(*t, op, arg, requests, "R", ref);
+    if (!value_checks_enabled(*t) || requests == 0) return;
+    const auto v = t->cpu().contiguous();
+    const float* p = v.data_ptr<float>();
+    for (int64_t i = 0; i < requests; ++i)
+      DSPARK_CHECK(ok(p[i]), op, arg, "must lie in ", range, ", got ", p[i], " for request ", i);
+  };
+  check_range(top_p, "top_p", top_p_in_range, "(0, 1] (1: off)");
+  check_range(min_p, "min_p", min_p_in_range, "[0, 1] (0: off)");
+  return top_k || top_p || min_p;
+}
 
 struct MarkovDraftSizes {
   int64_t requests;  // R
@@ -18,23 +40,27 @@ struct MarkovDraftSizes {
   int64_t hidden;    // d (0 without `hidden`)
   MarkovHead head;
   ConfidenceInput confidence;
+  bool filters = false;  // any of top_k / top_p / min_p given (SPEC §9)
 };
 
 // base_logits [R, γ, V]; anchor, seed, offset [R] int64; w1, w2 [V, r]; temperature [R]
 // float32; hidden [R, γ, d]; gate_weight [r, d+r], gate_bias [r]; rnn_weight [3r, 2r+d],
-// rnn_bias [3r]; conf_weight [d] or [d+r], conf_bias [1]; conf_scale [γ] float32.
+// rnn_bias [3r]; conf_weight [d] or [d+r], conf_bias [1]; conf_scale [γ] float32;
+// top_k [R] int64, top_p / min_p [R] float32 (values checked on CPU, or with DSPARK_CHECK=1).
 // Every logits/weight/activation argument shares the dtype of base_logits.
+// `op` names the op in messages (markov_draft or markov_draft_topk: same arguments).
 inline MarkovDraftSizes check_markov_draft_args(
-    const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
+    const char* op, const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
     const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
     const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
     const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
     const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
-    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale) {
-  constexpr const char* op = "dspark::markov_draft";
+    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p) {
   check_float_dtype(base_logits, op, "base_logits");
   check_dim(base_logits, op, "base_logits", 3);
-  MarkovDraftSizes s{base_logits.size(0), base_logits.size(1), base_logits.size(2), 0, 0,
+  MarkovDraftSizes s{base_logits.size(0),  base_logits.size(1),   base_logits.size(2), 0, 0,
                      MarkovHead::kVanilla, ConfidenceInput::kNone};
   DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 31), op, "base_logits",
                "must have a vocabulary size in [1, 2^31), got ", s.vocab);
@@ -44,8 +70,7 @@ inline MarkovDraftSizes check_markov_draft_args(
   auto check_like = [&](const at::Tensor& t, const char* arg, int64_t dim) {
     check_device(t, op, arg, base_logits);
     DSPARK_CHECK(t.scalar_type() == dtype, op, arg, "must have the dtype of base_logits (", dtype,
-                 "): every logits/weight/activation argument of one call shares one dtype, got ",
-                 t.scalar_type());
+                 "): every logits/weight/activation argument of one call shares one dtype, got ", t.scalar_type());
     check_dim(t, op, arg, dim);
   };
   check_index_vector(anchor, op, "anchor", s.requests, "R, the rows of base_logits", base_logits);
@@ -61,8 +86,8 @@ inline MarkovDraftSizes check_markov_draft_args(
   check_index_vector(offset, op, "offset", s.requests, "R", base_logits);
 
   // Pairs: a weight without its bias (or the reverse) is a contradiction.
-  auto check_pair = [&](const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b,
-                        const char* wname, const char* bname) {
+  auto check_pair = [&](const std::optional<at::Tensor>& w, const std::optional<at::Tensor>& b, const char* wname,
+                        const char* bname) {
     DSPARK_CHECK(w.has_value() || !b.has_value(), op, wname, "is required when ", bname, " is given");
     DSPARK_CHECK(b.has_value() || !w.has_value(), op, bname, "is required when ", wname, " is given");
   };
@@ -101,21 +126,28 @@ inline MarkovDraftSizes check_markov_draft_args(
   if (conf_weight) {
     check_like(*conf_weight, "conf_weight", 1);
     const int64_t n = conf_weight->size(0);
-    DSPARK_CHECK(n == d || n == d + r, op, "conf_weight", "must have size d = ", d, " (input h_k) or d + r = ",
-                 d + r, " (input [h_k ; e_k]), got shape ", conf_weight->sizes());
+    DSPARK_CHECK(n == d || n == d + r, op, "conf_weight", "must have size d = ", d, " (input h_k) or d + r = ", d + r,
+                 " (input [h_k ; e_k]), got shape ", conf_weight->sizes());
     s.confidence = n == d ? ConfidenceInput::kHidden : ConfidenceInput::kHiddenEmbedding;
     check_like(*conf_bias, "conf_bias", 1);
     check_size(*conf_bias, op, "conf_bias", 0, 1, "a single bias");
   }
   // Checked even without a confidence head (then it is ignored: the confidence is all ones).
   if (conf_scale) check_float_vector(*conf_scale, op, "conf_scale", s.gamma, "γ, one scale per position", base_logits);
+  s.filters = check_markov_filter_args(op, top_k, top_p, min_p, s.requests, base_logits);
   if (value_checks_enabled(anchor) && s.requests > 0) {
     const auto a = anchor.cpu();
     const int64_t lo = a.min().item<int64_t>(), hi = a.max().item<int64_t>();
-    DSPARK_CHECK(lo >= 0 && hi < s.vocab, op, "anchor", "must hold token ids in [0, V=", s.vocab,
-                 "), got values in [", lo, ", ", hi, "]");
+    DSPARK_CHECK(lo >= 0 && hi < s.vocab, op, "anchor", "must hold token ids in [0, V=", s.vocab, "), got values in [",
+                 lo, ", ", hi, "]");
   }
   return s;
+}
+
+// num_candidates of markov_draft_topk: K in [1, V] (SPEC §10).
+inline void check_num_candidates(int64_t num_candidates, const MarkovDraftSizes& s) {
+  DSPARK_CHECK(num_candidates >= 1 && num_candidates <= s.vocab, "dspark::markov_draft_topk", "num_candidates",
+               "must be in [1, V=", s.vocab, "], got ", num_candidates);
 }
 
 }  // namespace dspark

@@ -31,20 +31,21 @@
 #include "common/markov_draft_kinds.h"
 #include "cuda/common.cuh"
 #include "cuda/markov_draft.h"
+#include "cuda/markov_head.cuh"
 
 namespace cg = cooperative_groups;
 
 namespace dspark::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / kWarpSize;  // 8
+using markov::head_step;
+using markov::kThreads;
+using markov::kWarps;
+
 constexpr int kTileV = kWarpSize;             // vocabulary rows per tile: one per lane
 constexpr int kReqPerWarp = 4;                // requests per warp: each w2 value read from
                                               // shared memory feeds four FMAs
 constexpr int kReqChunk = kWarps * kReqPerWarp;  // requests per pass over a tile (32)
-
-__device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // Shared memory layout: [w2 tile slots, T][scratch, float]. A staged w2 row is padded by one
 // 32-bit word so lanes reading column j of 32 different rows hit 32 different banks.
@@ -99,71 +100,6 @@ __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_
   const int64_t x = *x_shared;
   __syncthreads();
   return x;
-}
-
-// Phase A, second half: the head at position k for request q with x_{k-1} = prev.
-template <typename T>
-__device__ void head_step(const MarkovDraftParams& p, int64_t q, int64_t k, int64_t prev, float* smem) {
-  const int64_t r = p.rank, d = p.hidden_size;
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  float* e = smem;          // [r]  e_k
-  float* z = smem + r;      // [2r] [s_{k-1} ; e_k] (RNN)
-  const T* w1row = static_cast<const T*>(p.w1) + prev * r;
-  float* P = p.head_vector + q * r;
-  for (int64_t i = threadIdx.x; i < r; i += blockDim.x) {
-    const float ei = to_float(w1row[i]);
-    e[i] = ei;
-    if (p.head == static_cast<int>(MarkovHead::kVanilla)) P[i] = ei;
-    if (p.head == static_cast<int>(MarkovHead::kRnn)) {
-      z[i] = p.state[q * r + i];
-      z[r + i] = ei;
-    }
-  }
-  __syncthreads();
-  const int64_t pos = q * p.gamma + (k - 1);
-  const T* h = p.hidden ? static_cast<const T*>(p.hidden) + pos * d : nullptr;  // h_k [d]
-  const T* hw = static_cast<const T*>(p.head_weight);
-  const T* hb = static_cast<const T*>(p.head_bias);
-  if (p.head == static_cast<int>(MarkovHead::kGated)) {
-    for (int64_t i = warp; i < r; i += kWarps) {  // g_i = sigmoid(W_i . [h_k ; e_k] + b_i)
-      const T* row = hw + i * (d + r);
-      float acc = 0.0f;
-      for (int64_t j = lane; j < d; j += kWarpSize) acc += to_float(row[j]) * to_float(h[j]);
-      for (int64_t j = lane; j < r; j += kWarpSize) acc += to_float(row[d + j]) * e[j];
-      acc = warp_sum(acc);
-      if (lane == 0) P[i] = sigmoidf(acc + to_float(hb[i])) * e[i];
-    }
-  } else if (p.head == static_cast<int>(MarkovHead::kRnn)) {
-    const int64_t stride = 2 * r + d;
-    for (int64_t i = warp; i < r; i += kWarps) {  // rows i, r + i, 2r + i of W . [s ; e ; h]
-      float acc[3];
-      for (int c = 0; c < 3; ++c) {
-        const T* row = hw + (c * r + i) * stride;
-        float a = 0.0f;
-        for (int64_t j = lane; j < 2 * r; j += kWarpSize) a += to_float(row[j]) * z[j];
-        for (int64_t j = lane; j < d; j += kWarpSize) a += to_float(row[2 * r + j]) * to_float(h[j]);
-        acc[c] = warp_sum(a) + to_float(hb[c * r + i]);
-      }
-      if (lane == 0) {
-        const float a = sigmoidf(acc[0]);
-        p.state[q * r + i] = a * z[i] + (1.0f - a) * tanhf(acc[1]);  // z holds s_{k-1}: no race
-        P[i] = tanhf(acc[2]);
-      }
-    }
-  }
-  if (p.confidence != static_cast<int>(ConfidenceInput::kNone) && warp == kWarps - 1) {
-    const T* cw = static_cast<const T*>(p.conf_weight);
-    float acc = 0.0f;
-    for (int64_t j = lane; j < d; j += kWarpSize) acc += to_float(cw[j]) * to_float(h[j]);
-    if (p.confidence == static_cast<int>(ConfidenceInput::kHiddenEmbedding))
-      for (int64_t j = lane; j < r; j += kWarpSize) acc += to_float(cw[d + j]) * e[j];
-    acc = warp_sum(acc);
-    if (lane == 0) {
-      const float scale = p.conf_scale ? p.conf_scale[k - 1] : 1.0f;
-      p.confidence_out[pos] = sigmoidf(scale * (acc + to_float(static_cast<const T*>(p.conf_bias)[0])));
-    }
-  }
-  __syncthreads();  // e / z are reused by the next request of this block
 }
 
 // Four consecutive staged w2 values as float (p 4-byte aligned for the 16-bit types: rows
@@ -334,8 +270,9 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
           } else {
             const float x = scaled_logit(lr, temp);
             st.add(x);
-            race.add(x, gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
-                                                     static_cast<uint32_t>(k), static_cast<uint64_t>(v))),
+            race.add(x,
+                     gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
+                                                  static_cast<uint32_t>(k), static_cast<uint64_t>(v))),
                      v);
           }
         }
@@ -458,8 +395,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
   });
 }
 
-cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch,
-                                cudaStream_t stream) {
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch, cudaStream_t stream) {
   if (params.requests == 0 || params.gamma == 0 || launch.blocks <= 0) return cudaSuccess;
   return DSPARK_DISPATCH_FLOAT(params.dtype, T, [&]() -> cudaError_t {
     MarkovDraftParams p = params;

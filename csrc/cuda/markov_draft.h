@@ -40,7 +40,7 @@ struct MarkovDraftParams {
   float* part_sum;             // [blocks, R] scratch: per-block softmax sum
   unsigned long long* part_key;  // [blocks, R] scratch: per-block race / argmax key
   int resident_tiles;          // > 0: each block keeps its w2 tiles in shared memory for the
-                               // whole round (read from HBM once per round); 0: re-staged per position
+                       // whole round (read from HBM once per round); 0: re-staged per position
 };
 
 // How the cooperative kernel is launched: blocks (all co-resident), dynamic shared memory,
@@ -57,7 +57,6 @@ struct MarkovDraftLaunch {
 MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, bool allow_resident,
                                     cudaError_t* err);
 
-cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch,
-                                cudaStream_t stream);
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch, cudaStream_t stream);
 
 }  // namespace dspark::cuda

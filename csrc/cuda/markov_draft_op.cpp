@@ -14,8 +14,8 @@
 
 #include "common/markov_draft_args.h"
 #include "cuda/launch_check.h"
-#include "cuda/torch_dtype.h"
 #include "cuda/markov_draft.h"
+#include "cuda/torch_dtype.h"
 
 namespace dspark::cuda {
 namespace {
@@ -52,11 +52,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
     const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
     const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
-    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale) {
-  const MarkovDraftSizes s = check_markov_draft_args(base_logits, anchor, w1, w2, temperature, seed, offset, hidden,
-                                                     gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight,
-                                                     conf_bias, conf_scale);
+    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p) {
+  const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft", base_logits, anchor, w1, w2, temperature,
+                                                     seed, offset, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias,
+                                                     conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
   const c10::cuda::CUDAGuard guard(base_logits.device());
+  DSPARK_CHECK(!s.filters, "dspark::markov_draft", "top_k",
+               "and top_p / min_p (SPEC §9 filters) are not implemented by the CUDA kernels yet: filter on CPU");
   // The logits phase stages a [32, r] w2 tile and [32, r] head vectors in shared memory.
   DSPARK_CHECK(s.rank <= 512, "dspark::markov_draft", "w1",
                "must have rank r <= 512 on CUDA (shared-memory tiles), got r = ", s.rank);
@@ -87,7 +91,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     if (conf_scale) scale = conf_scale->contiguous();
   }
 
-  const MarkovDraftLaunch plan = cached_plan(to_dtype(U, "dspark::markov_draft", "base_logits"), V, r, base_logits.get_device());
+  const MarkovDraftLaunch plan = cached_plan(to_dtype(U, "dspark::markov_draft", "base_logits"), V, r,
+                                             base_logits.get_device());
   const int64_t blocks = plan.blocks;
   auto head_vector = at::empty({R, r}, fopts);
   auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;

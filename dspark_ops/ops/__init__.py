@@ -2,7 +2,7 @@
 (docstring, keyword arguments) and its fake (meta) kernel. Nothing here but op calls."""
 
 from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
-from .markov_draft import markov_draft
+from .markov_draft import markov_draft, markov_draft_topk
 from .random_bits import Purpose, gumbel, random_bits
 from .schedule_lengths import schedule_lengths
 from .verify_chain import verify_chain
@@ -14,6 +14,7 @@ __all__ = [
     "block_attention",
     "gumbel",
     "markov_draft",
+    "markov_draft_topk",
     "qk_norm_rope",
     "random_bits",
     "rms_norm",

@@ -1,5 +1,6 @@
 """``markov_draft``: the sequential Markov / gated / RNN head fused with sampling and the
-confidence head (SPEC §3)."""
+confidence head (SPEC §3); ``markov_draft_topk``: the same pruned to the backbone's K best
+candidates per position (SPEC §10)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 
 from ._checks import FLOAT_DTYPES, ArgChecks
 from ._documented import documented
+from .arguments import PerRequest, request_args
 
 
 @documented
@@ -17,9 +19,9 @@ def markov_draft(
     anchor: torch.Tensor,
     w1: torch.Tensor,
     w2: torch.Tensor,
-    temperature: torch.Tensor,
-    seed: torch.Tensor,
-    offset: torch.Tensor,
+    temperature: PerRequest,
+    seed: PerRequest,
+    offset: PerRequest,
     hidden: Optional[torch.Tensor] = None,
     gate_weight: Optional[torch.Tensor] = None,
     gate_bias: Optional[torch.Tensor] = None,
@@ -28,6 +30,9 @@ def markov_draft(
     conf_weight: Optional[torch.Tensor] = None,
     conf_bias: Optional[torch.Tensor] = None,
     conf_scale: Optional[torch.Tensor] = None,
+    top_k: Optional[PerRequest] = None,
+    top_p: Optional[PerRequest] = None,
+    min_p: Optional[PerRequest] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Draft γ tokens left to right: ``L_k = U_k + B(x_{k-1})``, sample ``x_k``, confidence ``c_k``.
 
@@ -53,8 +58,9 @@ def markov_draft(
         w1: ``[V, r]`` Markov embedding (``markov_w1.weight``).
         w2: ``[V, r]`` Markov projection (``markov_w2.weight``, ``nn.Linear(r, V)`` layout).
             The CUDA kernel supports ``r <= 512`` (DeepSpec uses 256).
-        temperature: ``[R]`` float32.
-        seed, offset: ``[R]`` int64 keys of the counter-based generator (never changed).
+        temperature: ``[R]`` float32 (a Python float or list is converted on the logits' device).
+        seed, offset: ``[R]`` int64 keys of the counter-based generator (never changed); Python
+            ints or lists accepted.
         hidden: ``[R, γ, d]`` backbone hidden states ``h_k``; required by the gated and RNN
             heads and by the confidence head, ignored otherwise.
         gate_weight, gate_bias: ``[r, d+r]``, ``[r]`` (``gate_proj``), input ``[h_k ; e_k]``.
@@ -64,6 +70,17 @@ def markov_draft(
         conf_scale: ``[γ]`` float32 Sequential Temperature Scaling multipliers (default all 1,
             see :mod:`dspark_ops.speculative.calibration`); ignored (but still checked) without a
             confidence head.
+        top_k, top_p, min_p: per-request engine filters (SPEC §9; ``[R]`` tensors, Python
+            scalars or lists): ``top_k`` int64 (``<= 0`` or ``>= V``: off), ``top_p`` in
+            ``(0, 1]`` (1: off), ``min_p`` in ``[0, 1]`` (0: off). For sampled requests they are
+            applied to ``round(L_k) / T`` before sampling (min-p, then top-k, then top-p, each
+            keeping an upper set of values with its ties): every filtered-out entry of
+            ``draft_logits`` is returned as ``-inf``, so that ``draft_logits`` describe exactly
+            the distribution ``x_k`` was drawn from (verification stays lossless), and
+            ``token_logprob`` is under the filtered distribution. Greedy requests ignore them;
+            off values give outputs bit-identical to passing no filter. Values outside those
+            ranges raise on CPU. CUDA: not implemented yet, the kernels raise when a filter
+            is given (filter on CPU).
 
     Every logits/weight/activation argument must share the dtype of ``base_logits`` (a
     mismatch is an error); arithmetic is float32. Passing both gated and RNN weights, or a
@@ -85,16 +102,24 @@ def markov_draft(
     (the check needs a host sync), and otherwise it is clamped into ``[0, V)`` so the kernel
     never reads outside ``w1``.
     """
+    a = _per_request(base_logits, temperature, seed, offset, top_k, top_p, min_p)
     return torch.ops.dspark.markov_draft(
-        base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight, gate_bias,
-        rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale,
+        base_logits, anchor, w1, w2, a["temperature"], a["seed"], a["offset"], hidden, gate_weight, gate_bias,
+        rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, a["top_k"], a["top_p"], a["min_p"],
     )
+
+
+def _per_request(base_logits, temperature, seed, offset, top_k, top_p, min_p):
+    """The per-request arguments as ``[R]`` tensors on the device of the logits (Python scalars
+    and lists converted once; tensors passed through for the op to check)."""
+    return request_args(base_logits.shape[0], base_logits.device, temperature=temperature, seed=seed, offset=offset,
+                        top_k=top_k, top_p=top_p, min_p=min_p)
 
 
 @torch.library.register_fake("dspark::markov_draft")
 def _markov_draft_fake(base_logits, anchor, w1, w2, temperature, seed, offset, hidden=None, gate_weight=None,
                        gate_bias=None, rnn_weight=None, rnn_bias=None, conf_weight=None, conf_bias=None,
-                       conf_scale=None):
+                       conf_scale=None, top_k=None, top_p=None, min_p=None):
     c = ArgChecks("dspark::markov_draft", base_logits)
     c.dtype(base_logits, "base_logits", FLOAT_DTYPES)
     c.dim(base_logits, "base_logits", 3)
@@ -154,8 +179,92 @@ def _markov_draft_fake(base_logits, anchor, w1, w2, temperature, seed, offset, h
         like(conf_bias, "conf_bias", [(1, "a single bias")])
     if conf_scale is not None:
         c.float_vector(conf_scale, "conf_scale", gamma, "γ, one scale per position")
+    for t, name, check in ((top_k, "top_k", c.index_vector), (top_p, "top_p", c.float_vector),
+                           (min_p, "min_p", c.float_vector)):
+        if t is not None:
+            check(t, name, requests, "R")
     tokens = anchor.new_empty((requests, gamma))
     draft_logits = base_logits.new_empty(base_logits.shape)
     token_logprob = base_logits.new_empty((requests, gamma), dtype=torch.float32)
     confidence = base_logits.new_empty((requests, gamma), dtype=torch.float32)
     return tokens, draft_logits, token_logprob, confidence
+
+
+@documented
+def markov_draft_topk(
+    base_logits: torch.Tensor,
+    anchor: torch.Tensor,
+    w1: torch.Tensor,
+    w2: torch.Tensor,
+    temperature: PerRequest,
+    seed: PerRequest,
+    offset: PerRequest,
+    num_candidates: int,
+    hidden: Optional[torch.Tensor] = None,
+    gate_weight: Optional[torch.Tensor] = None,
+    gate_bias: Optional[torch.Tensor] = None,
+    rnn_weight: Optional[torch.Tensor] = None,
+    rnn_bias: Optional[torch.Tensor] = None,
+    conf_weight: Optional[torch.Tensor] = None,
+    conf_bias: Optional[torch.Tensor] = None,
+    conf_scale: Optional[torch.Tensor] = None,
+    top_k: Optional[PerRequest] = None,
+    top_p: Optional[PerRequest] = None,
+    min_p: Optional[PerRequest] = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`markov_draft` pruned to the backbone's ``K = num_candidates`` best ids per position.
+
+    For each request and position k, the candidates ``C_k`` are the K ids with the largest
+    ``U_k = base_logits[:, k-1]`` (NaN counts as -inf; ties: the lower id first), listed best
+    first in ``draft_ids``. Only those K rows of ``w2`` are read: ``draft_logits[.., j] =
+    round(U_k(c) + B(x_{k-1})(c))`` for ``c = draft_ids[.., j]``, with the head ``B`` and the
+    rounding of :func:`markov_draft`, and ``x_k`` is drawn from ``softmax(draft_logits / T)``
+    over ``C_k`` (greedy: the largest rounded logit, lowest vocabulary id on ties). The Gumbel
+    noise of a candidate is keyed by its vocabulary id (``Purpose.DRAFT_SAMPLE``, position k,
+    index = id), and each candidate's logit is computed with exactly the dense op's arithmetic,
+    so with ``K = V`` the tokens and confidences equal :func:`markov_draft`'s on the same device,
+    ``draft_logits`` are its logits permuted by ``draft_ids``, and ``token_logprob`` agrees up to
+    the order of the softmax sum. A row without a finite logit draws its first candidate.
+
+    The draft distribution is sparse: ``q(v) = softmax(draft_logits / T)[j]`` where
+    ``draft_ids[j] = v``, and 0 for every other id. Verify with ``verify_chain`` /
+    ``verify_tree`` given ``draft_ids`` (SPEC §10), which read O(K) entries per row.
+
+    Args:
+        as :func:`markov_draft`, plus ``num_candidates``: K in ``[1, V]``. The filters
+        ``top_k / top_p / min_p`` apply to the K candidates' distribution (``top_k >= K`` keeps
+        them all); filtered-out candidates keep their id in ``draft_ids`` with a ``-inf`` logit.
+
+    Returns:
+        ``tokens [R, γ]`` int64 (each one of its position's candidates);
+        ``draft_ids [R, γ, K]`` int64; ``draft_logits [R, γ, K]`` (dtype of ``base_logits``);
+        ``token_logprob [R, γ]`` float32 ``log q_k(x_k)`` (0 for greedy requests);
+        ``confidence [R, γ]`` float32, as :func:`markov_draft` (it does not depend on K).
+
+    Cost: ``K`` rows of ``w2`` per request and position instead of ``V`` (the dense op reads all
+    of ``w2`` per position), plus a selection pass over ``U_k``. On CUDA, ``K <= 1024`` uses a
+    radix select in one block per row; larger K falls back to ``torch.topk`` on packed
+    (value, id) keys (same result, more memory traffic).
+    """
+    a = _per_request(base_logits, temperature, seed, offset, top_k, top_p, min_p)
+    return torch.ops.dspark.markov_draft_topk(
+        base_logits, anchor, w1, w2, a["temperature"], a["seed"], a["offset"], num_candidates, hidden, gate_weight,
+        gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, a["top_k"], a["top_p"], a["min_p"],
+    )
+
+
+@torch.library.register_fake("dspark::markov_draft_topk")
+def _markov_draft_topk_fake(base_logits, anchor, w1, w2, temperature, seed, offset, num_candidates, hidden=None,
+                            gate_weight=None, gate_bias=None, rnn_weight=None, rnn_bias=None, conf_weight=None,
+                            conf_bias=None, conf_scale=None, top_k=None, top_p=None, min_p=None):
+    tokens, _, token_logprob, confidence = _markov_draft_fake(
+        base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias,
+        conf_weight, conf_bias, conf_scale)
+    requests, gamma, vocab = base_logits.shape
+    torch._check(
+        1 <= num_candidates <= vocab,
+        lambda: f"dspark::markov_draft_topk: argument 'num_candidates' must be in [1, V={vocab}], got {num_candidates}",
+    )
+    draft_ids = anchor.new_empty((requests, gamma, num_candidates))
+    draft_logits = base_logits.new_empty((requests, gamma, num_candidates))
+    return tokens, draft_ids, draft_logits, token_logprob, confidence

@@ -3,7 +3,7 @@ and drawing the very same random numbers as the kernels (through ``reference.rng
 
 from .block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
 from .dspark_drafter import drafter_backbone, markov_greedy
-from .markov_draft import markov_draft
+from .markov_draft import markov_draft, markov_draft_topk
 from .rng import gumbel, philox4x32_10, random_bits, random_uniform
 from .schedule_lengths import schedule_lengths
 from .verify_chain import verify_chain
@@ -15,6 +15,7 @@ __all__ = [
     "drafter_backbone",
     "gumbel",
     "markov_draft",
+    "markov_draft_topk",
     "markov_greedy",
     "philox4x32_10",
     "qk_norm_rope",

@@ -262,6 +262,7 @@ class DraftOutput:
     confidence: torch.Tensor  # [R, γ] float32
     hidden: torch.Tensor  # [R, γ, d] backbone hidden states h_k
     base_logits: torch.Tensor  # [R, γ, V] U_k
+    draft_ids: Optional[torch.Tensor] = None  # [R, γ, K] when pruned; draft_logits is then [R, γ, K]
 
 
 class DSparkDrafter(nn.Module):
@@ -373,38 +374,35 @@ class DSparkDrafter(nn.Module):
         seed: torch.Tensor,
         offset: torch.Tensor,
         conf_scale: Optional[torch.Tensor] = None,
+        num_candidates: Optional[int] = None,
     ) -> DraftOutput:
         """One block draft: backbone, ``lm_head``, then ``torch.ops.dspark.markov_draft``.
 
         ``anchor [R]`` int64 (the last committed token, at position ``cache.lens[r]``);
-        ``temperature [R]`` float32, ``seed/offset [R]`` int64 as in SPEC §3.
+        ``temperature [R]`` float32, ``seed/offset [R]`` int64 as in SPEC §3. With
+        ``num_candidates = K`` the head runs pruned (``markov_draft_topk``, SPEC §10): the
+        output's ``draft_ids [R, γ, K]`` lists the backbone's K best ids per position and
+        ``draft_logits`` is ``[R, γ, K]`` (verify with ``draft_ids``).
         """
         hidden = self.backbone(anchor, cache)
         base = self.compute_logits(hidden)
         hw = self.head_weights()
-        tokens, draft_logits, logprob, conf = torch.ops.dspark.markov_draft(
-            base,
-            anchor,
-            hw["w1"],
-            hw["w2"],
-            temperature,
-            seed,
-            offset,
-            hidden=hidden,
-            gate_weight=hw.get("gate_weight"),
-            gate_bias=hw.get("gate_bias"),
-            rnn_weight=hw.get("rnn_weight"),
-            rnn_bias=hw.get("rnn_bias"),
-            conf_weight=hw.get("conf_weight"),
-            conf_bias=hw.get("conf_bias"),
-            conf_scale=conf_scale,
-        )
-        return DraftOutput(tokens, draft_logits, logprob, conf, hidden, base)
+        heads = dict(hidden=hidden, gate_weight=hw.get("gate_weight"), gate_bias=hw.get("gate_bias"),
+                     rnn_weight=hw.get("rnn_weight"), rnn_bias=hw.get("rnn_bias"), conf_weight=hw.get("conf_weight"),
+                     conf_bias=hw.get("conf_bias"), conf_scale=conf_scale)
+        if num_candidates is None:
+            tokens, draft_logits, logprob, conf = torch.ops.dspark.markov_draft(
+                base, anchor, hw["w1"], hw["w2"], temperature, seed, offset, **heads)
+            return DraftOutput(tokens, draft_logits, logprob, conf, hidden, base)
+        tokens, ids, draft_logits, logprob, conf = torch.ops.dspark.markov_draft_topk(
+            base, anchor, hw["w1"], hw["w2"], temperature, seed, offset, num_candidates, **heads)
+        return DraftOutput(tokens, draft_logits, logprob, conf, hidden, base, ids)
 
-    def step(self, cache, target_hidden, num_new, anchor, temperature, seed, offset, conf_scale=None) -> DraftOutput:
+    def step(self, cache, target_hidden, num_new, anchor, temperature, seed, offset, conf_scale=None,
+             num_candidates=None) -> DraftOutput:
         """``append_context`` for the newly committed tokens, then ``draft``: one full round."""
         self.append_context(cache, target_hidden, num_new)
-        return self.draft(anchor, cache, temperature, seed, offset, conf_scale)
+        return self.draft(anchor, cache, temperature, seed, offset, conf_scale, num_candidates)
 
     forward = draft
 

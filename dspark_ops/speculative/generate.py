@@ -324,8 +324,10 @@ def generate(
         timer.mark("target")
 
         # 4. Lossless verification.
+        # A pruned draft (draft_ids) is verified against its sparse distribution (SPEC §10).
+        sparse = {} if prop.draft_ids is None else {"draft_ids": prop.draft_ids}
         out_tokens, num_acc, num_emit = verify_chain(
-            _verify_dtype(tout.logits), draft_tokens, lengths, temp, seed_t, off, prop.draft_logits, eos_arg
+            _verify_dtype(tout.logits), draft_tokens, lengths, temp, seed_t, off, prop.draft_logits, eos_arg, **sparse
         )
         timer.mark("verify")
 
@@ -371,8 +373,14 @@ def _check_proposal(prop: Proposal, rows: int, gamma: int, vocab: int) -> None:
     """Shapes only (no host sync): a drafter bug should fail here, by name."""
     if tuple(prop.tokens.shape) != (rows, gamma) or prop.tokens.dtype != torch.int64:
         raise RuntimeError(f"generate: drafter proposed tokens {tuple(prop.tokens.shape)} {prop.tokens.dtype}, expected ({rows}, {gamma}) int64")
-    if prop.draft_logits is not None and tuple(prop.draft_logits.shape) != (rows, gamma, vocab):
-        raise RuntimeError(f"generate: drafter draft_logits {tuple(prop.draft_logits.shape)}, expected ({rows}, {gamma}, {vocab})")
+    entries = vocab
+    if prop.draft_ids is not None:
+        entries = prop.draft_ids.shape[-1]
+        if prop.draft_ids.dim() != 3 or tuple(prop.draft_ids.shape[:2]) != (rows, gamma) or prop.draft_logits is None:
+            raise RuntimeError(f"generate: drafter draft_ids {tuple(prop.draft_ids.shape)}, expected ({rows}, {gamma}, K) "
+                               "with draft_logits")
+    if prop.draft_logits is not None and tuple(prop.draft_logits.shape) != (rows, gamma, entries):
+        raise RuntimeError(f"generate: drafter draft_logits {tuple(prop.draft_logits.shape)}, expected ({rows}, {gamma}, {entries})")
     if prop.confidence is not None and tuple(prop.confidence.shape) != (rows, gamma):
         raise RuntimeError(f"generate: drafter confidence {tuple(prop.confidence.shape)}, expected ({rows}, {gamma})")
 

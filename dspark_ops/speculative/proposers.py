@@ -19,8 +19,10 @@ requests, in order, exactly as for the target):
 ``retain(index [A])``
     Keep only the requests ``index`` (finished requests leave the batch).
 
-A :class:`Proposal` carries ``tokens [R, γ]`` int64, ``draft_logits [R, γ, V]`` or None and
-``confidence [R, γ]`` float32 or None. Sampled drafts (``T > 0``) must be drawn from
+A :class:`Proposal` carries ``tokens [R, γ]`` int64, ``draft_logits [R, γ, V]`` or None,
+``confidence [R, γ]`` float32 or None, and ``draft_ids [R, γ, K]`` int64 or None: with ids,
+the draft distribution is sparse (SPEC §10: ``draft_logits [R, γ, K]`` over the listed ids,
+probability 0 elsewhere) and is verified with ``draft_ids``. Sampled drafts (``T > 0``) must be drawn from
 ``softmax(draft_logits / T)`` computed from exactly the returned values (or be
 deterministic, with ``draft_logits = None``): that is what keeps verification lossless.
 ``confidence[r, k-1]`` estimates P(x_k accepted | x_1..x_{k-1} accepted) and feeds the
@@ -46,11 +48,13 @@ from .targets import TinyCausalLM, pad_ragged, ragged_index
 
 @dataclasses.dataclass
 class Proposal:
-    """A drafted block: ``tokens [R, γ]``, ``draft_logits [R, γ, V]`` or None, ``confidence [R, γ]`` or None."""
+    """A drafted block: ``tokens [R, γ]``, ``draft_logits [R, γ, V]`` (``[R, γ, K]`` with ids) or
+    None, ``confidence [R, γ]`` or None, ``draft_ids [R, γ, K]`` (a pruned draft) or None."""
 
     tokens: torch.Tensor
     draft_logits: Optional[torch.Tensor] = None
     confidence: Optional[torch.Tensor] = None
+    draft_ids: Optional[torch.Tensor] = None
 
 
 class Drafter(Protocol):
@@ -181,12 +185,16 @@ class DSparkProposer:
     (backbone, ``lm_head``, ``markov_draft``) and returns its tokens, the exact draft logits
     the tokens were sampled from, and the confidence head's scores. ``gamma`` may be smaller
     than the checkpoint's ``block_size``: the first ``gamma`` positions of a Markov draft do
-    not depend on the later ones, so the block is simply cut.
+    not depend on the later ones, so the block is simply cut. With ``num_candidates = K`` the
+    Markov head runs pruned to the backbone's K best ids (``markov_draft_topk``) and the
+    proposal carries ``draft_ids``.
     """
 
-    def __init__(self, drafter: DSparkDrafter, conf_scale: Optional[torch.Tensor] = None):
+    def __init__(self, drafter: DSparkDrafter, conf_scale: Optional[torch.Tensor] = None,
+                 num_candidates: Optional[int] = None):
         self.drafter = drafter
         self.conf_scale = conf_scale  # [block_size] STS scales, or None
+        self.num_candidates = num_candidates  # K, or None for the dense head
         self.cache: Optional[DrafterCache] = None
 
     def _append(self, hidden: Optional[torch.Tensor], lengths: torch.Tensor, keep: torch.Tensor) -> None:
@@ -209,8 +217,9 @@ class DSparkProposer:
     def propose(self, anchor, temperature, seed, offset, gamma):
         if gamma > self.drafter.gamma:
             raise ValueError(f"DSparkProposer: gamma={gamma} exceeds the drafter's block_size {self.drafter.gamma}")
-        out = self.drafter.draft(anchor, self.cache, temperature, seed, offset, self.conf_scale)
-        return Proposal(out.tokens[:, :gamma], out.draft_logits[:, :gamma], out.confidence[:, :gamma])
+        out = self.drafter.draft(anchor, self.cache, temperature, seed, offset, self.conf_scale, self.num_candidates)
+        ids = out.draft_ids[:, :gamma] if out.draft_ids is not None else None
+        return Proposal(out.tokens[:, :gamma], out.draft_logits[:, :gamma], out.confidence[:, :gamma], ids)
 
     def commit(self, tokens, lengths, keep, hidden):
         self._append(hidden, lengths, keep)
