@@ -117,6 +117,13 @@ def _markov_draft_args():
     )
 
 
+def _markov_draft_topk_args():
+    args = _markov_draft_args()
+    args["num_candidates"] = 5
+    args["top_p"] = torch.tensor([1.0, 0.8])
+    return args
+
+
 def _schedule_lengths_args():
     g = _gen(4)
     R, gamma = 3, 4
@@ -182,6 +189,7 @@ CASES = {
         "random_bits", lambda: dict(seed=torch.tensor([1, -2]), offset=torch.tensor([0, 9]), purpose=3, position=5,
                                     count=6), _ref_random_bits),
     "markov_draft": Case("markov_draft", _markov_draft_args, ref.markov_draft),
+    "markov_draft_topk": Case("markov_draft_topk", _markov_draft_topk_args, ref.markov_draft_topk),
     "verify_chain": Case("verify_chain", _verify_chain_args, ref.verify_chain),
     "tree_metadata": Case("tree_metadata", _tree_metadata_args, ref.tree_metadata),
     "verify_tree": Case("verify_tree", _verify_tree_args, ref.verify_tree),
