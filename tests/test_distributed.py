@@ -14,17 +14,16 @@ and fail with probability 1e-4 for a correct implementation under fresh seeds.
 
 from __future__ import annotations
 
-import os
 import tempfile
 import threading
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 import dspark_ops
 import dspark_ops.distributed as D
+from distributed_worker import rank_worker, run_shard
 from test_verify_tree import batch_inputs, check_first_two_tokens, rrs_batch
 
 # ---------------------------------------------------------------------------------------
@@ -105,19 +104,6 @@ def single_device(case):
                                   case["seed"], case["offset"], case["draft"], case["eos"])
 
 
-def run_shard(case, start, count, group):
-    """The distributed call of one rank on its columns [start, start + count)."""
-    cols = slice(start, start + count)
-    draft = case["draft"]
-    if case["kind"] == "chain":
-        return D.verify_chain(case["target"][:, cols], case["drafts"], case["lengths"], case["temperature"],
-                              case["seed"], case["offset"], None if draft is None else draft[..., cols], case["eos"],
-                              vocab_start=start, vocab_size=case["target"].shape[1], group=group)
-    return D.verify_tree(case["target"][:, cols], case["tokens"], case["parents"], case["n"], case["temperature"],
-                         case["seed"], case["offset"], None if draft is None else draft[:, cols], case["eos"],
-                         vocab_start=start, vocab_size=case["target"].shape[1], group=group)
-
-
 def chi_chain_case(R, V, T, seed):
     """γ = 1 chains whose draft x1 ~ q0; the target after x1 is p2[x1]: the first token must
     follow p0 and the bonus after an accepted x1 must follow p2[x1]."""
@@ -163,33 +149,10 @@ def spawn_cases(W):
 # gloo ranks, spawned once per world size
 
 
-def _gloo_worker(rank, world, workdir, backend, device):
-    dist.init_process_group(backend, init_method=f"file://{workdir}/store", rank=rank, world_size=world)
-    if device == "cuda":
-        torch.cuda.set_device(rank)
-    cases = torch.load(f"{workdir}/cases.pt")
-    log = []
-    plain = D._all_gather
-
-    def counted(t, group):
-        log.append((tuple(t.shape), t.dtype))
-        return plain(t, group)
-
-    D._all_gather = counted
-    results = {}
-    for name, (case, splits) in cases.items():
-        log.clear()
-        on_dev = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.items()}
-        out = run_shard(on_dev, *splits[rank], group=None)
-        results[name] = ([t.cpu() for t in out], list(log))
-    torch.save(results, f"{workdir}/rank{rank}.pt")
-    dist.destroy_process_group()
-
-
 def spawn_run(W, cases, backend="gloo", device="cpu"):
     with tempfile.TemporaryDirectory() as workdir:
         torch.save(cases, f"{workdir}/cases.pt")
-        mp.spawn(_gloo_worker, args=(W, workdir, backend, device), nprocs=W, join=True)
+        mp.spawn(rank_worker, args=(W, workdir, backend, device), nprocs=W, join=True)
         return [torch.load(f"{workdir}/rank{r}.pt") for r in range(W)]
 
 
@@ -417,9 +380,35 @@ def test_opcheck_phase_ops():
         torch.library.opcheck(op, args)
 
 
+def one_rank_chain(target, drafts, lengths, temperature, seed, offset, draft):
+    """verify_chain through the phase ops with W = 1 (the gathers are unsqueezes): one graph."""
+    ops, V = torch.ops.dspark, target.shape[1]
+    stats = ops.verify_chain_shard_stats(target, drafts, lengths, temperature, seed, offset, draft, 0, V)
+    out, acc, emit, keys = ops.verify_chain_shard_decide(target, drafts, lengths, temperature, seed, offset,
+                                                         stats.unsqueeze(0), draft, None, 0, V)
+    return ops.verify_shard_finish(out, acc, emit, keys.unsqueeze(0)), acc, emit
+
+
+def one_rank_tree(target, tokens, parents, n, temperature, seed, offset, draft):
+    ops, V = torch.ops.dspark, target.shape[1]
+    args = (target, tokens, parents, n, temperature, seed, offset)
+    stats = ops.verify_tree_shard_stats(*args, draft, 0, V).unsqueeze(0)
+    walk, out, nodes, partial = ops.verify_tree_shard_walk(*args, stats, None, None, None, None, draft, None, 0, V)
+    for _ in range(tokens.shape[1] - 2):
+        walk, out, nodes, partial = ops.verify_tree_shard_walk(*args, stats, walk, out, nodes, partial.unsqueeze(0),
+                                                               draft, None, 0, V)
+    keys, acc, emit = ops.verify_tree_shard_race(*args, stats, walk, draft, 0, V)
+    return ops.verify_shard_finish(out, acc, emit, keys.unsqueeze(0)), nodes, acc, emit
+
+
 def test_torch_compile_phase_ops():
-    for op, args in phase_samples():
-        compiled = torch.compile(lambda *a, op=op: op(*a), fullgraph=True)
-        for got, want in zip(compiled(*args), op(*args)) if isinstance(op(*args), tuple) else [(compiled(*args),
-                                                                                                  op(*args))]:
-            assert torch.equal(got, want)
+    c = chain_case(4, 3, 50, seed=11)
+    cargs = (c["target"], c["drafts"], c["lengths"], c["temperature"], c["seed"], c["offset"], c["draft"])
+    got = torch.compile(one_rank_chain, fullgraph=True)(*cargs)
+    want = dspark_ops.verify_chain(*cargs)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    t = tree_case(4, 5, 50, seed=11)
+    targs = (t["target"], t["tokens"], t["parents"], t["n"], t["temperature"], t["seed"], t["offset"], t["draft"])
+    got = torch.compile(one_rank_tree, fullgraph=True)(*targs)
+    want = dspark_ops.verify_tree(*targs)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
