@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from .ops import verify_sharded as _records  # noqa: F401 (fake kernels of the phase ops)
+from .ops.arguments import request_args
 
 __all__ = ["verify_chain", "verify_tree", "shard_range"]
 
@@ -96,7 +97,8 @@ def verify_chain(
             of the single-device ``target_logits``.
         draft_logits: ``[R, γ, V_i]`` the same columns of the draft logits, or None.
         draft_tokens, lengths, temperature, seed, offset, eos_ids: as the single-device op,
-            with global vocabulary ids; identical on every rank.
+            with global vocabulary ids; identical on every rank. temperature, seed and offset
+            may also be Python scalars or lists (one value per request).
         vocab_start: first global id of the shard. vocab_size: the full V. Shards must be
             disjoint and cover ``[0, vocab_size)`` (not checked: that would need a collective).
         group: the tensor-parallel process group (default: the world).
@@ -106,6 +108,8 @@ def verify_chain(
     """
     _no_filters(top_k, top_p, min_p)
     ops = torch.ops.dspark
+    per = request_args(draft_tokens.shape[0], target_logits.device, temperature=temperature, seed=seed, offset=offset)
+    temperature, seed, offset = per["temperature"], per["seed"], per["offset"]
     stats = ops.verify_chain_shard_stats(
         target_logits, draft_tokens, lengths, temperature, seed, offset, draft_logits, vocab_start, vocab_size
     )
@@ -147,6 +151,8 @@ def verify_tree(
     """
     _no_filters(top_k, top_p, min_p)
     ops = torch.ops.dspark
+    per = request_args(tree_tokens.shape[0], target_logits.device, temperature=temperature, seed=seed, offset=offset)
+    temperature, seed, offset = per["temperature"], per["seed"], per["offset"]
     args = (target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset)
     stats = _all_gather(ops.verify_tree_shard_stats(*args, draft_logits, vocab_start, vocab_size), group)
     walk, out_tokens, accepted_nodes, partial = ops.verify_tree_shard_walk(

@@ -24,6 +24,7 @@ import torch.multiprocessing as mp
 import dspark_ops
 import dspark_ops.distributed as D
 from distributed_worker import rank_worker, run_shard
+from helpers import DEVICES
 from test_verify_tree import batch_inputs, check_first_two_tokens, rrs_batch
 
 # ---------------------------------------------------------------------------------------
@@ -290,6 +291,24 @@ def test_threaded_ranks_match_single_device(seed, monkeypatch):
                 assert torch.equal(a, b), (case["kind"], V, splits)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("seed", range(3))
+def test_threaded_ranks_on_cuda_match_single_device(seed, monkeypatch):
+    """The CUDA phase kernels (ranks as threads on one GPU) against the single-device op."""
+    V = [151, 1000, 4099][seed]
+    splits = splits_of(V, 3, ["even", "reversed", "ragged"][seed])
+    cases = [chain_case(9, 5, V, seed), chain_case(9, 5, V, seed + 1, draft=False, invalid=True),
+             tree_case(8, 7, V, seed), tree_case(8, 7, V, seed + 1, draft=False)]
+    cases.append(with_bad_rows(cases[0], splits))
+    cases.append(with_bad_rows(cases[2], splits))
+    for case in cases:
+        expected = single_device(case)
+        on_cuda = {k: v.cuda() if isinstance(v, torch.Tensor) else v for k, v in case.items()}
+        for got in run_threads(on_cuda, splits, monkeypatch):
+            for a, b in zip(got, expected):
+                assert torch.equal(a.cpu(), b), (case["kind"], V, splits)
+
+
 def test_greedy_ties_between_shards_go_to_the_lowest_id(monkeypatch):
     V = 40
     target = torch.zeros(4, V)
@@ -346,11 +365,12 @@ def test_bad_shard_arguments_raise():
                                              torch.zeros(2, dtype=torch.long), torch.zeros(1, 3, 2, dtype=torch.long))
 
 
-def phase_samples():
+def phase_samples(device="cpu"):
     """(op, args) of every phase op on a W = 2 split of small chain and tree cases."""
     V, cut = 40, 17
-    c = chain_case(3, 3, V, seed=3)
-    t = tree_case(3, 5, V, seed=3)
+    move = lambda case: {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.items()}  # noqa
+    c = move(chain_case(3, 3, V, seed=3))
+    t = move(tree_case(3, 5, V, seed=3))
     ops, samples = torch.ops.dspark, []
     cargs = lambda lo, hi: (c["target"][:, lo:hi], c["drafts"], c["lengths"], c["temperature"], c["seed"],  # noqa
                             c["offset"])
@@ -375,8 +395,9 @@ def phase_samples():
     return samples
 
 
-def test_opcheck_phase_ops():
-    for op, args in phase_samples():
+@pytest.mark.parametrize("device", DEVICES)
+def test_opcheck_phase_ops(device):
+    for op, args in phase_samples(device):
         torch.library.opcheck(op, args)
 
 
