@@ -81,11 +81,12 @@ at::Tensor probs_under(at::Tensor x, const SoftmaxStats& s) {
   return x.sub_(s.max).exp_().div_(s.sum);
 }
 
+// The shard's greedy winner (ArgMax: lowest index on ties, NaN never wins) as a key.
 template <typename T>
 uint64_t shard_argmax(const T* row, int64_t count, int64_t start) {
-  uint64_t best = 0;
-  for (int64_t v = 0; v < count; ++v) best = max_u64(best, argmax_key(load(row, v), start + v));
-  return best;
+  ArgMax a;
+  for (int64_t v = 0; v < count; ++v) a.add(load(row, v), v);
+  return a.index < 0 ? 0 : argmax_key(a.value, start + a.index);
 }
 
 // Gumbel race over the scaled logits (y ~ p) with global ids.
