@@ -31,6 +31,7 @@
 // j > i for parents[j] == i), and every row offset is int64.
 #include "cuda/common.cuh"
 #include "cuda/verify_tree.h"
+#include "dspark/eos.h"
 #include "dspark/tree_sampling.h"
 
 namespace dspark::cuda {
@@ -101,12 +102,6 @@ __device__ __forceinline__ SoftmaxStats block_stats(SoftmaxStats s, Scratch& sh,
   return s;
 }
 
-__device__ __forceinline__ bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
-  for (int64_t e = 0; e < num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
-}
-
 // Children of `node` are the j in (node, n) with parents[j] == node, in index order. Every
 // thread scans the same (cached) entries, so the results are block-uniform.
 __device__ __forceinline__ int64_t child_with_token(const int64_t* tok, const int64_t* par, int64_t n,
@@ -146,16 +141,10 @@ struct RowReader {
   __device__ __forceinline__ int load(int64_t g, float (&x)[4]) const {
     const int64_t base = 4 * g;
     if (base + 4 <= vocab && aligned) {
-      if constexpr (sizeof(T) == 4) {
-        const float4 w = __ldg(reinterpret_cast<const float4*>(row) + g);
-        x[0] = w.x, x[1] = w.y, x[2] = w.z, x[3] = w.w;
-      } else {
-        const uint2 w = __ldg(reinterpret_cast<const uint2*>(row) + g);
-        T e[4];
-        memcpy(e, &w, sizeof(w));
+      vec_t<T, 4> e;
+      e.load(row + base);
 #pragma unroll
-        for (int k = 0; k < 4; ++k) x[k] = to_float(e[k]);
-      }
+      for (int k = 0; k < 4; ++k) x[k] = to_float(e[k]);
       return 4;
     }
     const int n = vocab - base < 4 ? static_cast<int>(vocab - base) : 4;
