@@ -30,8 +30,8 @@ syncs with the host; with NCCL the whole call can be captured in a CUDA graph.
 Not supported here: the §9 filters (``top_k`` / ``top_p`` / ``min_p``). A filtered distribution
 needs a global threshold over the vocabulary (the k-th largest logit, the top-p mass cut),
 which takes a data-dependent number of rounds or ``O(k)`` words per row; passing any of them
-raises ``NotImplementedError``. Apply them before sharding is not possible either (they change
-p), so a TP engine with filters gathers the logits and calls the single-device ops.
+raises ``NotImplementedError``; a TP engine with filters gathers the logits and calls the
+single-device ops.
 """
 
 from __future__ import annotations

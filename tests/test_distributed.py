@@ -24,7 +24,6 @@ import torch.multiprocessing as mp
 import dspark_ops
 import dspark_ops.distributed as D
 from distributed_worker import rank_worker, run_shard
-from helpers import DEVICES
 from test_verify_tree import batch_inputs, check_first_two_tokens, rrs_batch
 
 # ---------------------------------------------------------------------------------------
@@ -340,7 +339,8 @@ def test_empty_batch(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------
-# Errors, opcheck, torch.compile of the phase ops
+# Errors; the phase ops composed in one compiled graph (opcheck, compile, CUDA graphs, strides
+# and R = 0 of every phase op: tests/op_registry.py samples run by tests/test_every_op.py)
 
 
 def test_filters_are_rejected_with_a_clear_error():
@@ -363,42 +363,6 @@ def test_bad_shard_arguments_raise():
     with pytest.raises(RuntimeError, match="'race_keys'"):
         torch.ops.dspark.verify_shard_finish(torch.zeros(2, 3, dtype=torch.long), torch.zeros(2, dtype=torch.long),
                                              torch.zeros(2, dtype=torch.long), torch.zeros(1, 3, 2, dtype=torch.long))
-
-
-def phase_samples(device="cpu"):
-    """(op, args) of every phase op on a W = 2 split of small chain and tree cases."""
-    V, cut = 40, 17
-    move = lambda case: {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in case.items()}  # noqa
-    c = move(chain_case(3, 3, V, seed=3))
-    t = move(tree_case(3, 5, V, seed=3))
-    ops, samples = torch.ops.dspark, []
-    cargs = lambda lo, hi: (c["target"][:, lo:hi], c["drafts"], c["lengths"], c["temperature"], c["seed"],  # noqa
-                            c["offset"])
-    cstats = torch.stack([ops.verify_chain_shard_stats(*cargs(lo, hi), c["draft"][..., lo:hi], lo, V)
-                          for lo, hi in ((0, cut), (cut, V))])
-    samples.append((ops.verify_chain_shard_stats, (*cargs(0, cut), c["draft"][..., :cut], 0, V)))
-    samples.append((ops.verify_chain_shard_decide, (*cargs(cut, V), cstats, c["draft"][..., cut:], c["eos"], cut, V)))
-    targs = lambda lo, hi: (t["target"][:, lo:hi], t["tokens"], t["parents"], t["n"], t["temperature"],  # noqa
-                            t["seed"], t["offset"])
-    tstats = torch.stack([ops.verify_tree_shard_stats(*targs(lo, hi), t["draft"][:, lo:hi], lo, V)
-                          for lo, hi in ((0, cut), (cut, V))])
-    samples.append((ops.verify_tree_shard_stats, (*targs(0, cut), t["draft"][:, :cut], 0, V)))
-    fresh = (*targs(cut, V), tstats, None, None, None, None, t["draft"][:, cut:], t["eos"], cut, V)
-    samples.append((ops.verify_tree_shard_walk, fresh))
-    walk, out, nodes, partial = ops.verify_tree_shard_walk(*fresh)
-    masses = torch.stack([partial, partial])
-    samples.append((ops.verify_tree_shard_walk,
-                    (*targs(cut, V), tstats, walk, out, nodes, masses, t["draft"][:, cut:], t["eos"], cut, V)))
-    samples.append((ops.verify_tree_shard_race, (*targs(cut, V), tstats, walk, t["draft"][:, cut:], cut, V)))
-    keys, acc, emit = ops.verify_tree_shard_race(*targs(cut, V), tstats, walk, t["draft"][:, cut:], cut, V)
-    samples.append((ops.verify_shard_finish, (out, acc, emit, torch.stack([keys, keys]))))
-    return samples
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_opcheck_phase_ops(device):
-    for op, args in phase_samples(device):
-        torch.library.opcheck(op, args)
 
 
 def one_rank_chain(target, drafts, lengths, temperature, seed, offset, draft):

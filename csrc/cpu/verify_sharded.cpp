@@ -5,7 +5,6 @@
 // where a token is drawn from it (and, for trees with draft_logits, once per rejected child
 // that is followed by another child, for the partial residual mass).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -14,20 +13,21 @@
 #include <vector>
 
 #include "common/verify_sharded_args.h"
+#include "cpu/dispatch.h"
 #include "cpu/row_ops.h"
 #include "dspark/verify_sharded.h"
 
 namespace dspark::cpu {
 namespace {
 
-// Runs f.template operator()<TT, TD>() with the storage types of target and draft (draft
-// defaults to the target's type when absent).
+// Runs f(const TT*, const TD*) (null pointers that carry the types) with the storage types
+// of target and draft (draft defaults to the target's type when absent).
 template <typename F>
-void dispatch_pair(const at::Tensor& target, const std::optional<at::Tensor>& draft, F&& f) {
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "verify_sharded_cpu", [&] {
+void dispatch_pair(const char* op, const at::Tensor& target, const std::optional<at::Tensor>& draft, F&& f) {
+  DSPARK_CPU_DISPATCH_FLOAT(target.scalar_type(), op, "target_logits", [&] {
     using TT = scalar_t;
     const auto draft_type = draft ? draft->scalar_type() : target.scalar_type();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, draft_type, "verify_sharded_cpu_draft", [&] {
+    DSPARK_CPU_DISPATCH_FLOAT(draft_type, op, "draft_logits", [&] {
       using TD = scalar_t;
       f(static_cast<const TT*>(nullptr), static_cast<const TD*>(nullptr));
     });
@@ -138,7 +138,7 @@ at::Tensor verify_chain_shard_stats(const at::Tensor& target_logits, const at::T
   const auto len = lengths.contiguous(), temp = temperature.contiguous();
   const std::vector<int64_t> first = first_rows(len, 1, s.gamma);
   const int64_t V = s.vocab, start = vocab_start;
-  dispatch_pair(target, draft, [&](auto tt, auto td) {
+  dispatch_pair("dspark::verify_chain_shard_stats", target, draft, [&](auto tt, auto td) {
     using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
     using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
     const TT* tp = target.data_ptr<TT>();
@@ -199,7 +199,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_chain_shard_de
   const std::vector<int64_t> first = first_rows(len, 1, s.gamma);
   const ShardRowStats* gathered = stats_ptr(st);
   const int64_t V = s.vocab, start = vocab_start;
-  dispatch_pair(target, draft, [&](auto tt, auto td) {
+  dispatch_pair("dspark::verify_chain_shard_decide", target, draft, [&](auto tt, auto td) {
     using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
     using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
     const TT* tp = target.data_ptr<TT>();
@@ -267,7 +267,7 @@ at::Tensor verify_tree_shard_stats(const at::Tensor& target_logits, const at::Te
   const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
   const std::vector<int64_t> first = first_rows(cnt, 0, s.width);
   const int64_t V = s.vocab, start = vocab_start;
-  dispatch_pair(target, draft, [&](auto tt, auto td) {
+  dispatch_pair("dspark::verify_tree_shard_stats", target, draft, [&](auto tt, auto td) {
     using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
     using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
     const TT* tp = target.data_ptr<TT>();
@@ -336,7 +336,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_wal
   const ShardRowStats* gathered = stats_ptr(st);
   TreeWalk* walks = reinterpret_cast<TreeWalk*>(w_t.data_ptr<int64_t>());
   const int64_t V = s.vocab;
-  dispatch_pair(target, draft, [&](auto tt, auto td) {
+  dispatch_pair("dspark::verify_tree_shard_walk", target, draft, [&](auto tt, auto td) {
     using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
     using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
     const TT* tp = target.data_ptr<TT>();
@@ -394,7 +394,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_race(
   const ShardRowStats* gathered = stats_ptr(st);
   const TreeWalk* walks = reinterpret_cast<const TreeWalk*>(wk.data_ptr<int64_t>());
   const int64_t V = s.vocab, start = vocab_start;
-  dispatch_pair(target, draft, [&](auto tt, auto td) {
+  dispatch_pair("dspark::verify_tree_shard_race", target, draft, [&](auto tt, auto td) {
     using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
     using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
     const TT* tp = target.data_ptr<TT>();

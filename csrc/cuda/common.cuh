@@ -77,37 +77,4 @@ __device__ __forceinline__ void block_for_each(const T* __restrict__ row, int64_
   for (int64_t v = begin + vectors * VEC + threadIdx.x; v < end; v += blockDim.x) f(to_float(row[v]), v);
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ long long warp_sum(long long v) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-  return v;
-}
-
-// Block sums whose result every thread reads from one shared slot; the summation order is
-// fixed by the block size, so a row always sums to the same bits.
-template <typename V>
-__device__ __forceinline__ V block_sum(V v, V* scratch) {
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
-  v = warp_sum(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < warps ? scratch[lane] : V{};
-    v = warp_sum(v);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) scratch[0] = v;
-  __syncthreads();
-  v = scratch[0];
-  __syncthreads();
-  return v;
-}
-
 }  // namespace dspark::cuda

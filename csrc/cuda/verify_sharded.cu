@@ -45,14 +45,14 @@ __device__ int64_t clamp_count(int64_t c, int64_t hi) { return c < 0 ? 0 : (c > 
 template <typename T>
 __device__ SoftmaxStats block_softmax(const T* row, int64_t count, float temperature, SharedBytes& sh) {
   SoftmaxStats s;
-  block_for_each(row, 0, count, false, [&](float x, int64_t) { s.add(scaled_logit(x, temperature)); });
+  block_for_each<1>(row, 0, count, [&](float x, int64_t) { s.add(scaled_logit(x, temperature)); });
   return block_merge(s, sh.as<SoftmaxStats>());
 }
 
 template <typename T>
 __device__ uint64_t block_argmax_key(const T* row, int64_t count, int64_t start, SharedBytes& sh) {
   uint64_t best = 0;
-  block_for_each(row, 0, count, false, [&](float x, int64_t v) { best = max_u64(best, argmax_key(x, start + v)); });
+  block_for_each<1>(row, 0, count, [&](float x, int64_t v) { best = max_u64(best, argmax_key(x, start + v)); });
   return block_max_u64(best, sh.as<uint64_t>());
 }
 

@@ -20,6 +20,7 @@
 
 #include <cstdint>
 
+#include "dspark/eos.h"
 #include "dspark/sampling.h"
 #include "dspark/tree_sampling.h"
 
@@ -125,12 +126,6 @@ DSPARK_HD bool rows_exist(int64_t first_row, int64_t count, int64_t rows) {
   return first_row >= 0 && count >= 0 && first_row + count <= rows;
 }
 
-DSPARK_HD bool is_eos_token(int64_t token, const int64_t* eos, int64_t num_eos) {
-  for (int64_t e = 0; e < num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
-}
-
 // ---------------------------------------------------------------------------------------
 // verify_chain (SPEC §4) on merged statistics.
 
@@ -192,7 +187,7 @@ DSPARK_HD ChainDecision chain_decide(const int64_t* drafts, int64_t length, int6
     }
     if (!accept) return d;
     out[d.accepted++] = x;
-    if (is_eos_token(x, eos, num_eos)) {
+    if (is_eos(x, eos, num_eos)) {
       d.emit = kEmitNone;
       return d;
     }
@@ -320,7 +315,7 @@ DSPARK_HD void tree_advance(TreeWalk& w, const TreeView& t, const ShardRowStats*
     }
     out[w.accepted] = t.tokens[next];
     out_nodes[w.accepted++] = next;
-    if (is_eos_token(t.tokens[next], eos, num_eos)) {
+    if (is_eos(t.tokens[next], eos, num_eos)) {
       w.status = kWalkDone;
       w.token = -1;
       return;
