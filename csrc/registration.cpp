@@ -42,6 +42,38 @@ TORCH_LIBRARY(dspark, m) {
       "Tensor temperature, Tensor seed, Tensor offset, Tensor? draft_logits=None, "
       "Tensor? eos_ids=None) -> (Tensor, Tensor, Tensor, Tensor)");
 
+  // SPEC §11: vocab-parallel verification. Per-rank phases over a column shard
+  // [vocab_start, vocab_start + V_i) of the logits, composed with torch.distributed collectives
+  // in dspark_ops/distributed.py; records exchanged between phases are int64 tensors laid out
+  // as in dspark/verify_sharded.h. stats [W, N, 5] / race_keys [W, R, 2] / masses [W, R] are
+  // the all-gathered outputs of every rank, in rank order.
+  //   *_shard_stats -> [N, 5] per-row statistics of the shard
+  //   verify_chain_shard_decide -> (out_tokens, num_accepted, num_emitted, race_keys [R, 2])
+  //   verify_tree_shard_walk  -> (walk [R, 6], out_tokens, accepted_nodes, partial_mass [R])
+  //   verify_tree_shard_race  -> (race_keys [R, 2], num_accepted, num_emitted)
+  //   verify_shard_finish     -> out_tokens with the race winners placed
+  m.def(
+      "verify_chain_shard_stats(Tensor target_logits, Tensor draft_tokens, Tensor lengths, Tensor temperature, "
+      "Tensor seed, Tensor offset, Tensor? draft_logits, int vocab_start, int vocab_size) -> Tensor");
+  m.def(
+      "verify_chain_shard_decide(Tensor target_logits, Tensor draft_tokens, Tensor lengths, Tensor temperature, "
+      "Tensor seed, Tensor offset, Tensor stats, Tensor? draft_logits, Tensor? eos_ids, int vocab_start, "
+      "int vocab_size) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "verify_tree_shard_stats(Tensor target_logits, Tensor tree_tokens, Tensor parents, Tensor num_nodes, "
+      "Tensor temperature, Tensor seed, Tensor offset, Tensor? draft_logits, int vocab_start, int vocab_size) "
+      "-> Tensor");
+  m.def(
+      "verify_tree_shard_walk(Tensor target_logits, Tensor tree_tokens, Tensor parents, Tensor num_nodes, "
+      "Tensor temperature, Tensor seed, Tensor offset, Tensor stats, Tensor? walk, Tensor? out_tokens, "
+      "Tensor? accepted_nodes, Tensor? masses, Tensor? draft_logits, Tensor? eos_ids, int vocab_start, "
+      "int vocab_size) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def(
+      "verify_tree_shard_race(Tensor target_logits, Tensor tree_tokens, Tensor parents, Tensor num_nodes, "
+      "Tensor temperature, Tensor seed, Tensor offset, Tensor stats, Tensor walk, Tensor? draft_logits, "
+      "int vocab_start, int vocab_size) -> (Tensor, Tensor, Tensor)");
+  m.def("verify_shard_finish(Tensor out_tokens, Tensor num_accepted, Tensor num_emitted, Tensor race_keys) -> Tensor");
+
   // SPEC §6: load-aware verification length.
   m.def(
       "schedule_lengths(Tensor confidence, Tensor sps, int mode, int budget=-1, "

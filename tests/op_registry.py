@@ -163,6 +163,58 @@ def _verify_tree(with_draft: bool):
     return build
 
 
+# ----------------------------------------------------------------------------- vocab-parallel phases
+
+
+def _shard_phase(family: str, phase: str, with_draft: bool):
+    """Rank 1 of a W = 2 vocabulary split of the verify samples, at phase `phase`; the earlier
+    phases of both ranks run here on the CPU (the all-gathers are stacks)."""
+    full_build = _verify_chain(with_draft, _F32) if family == "chain" else _verify_tree(with_draft)
+    di = 6 if family == "chain" else 7  # position of draft_logits (eos_ids follows)
+
+    def build(device, R, variant):
+        full = full_build("cpu", R, variant)
+        V = full[0].shape[1]
+        cut = V // 2
+        ops = torch.ops.dspark
+
+        def shard(lo, hi):
+            a = list(full)
+            a[0] = full[0][:, lo:hi].contiguous()
+            if a[di] is not None:
+                a[di] = full[di][..., lo:hi].contiguous()
+            return a
+
+        ranks = [(shard(0, cut), 0), (shard(cut, V), cut)]
+        a, lo = ranks[1]
+        if family == "chain":
+            stats_of = lambda a, lo: (*a[:6], a[6], lo, V)  # noqa: E731
+            stats = torch.stack([ops.verify_chain_shard_stats(*stats_of(b, s)) for b, s in ranks])
+            decide_of = lambda a, lo: (*a[:6], stats, a[6], a[7], lo, V)  # noqa: E731
+            if phase == "stats":
+                return _to(device, *stats_of(a, lo))
+            if phase == "decide":
+                return _to(device, *decide_of(a, lo))
+            res = [ops.verify_chain_shard_decide(*decide_of(b, s)) for b, s in ranks]
+            return _to(device, res[1][0], res[1][1], res[1][2], torch.stack([r[3] for r in res]))
+        stats_of = lambda a, lo: (*a[:7], a[7], lo, V)  # noqa: E731
+        stats = torch.stack([ops.verify_tree_shard_stats(*stats_of(b, s)) for b, s in ranks])
+        fresh_of = lambda a, lo: (*a[:7], stats, None, None, None, None, a[7], a[8], lo, V)  # noqa: E731
+        if phase == "stats":
+            return _to(device, *stats_of(a, lo))
+        if phase == "walk-fresh":
+            return _to(device, *fresh_of(a, lo))
+        res = [ops.verify_tree_shard_walk(*fresh_of(b, s)) for b, s in ranks]
+        masses = torch.stack([r[3] for r in res])
+        step = (*a[:7], stats, res[1][0], res[1][1], res[1][2], masses, a[7], a[8], lo, V)
+        if phase == "walk-step":
+            return _to(device, *step)
+        walk = ops.verify_tree_shard_walk(*step)[0]
+        return _to(device, *a[:7], stats, walk, a[7], lo, V)
+
+    return build
+
+
 # ----------------------------------------------------------------------------- schedule_lengths
 
 
@@ -242,6 +294,14 @@ SAMPLES: list[Sample] = [
     Sample("tree_metadata", "default", _tree_metadata),
     Sample("verify_tree", "top_k_children", _verify_tree(False)),
     Sample("verify_tree", "draft_logits-eos", _verify_tree(True)),
+    Sample("verify_chain_shard_stats", "draft_logits", _shard_phase("chain", "stats", True)),
+    Sample("verify_chain_shard_decide", "draft_logits-eos", _shard_phase("chain", "decide", True)),
+    Sample("verify_chain_shard_decide", "one_hot_q", _shard_phase("chain", "decide", False)),
+    Sample("verify_shard_finish", "chain", _shard_phase("chain", "finish", True)),
+    Sample("verify_tree_shard_stats", "draft_logits", _shard_phase("tree", "stats", True)),
+    Sample("verify_tree_shard_walk", "fresh", _shard_phase("tree", "walk-fresh", True)),
+    Sample("verify_tree_shard_walk", "step", _shard_phase("tree", "walk-step", True)),
+    Sample("verify_tree_shard_race", "draft_logits", _shard_phase("tree", "race", True)),
     Sample("schedule_lengths", "causal", _schedule_lengths(0, -1, False)),
     Sample("schedule_lengths", "global-caps", _schedule_lengths(1, -1, True)),
     Sample("schedule_lengths", "top_k-caps", _schedule_lengths(2, 7, True)),

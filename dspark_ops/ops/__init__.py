@@ -7,6 +7,7 @@ from .random_bits import Purpose, gumbel, random_bits
 from .schedule_lengths import schedule_lengths
 from .verify_chain import verify_chain
 from .verify_tree import tree_metadata, verify_tree
+from . import verify_sharded  # noqa: F401  (fake kernels of the vocab-parallel phase ops)
 
 __all__ = [
     "Purpose",
