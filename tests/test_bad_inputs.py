@@ -203,9 +203,17 @@ CASES = {
 }
 
 
+# The per-rank phase ops of dspark_ops.distributed are checked by their own tests
+# (tests/test_distributed.py: named errors; tests/test_every_op.py: meta and device mixes).
+SHARD_OPS = {
+    "verify_chain_shard_stats", "verify_chain_shard_decide", "verify_tree_shard_stats", "verify_tree_shard_walk",
+    "verify_tree_shard_race", "verify_shard_finish",
+}
+
+
 def test_every_op_has_a_case():
     ops = {n.removeprefix("dspark::") for n in torch._C._dispatch_get_all_op_names() if n.startswith("dspark::")}
-    assert ops == set(CASES)
+    assert ops - SHARD_OPS == set(CASES)
 
 
 # ------------------------------------------------------------------------------------ mutations
