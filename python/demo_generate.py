@@ -21,7 +21,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import ConfidenceThreshold, FixedLength, SPSSchedule, generate, target_decode
-from dspark_ops.speculative.proposers import TinyDrafter
+from dspark_ops.speculative.proposers import ModelDrafter
 from dspark_ops.speculative.targets import TinyCausalLM, TinyConfig
 
 
@@ -42,7 +42,7 @@ def main() -> None:
     device = torch.device(args.device)
     cfg = TinyConfig(vocab_size=args.vocab, d_model=64, n_layers=4, n_heads=4, d_ff=256)
     target = TinyCausalLM(cfg, seed=args.seed, device=device)
-    drafter = TinyDrafter(target.perturbed(args.draft_noise, seed=args.seed + 1))
+    drafter = ModelDrafter(target.perturbed(args.draft_noise, seed=args.seed + 1))
     gen = torch.Generator().manual_seed(args.seed)
     prompts = [torch.randint(0, cfg.vocab_size, (int(n),), generator=gen).tolist() for n in torch.randint(4, 33, (args.requests,), generator=gen)]
 

@@ -55,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
+from .target_layers import validate_target_layer_ids
 
 __all__ = ["DSparkConfig", "DSparkDrafter", "DrafterCache", "DraftOutput"]
 
@@ -131,7 +132,11 @@ class DSparkConfig:
         if kwargs.get("head_dim") is None:
             kwargs["head_dim"] = int(d["hidden_size"]) // int(d["num_attention_heads"])
         cfg = cls(**kwargs, extra={k: v for k, v in d.items() if k not in names})
-        cfg.target_layer_ids = [int(x) for x in cfg.target_layer_ids]
+        num_target = d.get("num_target_layers")
+        try:
+            cfg.target_layer_ids = validate_target_layer_ids(cfg.target_layer_ids, num_target)
+        except ValueError as e:
+            raise ValueError(f"DSpark config: {e}") from None
         cfg.markov_rank = int(cfg.markov_rank or 0)
         cfg.enable_confidence_head = bool(cfg.enable_confidence_head)
         cfg.confidence_head_with_markov = bool(cfg.confidence_head_with_markov) and cfg.enable_confidence_head

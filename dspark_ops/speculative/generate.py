@@ -58,15 +58,30 @@ class FixedLength:
 
 @dataclasses.dataclass
 class ConfidenceThreshold:
-    """Static threshold on the prefix survival ``a_j = Π_{i≤j} c_i`` (the paper's §4.3.3
-    sweep): verify the longest prefix with ``a_j >= threshold``. ``threshold = 0`` is
-    fixed-length verification."""
+    """A static confidence threshold; ``threshold = 0`` is fixed-length verification.
+
+    ``rule = "per_position"`` (the default) is DeepSpec's evaluator rule: verify the drafts
+    before the first position whose *own* confidence ``c_k`` is below the threshold. It is
+    the default because it is the rule DeepSpec's threshold sweeps (and the thresholds
+    published with its checkpoints) were measured with, so they reproduce here.
+    ``rule = "survival"`` thresholds the prefix survival ``a_j = Π_{i≤j} c_i`` instead
+    (verify the longest prefix with ``a_j >= threshold``): the estimated probability that
+    the whole prefix is accepted, stricter for long prefixes. For
+    ``c = [.95, .9, .85, .9, .3]`` at 0.8, ``per_position`` verifies 4 drafts and
+    ``survival`` 2.
+    """
 
     threshold: float
+    rule: str = "per_position"
+
+    def __post_init__(self):
+        if self.rule not in ("per_position", "survival"):
+            raise ValueError(f"ConfidenceThreshold: rule must be 'per_position' or 'survival', got {self.rule!r}")
 
     def __call__(self, confidence: torch.Tensor, max_lengths: torch.Tensor) -> torch.Tensor:
-        survival = torch.cumprod(confidence.float(), 1)
-        n = (survival >= self.threshold).long().cumprod(1).sum(1)
+        c = confidence.float()
+        score = c if self.rule == "per_position" else torch.cumprod(c, 1)
+        n = (score >= self.threshold).long().cumprod(1).sum(1)
         return torch.minimum(n, max_lengths)
 
 
