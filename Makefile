@@ -26,7 +26,7 @@ endif
 $(VENV)/.deps: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install "$(TORCH_SPEC)" numpy scipy pytest matplotlib safetensors transformers \
+	$(PY) -m pip install "$(TORCH_SPEC)" numpy scipy pytest matplotlib safetensors transformers tqdm \
 		"scikit-build-core>=0.10" "cmake>=3.26" ninja
 	touch $@
 

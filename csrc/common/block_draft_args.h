@@ -4,7 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <optional>
+
 #include "dspark/checks.h"
+#include "dspark/rope.h"
 
 namespace dspark {
 
@@ -71,11 +75,33 @@ inline void check_rms_norm_args(const at::Tensor& x, const at::Tensor& weight, d
   DSPARK_CHECK(eps >= 0.0, op, "eps", "must be >= 0, got ", eps);
 }
 
+// inv_freq [Dh/2] float32 on `like`'s device, or none; attention_scaling finite and > 0.
+inline void check_rope_scaling_args(const std::optional<at::Tensor>& inv_freq, double attention_scaling,
+                                    int64_t head_dim, const at::Tensor& like, const char* op) {
+  if (inv_freq.has_value()) {
+    check_device(*inv_freq, op, "inv_freq", like);
+    check_dtype(*inv_freq, op, "inv_freq", {at::kFloat});
+    check_dim(*inv_freq, op, "inv_freq", 1);
+    check_size(*inv_freq, op, "inv_freq", 0, head_dim / 2, "Dh / 2");
+  }
+  DSPARK_CHECK(std::isfinite(attention_scaling) && attention_scaling > 0.0, op, "attention_scaling",
+               "must be finite and > 0, got ", attention_scaling);
+}
+
+// The RoPE of a call; `table` keeps the contiguous inv_freq [Dh/2] alive while it is read.
+inline RopeParams rope_params(double rope_theta, const std::optional<at::Tensor>& inv_freq, double attention_scaling,
+                       at::Tensor& table) {
+  if (inv_freq.has_value()) table = inv_freq->contiguous();
+  return RopeParams{static_cast<float>(rope_theta), inv_freq.has_value() ? table.data_ptr<float>() : nullptr,
+                    static_cast<float>(attention_scaling)};
+}
+
 // q [..., Hq, Dh]; k [..., Hkv, Dh] with the same leading shape; norm weights [Dh];
 // positions [...] int64 (the leading shape).
 inline void check_qk_norm_rope_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_norm_weight,
                                     const at::Tensor& k_norm_weight, const at::Tensor& positions, double eps,
-                                    double rope_theta) {
+                                    double rope_theta, const std::optional<at::Tensor>& inv_freq,
+                                    double attention_scaling) {
   constexpr const char* op = "dspark::qk_norm_rope";
   check_float_dtype(q, op, "q");
   DSPARK_CHECK(q.dim() >= 2, op, "q", "must have at least 2 dimensions ([..., Hq, Dh]), got shape ", q.sizes());
@@ -102,6 +128,7 @@ inline void check_qk_norm_rope_args(const at::Tensor& q, const at::Tensor& k, co
                positions.sizes());
   DSPARK_CHECK(eps >= 0.0, op, "eps", "must be >= 0, got ", eps);
   DSPARK_CHECK(rope_theta > 0.0, op, "rope_theta", "must be > 0, got ", rope_theta);
+  check_rope_scaling_args(inv_freq, attention_scaling, dh, q, op);
 }
 
 struct AppendSizes {
@@ -117,7 +144,9 @@ struct AppendSizes {
 inline AppendSizes check_append_context_kv_args(const at::Tensor& k_cache, const at::Tensor& v_cache,
                                                 const at::Tensor& k_new, const at::Tensor& v_new,
                                                 const at::Tensor& k_norm_weight, const at::Tensor& start,
-                                                const at::Tensor& num_new, double eps, double rope_theta) {
+                                                const at::Tensor& num_new, double eps, double rope_theta,
+                                                const std::optional<at::Tensor>& inv_freq,
+                                                double attention_scaling) {
   constexpr const char* op = "dspark::append_context_kv";
   check_float_dtype(k_cache, op, "k_cache");
   check_dim(k_cache, op, "k_cache", 4);
@@ -148,6 +177,7 @@ inline AppendSizes check_append_context_kv_args(const at::Tensor& k_cache, const
   check_index_vector(num_new, op, "num_new", s.requests, "R", k_cache);
   DSPARK_CHECK(eps >= 0.0, op, "eps", "must be >= 0, got ", eps);
   DSPARK_CHECK(rope_theta > 0.0, op, "rope_theta", "must be > 0, got ", rope_theta);
+  check_rope_scaling_args(inv_freq, attention_scaling, s.head_dim, k_cache, op);
   if (value_checks_enabled(start) && s.requests > 0) {
     const auto st = start.cpu(), nn = num_new.cpu();
     DSPARK_CHECK(nn.min().item<int64_t>() >= 0 && nn.max().item<int64_t>() <= s.chunk, op, "num_new",

@@ -16,9 +16,18 @@ Numerics follow Hugging Face's Qwen3 code: RMSNorm rounds the normalised value t
 dtype before multiplying by the weight; RoPE is rotate-half with
 ``inv_freq_i = theta ** (-2 i / Dh)`` and cos/sin rounded to the input dtype. All
 arithmetic is float32; outputs are rounded once to the input dtype.
+
+RoPE scaling: both RoPE helpers take an optional ``inv_freq [Dh/2]`` float32 table (which
+replaces ``rope_theta``) and an ``attention_scaling`` that multiplies cos and sin, the two
+outputs of every Hugging Face ``rope_type`` initialiser. That one form covers linear, YaRN,
+llama3, dynamic NTK at its initial length and Gemma's proportional / partial RoPE (a zero
+entry leaves its pair unrotated); :mod:`dspark_ops.speculative.rope_scaling` computes it
+from a model config.
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -88,6 +97,8 @@ def qk_norm_rope(
     positions: torch.Tensor,
     eps: float,
     rope_theta: float,
+    inv_freq: Optional[torch.Tensor] = None,
+    attention_scaling: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head RMSNorm of queries and keys (Qwen3's q_norm/k_norm) followed by RoPE.
 
@@ -97,10 +108,14 @@ def qk_norm_rope(
         positions: ``[...]`` int64, the absolute position of every token (any value; the
             angle is ``float(position) * inv_freq``).
         eps: RMSNorm epsilon. rope_theta: RoPE base (Qwen3: 1e6).
+        inv_freq: ``[Dh/2]`` float32 on q's device, or None for ``theta ** (-2 i / Dh)``.
+        attention_scaling: multiplies cos and sin (YaRN's mscale; 1 otherwise), finite > 0.
 
     Returns ``(q', k')``, new tensors shaped like q and k. Dh must be even (rotate-half).
     """
-    return torch.ops.dspark.qk_norm_rope(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta)
+    return torch.ops.dspark.qk_norm_rope(
+        q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta, inv_freq, attention_scaling
+    )
 
 
 def append_context_kv(
@@ -113,6 +128,8 @@ def append_context_kv(
     num_new: torch.Tensor,
     eps: float,
     rope_theta: float,
+    inv_freq: Optional[torch.Tensor] = None,
+    attention_scaling: float = 1.0,
 ) -> None:
     """Write newly committed context keys/values into a drafter layer's cache, in place.
 
@@ -124,7 +141,7 @@ def append_context_kv(
         k_norm_weight: ``[Dh]`` the layer's ``k_norm`` weight.
         start: ``[R]`` int64, position of ``k_new[r, 0]`` (= the request's current cache length).
         num_new: ``[R]`` int64 in ``[0, C]``, how many of the C entries of request r are real.
-        eps, rope_theta: as in :func:`qk_norm_rope`.
+        eps, rope_theta, inv_freq, attention_scaling: as in :func:`qk_norm_rope`.
 
     For ``i < num_new[r]``: ``k_cache[r, start[r] + i] = RoPE(k_norm(k_new[r, i]), start[r] + i)``
     and ``v_cache[r, start[r] + i] = v_new[r, i]``. Nothing else is touched, so requests with
@@ -135,8 +152,16 @@ def append_context_kv(
     entries that would land outside the cache are skipped.
     """
     torch.ops.dspark.append_context_kv(
-        k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta
+        k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta, inv_freq, attention_scaling
     )
+
+
+def _check_inv_freq_fake(op: str, inv_freq: Optional[torch.Tensor], like: torch.Tensor) -> None:
+    if inv_freq is None:
+        return
+    torch._check(inv_freq.dtype == torch.float32, lambda: f"{op}: argument 'inv_freq' must be float32")
+    torch._check(inv_freq.dim() == 1 and inv_freq.shape[0] == like.shape[-1] // 2,
+                 lambda: f"{op}: argument 'inv_freq' must be [Dh / 2]")
 
 
 @torch.library.register_fake("dspark::block_attention")
@@ -158,8 +183,10 @@ def _rms_norm_fake(x, weight, eps):
 
 
 @torch.library.register_fake("dspark::qk_norm_rope")
-def _qk_norm_rope_fake(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta):
+def _qk_norm_rope_fake(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta, inv_freq=None,
+                       attention_scaling=1.0):
     torch._check(q.dim() >= 2, lambda: "dspark::qk_norm_rope: argument 'q' must have at least 2 dimensions")
+    _check_inv_freq_fake("dspark::qk_norm_rope", inv_freq, q)
     return (
         torch.empty(q.shape, dtype=q.dtype, device=q.device),
         torch.empty(k.shape, dtype=k.dtype, device=k.device),
@@ -167,6 +194,8 @@ def _qk_norm_rope_fake(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_
 
 
 @torch.library.register_fake("dspark::append_context_kv")
-def _append_context_kv_fake(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta):
+def _append_context_kv_fake(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta,
+                            inv_freq=None, attention_scaling=1.0):
     torch._check(k_cache.dim() == 4, lambda: "dspark::append_context_kv: argument 'k_cache' must have 4 dimensions")
+    _check_inv_freq_fake("dspark::append_context_kv", inv_freq, k_cache)
     return None
