@@ -31,7 +31,8 @@ def one_thread():
 def tiny(kind="llama", seed=0, vocab=96, layers=2):
     torch.manual_seed(seed)
     common = dict(vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=layers,
-                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False)
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256, tie_word_embeddings=False,
+                  eos_token_id=None)  # no EOS: model.generate must not suppress a token (min_new_tokens)
     if kind == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common, initializer_range=0.3))
     else:
@@ -151,27 +152,35 @@ def deepspec_decode(model, sd, cfg, prompt, max_new, threshold):
 
 
 def test_generate_with_deepspec_target_layers_reproduces_deepspec_rounds():
-    V = 6  # a tiny vocabulary: a random drafter is right often enough to accept drafts
-    model = tiny("qwen3", seed=7, vocab=V, layers=4)
+    V = 8  # a tiny vocabulary and a Markov head holding the target's bigrams: drafts often accepted
+    model = tiny("qwen3", seed=1, vocab=V, layers=4).float()
+    prompt = [1, 4, 2, 0, 3]
+    with torch.no_grad():
+        seq = list(prompt)
+        for _ in range(40):
+            seq.append(int(model(torch.tensor([seq])).logits[0, -1].argmax()))
     layer_ids = [-1, 1, 2]
     config = dict(architectures=["Qwen3DSparkModel"], vocab_size=V, hidden_size=32, intermediate_size=64,
                   num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, head_dim=8, rms_norm_eps=1e-6,
                   rope_theta=10000.0, target_layer_ids=layer_ids, num_target_layers=4, mask_token_id=V - 1,
-                  block_size=4, markov_rank=4, markov_head_type="gated", enable_confidence_head=True,
+                  block_size=4, markov_rank=V, markov_head_type="vanilla", enable_confidence_head=True,
                   confidence_head_with_markov=True)
-    torch.manual_seed(8)
-    drafter = DSparkDrafter(config).double().eval()
+    torch.manual_seed(3)
+    drafter = DSparkDrafter(config).eval()
     with torch.no_grad():
-        drafter.lm_head.weight.copy_(model.lm_head.weight)  # share the target's head, as DeepSpec does
+        drafter.lm_head.weight.copy_(model.lm_head.weight)  # the target's head, as DeepSpec shares it
         drafter.embed_tokens.weight.copy_(model.model.embed_tokens.weight)
-    sd = {k: v.float() for k, v in drafter.state_dict().items()}
-    drafter = drafter.float()
+        drafter.markov_head.markov_w1.weight.copy_(torch.eye(V))
+        bigram = torch.zeros(V, V)
+        for a, b in zip(seq[len(prompt):], seq[len(prompt) + 1:]):
+            bigram[b, a] += 1.0
+        drafter.markov_head.markov_w2.weight.copy_(bigram / bigram.sum(0).clamp_min(1) * 6.0)
+    sd = dict(drafter.state_dict())
     threshold = 0.5
-    prompt = [1, 4, 2, 0, 3]
-    target = HFCausalLM(model.float(), target_layer_ids=layer_ids)
+    target = HFCausalLM(model, target_layer_ids=layer_ids)
     res = generate(target, DSparkProposer(drafter), [prompt], max_new_tokens=30, gamma=4,
                    schedule=ConfidenceThreshold(threshold))
-    tokens, accepted = deepspec_decode(model.float(), sd, drafter.config, prompt, 30, threshold)
-    assert res.tokens[0] == tokens
+    tokens, accepted = deepspec_decode(model, sd, drafter.config, prompt, 30, threshold)
+    assert res.tokens[0] == tokens == seq[len(prompt) : len(prompt) + 30]
     assert [s.accepted[0] for s in res.rounds] == accepted
-    assert sum(accepted) > 3 and len(set(s.lengths[0] for s in res.rounds)) > 1  # drafts accepted, lengths vary
+    assert sum(accepted) > 5 and len(set(s.lengths[0] for s in res.rounds)) > 1  # drafts accepted, lengths vary
