@@ -432,9 +432,9 @@ def generate(
     schedule = schedule or FixedLength()
     device = torch.device(target.device)
     R = len(prompts)
-    setup = _setup(prompts, max_new_tokens, temperature, seed, offset, eos_ids, gamma, device)
     if R == 0:
         return GenerateResult([], [], [], gamma)
+    setup = _setup(prompts, max_new_tokens, temperature, seed, offset, eos_ids, gamma, device)
 
     timer = _StageTimer(device)
     timer.start()
