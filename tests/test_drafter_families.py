@@ -216,3 +216,20 @@ def test_qwen3_yarn_checkpoint_matches_reference(tmp_path):
     out, (h, _, tokens, logits, _) = draft_and_reference(model, sd)
     torch.testing.assert_close(out.hidden, h, atol=1e-5, rtol=1e-5)
     assert torch.equal(out.tokens, tokens)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("family", ["qwen3", "gemma4"])
+def test_cuda_drafter_agrees_with_cpu(family):
+    cfg = qwen3_config(markov="rnn") if family == "qwen3" else gemma4_config(markov="rnn")
+    sd = state_dict(cfg, seed=9)
+    cpu = DSparkDrafter.from_state_dict(cfg, sd)
+    gpu = DSparkDrafter.from_state_dict(cfg, sd, device="cuda")
+    out_cpu, _ = draft_and_reference(cpu, sd)
+    th = build_context(3, 11, len(cfg["target_layer_ids"]), D, seed=1).cuda()
+    cache = fill_cache(gpu, th, torch.tensor([0, 11, 6]), splits=2)
+    zeros = torch.zeros(3, dtype=torch.int64, device="cuda")
+    with torch.no_grad():
+        out = gpu.draft(torch.tensor([3, 9, V - 1], device="cuda"), cache, torch.zeros(3, device="cuda"), zeros, zeros)
+    assert torch.equal(out.tokens.cpu(), out_cpu.tokens)
+    torch.testing.assert_close(out.draft_logits.cpu(), out_cpu.draft_logits, atol=1e-4, rtol=1e-4)

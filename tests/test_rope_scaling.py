@@ -108,11 +108,11 @@ def test_rope_from_config_matches_transformers(case):
     cfg = transformers.LlamaConfig(hidden_size=256, num_attention_heads=2, head_dim=128, max_position_embeddings=8192,
                                    rope_parameters=params)
     spec = rope_from_config(cfg.to_dict(), 128)
-    if params["rope_type"] == "dynamic":
-        expect, scaling = transformers.LlamaConfig(hidden_size=256, num_attention_heads=2, head_dim=128).rope_parameters, 1.0
-        assert spec.inv_freq is None and spec.attention_scaling == 1.0  # the default table at initialisation
-        return
     inv_freq, scaling = ROPE_INIT_FUNCTIONS[params["rope_type"]](cfg, "cpu")
+    if params["rope_type"] == "dynamic":  # the default table at initialisation: the kernels' own formula
+        assert spec.inv_freq is None and spec.attention_scaling == 1.0 == scaling
+        torch.testing.assert_close(1.0 / (500000.0 ** (torch.arange(0, 128, 2).double() / 128)).float(), inv_freq)
+        return
     torch.testing.assert_close(spec.inv_freq, inv_freq.float(), rtol=2e-7, atol=0)
     assert spec.attention_scaling == pytest.approx(scaling, rel=1e-12)
 
