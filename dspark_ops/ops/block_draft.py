@@ -31,9 +31,12 @@ from typing import Optional
 
 import torch
 
+from ._documented import documented
+
 __all__ = ["block_attention", "rms_norm", "qk_norm_rope", "append_context_kv"]
 
 
+@documented
 def block_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -76,6 +79,7 @@ def block_attention(
     return torch.ops.dspark.block_attention(q, k_cache, v_cache, cache_lens, k_block, v_block, scale)
 
 
+@documented
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Qwen3 RMSNorm over the last dimension: ``weight * round(x * rsqrt(mean(x^2) + eps))``.
 
@@ -89,6 +93,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.ops.dspark.rms_norm(x, weight, eps)
 
 
+@documented
 def qk_norm_rope(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -118,6 +123,7 @@ def qk_norm_rope(
     )
 
 
+@documented
 def append_context_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,

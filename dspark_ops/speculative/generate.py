@@ -34,10 +34,10 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ..ops.verify_chain import verify_chain
 from .observe import ProgressBar
 from .proposers import Drafter, Proposal
 from .targets import Target, ragged_index
-from ..ops.verify_chain import verify_chain
 
 STAGES = ("draft", "schedule", "target", "verify", "update")
 PROGRESS_MIN_TOKENS = 4096  # generate shows a progress bar by default from this many tokens
