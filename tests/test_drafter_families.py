@@ -13,6 +13,7 @@ import torch
 
 from dspark_ops import DSparkConfig, DSparkDrafter
 from dspark_ops import reference as ref
+
 from test_drafter import build_context, fill_cache, save_checkpoint
 
 HEADS = [dict(rank=0, confidence=False), dict(rank=0, confidence=True, with_markov=False),
@@ -161,7 +162,7 @@ def test_gemma4_v_proj_variant_and_softcap(tmp_path):
 
 
 def test_gemma4_rms_norm_is_transformers():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.models.gemma4.modeling_gemma4 import Gemma4RMSNorm
 
     g = torch.Generator().manual_seed(0)
@@ -177,7 +178,7 @@ def test_gemma4_rms_norm_is_transformers():
 
 
 def test_gemma4_target_embedding_module_is_scaled_once():
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     from transformers.models.gemma4.modeling_gemma4 import Gemma4TextScaledWordEmbedding
 
     cfg = gemma4_config()

@@ -9,6 +9,7 @@ import torch
 import dspark_ops
 from dspark_ops import reference as ref
 from dspark_ops.speculative.rope_scaling import rope_from_config
+
 from test_block_draft import DEVICES, DTYPES, append_inputs, close, qk_inputs
 
 

@@ -34,8 +34,8 @@ inline BlockAttentionSizes check_block_attention_args(const at::Tensor& q, const
   check_dim(k_cache, op, "k_cache", 4);
   s.kv_heads = k_cache.size(2);
   s.max_len = k_cache.size(1);
-  for (auto [t, name] : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"},
-                         std::pair{&k_block, "k_block"}, std::pair{&v_block, "v_block"}}) {
+  for (auto [t, name] : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}, std::pair{&k_block, "k_block"},
+                         std::pair{&v_block, "v_block"}}) {
     check_device(*t, op, name, q);
     DSPARK_CHECK(t->scalar_type() == q.scalar_type(), op, name, "must have the dtype of q (", q.scalar_type(),
                  "), got ", t->scalar_type());
@@ -56,8 +56,8 @@ inline BlockAttentionSizes check_block_attention_args(const at::Tensor& q, const
   if (value_checks_enabled(cache_lens) && s.requests > 0) {
     const auto lens = cache_lens.cpu();
     const auto lo = lens.min().item<int64_t>(), hi = lens.max().item<int64_t>();
-    DSPARK_CHECK(lo >= 0 && hi <= s.max_len, op, "cache_lens", "must be in [0, Lmax = ", s.max_len, "], got values in [",
-                 lo, ", ", hi, "]");
+    DSPARK_CHECK(lo >= 0 && hi <= s.max_len, op, "cache_lens", "must be in [0, Lmax = ", s.max_len,
+                 "], got values in [", lo, ", ", hi, "]");
   }
   return s;
 }
@@ -90,7 +90,7 @@ inline void check_rope_scaling_args(const std::optional<at::Tensor>& inv_freq, d
 
 // The RoPE of a call; `table` keeps the contiguous inv_freq [Dh/2] alive while it is read.
 inline RopeParams rope_params(double rope_theta, const std::optional<at::Tensor>& inv_freq, double attention_scaling,
-                       at::Tensor& table) {
+                              at::Tensor& table) {
   if (inv_freq.has_value()) table = inv_freq->contiguous();
   return RopeParams{static_cast<float>(rope_theta), inv_freq.has_value() ? table.data_ptr<float>() : nullptr,
                     static_cast<float>(attention_scaling)};
@@ -109,8 +109,8 @@ inline void check_qk_norm_rope_args(const at::Tensor& q, const at::Tensor& k, co
   DSPARK_CHECK(k.scalar_type() == q.scalar_type(), op, "k", "must have the dtype of q (", q.scalar_type(), "), got ",
                k.scalar_type());
   DSPARK_CHECK(k.dim() == q.dim() && k.sizes().slice(0, q.dim() - 2) == q.sizes().slice(0, q.dim() - 2), op, "k",
-               "must have the leading shape of q (", q.sizes().slice(0, q.dim() - 2), ") and be [..., Hkv, Dh], got shape ",
-               k.sizes());
+               "must have the leading shape of q (", q.sizes().slice(0, q.dim() - 2),
+               ") and be [..., Hkv, Dh], got shape ", k.sizes());
   const int64_t dh = q.size(-1);
   check_size(k, op, "k", k.dim() - 1, dh, "Dh, from q");
   DSPARK_CHECK(dh % 2 == 0, op, "q", "must have an even head dimension (rotate-half RoPE), got ", dh);
@@ -145,8 +145,7 @@ inline AppendSizes check_append_context_kv_args(const at::Tensor& k_cache, const
                                                 const at::Tensor& k_new, const at::Tensor& v_new,
                                                 const at::Tensor& k_norm_weight, const at::Tensor& start,
                                                 const at::Tensor& num_new, double eps, double rope_theta,
-                                                const std::optional<at::Tensor>& inv_freq,
-                                                double attention_scaling) {
+                                                const std::optional<at::Tensor>& inv_freq, double attention_scaling) {
   constexpr const char* op = "dspark::append_context_kv";
   check_float_dtype(k_cache, op, "k_cache");
   check_dim(k_cache, op, "k_cache", 4);

@@ -35,8 +35,7 @@ void norm_rope_row(const T* x, const T* w, T* y, int64_t dh, int64_t position, f
   const int64_t half = dh / 2;
   for (int64_t i = 0; i < half; ++i) {
     const float a = round_to<T>(static_cast<float>(w[i]) * round_to<T>(static_cast<float>(x[i]) * rs));
-    const float b =
-        round_to<T>(static_cast<float>(w[i + half]) * round_to<T>(static_cast<float>(x[i + half]) * rs));
+    const float b = round_to<T>(static_cast<float>(w[i + half]) * round_to<T>(static_cast<float>(x[i + half]) * rs));
     const float angle = rope_angle(position, i, dh, rope);
     const float c = round_to<T>(std::cos(angle) * rope.scaling), s = round_to<T>(std::sin(angle) * rope.scaling);
     y[i] = static_cast<T>(round_to<T>(a * c) - round_to<T>(b * s));
@@ -68,11 +67,14 @@ at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const
       const auto keys = at::cat({k_cache[r].narrow(0, 0, len), k_block[r]}, 0).to(at::kFloat).transpose(0, 1);
       const auto values = at::cat({v_cache[r].narrow(0, 0, len), v_block[r]}, 0).to(at::kFloat).transpose(0, 1);
       // [Hkv, γ·G, Dh] queries: row t·G + g is block position t, query head h·G + g.
-      const auto queries = q[r].to(at::kFloat).view({s.gamma, s.kv_heads, group, s.head_dim})
-                               .permute({1, 0, 2, 3}).reshape({s.kv_heads, s.gamma * group, s.head_dim});
+      const auto queries = q[r].to(at::kFloat)
+                               .view({s.gamma, s.kv_heads, group, s.head_dim})
+                               .permute({1, 0, 2, 3})
+                               .reshape({s.kv_heads, s.gamma * group, s.head_dim});
       const auto probs = at::bmm(queries, keys.transpose(1, 2)).mul_(scale).softmax(-1);
       const auto o = at::bmm(probs, values);  // [Hkv, γ·G, Dh]
-      out[r].copy_(o.view({s.kv_heads, s.gamma, group, s.head_dim}).permute({1, 0, 2, 3})
+      out[r].copy_(o.view({s.kv_heads, s.gamma, group, s.head_dim})
+                       .permute({1, 0, 2, 3})
                        .reshape({s.gamma, s.q_heads, s.head_dim}));
     }
   });
@@ -122,8 +124,7 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::T
                                                 const at::Tensor& q_norm_weight, const at::Tensor& k_norm_weight,
                                                 const at::Tensor& positions, double eps, double rope_theta,
                                                 const std::optional<at::Tensor>& inv_freq, double attention_scaling) {
-  check_qk_norm_rope_args(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta, inv_freq,
-                          attention_scaling);
+  check_qk_norm_rope_args(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta, inv_freq, attention_scaling);
   at::Tensor table;
   const RopeParams rope = rope_params(rope_theta, inv_freq, attention_scaling, table);
   auto q_out = at::empty(q.sizes(), q.options());
@@ -131,8 +132,8 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::T
   const int64_t dh = q.size(-1), hq = q.size(-2), hk = k.size(-2);
   const int64_t tokens = positions.numel();
   if (tokens == 0 || dh == 0) return {q_out, k_out};
-  const auto qc = q.contiguous(), kc = k.contiguous(), qw = q_norm_weight.contiguous(),
-             kw = k_norm_weight.contiguous(), pos = positions.contiguous();
+  const auto qc = q.contiguous(), kc = k.contiguous(), qw = q_norm_weight.contiguous(), kw = k_norm_weight.contiguous(),
+             pos = positions.contiguous();
   DSPARK_CPU_DISPATCH_FLOAT(q.scalar_type(), "dspark::qk_norm_rope", "q", [&] {
     using T = scalar_t;
     const T *qp = qc.data_ptr<T>(), *kp = kc.data_ptr<T>(), *qwp = qw.data_ptr<T>(), *kwp = kw.data_ptr<T>();

@@ -239,8 +239,8 @@ __global__ void __launch_bounds__(kAttnThreads)
 // One warp per output row: merges the splits' (max, sum, unnormalised output).
 template <typename T>
 __global__ void block_attention_combine_kernel(const float* __restrict__ partial_o,
-                                               const float* __restrict__ partial_ml, T* __restrict__ out,
-                                               int64_t rows, int splits, int64_t head_dim) {
+                                               const float* __restrict__ partial_ml, T* __restrict__ out, int64_t rows,
+                                               int splits, int64_t head_dim) {
   const int warps_per_block = blockDim.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; row < rows;
@@ -489,8 +489,8 @@ cudaError_t make_attention_config(bool mma, int device, AttentionConfig* c) {
     k.fn = reinterpret_cast<const void*>(block_attention_kernel<T, DH>);
     k.smem = attention_smem_bytes<DH>();
   }
-  const cudaError_t err =
-      cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem));
+  const cudaError_t err = cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(k.smem));
   if (err != cudaSuccess) return err;
   c->resident_ctas = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c->resident_ctas, k.fn, kAttnThreads, k.smem) != cudaSuccess ||
@@ -518,11 +518,11 @@ cudaError_t run_block_attention(const BlockAttentionArgs& a, bool aligned, const
   if (blocks > 0x7FFFFFFF || a.splits < 1) return cudaErrorInvalidConfiguration;
   if (k.mma) {
     if constexpr (sizeof(T) == 2)
-      block_attention_mma_kernel<T, DH><<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(
-          a, static_cast<int>(chunks));
+      block_attention_mma_kernel<T, DH>
+          <<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(a, static_cast<int>(chunks));
   } else {
-    block_attention_kernel<T, DH><<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(
-        a, static_cast<int>(chunks), aligned);
+    block_attention_kernel<T, DH>
+        <<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(a, static_cast<int>(chunks), aligned);
   }
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.splits == 1) return err;
@@ -594,8 +594,7 @@ __global__ void qk_norm_rope_kernel(const T* __restrict__ q, const T* __restrict
     if (h < hq)
       warp_norm_rope(q + (n * hq + h) * dh, qw, q_out + (n * hq + h) * dh, dh, positions[n], eps, rope, lane);
     else
-      warp_norm_rope(k + (n * hk + h - hq) * dh, kw, k_out + (n * hk + h - hq) * dh, dh, positions[n], eps, rope,
-                     lane);
+      warp_norm_rope(k + (n * hk + h - hq) * dh, kw, k_out + (n * hk + h - hq) * dh, dh, positions[n], eps, rope, lane);
   }
 }
 

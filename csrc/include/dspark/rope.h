@@ -34,7 +34,7 @@ DSPARK_HD float rope_inv_freq(int64_t i, int64_t head_dim, float theta) {
 struct RopeParams {
   float theta;
   const float* inv_freq;  // [Dh/2] or nullptr (then 1 / theta^(2i/Dh))
-  float scaling;          // multiplies cos and sin (1 without a table)
+  float scaling;  // multiplies cos and sin (1 without a table)
 };
 
 DSPARK_HD float rope_angle(int64_t position, int64_t i, int64_t head_dim, const RopeParams& p) {
