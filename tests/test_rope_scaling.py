@@ -10,7 +10,7 @@ import dspark_ops
 from dspark_ops import reference as ref
 from dspark_ops.speculative.rope_scaling import rope_from_config
 
-from test_block_draft import DEVICES, DTYPES, append_inputs, close, qk_inputs
+from test_block_draft import DTYPES, append_inputs, close, qk_inputs
 
 
 def scaled_table(dh, seed=7):
@@ -20,7 +20,6 @@ def scaled_table(dh, seed=7):
     return inv
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_qk_norm_rope_with_table_matches_reference(device, dtype):
     args = qk_inputs((3, 5), 4, 2, 64, dtype, device, max_pos=50_000)
@@ -31,7 +30,6 @@ def test_qk_norm_rope_with_table_matches_reference(device, dtype):
     close(k, rk, dtype)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_default_table_equals_theta_path(device):
     args = qk_inputs((4, 3), 2, 1, 128, torch.float32, device)
     table = rope_from_config({"rope_parameters": {"rope_type": "linear", "factor": 1.0, "rope_theta": 1e6}}, 128)
@@ -41,7 +39,6 @@ def test_default_table_equals_theta_path(device):
         assert torch.equal(a, b)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_zero_frequencies_and_scaling(device):
     args = qk_inputs((6,), 2, 2, 32, torch.float32, device)
     inv = torch.zeros(16, device=device)
@@ -51,7 +48,6 @@ def test_zero_frequencies_and_scaling(device):
     close(k, 0.5 * ref.rms_norm(args["k"], args["k_norm_weight"], 1e-6), torch.float32)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_append_context_kv_with_table_matches_reference(device, dtype):
     args = append_inputs(3, 20, 2, 64, 6, [0, 4, 15], [6, 2, 5], dtype, device)
