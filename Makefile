@@ -35,7 +35,7 @@ TOOLS_PATH = PATH="$(abspath $(dir $(PY))):$$PATH"
 $(VENV)/.deps: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
-	$(PY) -m pip install "$(TORCH_SPEC)" numpy scipy pytest matplotlib safetensors transformers \
+	$(PY) -m pip install "$(TORCH_SPEC)" numpy scipy pytest matplotlib safetensors transformers tqdm \
 		"scikit-build-core>=0.10" "cmake>=3.26" ninja $(LINT_SPEC)
 	touch $@
 

@@ -93,11 +93,15 @@ TORCH_LIBRARY(dspark, m) {
   //                      drafter's per-layer cache [R, Lmax, Hkv, Dh] at slots
   //                      start[r] .. start[r] + num_new[r] - 1 (slot = position); ragged
   //                      per-request counts, no host sync.
+  // RoPE scaling for both RoPE helpers: `inv_freq` [Dh/2] float32 (precomputed from the
+  // model's rope config; replaces rope_theta) and `attention_scaling` (multiplies cos/sin).
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def(
       "qk_norm_rope(Tensor q, Tensor k, Tensor q_norm_weight, Tensor k_norm_weight, "
-      "Tensor positions, float eps, float rope_theta) -> (Tensor, Tensor)");
+      "Tensor positions, float eps, float rope_theta, Tensor? inv_freq=None, "
+      "float attention_scaling=1.0) -> (Tensor, Tensor)");
   m.def(
       "append_context_kv(Tensor(a!) k_cache, Tensor(b!) v_cache, Tensor k_new, Tensor v_new, "
-      "Tensor k_norm_weight, Tensor start, Tensor num_new, float eps, float rope_theta) -> ()");
+      "Tensor k_norm_weight, Tensor start, Tensor num_new, float eps, float rope_theta, "
+      "Tensor? inv_freq=None, float attention_scaling=1.0) -> ()");
 }

@@ -6,7 +6,7 @@ round, the acceptance by draft position, and the time split by stage; then check
 greedy requests against plain target decoding and compares the wall time.
 
     python python/demo_generate.py [--device cuda] [--requests 8] [--gamma 4]
-        [--schedule fixed|threshold|sps] [--temperature 0.0] [--max-new-tokens 48]
+        [--schedule fixed|threshold|sps] [--temperature 0.0] [--max-new-tokens 48] [--plot acc.png]
 
 The tiny model's steps are dominated by Python and launch overhead, so the speed-up here
 says little about a real model; the accepted length and the stage split are the point.
@@ -22,7 +22,7 @@ import torch
 import dspark_ops
 from dspark_ops import ConfidenceThreshold, FixedLength, SPSSchedule, generate, target_decode
 from dspark_ops.ops.greedy import is_greedy
-from dspark_ops.speculative.proposers import TinyDrafter
+from dspark_ops.speculative.proposers import ModelDrafter
 from dspark_ops.speculative.targets import TinyCausalLM, TinyConfig
 
 
@@ -38,12 +38,13 @@ def main() -> None:
     ap.add_argument("--draft-noise", type=float, default=0.01, help="std of the noise that makes the draft model")
     ap.add_argument("--vocab", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--plot", help="save the per-position acceptance / survival plot to this image (matplotlib)")
     args = ap.parse_args()
 
     device = torch.device(args.device)
     cfg = TinyConfig(vocab_size=args.vocab, d_model=64, n_layers=4, n_heads=4, d_ff=256)
     target = TinyCausalLM(cfg, seed=args.seed, device=device)
-    drafter = TinyDrafter(target.perturbed(args.draft_noise, seed=args.seed + 1))
+    drafter = ModelDrafter(target.perturbed(args.draft_noise, seed=args.seed + 1))
     gen = torch.Generator().manual_seed(args.seed)
     prompts = [torch.randint(0, cfg.vocab_size, (int(n),), generator=gen).tolist() for n in torch.randint(4, 33, (args.requests,), generator=gen)]
 
@@ -68,6 +69,9 @@ def main() -> None:
         print(f"{i:5d}  {len(s.requests):6d}  {str(s.lengths):28s} {s.accepted}  (mean {sum(s.accepted) / len(s.accepted):.2f})")
     print(f"rounds: {res.num_rounds}   tokens per request-round (accepted + 1): {res.tokens_per_round():.2f}")
     print("acceptance by position:", " ".join(f"{a:.2f}" for a in res.acceptance_by_position()))
+    print("survival by position:  ", " ".join(f"{a:.2f}" for a in res.survival_by_position()))
+    if args.plot:
+        res.plot_acceptance(path=args.plot)
     times = res.stage_times()
     total = sum(times.values())
     print("time by stage:", ", ".join(f"{k} {v * 1e3:.1f} ms ({100 * v / total:.0f}%)" for k, v in times.items()))

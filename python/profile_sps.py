@@ -15,6 +15,7 @@ import argparse
 import torch
 
 import dspark_ops
+from dspark_ops.speculative.observe import plot_sps
 from dspark_ops.speculative.sps_profile import SPSTable, profile_sps
 
 
@@ -36,6 +37,7 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=128)
     ap.add_argument("--graphs", action="store_true", help="time CUDA-graph replays (CUDA only)")
     ap.add_argument("--out", default="sps.json")
+    ap.add_argument("--plot", help="save the SPS curve (measured points and envelope) to this image (matplotlib)")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -52,6 +54,9 @@ def main() -> None:
     print(f"saved {args.out}: {len(table.batch_sizes)} sizes measured on {table.meta['device']}")
     for b, t in list(zip(table.batch_sizes, table.step_seconds))[:: max(1, len(table.batch_sizes) // 12)]:
         print(f"  B={b:5d}  step {t * 1e3:8.3f} ms  raw SPS {1 / t:9.1f}  envelope SPS {table.sps[b]:9.1f}")
+    if args.plot:
+        plot_sps(table, path=args.plot)
+        print(f"plot: {args.plot}")
 
     sps = table.tensor(args.device)
     gamma = 7

@@ -12,6 +12,7 @@ with variant 0 is replayed after copying variant 1 into the same tensors.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import torch
@@ -258,15 +259,24 @@ def _rms_norm(device, R, variant):
 _QK_DH = 16
 
 
-def _qk_norm_rope(device, R, variant):
+def _rope_table(g) -> tuple:
+    """A RoPE-scaling table (inv_freq [Dh/2] float32, some pairs unrotated) and its scaling."""
+    inv_freq = torch.rand(_QK_DH // 2, generator=g) * 0.5
+    inv_freq[-2:] = 0.0
+    return inv_freq, 1.25
+
+
+def _qk_norm_rope(device, R, variant, table=False):
     g = _gen(variant, 9)
     q = torch.randn(R, _BLOCK, _HQ, _QK_DH, generator=g)
     k = torch.randn(R, _BLOCK, _HKV, _QK_DH, generator=g)
     positions = torch.randint(0, 100_000, (R, _BLOCK), generator=g)
-    return _to(device, q, k, torch.randn(_QK_DH, generator=g), torch.randn(_QK_DH, generator=g), positions, 1e-6, 1e6)
+    rope = _rope_table(g) if table else ()
+    return _to(device, q, k, torch.randn(_QK_DH, generator=g), torch.randn(_QK_DH, generator=g), positions, 1e-6, 1e6,
+               *rope)
 
 
-def _append_context_kv(device, R, variant):
+def _append_context_kv(device, R, variant, table=False):
     g = _gen(variant, 10)
     C = 3
     k_cache = torch.randn(R, _LMAX, _HKV, _QK_DH, generator=g)
@@ -275,7 +285,9 @@ def _append_context_kv(device, R, variant):
     v_new = torch.randn(R, C, _HKV, _QK_DH, generator=g)
     num_new = torch.randint(0, C + 1, (R,), generator=g)
     start = (torch.rand(R, generator=g) * (_LMAX - num_new + 1)).long()  # start + num_new <= Lmax
-    return _to(device, k_cache, v_cache, k_new, v_new, torch.randn(_QK_DH, generator=g), start, num_new, 1e-6, 1e6)
+    rope = _rope_table(g) if table else ()
+    return _to(device, k_cache, v_cache, k_new, v_new, torch.randn(_QK_DH, generator=g), start, num_new, 1e-6, 1e6,
+               *rope)
 
 
 # ----------------------------------------------------------------------------- the registry
@@ -310,6 +322,9 @@ SAMPLES: list[Sample] = [
     Sample("rms_norm", "default", _rms_norm, atol=2e-5, rtol=2e-5),
     Sample("qk_norm_rope", "default", _qk_norm_rope, atol=2e-5, rtol=2e-5),
     Sample("append_context_kv", "default", _append_context_kv, mutates=(0, 1), atol=2e-5, rtol=2e-5),
+    Sample("qk_norm_rope", "rope_table", functools.partial(_qk_norm_rope, table=True), atol=2e-5, rtol=2e-5),
+    Sample("append_context_kv", "rope_table", functools.partial(_append_context_kv, table=True), mutates=(0, 1),
+           atol=2e-5, rtol=2e-5),
 ]
 
 

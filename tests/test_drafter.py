@@ -33,7 +33,7 @@ def make_config(markov="vanilla", rank=8, confidence=True, with_markov=True, **o
         hidden_act="silu",
         max_position_embeddings=4096,
         tie_word_embeddings=False,
-        target_layer_ids=[1, 4, 7],
+        target_layer_ids=[1, 4, 6],
         num_target_layers=8,
         mask_token_id=130,
         block_size=5,
@@ -155,7 +155,7 @@ def test_checkpoint_round_trip(tmp_path, variant):
     assert set(got) == set(sd)
     for k in sd:
         assert torch.equal(got[k], sd[k]), k
-    assert model.config.target_layer_ids == [1, 4, 7] and model.gamma == 5
+    assert model.config.target_layer_ids == [1, 4, 6] and model.gamma == 5
     assert model.config.mask_token_id == 130 and model.config.markov_rank == cfg["markov_rank"]
 
 
@@ -209,7 +209,7 @@ def test_bad_configs():
     with pytest.raises(ValueError, match="markov_head_type"):
         DSparkConfig.from_dict(make_config(markov="lstm"))
     with pytest.raises(ValueError, match="rope"):
-        DSparkConfig.from_dict(make_config(rope_scaling={"rope_type": "yarn", "factor": 4.0}))
+        DSparkConfig.from_dict(make_config(rope_scaling={"rope_type": "longrope", "factor": 4.0}))
     cfg = make_config()
     del cfg["rope_theta"]
     cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": 5e5}

@@ -19,7 +19,7 @@ from dspark_ops.speculative.targets import HFCausalLM, TinyCausalLM, TinyConfig
 from stats import assert_distribution
 
 V = 96
-CFG = TinyConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=2, d_ff=64, hidden_layers=(1, 2))
+CFG = TinyConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=2, d_ff=64, target_layer_ids=(-1, 0))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -435,7 +435,7 @@ def test_sampling_matches_target_distribution(drafter_kind):
     """Tokens 1..4 (1 from the prefill, 2..4 drafted and verified from round 1) of 4000 requests with distinct seeds
     follow the target's exact marginals (enumerated), by ``stats.assert_distribution``. A drafter with a
     different q (noisy copy, or uniform) makes both the accept and the residual paths hit."""
-    cfg = TinyConfig(vocab_size=24, d_model=32, n_layers=2, n_heads=2, d_ff=64, hidden_layers=(1, 2))
+    cfg = TinyConfig(vocab_size=24, d_model=32, n_layers=2, n_heads=2, d_ff=64, target_layer_ids=(-1, 0))
     model = make_target(seed=3, cfg=cfg)
     prompt = [5, 17, 2]
     T = 0.9
@@ -486,7 +486,7 @@ def test_hf_adapter_greedy_equals_target_greedy():
         assert hf[0, len(prompts[0]) :].tolist() == refs[0]
     eos = [refs[2][5]]
     expect = [greedy_reference(logits, p, 14, eos) for p in prompts]
-    target = HFCausalLM(model, hidden_layers=(1, 2))
+    target = HFCausalLM(model, target_layer_ids=(-1, 0))
     rec = RecordingDrafter(ScriptedDrafter(refs, wrong=lambda i: i % 4 == 2))
     res = generate(target, rec, prompts, max_new_tokens=14, gamma=3, eos_ids=eos)
     assert res.tokens == expect
@@ -498,7 +498,7 @@ def test_hf_adapter_greedy_equals_target_greedy():
             ctx = rec.ctx[r]
             seq = p + toks
             hs = model(torch.tensor([seq]), output_hidden_states=True).hidden_states
-            full = torch.cat([hs[1], hs[2]], -1)[0]
+            full = torch.cat([hs[0], hs[1]], -1)[0]  # DeepSpec: id -1 -> hidden_states[0], id 0 -> [1]
             assert [t for t, _ in ctx] == seq[: len(ctx)]
             torch.testing.assert_close(torch.stack([h for _, h in ctx]), full[: len(ctx)])
     # Finished requests leave the batch: the adapter keeps working after retain().
@@ -528,7 +528,7 @@ def make_dspark_proposer(head: str, seed: int = 0, cfg: TinyConfig = CFG):
     vocab = cfg.vocab_size
     config = dict(vocab_size=vocab, hidden_size=cfg.d_model, intermediate_size=64, num_hidden_layers=1,
                   num_attention_heads=2, num_key_value_heads=1, head_dim=16, rms_norm_eps=1e-6,
-                  rope_theta=10000.0, target_layer_ids=list(cfg.hidden_layers), mask_token_id=vocab - 1,
+                  rope_theta=10000.0, target_layer_ids=list(cfg.target_layer_ids), mask_token_id=vocab - 1,
                   block_size=5, markov_rank=8, markov_head_type=head, enable_confidence_head=True,
                   confidence_head_with_markov=True)
     return DSparkProposer(DSparkDrafter(config).eval())

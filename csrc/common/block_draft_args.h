@@ -4,7 +4,11 @@
 
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <optional>
+
 #include "dspark/checks.h"
+#include "dspark/rope.h"
 
 namespace dspark {
 
@@ -30,8 +34,8 @@ inline BlockAttentionSizes check_block_attention_args(const at::Tensor& q, const
   check_dim(k_cache, op, "k_cache", 4);
   s.kv_heads = k_cache.size(2);
   s.max_len = k_cache.size(1);
-  for (auto [t, name] : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"},
-                         std::pair{&k_block, "k_block"}, std::pair{&v_block, "v_block"}}) {
+  for (auto [t, name] : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}, std::pair{&k_block, "k_block"},
+                         std::pair{&v_block, "v_block"}}) {
     check_device(*t, op, name, q);
     DSPARK_CHECK(t->scalar_type() == q.scalar_type(), op, name, "must have the dtype of q (", q.scalar_type(),
                  "), got ", t->scalar_type());
@@ -52,8 +56,8 @@ inline BlockAttentionSizes check_block_attention_args(const at::Tensor& q, const
   if (value_checks_enabled(cache_lens) && s.requests > 0) {
     const auto lens = cache_lens.cpu();
     const auto lo = lens.min().item<int64_t>(), hi = lens.max().item<int64_t>();
-    DSPARK_CHECK(lo >= 0 && hi <= s.max_len, op, "cache_lens", "must be in [0, Lmax = ", s.max_len, "], got values in [",
-                 lo, ", ", hi, "]");
+    DSPARK_CHECK(lo >= 0 && hi <= s.max_len, op, "cache_lens", "must be in [0, Lmax = ", s.max_len,
+                 "], got values in [", lo, ", ", hi, "]");
   }
   return s;
 }
@@ -71,11 +75,33 @@ inline void check_rms_norm_args(const at::Tensor& x, const at::Tensor& weight, d
   DSPARK_CHECK(eps >= 0.0, op, "eps", "must be >= 0, got ", eps);
 }
 
+// inv_freq [Dh/2] float32 on `like`'s device, or none; attention_scaling finite and > 0.
+inline void check_rope_scaling_args(const std::optional<at::Tensor>& inv_freq, double attention_scaling,
+                                    int64_t head_dim, const at::Tensor& like, const char* op) {
+  if (inv_freq.has_value()) {
+    check_device(*inv_freq, op, "inv_freq", like);
+    check_dtype(*inv_freq, op, "inv_freq", {at::kFloat});
+    check_dim(*inv_freq, op, "inv_freq", 1);
+    check_size(*inv_freq, op, "inv_freq", 0, head_dim / 2, "Dh / 2");
+  }
+  DSPARK_CHECK(std::isfinite(attention_scaling) && attention_scaling > 0.0, op, "attention_scaling",
+               "must be finite and > 0, got ", attention_scaling);
+}
+
+// The RoPE of a call; `table` keeps the contiguous inv_freq [Dh/2] alive while it is read.
+inline RopeParams rope_params(double rope_theta, const std::optional<at::Tensor>& inv_freq, double attention_scaling,
+                              at::Tensor& table) {
+  if (inv_freq.has_value()) table = inv_freq->contiguous();
+  return RopeParams{static_cast<float>(rope_theta), inv_freq.has_value() ? table.data_ptr<float>() : nullptr,
+                    static_cast<float>(attention_scaling)};
+}
+
 // q [..., Hq, Dh]; k [..., Hkv, Dh] with the same leading shape; norm weights [Dh];
 // positions [...] int64 (the leading shape).
 inline void check_qk_norm_rope_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& q_norm_weight,
                                     const at::Tensor& k_norm_weight, const at::Tensor& positions, double eps,
-                                    double rope_theta) {
+                                    double rope_theta, const std::optional<at::Tensor>& inv_freq,
+                                    double attention_scaling) {
   constexpr const char* op = "dspark::qk_norm_rope";
   check_float_dtype(q, op, "q");
   DSPARK_CHECK(q.dim() >= 2, op, "q", "must have at least 2 dimensions ([..., Hq, Dh]), got shape ", q.sizes());
@@ -83,8 +109,8 @@ inline void check_qk_norm_rope_args(const at::Tensor& q, const at::Tensor& k, co
   DSPARK_CHECK(k.scalar_type() == q.scalar_type(), op, "k", "must have the dtype of q (", q.scalar_type(), "), got ",
                k.scalar_type());
   DSPARK_CHECK(k.dim() == q.dim() && k.sizes().slice(0, q.dim() - 2) == q.sizes().slice(0, q.dim() - 2), op, "k",
-               "must have the leading shape of q (", q.sizes().slice(0, q.dim() - 2), ") and be [..., Hkv, Dh], got shape ",
-               k.sizes());
+               "must have the leading shape of q (", q.sizes().slice(0, q.dim() - 2),
+               ") and be [..., Hkv, Dh], got shape ", k.sizes());
   const int64_t dh = q.size(-1);
   check_size(k, op, "k", k.dim() - 1, dh, "Dh, from q");
   DSPARK_CHECK(dh % 2 == 0, op, "q", "must have an even head dimension (rotate-half RoPE), got ", dh);
@@ -102,6 +128,7 @@ inline void check_qk_norm_rope_args(const at::Tensor& q, const at::Tensor& k, co
                positions.sizes());
   DSPARK_CHECK(eps >= 0.0, op, "eps", "must be >= 0, got ", eps);
   DSPARK_CHECK(rope_theta > 0.0, op, "rope_theta", "must be > 0, got ", rope_theta);
+  check_rope_scaling_args(inv_freq, attention_scaling, dh, q, op);
 }
 
 struct AppendSizes {
@@ -117,7 +144,8 @@ struct AppendSizes {
 inline AppendSizes check_append_context_kv_args(const at::Tensor& k_cache, const at::Tensor& v_cache,
                                                 const at::Tensor& k_new, const at::Tensor& v_new,
                                                 const at::Tensor& k_norm_weight, const at::Tensor& start,
-                                                const at::Tensor& num_new, double eps, double rope_theta) {
+                                                const at::Tensor& num_new, double eps, double rope_theta,
+                                                const std::optional<at::Tensor>& inv_freq, double attention_scaling) {
   constexpr const char* op = "dspark::append_context_kv";
   check_float_dtype(k_cache, op, "k_cache");
   check_dim(k_cache, op, "k_cache", 4);
@@ -148,6 +176,7 @@ inline AppendSizes check_append_context_kv_args(const at::Tensor& k_cache, const
   check_index_vector(num_new, op, "num_new", s.requests, "R", k_cache);
   DSPARK_CHECK(eps >= 0.0, op, "eps", "must be >= 0, got ", eps);
   DSPARK_CHECK(rope_theta > 0.0, op, "rope_theta", "must be > 0, got ", rope_theta);
+  check_rope_scaling_args(inv_freq, attention_scaling, s.head_dim, k_cache, op);
   // Written in place from parallel threads: no element of a cache may alias another, and no
   // input may share memory with a cache.
   check_no_internal_overlap(k_cache, op, "k_cache");

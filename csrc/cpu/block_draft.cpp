@@ -25,7 +25,7 @@ inline float round_to(float x) {
 
 // y[0:Dh] = RoPE(RMSNorm(x) * w) at `position` (dspark/rope.h). y may alias x.
 template <typename T>
-void norm_rope_row(const T* x, const T* w, T* y, int64_t dh, int64_t position, float eps, float theta) {
+void norm_rope_row(const T* x, const T* w, T* y, int64_t dh, int64_t position, float eps, const RopeParams& rope) {
   float ss = 0.0f;
   for (int64_t d = 0; d < dh; ++d) {
     const float v = static_cast<float>(x[d]);
@@ -35,10 +35,9 @@ void norm_rope_row(const T* x, const T* w, T* y, int64_t dh, int64_t position, f
   const int64_t half = dh / 2;
   for (int64_t i = 0; i < half; ++i) {
     const float a = round_to<T>(static_cast<float>(w[i]) * round_to<T>(static_cast<float>(x[i]) * rs));
-    const float b =
-        round_to<T>(static_cast<float>(w[i + half]) * round_to<T>(static_cast<float>(x[i + half]) * rs));
-    const float angle = rope_angle(position, i, dh, theta);
-    const float c = round_to<T>(std::cos(angle)), s = round_to<T>(std::sin(angle));
+    const float b = round_to<T>(static_cast<float>(w[i + half]) * round_to<T>(static_cast<float>(x[i + half]) * rs));
+    const float angle = rope_angle(position, i, dh, rope);
+    const float c = round_to<T>(std::cos(angle) * rope.scaling), s = round_to<T>(std::sin(angle) * rope.scaling);
     y[i] = static_cast<T>(round_to<T>(a * c) - round_to<T>(b * s));
     y[i + half] = static_cast<T>(round_to<T>(b * c) + round_to<T>(a * s));
   }
@@ -68,11 +67,14 @@ at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const
       const auto keys = at::cat({k_cache[r].narrow(0, 0, len), k_block[r]}, 0).to(at::kFloat).transpose(0, 1);
       const auto values = at::cat({v_cache[r].narrow(0, 0, len), v_block[r]}, 0).to(at::kFloat).transpose(0, 1);
       // [Hkv, γ·G, Dh] queries: row t·G + g is block position t, query head h·G + g.
-      const auto queries = q[r].to(at::kFloat).view({s.gamma, s.kv_heads, group, s.head_dim})
-                               .permute({1, 0, 2, 3}).reshape({s.kv_heads, s.gamma * group, s.head_dim});
+      const auto queries = q[r].to(at::kFloat)
+                               .view({s.gamma, s.kv_heads, group, s.head_dim})
+                               .permute({1, 0, 2, 3})
+                               .reshape({s.kv_heads, s.gamma * group, s.head_dim});
       const auto probs = at::bmm(queries, keys.transpose(1, 2)).mul_(scale).softmax(-1);
       const auto o = at::bmm(probs, values);  // [Hkv, γ·G, Dh]
-      out[r].copy_(o.view({s.kv_heads, s.gamma, group, s.head_dim}).permute({1, 0, 2, 3})
+      out[r].copy_(o.view({s.kv_heads, s.gamma, group, s.head_dim})
+                       .permute({1, 0, 2, 3})
                        .reshape({s.gamma, s.q_heads, s.head_dim}));
     }
   });
@@ -116,31 +118,35 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
 // ---------------------------------------------------------------------------------------
 // qk_norm_rope
 
-// q [..., Hq, Dh]; k [..., Hkv, Dh]; norm weights [Dh]; positions [...] -> (q', k').
+// q [..., Hq, Dh]; k [..., Hkv, Dh]; norm weights [Dh]; positions [...]; inv_freq [Dh/2] or
+// none -> (q', k').
 std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::Tensor& k,
                                                 const at::Tensor& q_norm_weight, const at::Tensor& k_norm_weight,
-                                                const at::Tensor& positions, double eps, double rope_theta) {
-  check_qk_norm_rope_args(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta);
+                                                const at::Tensor& positions, double eps, double rope_theta,
+                                                const std::optional<at::Tensor>& inv_freq, double attention_scaling) {
+  check_qk_norm_rope_args(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta, inv_freq, attention_scaling);
+  at::Tensor table;
+  const RopeParams rope = rope_params(rope_theta, inv_freq, attention_scaling, table);
   auto q_out = at::empty(q.sizes(), q.options());
   auto k_out = at::empty(k.sizes(), k.options());
   const int64_t dh = q.size(-1), hq = q.size(-2), hk = k.size(-2);
   const int64_t tokens = positions.numel();
   if (tokens == 0 || dh == 0) return {q_out, k_out};
-  const auto qc = q.contiguous(), kc = k.contiguous(), qw = q_norm_weight.contiguous(),
-             kw = k_norm_weight.contiguous(), pos = positions.contiguous();
+  const auto qc = q.contiguous(), kc = k.contiguous(), qw = q_norm_weight.contiguous(), kw = k_norm_weight.contiguous(),
+             pos = positions.contiguous();
   DSPARK_CPU_DISPATCH_FLOAT(q.scalar_type(), "dspark::qk_norm_rope", "q", [&] {
     using T = scalar_t;
     const T *qp = qc.data_ptr<T>(), *kp = kc.data_ptr<T>(), *qwp = qw.data_ptr<T>(), *kwp = kw.data_ptr<T>();
     const int64_t* pp = pos.data_ptr<int64_t>();
     T *qo = q_out.data_ptr<T>(), *ko = k_out.data_ptr<T>();
-    const float e = static_cast<float>(eps), theta = static_cast<float>(rope_theta);
+    const float e = static_cast<float>(eps);
     at::parallel_for(0, tokens * (hq + hk), 16, [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const int64_t n = i / (hq + hk), h = i % (hq + hk);
         if (h < hq)
-          norm_rope_row(qp + (n * hq + h) * dh, qwp, qo + (n * hq + h) * dh, dh, pp[n], e, theta);
+          norm_rope_row(qp + (n * hq + h) * dh, qwp, qo + (n * hq + h) * dh, dh, pp[n], e, rope);
         else
-          norm_rope_row(kp + (n * hk + h - hq) * dh, kwp, ko + (n * hk + h - hq) * dh, dh, pp[n], e, theta);
+          norm_rope_row(kp + (n * hk + h - hq) * dh, kwp, ko + (n * hk + h - hq) * dh, dh, pp[n], e, rope);
       }
     });
   });
@@ -158,10 +164,13 @@ struct CacheStrides {
 // gets RoPE(k_norm(k_new[r, i])) at position start[r] + i, and v_new[r, i].
 void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k_new,
                        const at::Tensor& v_new, const at::Tensor& k_norm_weight, const at::Tensor& start,
-                       const at::Tensor& num_new, double eps, double rope_theta) {
+                       const at::Tensor& num_new, double eps, double rope_theta,
+                       const std::optional<at::Tensor>& inv_freq, double attention_scaling) {
   const auto s = check_append_context_kv_args(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps,
-                                              rope_theta);
+                                              rope_theta, inv_freq, attention_scaling);
   if (s.requests == 0 || s.chunk == 0 || s.kv_heads == 0 || s.head_dim == 0) return;
+  at::Tensor table;
+  const RopeParams rope = rope_params(rope_theta, inv_freq, attention_scaling, table);
   const auto kn = k_new.contiguous(), vn = v_new.contiguous(), kw = k_norm_weight.contiguous();
   const auto st = start.contiguous(), nn = num_new.contiguous();
   const CacheStrides kcs{k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)};
@@ -171,7 +180,7 @@ void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, con
     T *kcp = k_cache.data_ptr<T>(), *vcp = v_cache.data_ptr<T>();
     const T *knp = kn.data_ptr<T>(), *vnp = vn.data_ptr<T>(), *kwp = kw.data_ptr<T>();
     const int64_t *stp = st.data_ptr<int64_t>(), *nnp = nn.data_ptr<int64_t>();
-    const float e = static_cast<float>(eps), theta = static_cast<float>(rope_theta);
+    const float e = static_cast<float>(eps);
     const int64_t dh = s.head_dim;
     at::parallel_for(0, s.requests * s.chunk, 4, [&](int64_t begin, int64_t end) {
       for (int64_t ri = begin; ri < end; ++ri) {
@@ -182,7 +191,7 @@ void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, con
         const int64_t slot = stp[r] + i;
         for (int64_t h = 0; h < s.kv_heads; ++h) {
           const int64_t src = ((r * s.chunk + i) * s.kv_heads + h) * dh;
-          norm_rope_row(knp + src, kwp, kcp + r * kcs.request + slot * kcs.slot + h * kcs.head, dh, slot, e, theta);
+          norm_rope_row(knp + src, kwp, kcp + r * kcs.request + slot * kcs.slot + h * kcs.head, dh, slot, e, rope);
           T* vdst = vcp + r * vcs.request + slot * vcs.slot + h * vcs.head;
           for (int64_t d = 0; d < dh; ++d) vdst[d] = vnp[src + d];
         }

@@ -239,8 +239,8 @@ __global__ void __launch_bounds__(kAttnThreads)
 // One warp per output row: merges the splits' (max, sum, unnormalised output).
 template <typename T>
 __global__ void block_attention_combine_kernel(const float* __restrict__ partial_o,
-                                               const float* __restrict__ partial_ml, T* __restrict__ out,
-                                               int64_t rows, int splits, int64_t head_dim) {
+                                               const float* __restrict__ partial_ml, T* __restrict__ out, int64_t rows,
+                                               int splits, int64_t head_dim) {
   const int warps_per_block = blockDim.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   for (int64_t row = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; row < rows;
@@ -489,8 +489,8 @@ cudaError_t make_attention_config(bool mma, int device, AttentionConfig* c) {
     k.fn = reinterpret_cast<const void*>(block_attention_kernel<T, DH>);
     k.smem = attention_smem_bytes<DH>();
   }
-  const cudaError_t err =
-      cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem));
+  const cudaError_t err = cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(k.smem));
   if (err != cudaSuccess) return err;
   c->resident_ctas = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c->resident_ctas, k.fn, kAttnThreads, k.smem) != cudaSuccess ||
@@ -518,11 +518,11 @@ cudaError_t run_block_attention(const BlockAttentionArgs& a, bool aligned, const
   if (blocks > 0x7FFFFFFF || a.splits < 1) return cudaErrorInvalidConfiguration;
   if (k.mma) {
     if constexpr (sizeof(T) == 2)
-      block_attention_mma_kernel<T, DH><<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(
-          a, static_cast<int>(chunks));
+      block_attention_mma_kernel<T, DH>
+          <<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(a, static_cast<int>(chunks));
   } else {
-    block_attention_kernel<T, DH><<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(
-        a, static_cast<int>(chunks), aligned);
+    block_attention_kernel<T, DH>
+        <<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(a, static_cast<int>(chunks), aligned);
   }
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.splits == 1) return err;
@@ -561,7 +561,8 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ w
 // y = RoPE(RMSNorm(x) * w) at `position` for one head row, by one warp (dspark/rope.h).
 template <typename T>
 __device__ __forceinline__ void warp_norm_rope(const T* __restrict__ x, const T* __restrict__ w, T* __restrict__ y,
-                                               int64_t dh, int64_t position, float eps, float theta, int lane) {
+                                               int64_t dh, int64_t position, float eps, const RopeParams& rope,
+                                               int lane) {
   float ss = 0.0f;
   for (int64_t d = lane; d < dh; d += kWarpSize) {
     const float v = to_float(x[d]);
@@ -573,8 +574,8 @@ __device__ __forceinline__ void warp_norm_rope(const T* __restrict__ x, const T*
   for (int64_t i = lane; i < half; i += kWarpSize) {
     const float a = round_to<T>(to_float(w[i]) * round_to<T>(to_float(x[i]) * rs));
     const float b = round_to<T>(to_float(w[i + half]) * round_to<T>(to_float(x[i + half]) * rs));
-    const float angle = rope_angle(position, i, dh, theta);
-    const float c = round_to<T>(cosf(angle)), s = round_to<T>(sinf(angle));
+    const float angle = rope_angle(position, i, dh, rope);
+    const float c = round_to<T>(cosf(angle) * rope.scaling), s = round_to<T>(sinf(angle) * rope.scaling);
     y[i] = from_float<T>(round_to<T>(a * c) - round_to<T>(b * s));
     y[i + half] = from_float<T>(round_to<T>(b * c) + round_to<T>(a * s));
   }
@@ -584,17 +585,16 @@ template <typename T>
 __global__ void qk_norm_rope_kernel(const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ qw,
                                     const T* __restrict__ kw, const int64_t* __restrict__ positions,
                                     T* __restrict__ q_out, T* __restrict__ k_out, int64_t tokens, int64_t hq,
-                                    int64_t hk, int64_t dh, float eps, float theta) {
+                                    int64_t hk, int64_t dh, float eps, const RopeParams rope) {
   const int warps_per_block = blockDim.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int64_t rows = tokens * (hq + hk);
   for (int64_t wi = static_cast<int64_t>(blockIdx.x) * warps_per_block + threadIdx.x / kWarpSize; wi < rows;
        wi += static_cast<int64_t>(gridDim.x) * warps_per_block) {
     const int64_t n = wi / (hq + hk), h = wi % (hq + hk);
     if (h < hq)
-      warp_norm_rope(q + (n * hq + h) * dh, qw, q_out + (n * hq + h) * dh, dh, positions[n], eps, theta, lane);
+      warp_norm_rope(q + (n * hq + h) * dh, qw, q_out + (n * hq + h) * dh, dh, positions[n], eps, rope, lane);
     else
-      warp_norm_rope(k + (n * hk + h - hq) * dh, kw, k_out + (n * hk + h - hq) * dh, dh, positions[n], eps, theta,
-                     lane);
+      warp_norm_rope(k + (n * hk + h - hq) * dh, kw, k_out + (n * hk + h - hq) * dh, dh, positions[n], eps, rope, lane);
   }
 }
 
@@ -618,7 +618,7 @@ __global__ void append_context_kv_kernel(const AppendContextArgs a) {
     const int64_t slot = first + i;
     const int64_t src = ((r * a.chunk + i) * a.kv_heads + h) * a.head_dim;
     warp_norm_rope(k_new + src, kw, k_cache + r * a.k_stride_r + slot * a.k_stride_l + h * a.k_stride_h, a.head_dim,
-                   slot, a.eps, a.theta, lane);
+                   slot, a.eps, a.rope, lane);
     T* vdst = v_cache + r * a.v_stride_r + slot * a.v_stride_l + h * a.v_stride_h;
     for (int64_t d = lane; d < a.head_dim; d += kWarpSize) vdst[d] = v_new[src + d];
   }
@@ -742,7 +742,7 @@ cudaError_t launch_rms_norm(const void* x, const void* weight, void* out, int64_
 
 cudaError_t launch_qk_norm_rope(const void* q, const void* k, const void* q_norm_weight, const void* k_norm_weight,
                                 const int64_t* positions, void* q_out, void* k_out, int64_t tokens, int64_t q_heads,
-                                int64_t kv_heads, int64_t head_dim, float eps, float theta, DType dtype,
+                                int64_t kv_heads, int64_t head_dim, float eps, const RopeParams& rope, DType dtype,
                                 cudaStream_t stream) {
   const int64_t rows = tokens * (q_heads + kv_heads);
   if (rows == 0 || head_dim == 0) return cudaSuccess;
@@ -751,7 +751,7 @@ cudaError_t launch_qk_norm_rope(const void* q, const void* k, const void* q_norm
     qk_norm_rope_kernel<T><<<warp_grid(rows, threads), threads, 0, stream>>>(
         static_cast<const T*>(q), static_cast<const T*>(k), static_cast<const T*>(q_norm_weight),
         static_cast<const T*>(k_norm_weight), positions, static_cast<T*>(q_out), static_cast<T*>(k_out), tokens,
-        q_heads, kv_heads, head_dim, eps, theta);
+        q_heads, kv_heads, head_dim, eps, rope);
     return cudaGetLastError();
   });
 }

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "dspark/dtype.h"
+#include "dspark/rope.h"
 
 namespace dspark::cuda {
 
@@ -43,9 +44,10 @@ cudaError_t launch_rms_norm(const void* x, const void* weight, void* out, int64_
                             DType dtype, cudaStream_t stream);
 
 // q [N, Hq, Dh], k [N, Hkv, Dh] contiguous; weights [Dh]; positions [N] -> q_out, k_out.
+// rope.inv_freq, when set, points to [Dh/2] float32 on the device.
 cudaError_t launch_qk_norm_rope(const void* q, const void* k, const void* q_norm_weight, const void* k_norm_weight,
                                 const int64_t* positions, void* q_out, void* k_out, int64_t tokens, int64_t q_heads,
-                                int64_t kv_heads, int64_t head_dim, float eps, float theta, DType dtype,
+                                int64_t kv_heads, int64_t head_dim, float eps, const RopeParams& rope, DType dtype,
                                 cudaStream_t stream);
 
 struct AppendContextArgs {
@@ -59,7 +61,8 @@ struct AppendContextArgs {
   const int64_t* start;       // [R]
   const int64_t* num_new;     // [R]
   int64_t requests, max_len, kv_heads, head_dim, chunk;
-  float eps, theta;
+  float eps;
+  RopeParams rope;  // inv_freq, when set, is [Dh/2] float32 on the device
 };
 
 cudaError_t launch_append_context_kv(const AppendContextArgs& a, DType dtype, cudaStream_t stream);

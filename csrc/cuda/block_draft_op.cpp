@@ -94,7 +94,8 @@ at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const
     a.partial_o = partial_o.data_ptr<float>();
     a.partial_ml = partial_ml.data_ptr<float>();
   }
-  DSPARK_CUDA_CHECK(launch_block_attention(a, to_dtype(q, "dspark::block_attention", "q"), c10::cuda::getCurrentCUDAStream()));
+  DSPARK_CUDA_CHECK(
+      launch_block_attention(a, to_dtype(q, "dspark::block_attention", "q"), c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -106,34 +107,38 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (out.numel() == 0 || dim == 0) return out;
   const auto xc = x.contiguous(), wc = weight.contiguous();
   DSPARK_CUDA_CHECK(launch_rms_norm(xc.data_ptr(), wc.data_ptr(), out.data_ptr(), x.numel() / dim, dim,
-                                    static_cast<float>(eps), to_dtype(x, "dspark::rms_norm", "x"), c10::cuda::getCurrentCUDAStream()));
+                                    static_cast<float>(eps), to_dtype(x, "dspark::rms_norm", "x"),
+                                    c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::Tensor& k,
                                                 const at::Tensor& q_norm_weight, const at::Tensor& k_norm_weight,
-                                                const at::Tensor& positions, double eps, double rope_theta) {
-  check_qk_norm_rope_args(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta);
+                                                const at::Tensor& positions, double eps, double rope_theta,
+                                                const std::optional<at::Tensor>& inv_freq, double attention_scaling) {
+  check_qk_norm_rope_args(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta, inv_freq, attention_scaling);
   const c10::cuda::CUDAGuard guard(q.device());
   auto q_out = at::empty(q.sizes(), q.options());
   auto k_out = at::empty(k.sizes(), k.options());
   const int64_t tokens = positions.numel();
   if (tokens == 0) return {q_out, k_out};
-  const auto qc = q.contiguous(), kc = k.contiguous(), qw = q_norm_weight.contiguous(),
-             kw = k_norm_weight.contiguous(), pos = positions.contiguous();
+  const auto qc = q.contiguous(), kc = k.contiguous(), qw = q_norm_weight.contiguous(), kw = k_norm_weight.contiguous(),
+             pos = positions.contiguous();
+  at::Tensor table;
+  const RopeParams rope = rope_params(rope_theta, inv_freq, attention_scaling, table);
   DSPARK_CUDA_CHECK(launch_qk_norm_rope(qc.data_ptr(), kc.data_ptr(), qw.data_ptr(), kw.data_ptr(),
-                                        pos.data_ptr<int64_t>(), q_out.data_ptr(), k_out.data_ptr(), tokens,
-                                        q.size(-2), k.size(-2), q.size(-1), static_cast<float>(eps),
-                                        static_cast<float>(rope_theta), to_dtype(q, "dspark::qk_norm_rope", "q"),
-                                        c10::cuda::getCurrentCUDAStream()));
+                                        pos.data_ptr<int64_t>(), q_out.data_ptr(), k_out.data_ptr(), tokens, q.size(-2),
+                                        k.size(-2), q.size(-1), static_cast<float>(eps), rope,
+                                        to_dtype(q, "dspark::qk_norm_rope", "q"), c10::cuda::getCurrentCUDAStream()));
   return {q_out, k_out};
 }
 
 void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& k_new,
                        const at::Tensor& v_new, const at::Tensor& k_norm_weight, const at::Tensor& start,
-                       const at::Tensor& num_new, double eps, double rope_theta) {
+                       const at::Tensor& num_new, double eps, double rope_theta,
+                       const std::optional<at::Tensor>& inv_freq, double attention_scaling) {
   const auto s = check_append_context_kv_args(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps,
-                                              rope_theta);
+                                              rope_theta, inv_freq, attention_scaling);
   if (s.requests == 0 || s.chunk == 0 || s.kv_heads == 0 || s.head_dim == 0) return;
   const c10::cuda::CUDAGuard guard(k_cache.device());
   const auto kn = k_new.contiguous(), vn = v_new.contiguous(), kw = k_norm_weight.contiguous();
@@ -158,8 +163,10 @@ void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, con
   a.head_dim = s.head_dim;
   a.chunk = s.chunk;
   a.eps = static_cast<float>(eps);
-  a.theta = static_cast<float>(rope_theta);
-  DSPARK_CUDA_CHECK(launch_append_context_kv(a, to_dtype(k_cache, "dspark::append_context_kv", "k_cache"), c10::cuda::getCurrentCUDAStream()));
+  at::Tensor table;
+  a.rope = rope_params(rope_theta, inv_freq, attention_scaling, table);
+  DSPARK_CUDA_CHECK(launch_append_context_kv(a, to_dtype(k_cache, "dspark::append_context_kv", "k_cache"),
+                                             c10::cuda::getCurrentCUDAStream()));
 }
 
 }  // namespace

@@ -16,11 +16,19 @@ Numerics follow Hugging Face's Qwen3 code: RMSNorm rounds the normalised value t
 dtype before multiplying by the weight; RoPE is rotate-half with
 ``inv_freq_i = theta ** (-2 i / Dh)`` and cos/sin rounded to the input dtype. All
 arithmetic is float32; outputs are rounded once to the input dtype.
+
+RoPE scaling: both RoPE helpers take an optional ``inv_freq [Dh/2]`` float32 table (which
+replaces ``rope_theta``) and an ``attention_scaling`` that multiplies cos and sin, the two
+outputs of every Hugging Face ``rope_type`` initialiser. That one form covers linear, YaRN,
+llama3, dynamic NTK at its initial length and Gemma's proportional / partial RoPE (a zero
+entry leaves its pair unrotated); :mod:`dspark_ops.speculative.rope_scaling` computes it
+from a model config.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
@@ -96,6 +104,8 @@ def qk_norm_rope(
     positions: torch.Tensor,
     eps: float,
     rope_theta: float,
+    inv_freq: Optional[torch.Tensor] = None,
+    attention_scaling: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-head RMSNorm of queries and keys (Qwen3's q_norm/k_norm) followed by RoPE.
 
@@ -105,10 +115,14 @@ def qk_norm_rope(
         positions: ``[...]`` int64, the absolute position of every token (any value; the
             angle is ``float(position) * inv_freq``).
         eps: RMSNorm epsilon. rope_theta: RoPE base (Qwen3: 1e6).
+        inv_freq: ``[Dh/2]`` float32 on q's device, or None for ``theta ** (-2 i / Dh)``.
+        attention_scaling: multiplies cos and sin (YaRN's mscale; 1 otherwise), finite > 0.
 
     Returns ``(q', k')``, new tensors shaped like q and k. Dh must be even (rotate-half).
     """
-    return torch.ops.dspark.qk_norm_rope(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta)
+    return torch.ops.dspark.qk_norm_rope(
+        q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta, inv_freq, attention_scaling
+    )
 
 
 @documented
@@ -122,6 +136,8 @@ def append_context_kv(
     num_new: torch.Tensor,
     eps: float,
     rope_theta: float,
+    inv_freq: Optional[torch.Tensor] = None,
+    attention_scaling: float = 1.0,
 ) -> None:
     """Write newly committed context keys/values into a drafter layer's cache, in place.
 
@@ -133,7 +149,7 @@ def append_context_kv(
         k_norm_weight: ``[Dh]`` the layer's ``k_norm`` weight.
         start: ``[R]`` int64, position of ``k_new[r, 0]`` (= the request's current cache length).
         num_new: ``[R]`` int64 in ``[0, C]``, how many of the C entries of request r are real.
-        eps, rope_theta: as in :func:`qk_norm_rope`.
+        eps, rope_theta, inv_freq, attention_scaling: as in :func:`qk_norm_rope`.
 
     For ``i < num_new[r]``: ``k_cache[r, start[r] + i] = RoPE(k_norm(k_new[r, i]), start[r] + i)``
     and ``v_cache[r, start[r] + i] = v_new[r, i]``. Nothing else is touched, so requests with
@@ -149,7 +165,7 @@ def append_context_kv(
     with a cache raise ``RuntimeError``, as torch's own in-place ops do.
     """
     torch.ops.dspark.append_context_kv(
-        k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta
+        k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta, inv_freq, attention_scaling
     )
 
 
@@ -191,7 +207,8 @@ def _rms_norm_fake(x, weight, eps):
 
 
 @torch.library.register_fake("dspark::qk_norm_rope")
-def _qk_norm_rope_fake(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta):
+def _qk_norm_rope_fake(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta, inv_freq=None,
+                       attention_scaling=1.0):
     c = ArgChecks("dspark::qk_norm_rope", q)
     c.dtype(q, "q", FLOAT_DTYPES)
     c.min_dim(q, "q", 2)
@@ -204,6 +221,10 @@ def _qk_norm_rope_fake(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_
     c.tensor(positions, "positions", (torch.int64,), leading)
     c.check(eps >= 0.0, "eps", lambda: f"must be >= 0, got {eps}")
     c.check(rope_theta > 0.0, "rope_theta", lambda: f"must be > 0, got {rope_theta}")
+    if inv_freq is not None:
+        c.tensor(inv_freq, "inv_freq", (torch.float32,), [(head_dim // 2, "Dh / 2")])
+    c.check(math.isfinite(attention_scaling) and attention_scaling > 0.0, "attention_scaling",
+            lambda: f"must be finite and > 0, got {attention_scaling}")
     return (
         torch.empty(q.shape, dtype=q.dtype, device=q.device),
         torch.empty(k.shape, dtype=k.dtype, device=k.device),
@@ -211,7 +232,8 @@ def _qk_norm_rope_fake(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_
 
 
 @torch.library.register_fake("dspark::append_context_kv")
-def _append_context_kv_fake(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta):
+def _append_context_kv_fake(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta,
+                            inv_freq=None, attention_scaling=1.0):
     # The real kernel also rejects inputs that share memory with a cache; meta tensors have no
     # addresses, so that check stays with it. Internal overlap is a property of the strides.
     c = ArgChecks("dspark::append_context_kv", k_cache)
@@ -237,4 +259,8 @@ def _append_context_kv_fake(k_cache, v_cache, k_new, v_new, k_norm_weight, start
     c.check(rope_theta > 0.0, "rope_theta", lambda: f"must be > 0, got {rope_theta}")
     c.no_internal_overlap(k_cache, "k_cache")
     c.no_internal_overlap(v_cache, "v_cache")
+    if inv_freq is not None:
+        c.tensor(inv_freq, "inv_freq", (torch.float32,), [(head_dim // 2, "Dh / 2")])
+    c.check(math.isfinite(attention_scaling) and attention_scaling > 0.0, "attention_scaling",
+            lambda: f"must be finite and > 0, got {attention_scaling}")
     return None

@@ -35,16 +35,18 @@ def rms_norm(x, weight, eps):
     return weight * normed
 
 
-def rope_cos_sin(positions, head_dim, theta, dtype):
-    """cos, sin ``[..., Dh]`` as Qwen3RotaryEmbedding computes them (float32, then dtype)."""
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
-    # theta ** exponent in float64 rounded once to float32: the correctly rounded float32 power,
-    # which HF's float32 pow gives on the CPU, on every device (CUDA powf is only 2-ulp accurate).
-    theta32 = float(torch.tensor(theta, dtype=torch.float32))
-    inv_freq = 1.0 / (theta32 ** exponent.double()).float()
-    freqs = positions.float()[..., None] * inv_freq
+def rope_cos_sin(positions, head_dim, theta, dtype, inv_freq=None, attention_scaling=1.0):
+    """cos, sin ``[..., Dh]`` as Hugging Face's rotary embeddings compute them (float32,
+    times ``attention_scaling``, then dtype). ``inv_freq [Dh/2]`` float32 replaces theta."""
+    if inv_freq is None:
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.int64, device=positions.device).float() / head_dim
+        # theta ** exponent in float64 rounded once to float32: the correctly rounded float32 power,
+        # which HF's float32 pow gives on the CPU, on every device (CUDA powf is only 2-ulp accurate).
+        theta32 = float(torch.tensor(theta, dtype=torch.float32))
+        inv_freq = 1.0 / (theta32 ** exponent.double()).float()
+    freqs = positions.float()[..., None] * inv_freq.float().to(positions.device)
     emb = torch.cat([freqs, freqs], dim=-1)
-    return emb.cos().to(dtype), emb.sin().to(dtype)
+    return (emb.cos() * attention_scaling).to(dtype), (emb.sin() * attention_scaling).to(dtype)
 
 
 def _rotate_half(x):
@@ -57,15 +59,16 @@ def _apply_rope(x, cos, sin):
     return x * cos[..., None, :] + _rotate_half(x) * sin[..., None, :]
 
 
-def qk_norm_rope(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta):
-    cos, sin = rope_cos_sin(positions, q.shape[-1], rope_theta, q.dtype)
+def qk_norm_rope(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta, inv_freq=None, attention_scaling=1.0):
+    cos, sin = rope_cos_sin(positions, q.shape[-1], rope_theta, q.dtype, inv_freq, attention_scaling)
     return (
         _apply_rope(rms_norm(q, q_norm_weight, eps), cos, sin),
         _apply_rope(rms_norm(k, k_norm_weight, eps), cos, sin),
     )
 
 
-def append_context_kv(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta):
+def append_context_kv(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_new, eps, rope_theta, inv_freq=None,
+                      attention_scaling=1.0):
     """In place, like the op: slot start[r] + i <- RoPE(k_norm(k_new[r, i])), v_new[r, i]."""
     R, C = k_new.shape[:2]
     lmax = k_cache.shape[1]
@@ -73,7 +76,7 @@ def append_context_kv(k_cache, v_cache, k_new, v_new, k_norm_weight, start, num_
     # In range as start < Lmax - i, like the kernels: start + i could overflow near 2^63.
     keep = (i[None, :] < num_new[:, None]) & (start[:, None] >= 0) & (start[:, None] < lmax - i[None, :])  # [R, C]
     slots = torch.where(keep, start[:, None], 0) + i[None, :]  # kept entries only are written
-    cos, sin = rope_cos_sin(slots, k_new.shape[-1], rope_theta, k_new.dtype)
+    cos, sin = rope_cos_sin(slots, k_new.shape[-1], rope_theta, k_new.dtype, inv_freq, attention_scaling)
     k_rot = _apply_rope(rms_norm(k_new, k_norm_weight, eps), cos, sin)
     rr, cc = keep.nonzero(as_tuple=True)
     k_cache[rr, slots[rr, cc]] = k_rot[rr, cc]

@@ -15,12 +15,21 @@ from .block_draft import _apply_rope, rms_norm, rope_cos_sin
 __all__ = ["drafter_backbone", "markov_greedy"]
 
 
+def _gemma_rms_norm(x, weight, eps):
+    """Gemma4RMSNorm: float32 ``x * (mean(x^2) + eps) ** -0.5 * weight``, rounded once
+    (``weight = None``: the weightless v_norm)."""
+    xf = x.float()
+    y = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    return (y if weight is None else y * weight.float()).to(x.dtype)
+
+
 def drafter_backbone(sd: dict, cfg, target_hidden: torch.Tensor, ctx_lens: torch.Tensor, anchor: torch.Tensor):
-    """Returns ``(hidden [R, γ, d], base_logits [R, γ, V])``.
+    """Returns ``(hidden [R, γ, d], base_logits [R, γ, V])``, following DeepSpec's
+    ``Qwen3DSparkModel`` or ``Gemma4DSparkModel`` (``cfg.architecture``) step by step.
 
     Args:
         sd: DeepSpec state dict (``fc.weight``, ``layers.{i}.self_attn.q_proj.weight``, ...).
-        cfg: a ``DSparkConfig``.
+        cfg: a ``DSparkConfig`` (its ``rope`` gives the RoPE table: ``inv_freq`` or theta).
         target_hidden: ``[R, P, m*d]`` concatenated target layers of positions ``0..P-1``.
         ctx_lens: ``[R]`` committed tokens per request; context token j is visible iff
             ``j < ctx_lens[r]``; the anchor sits at position ``ctx_lens[r]``.
@@ -29,47 +38,71 @@ def drafter_backbone(sd: dict, cfg, target_hidden: torch.Tensor, ctx_lens: torch
     R, P, _ = target_hidden.shape
     L = cfg.verification_block_size
     hq, hkv, dh, eps = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.rms_norm_eps
+    gemma = cfg.architecture == "Gemma4DSparkModel"
     dev = target_hidden.device
     dtype = sd["fc.weight"].dtype
+    norm = _gemma_rms_norm if gemma else rms_norm
+    act = (lambda t: F.gelu(t, approximate="tanh")) if gemma else F.silu
 
     def lin(x, name):
         b = sd.get(name + ".bias")
         return F.linear(x, sd[name + ".weight"], b)
 
-    ctx = rms_norm(lin(target_hidden, "fc"), sd["hidden_norm.weight"], eps)  # [R, P, d]
+    ctx = norm(lin(target_hidden, "fc"), sd["hidden_norm.weight"], eps)  # [R, P, d]
     ids = torch.full((R, L), cfg.mask_token_id, dtype=torch.int64, device=dev)
     ids[:, 0] = anchor
     x = F.embedding(ids, sd["embed_tokens.weight"])
+    if gemma:  # Gemma4TextScaledWordEmbedding: the scale rounded to the weight dtype
+        x = x * torch.tensor(float(cfg.hidden_size) ** 0.5, dtype=dtype)
     ctx_pos = torch.arange(P, device=dev).expand(R, P)
     blk_pos = ctx_lens[:, None] + torch.arange(L, device=dev)
-    ctx_cos, ctx_sin = rope_cos_sin(ctx_pos, dh, cfg.rope_theta, dtype)
-    blk_cos, blk_sin = rope_cos_sin(blk_pos, dh, cfg.rope_theta, dtype)
+    spec = cfg.rope
+    rope = (spec.theta, dtype, spec.inv_freq, spec.attention_scaling)
+    ctx_cos, ctx_sin = rope_cos_sin(ctx_pos, dh, *rope)
+    blk_cos, blk_sin = rope_cos_sin(blk_pos, dh, *rope)
     # Explicit mask over keys [context 0..P-1 ; block 0..L-1]: [R, L, P + L].
     j = torch.arange(P + L, device=dev)
     visible = (j[None, :] < ctx_lens[:, None]) | (j[None, :] >= P)
     mask = torch.zeros(R, 1, 1, P + L, device=dev).masked_fill(~visible[:, None, None, :], float("-inf"))
+    scale = 1.0 if gemma else dh**-0.5
     for i in range(cfg.num_hidden_layers):
         p = f"layers.{i}."
-        h = rms_norm(x, sd[p + "input_layernorm.weight"], eps)
+        h = norm(x, sd[p + "input_layernorm.weight"], eps)
         q = lin(h, p + "self_attn.q_proj").view(R, L, hq, dh)
         k_blk = lin(h, p + "self_attn.k_proj").view(R, L, hkv, dh)
-        v_blk = lin(h, p + "self_attn.v_proj").view(R, L, hkv, dh)
         k_ctx = lin(ctx, p + "self_attn.k_proj").view(R, P, hkv, dh)
-        v_ctx = lin(ctx, p + "self_attn.v_proj").view(R, P, hkv, dh)
-        q = _apply_rope(rms_norm(q, sd[p + "self_attn.q_norm.weight"], eps), blk_cos, blk_sin)
-        k_blk = _apply_rope(rms_norm(k_blk, sd[p + "self_attn.k_norm.weight"], eps), blk_cos, blk_sin)
-        k_ctx = _apply_rope(rms_norm(k_ctx, sd[p + "self_attn.k_norm.weight"], eps), ctx_cos, ctx_sin)
+        if p + "self_attn.v_proj.weight" in sd:
+            v_blk = lin(h, p + "self_attn.v_proj").view(R, L, hkv, dh)
+            v_ctx = lin(ctx, p + "self_attn.v_proj").view(R, P, hkv, dh)
+        else:  # Gemma 4 attention_k_eq_v: V is the raw K projection
+            v_blk, v_ctx = k_blk, k_ctx
+        if gemma:
+            v_blk, v_ctx = _gemma_rms_norm(v_blk, None, eps), _gemma_rms_norm(v_ctx, None, eps)
+        q = _apply_rope(norm(q, sd[p + "self_attn.q_norm.weight"], eps), blk_cos, blk_sin)
+        k_blk = _apply_rope(norm(k_blk, sd[p + "self_attn.k_norm.weight"], eps), blk_cos, blk_sin)
+        k_ctx = _apply_rope(norm(k_ctx, sd[p + "self_attn.k_norm.weight"], eps), ctx_cos, ctx_sin)
         k = torch.cat([k_ctx, k_blk], 1).repeat_interleave(hq // hkv, dim=2).float()
         v = torch.cat([v_ctx, v_blk], 1).repeat_interleave(hq // hkv, dim=2).float()
-        scores = torch.einsum("rthd,rjhd->rhtj", q.float(), k) * dh**-0.5 + mask
+        scores = torch.einsum("rthd,rjhd->rhtj", q.float(), k) * scale + mask
         attn = torch.einsum("rhtj,rjhd->rthd", torch.softmax(scores, -1), v).to(dtype)
-        x = x + lin(attn.reshape(R, L, hq * dh), p + "self_attn.o_proj")
-        h = rms_norm(x, sd[p + "post_attention_layernorm.weight"], eps)
-        x = x + lin(F.silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
-    x = rms_norm(x, sd["norm.weight"], eps)
+        a = lin(attn.reshape(R, L, hq * dh), p + "self_attn.o_proj")
+        if gemma:
+            x = x + norm(a, sd[p + "post_attention_layernorm.weight"], eps)
+            h = norm(x, sd[p + "pre_feedforward_layernorm.weight"], eps)
+            m = lin(act(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+            x = (x + norm(m, sd[p + "post_feedforward_layernorm.weight"], eps)) * sd[p + "layer_scalar"]
+        else:
+            x = x + a
+            h = norm(x, sd[p + "post_attention_layernorm.weight"], eps)
+            x = x + lin(act(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"), p + "mlp.down_proj")
+    x = norm(x, sd["norm.weight"], eps)
     off = cfg.proposal_hidden_offset
     hidden = x[:, off : off + cfg.block_size]
-    return hidden, F.linear(hidden, sd["lm_head.weight"])
+    logits = F.linear(hidden, sd["lm_head.weight"])
+    cap = getattr(cfg, "final_logit_softcapping", None)
+    if cap is not None:  # Gemma 4: soft cap on the base logits, before any Markov bias
+        logits = torch.tanh(logits / cap) * cap
+    return hidden, logits
 
 
 def markov_greedy(sd: dict, cfg, base_logits: torch.Tensor, anchor: torch.Tensor, hidden: torch.Tensor,

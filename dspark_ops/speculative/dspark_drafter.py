@@ -1,26 +1,38 @@
-"""``DSparkDrafter``: a thin Qwen3-style DSpark drafter (SPEC §7) built on the block-draft ops.
+"""``DSparkDrafter``: DeepSpec's DSpark / DFlash drafters (SPEC §7) built on the block-draft ops.
 
-The model is DeepSpec's ``Qwen3DSparkModel`` (the DFlash design with DSpark's Markov and
-confidence heads), rewritten for inference:
+Two families, chosen by the checkpoint's ``architectures`` (anything else is refused up
+front): DeepSpec's ``Qwen3DSparkModel`` and ``Gemma4DSparkModel`` (the DFlash design with
+DSpark's Markov and confidence heads; DFlash checkpoints are the same with neither head),
+rewritten for inference:
 
 * context: ``H_ctx = hidden_norm(fc([H_l1 ; ... ; H_lm]))`` from the target's selected layers
-  (``target_layer_ids``); every layer turns it into keys ``k_norm(k_proj(H_ctx))`` with RoPE at
-  the tokens' true positions and values ``v_proj(H_ctx)``, appended once per committed token
-  to a per-layer cache (:func:`dspark_ops.append_context_kv`). No input layernorm is applied
-  to the context: that is DeepSpec's layout.
+  (``target_layer_ids``, DeepSpec's meaning: :mod:`~dspark_ops.speculative.target_layers`);
+  every layer turns it into keys ``k_norm(k_proj(H_ctx))`` with RoPE at the tokens' true
+  positions and values ``v_proj(H_ctx)``, appended once per committed token to a per-layer
+  cache (:func:`dspark_ops.append_context_kv`). No input layernorm is applied to the
+  context: that is DeepSpec's layout.
 * block: the anchor ``x0`` at position ``p = cache.lens[r]`` followed by mask tokens at
-  ``p+1 ..``; each decoder layer is ``x += o_proj(attn(rms_norm(x)))``,
+  ``p+1 ..``; each Qwen3 decoder layer is ``x += o_proj(attn(rms_norm(x)))``,
   ``x += down(silu(gate(y)) * up(y))`` with ``y = rms_norm(x)``; the attention
   (:func:`dspark_ops.block_attention`) sees the request's cached context and every block token
   (non-causal inside the block). A final norm and the shared ``lm_head`` give the base logits
   ``U[R, γ, V]``.
+* Gemma 4 differs in: embeddings scaled by ``sqrt(hidden)``; attention with a weightless
+  ``v_norm`` on the values, scale 1.0 and, with ``attention_k_eq_v``, no ``v_proj`` (V is the
+  raw K projection); four sandwich norms per layer and a saved ``layer_scalar`` multiplying
+  each layer's output; a tanh-GeLU MLP, twice as wide on the layers DeepSpec's config makes
+  so; proportional / partial RoPE; ``final_logit_softcapping`` on ``U`` before the Markov bias.
+* RoPE scaling from the config (:mod:`~dspark_ops.speculative.rope_scaling`) goes to the ops
+  as an ``inv_freq`` table and an ``attention_scaling``.
 * head: :func:`torch.ops.dspark.markov_draft` (SPEC §3) adds the Markov / gated / RNN bias
   sequentially, samples the draft tokens and evaluates the confidence head.
 
 Parameter names are DeepSpec's, so ``state_dict()`` keys are those of a DeepSpec checkpoint:
 ``fc.weight``, ``hidden_norm.weight``, ``layers.{i}.self_attn.{q,k,v,o}_proj.weight``,
 ``layers.{i}.self_attn.{q,k}_norm.weight``, ``layers.{i}.mlp.{gate,up,down}_proj.weight``,
-``layers.{i}.{input,post_attention}_layernorm.weight``, ``norm.weight``,
+``layers.{i}.{input,post_attention}_layernorm.weight``, ``norm.weight``, (Gemma 4:
+``layers.{i}.{pre,post}_feedforward_layernorm.weight``, ``layers.{i}.layer_scalar``, no
+``v_proj`` with ``attention_k_eq_v``),
 ``embed_tokens.weight``, ``lm_head.weight``, ``markov_head.markov_w1.weight``,
 ``markov_head.markov_w2.weight``, ``markov_head.gate_proj.{weight,bias}`` (gated),
 ``markov_head.joint_proj.{weight,bias}`` (rnn), ``confidence_head.proj.{weight,bias}``.
@@ -55,16 +67,37 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..ops.block_draft import append_context_kv, block_attention, qk_norm_rope, rms_norm
+from .rope_scaling import RopeSpec, rope_from_config
+from .target_layers import validate_target_layer_ids
 
 __all__ = ["DSparkConfig", "DSparkDrafter", "DrafterCache", "DraftOutput"]
+
+
+QWEN3 = "Qwen3DSparkModel"
+GEMMA4 = "Gemma4DSparkModel"
+SUPPORTED_ARCHITECTURES = (QWEN3, GEMMA4)
+_ACTIVATIONS = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "gelu": F.gelu,
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+}
 
 
 @dataclass
 class DSparkConfig:
     """The config fields of a DeepSpec DSpark checkpoint that the drafter uses.
 
-    ``from_dict`` reads DeepSpec's ``config.json`` (a Qwen3 text config plus the DSpark
-    fields); unknown fields are ignored, missing required ones raise.
+    ``from_dict`` reads DeepSpec's ``config.json`` (the target's text config plus the DSpark
+    fields) for both families DeepSpec ships, chosen by ``architectures[0]``:
+    ``Qwen3DSparkModel`` (the default when absent) and ``Gemma4DSparkModel``. DFlash
+    checkpoints are the same architectures with ``markov_rank = 0`` and no confidence head.
+    For Gemma 4 the fields are normalised on reading: ``head_dim`` is ``global_head_dim``,
+    ``num_key_value_heads`` is ``num_global_key_value_heads`` when ``attention_k_eq_v``,
+    ``hidden_act`` is ``hidden_activation``, and RoPE comes from
+    ``rope_parameters["full_attention"]`` (stray top-level ``rope_theta: null`` ignored).
+    Unknown fields are ignored, missing required ones raise, and so does any architecture,
+    RoPE type or activation the drafter does not implement.
     """
 
     vocab_size: int
@@ -88,6 +121,13 @@ class DSparkConfig:
     attention_bias: bool = False
     hidden_act: str = "silu"
     pad_token_id: Optional[int] = None
+    architecture: str = QWEN3
+    # Gemma 4: k = v attention (no v_proj), the logit soft cap, the layers whose MLP is
+    # twice as wide (DeepSpec copies num_kv_shared_layers from the target).
+    attention_k_eq_v: bool = False
+    final_logit_softcapping: Optional[float] = None
+    double_wide_layers: tuple[int, ...] = ()
+    rope: RopeSpec = field(default=None, repr=False)  # set by from_dict / __post_init__
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     REQUIRED = (
@@ -103,35 +143,56 @@ class DSparkConfig:
         "block_size",
     )
 
+    def __post_init__(self):
+        if self.rope is None:
+            self.rope = RopeSpec(float(self.rope_theta))
+
+    @property
+    def is_gemma4(self) -> bool:
+        return self.architecture == GEMMA4
+
+    @property
+    def attention_scale(self) -> float:
+        """Softmax scale: ``Dh ** -0.5`` (Qwen3), 1.0 (Gemma 4: q_norm / k_norm set the scale)."""
+        return 1.0 if self.is_gemma4 else self.head_dim**-0.5
+
+    @property
+    def embed_scale(self) -> float:
+        """Gemma 4 scales token embeddings by ``sqrt(hidden_size)``."""
+        return float(self.hidden_size) ** 0.5 if self.is_gemma4 else 1.0
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DSparkConfig":
+        arch = (d.get("architectures") or [QWEN3])[0]
+        if arch not in SUPPORTED_ARCHITECTURES:
+            raise ValueError(
+                f"DSpark config: architecture {arch!r} is not supported; supported: {', '.join(SUPPORTED_ARCHITECTURES)} "
+                "(DFlash checkpoints use the same architectures with markov_rank 0)"
+            )
+        d = _gemma4_fields(d) if arch == GEMMA4 else dict(d)
         missing = [k for k in cls.REQUIRED if k not in d]
-        if "rope_theta" not in d and not (isinstance(d.get("rope_parameters"), dict) and "rope_theta" in d["rope_parameters"]):
-            missing.append("rope_theta (or rope_parameters.rope_theta)")
         if int(d.get("markov_rank", 0) or 0) > 0 and "markov_head_type" not in d:
             missing.append("markov_head_type (required when markov_rank > 0)")
         if missing:
             raise ValueError(f"DSpark config: missing required fields: {', '.join(missing)}")
-        rope_theta = d.get("rope_theta")
-        if rope_theta is None:
-            rope_theta = d["rope_parameters"]["rope_theta"]
-        for key in ("rope_scaling", "rope_parameters"):
-            rs = d.get(key)
-            if isinstance(rs, dict):
-                kind = rs.get("rope_type", rs.get("type", "default"))
-                if kind not in (None, "default"):
-                    raise ValueError(f"DSpark config: {key} of type {kind!r} is not supported (only default RoPE)")
         act = d.get("hidden_act", "silu")
-        if act not in ("silu", "swish"):
-            raise ValueError(f"DSpark config: hidden_act {act!r} is not supported (only silu)")
-        names = {f.name for f in fields(cls)} - {"extra"}
-        kwargs = {k: d[k] for k in names if k in d and k != "rope_theta"}
-        kwargs["rope_theta"] = float(rope_theta)
-        kwargs.setdefault("head_dim", int(d["hidden_size"]) // int(d["num_attention_heads"]))
-        if kwargs.get("head_dim") is None:
-            kwargs["head_dim"] = int(d["hidden_size"]) // int(d["num_attention_heads"])
-        cfg = cls(**kwargs, extra={k: v for k, v in d.items() if k not in names})
-        cfg.target_layer_ids = [int(x) for x in cfg.target_layer_ids]
+        if act not in _ACTIVATIONS:
+            raise ValueError(f"DSpark config: hidden_act {act!r} is not supported ({', '.join(_ACTIVATIONS)})")
+        if d.get("head_dim") is None:
+            d["head_dim"] = int(d["hidden_size"]) // int(d["num_attention_heads"])
+        try:
+            rope = rope_from_config(d, int(d["head_dim"]), default_dim=d.pop("_default_rope_dim", None))
+        except ValueError as e:
+            raise ValueError(f"DSpark config: {e}") from None
+        names = {f.name for f in fields(cls)} - {"extra", "rope", "rope_theta", "architecture"}
+        kwargs = {k: d[k] for k in names if k in d}
+        cfg = cls(**kwargs, rope_theta=rope.theta, rope=rope, architecture=arch,
+                  extra={k: v for k, v in d.items() if k not in names})
+        num_target = d.get("num_target_layers")
+        try:
+            cfg.target_layer_ids = validate_target_layer_ids(cfg.target_layer_ids, num_target)
+        except ValueError as e:
+            raise ValueError(f"DSpark config: {e}") from None
         cfg.markov_rank = int(cfg.markov_rank or 0)
         cfg.enable_confidence_head = bool(cfg.enable_confidence_head)
         cfg.confidence_head_with_markov = bool(cfg.confidence_head_with_markov) and cfg.enable_confidence_head
@@ -149,11 +210,42 @@ class DSparkConfig:
             raise ValueError("DSpark config: confidence_head_with_markov needs markov_rank > 0")
         if cfg.num_attention_heads % cfg.num_key_value_heads != 0:
             raise ValueError("DSpark config: num_attention_heads must be a multiple of num_key_value_heads")
+        if cfg.final_logit_softcapping is not None and not cfg.final_logit_softcapping > 0:
+            raise ValueError("DSpark config: final_logit_softcapping must be positive when set")
         return cfg
 
 
+def _gemma4_fields(d: dict[str, Any]) -> dict[str, Any]:
+    """A Gemma 4 DSpark config (a ``gemma4_text`` config) in the drafter's field names."""
+    d = dict(d)
+    for key in ("global_head_dim", "rope_parameters"):
+        if d.get(key) is None:
+            raise ValueError(f"DSpark config: missing required fields: {key} (Gemma4DSparkModel)")
+    if d.get("enable_moe_block"):
+        raise ValueError("DSpark config: Gemma4DSparkModel with enable_moe_block is not supported (DeepSpec neither)")
+    if d.get("hidden_size_per_layer_input"):
+        raise ValueError("DSpark config: Gemma4DSparkModel with per-layer input gates is not supported (DeepSpec neither)")
+    # DeepSpec's default-RoPE path sizes the frequencies by head_dim, not global_head_dim.
+    d["_default_rope_dim"] = d.get("head_dim")
+    d["head_dim"] = int(d["global_head_dim"])
+    d["attention_k_eq_v"] = bool(d.get("attention_k_eq_v", False))
+    if d["attention_k_eq_v"]:
+        d["num_key_value_heads"] = d.get("num_global_key_value_heads")
+    d["hidden_act"] = d.get("hidden_activation", d.get("hidden_act"))
+    for key in ("rope_theta", "rope_type", "rope_scaling"):  # stray top-level RoPE fields; rope_parameters rules
+        d.pop(key, None)
+    n, shared = int(d["num_hidden_layers"]), int(d.get("num_kv_shared_layers") or 0)
+    first_shared = n - shared
+    if d.get("use_double_wide_mlp"):
+        d["double_wide_layers"] = tuple(i for i in range(n) if i >= first_shared > 0)
+    return d
+
+
 class RMSNorm(nn.Module):
-    """Qwen3RMSNorm through :func:`dspark_ops.rms_norm` (parameter: ``weight``)."""
+    """Qwen3RMSNorm through :func:`dspark_ops.rms_norm` (parameter: ``weight``). Gemma 4's
+    RMSNorm multiplies by ``weight`` too (not ``1 + weight``); it rounds once after the
+    product where Qwen3 rounds the normalised value first: the same in float32, up to one
+    rounding apart in bf16/fp16."""
 
     def __init__(self, dim: int, eps: float):
         super().__init__()
@@ -164,60 +256,121 @@ class RMSNorm(nn.Module):
         return rms_norm(x, self.weight, self.eps)
 
 
+class RopeTable:
+    """The drafter's RoPE arguments for the ops, with the ``inv_freq`` table kept per device."""
+
+    def __init__(self, spec: RopeSpec):
+        self.spec = spec
+        self._tables: dict[torch.device, torch.Tensor] = {}
+
+    def args(self, device: torch.device) -> tuple[float, Optional[torch.Tensor], float]:
+        """``(rope_theta, inv_freq [Dh/2] or None, attention_scaling)``."""
+        table = self.spec.inv_freq
+        if table is not None:
+            if device not in self._tables:
+                self._tables[device] = table.to(device=device, dtype=torch.float32)
+            table = self._tables[device]
+        return self.spec.theta, table, self.spec.attention_scaling
+
+
 class DSparkAttention(nn.Module):
+    """DeepSpec's drafter attention on the ops. Qwen3: q/k_norm, RoPE, scale ``Dh ** -0.5``.
+    Gemma 4 adds a weightless ``v_norm`` on the values, scale 1.0, and with
+    ``attention_k_eq_v`` has no ``v_proj``: V is ``v_norm`` of the raw K projection."""
+
     # The attention kernel; benchmarks swap in an SDPA-with-mask equivalent for comparison.
     attention_fn = staticmethod(block_attention)
 
-    def __init__(self, cfg: DSparkConfig):
+    def __init__(self, cfg: DSparkConfig, rope: RopeTable):
         super().__init__()
         self.cfg = cfg
+        self.rope = rope
         hq, hkv, dh, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim, cfg.hidden_size
         self.q_proj = nn.Linear(d, hq * dh, bias=cfg.attention_bias)
         self.k_proj = nn.Linear(d, hkv * dh, bias=cfg.attention_bias)
-        self.v_proj = nn.Linear(d, hkv * dh, bias=cfg.attention_bias)
+        self.v_proj = None if cfg.attention_k_eq_v else nn.Linear(d, hkv * dh, bias=cfg.attention_bias)
         self.o_proj = nn.Linear(hq * dh, d, bias=cfg.attention_bias)
         self.q_norm = RMSNorm(dh, cfg.rms_norm_eps)
         self.k_norm = RMSNorm(dh, cfg.rms_norm_eps)
 
-    def context_kv(self, ctx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``ctx [R, C, d]`` (already hidden_norm(fc(...))) -> raw k, v ``[R, C, Hkv, Dh]``."""
-        R, C, _ = ctx.shape
-        shape = (R, C, self.cfg.num_key_value_heads, self.cfg.head_dim)
-        return self.k_proj(ctx).view(shape), self.v_proj(ctx).view(shape)
+    def _kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x [R, L, d]`` -> raw keys and final values ``[R, L, Hkv, Dh]``."""
+        R, L, _ = x.shape
+        shape = (R, L, self.cfg.num_key_value_heads, self.cfg.head_dim)
+        k = self.k_proj(x).view(shape)
+        v = k if self.v_proj is None else self.v_proj(x).view(shape)
+        if self.cfg.is_gemma4:  # v_norm: RMS norm without a weight
+            v = rms_norm(v, torch.ones_like(self.k_norm.weight), self.cfg.rms_norm_eps)
+        return k, v
+
+    def append_context(self, k_cache, v_cache, ctx, start, num_new) -> None:
+        """``ctx [R, C, d]`` (already hidden_norm(fc(...))): k_norm + RoPE keys and values
+        written into this layer's cache at ``start[r] ..`` (``append_context_kv``)."""
+        k, v = self._kv(ctx)
+        theta, inv_freq, scaling = self.rope.args(ctx.device)
+        append_context_kv(k_cache, v_cache, k, v, self.k_norm.weight, start, num_new, self.cfg.rms_norm_eps, theta,
+                          inv_freq, scaling)
 
     def forward(self, x, positions, k_cache, v_cache, cache_lens):
         cfg = self.cfg
         R, L, _ = x.shape
         q = self.q_proj(x).view(R, L, cfg.num_attention_heads, cfg.head_dim)
-        k = self.k_proj(x).view(R, L, cfg.num_key_value_heads, cfg.head_dim)
-        v = self.v_proj(x).view(R, L, cfg.num_key_value_heads, cfg.head_dim)
-        q, k = qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, positions, cfg.rms_norm_eps, cfg.rope_theta)
-        o = self.attention_fn(q, k_cache, v_cache, cache_lens, k, v, cfg.head_dim**-0.5)
+        k, v = self._kv(x)
+        theta, inv_freq, scaling = self.rope.args(x.device)
+        q, k = qk_norm_rope(q, k, self.q_norm.weight, self.k_norm.weight, positions, cfg.rms_norm_eps, theta,
+                            inv_freq, scaling)
+        o = self.attention_fn(q, k_cache, v_cache, cache_lens, k, v, cfg.attention_scale)
         return self.o_proj(o.reshape(R, L, cfg.num_attention_heads * cfg.head_dim))
 
 
 class DSparkMLP(nn.Module):
-    def __init__(self, cfg: DSparkConfig):
+    """``down(act(gate(x)) * up(x))``: SiLU (Qwen3) or tanh-GeLU (Gemma 4), ``width`` wide."""
+
+    def __init__(self, cfg: DSparkConfig, width: int):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act = _ACTIVATIONS[cfg.hidden_act]
+        self.gate_proj = nn.Linear(cfg.hidden_size, width, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, width, bias=False)
+        self.down_proj = nn.Linear(width, cfg.hidden_size, bias=False)
 
     def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DSparkDecoderLayer(nn.Module):
-    def __init__(self, cfg: DSparkConfig):
+    """Qwen3: pre-norm attention and MLP residual blocks."""
+
+    def __init__(self, cfg: DSparkConfig, rope: RopeTable, index: int):
         super().__init__()
-        self.self_attn = DSparkAttention(cfg)
-        self.mlp = DSparkMLP(cfg)
+        self.self_attn = DSparkAttention(cfg, rope)
+        self.mlp = DSparkMLP(cfg, cfg.intermediate_size)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(self, x, positions, k_cache, v_cache, cache_lens):
         x = x + self.self_attn(self.input_layernorm(x), positions, k_cache, v_cache, cache_lens)
         return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class Gemma4DecoderLayer(nn.Module):
+    """Gemma 4: four sandwich norms, a per-layer scalar (a saved buffer, ``layer_scalar``)
+    multiplying the output, and a double-width MLP on ``cfg.double_wide_layers``."""
+
+    def __init__(self, cfg: DSparkConfig, rope: RopeTable, index: int):
+        super().__init__()
+        d, eps = cfg.hidden_size, cfg.rms_norm_eps
+        self.self_attn = DSparkAttention(cfg, rope)
+        self.mlp = DSparkMLP(cfg, cfg.intermediate_size * (2 if index in cfg.double_wide_layers else 1))
+        self.input_layernorm = RMSNorm(d, eps)
+        self.post_attention_layernorm = RMSNorm(d, eps)
+        self.pre_feedforward_layernorm = RMSNorm(d, eps)
+        self.post_feedforward_layernorm = RMSNorm(d, eps)
+        self.register_buffer("layer_scalar", torch.ones(1))
+
+    def forward(self, x, positions, k_cache, v_cache, cache_lens):
+        x = x + self.post_attention_layernorm(self.self_attn(self.input_layernorm(x), positions, k_cache, v_cache, cache_lens))
+        x = x + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(x)))
+        return x * self.layer_scalar
 
 
 class MarkovHead(nn.Module):
@@ -266,17 +419,19 @@ class DraftOutput:
 
 
 class DSparkDrafter(nn.Module):
-    """Qwen3-style DSpark drafter; see the module docstring."""
+    """DeepSpec's DSpark drafter (Qwen3 or Gemma 4 family); see the module docstring."""
 
     def __init__(self, config: Union[DSparkConfig, dict]):
         super().__init__()
         cfg = config if isinstance(config, DSparkConfig) else DSparkConfig.from_dict(config)
         self.config = cfg
         d = cfg.hidden_size
+        self.rope = RopeTable(cfg.rope)
+        layer = Gemma4DecoderLayer if cfg.is_gemma4 else DSparkDecoderLayer
         self.embed_tokens = nn.Embedding(cfg.vocab_size, d)
         self.fc = nn.Linear(len(cfg.target_layer_ids) * d, d, bias=False)
         self.hidden_norm = RMSNorm(d, cfg.rms_norm_eps)
-        self.layers = nn.ModuleList([DSparkDecoderLayer(cfg) for _ in range(cfg.num_hidden_layers)])
+        self.layers = nn.ModuleList([layer(cfg, self.rope, i) for i in range(cfg.num_hidden_layers)])
         self.norm = RMSNorm(d, cfg.rms_norm_eps)
         self.lm_head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.markov_head = MarkovHead(cfg) if cfg.markov_rank > 0 else None
@@ -318,10 +473,8 @@ class DSparkDrafter(nn.Module):
             num_new: ``[R]`` int64 in ``[0, C]``: how many entries of each request are real.
         """
         ctx = self.project_context(target_hidden)
-        eps, theta = self.config.rms_norm_eps, self.config.rope_theta
         for i, layer in enumerate(self.layers):
-            k, v = layer.self_attn.context_kv(ctx)
-            append_context_kv(cache.k[i], cache.v[i], k, v, layer.self_attn.k_norm.weight, cache.lens, num_new, eps, theta)
+            layer.self_attn.append_context(cache.k[i], cache.v[i], ctx, cache.lens, num_new)
         cache.lens.add_(num_new)
 
     # ----------------------------------------------------------------------------- forward
@@ -334,7 +487,7 @@ class DSparkDrafter(nn.Module):
         L = cfg.verification_block_size
         ids = torch.full((R, L), cfg.mask_token_id, dtype=torch.int64, device=anchor.device)
         ids[:, 0] = anchor
-        x = self.embed_tokens(ids)
+        x = self.embed(ids)
         positions = cache.lens[:, None] + torch.arange(L, device=anchor.device)
         for i, layer in enumerate(self.layers):
             x = layer(x, positions, cache.k[i], cache.v[i], cache.lens)
@@ -342,8 +495,20 @@ class DSparkDrafter(nn.Module):
         off = cfg.proposal_hidden_offset
         return x[:, off : off + cfg.block_size]
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings; Gemma 4 multiplies them by ``sqrt(hidden_size)`` rounded to the
+        weight dtype (as its scaled embedding does). Only the weight of a target embedding
+        module passed to ``from_pretrained`` is used, so the scale is applied once."""
+        x = self.embed_tokens(ids)
+        scale = self.config.embed_scale
+        return x if scale == 1.0 else x * torch.tensor(scale, dtype=x.dtype, device=x.device)
+
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)
+        """Base logits ``U``: ``lm_head``, then Gemma 4's soft cap ``c * tanh(U / c)`` (before
+        the Markov bias, as DeepSpec applies it)."""
+        logits = self.lm_head(hidden)
+        cap = self.config.final_logit_softcapping
+        return logits if cap is None else torch.tanh(logits / cap) * cap
 
     def head_weights(self) -> dict[str, Optional[torch.Tensor]]:
         """The keyword arguments of ``markov_draft`` taken from the Markov / confidence heads."""

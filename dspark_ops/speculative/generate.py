@@ -35,10 +35,12 @@ from typing import Callable, Optional, Sequence, Union
 import torch
 
 from ..ops.verify_chain import verify_chain
+from .observe import ProgressBar
 from .proposers import Drafter, Proposal
 from .targets import Target, ragged_index
 
 STAGES = ("draft", "schedule", "target", "verify", "update")
+PROGRESS_MIN_TOKENS = 4096  # generate shows a progress bar by default from this many tokens
 
 # ---------------------------------------------------------------------------------------
 # Length policies: (confidence [A, γ] float32, max_lengths [A] int64) -> lengths [A] int64.
@@ -58,15 +60,30 @@ class FixedLength:
 
 @dataclasses.dataclass
 class ConfidenceThreshold:
-    """Static threshold on the prefix survival ``a_j = Π_{i≤j} c_i`` (the paper's §4.3.3
-    sweep): verify the longest prefix with ``a_j >= threshold``. ``threshold = 0`` is
-    fixed-length verification."""
+    """A static confidence threshold; ``threshold = 0`` is fixed-length verification.
+
+    ``rule = "per_position"`` (the default) is DeepSpec's evaluator rule: verify the drafts
+    before the first position whose *own* confidence ``c_k`` is below the threshold. It is
+    the default because it is the rule DeepSpec's threshold sweeps (and the thresholds
+    published with its checkpoints) were measured with, so they reproduce here.
+    ``rule = "survival"`` thresholds the prefix survival ``a_j = Π_{i≤j} c_i`` instead
+    (verify the longest prefix with ``a_j >= threshold``): the estimated probability that
+    the whole prefix is accepted, stricter for long prefixes. For
+    ``c = [.95, .9, .85, .9, .3]`` at 0.8, ``per_position`` verifies 4 drafts and
+    ``survival`` 2.
+    """
 
     threshold: float
+    rule: str = "per_position"
+
+    def __post_init__(self):
+        if self.rule not in ("per_position", "survival"):
+            raise ValueError(f"ConfidenceThreshold: rule must be 'per_position' or 'survival', got {self.rule!r}")
 
     def __call__(self, confidence: torch.Tensor, max_lengths: torch.Tensor) -> torch.Tensor:
-        survival = torch.cumprod(confidence.float(), 1)
-        n = (survival >= self.threshold).long().cumprod(1).sum(1)
+        c = confidence.float()
+        score = c if self.rule == "per_position" else torch.cumprod(c, 1)
+        n = (score >= self.threshold).long().cumprod(1).sum(1)
         return torch.minimum(n, max_lengths)
 
 
@@ -152,6 +169,25 @@ class GenerateResult:
             ok = [x + y for x, y in zip(ok, a)]
         return [o / t if t else float("nan") for o, t in zip(ok, tried)]
 
+    def survival_by_position(self) -> list[float]:
+        """Per draft position k = 1..γ: the fraction of request-rounds that verified at least
+        k drafts in which x_1..x_k were all accepted (the empirical survival ``a_k``; NaN
+        where no round verified k drafts)."""
+        tried, ok = [0] * self.gamma, [0] * self.gamma
+        for s in self.rounds:
+            for l, a in zip(s.lengths, s.accepted):
+                for k in range(l):
+                    tried[k] += 1
+                    ok[k] += k < a
+        return [o / t if t else float("nan") for o, t in zip(ok, tried)]
+
+    def plot_acceptance(self, ax=None, path: Optional[str] = None):
+        """Per-position acceptance and survival plot (needs matplotlib); see
+        :func:`dspark_ops.speculative.observe.plot_acceptance`."""
+        from .observe import plot_acceptance
+
+        return plot_acceptance(self, ax, path)
+
     def stage_times(self) -> dict[str, float]:
         """Total seconds per stage over all rounds, plus ``"prefill"``."""
         out = {"prefill": self.prefill_time}
@@ -201,6 +237,157 @@ def _per_request(value, n: int, name: str) -> list:
 # The loop.
 
 
+@dataclasses.dataclass
+class _Active:
+    """Per-request state of the requests still running, one row each, in the target's and
+    drafter's row order: every tensor is indexed by active row, and :meth:`keep` re-indexes
+    them all at once when requests finish (the one place that does)."""
+
+    requests: list[int]  # original request index of each row
+    temperature: torch.Tensor  # [A] float32
+    seed: torch.Tensor  # [A] int64
+    offset0: torch.Tensor  # [A] int64, the request's first counter
+    anchor: torch.Tensor  # [A] int64, the last emitted token (not yet seen by the target)
+    generated: torch.Tensor  # [A] int64, tokens emitted so far
+    limit: torch.Tensor  # [A] int64, max_new_tokens
+
+    @property
+    def rid(self) -> torch.Tensor:
+        """``[A]`` original request indices (rows of the output buffer)."""
+        return torch.tensor(self.requests, dtype=torch.int64, device=self.anchor.device)
+
+    def keep(self, rows: list[int]) -> "_Active":
+        index = torch.tensor(rows, dtype=torch.int64, device=self.anchor.device)
+        tensors = {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self) if f.name != "requests"}
+        return _Active([self.requests[j] for j in rows], **tensors)
+
+
+@dataclasses.dataclass
+class _Setup:
+    """The validated inputs of one ``generate`` call, on the target's device."""
+
+    prompts: torch.Tensor  # [N] flattened prompts
+    prompt_lens: torch.Tensor  # [R]
+    temperature: torch.Tensor  # [R] float32
+    seed: torch.Tensor  # [R] int64
+    offset: torch.Tensor  # [R] int64
+    max_new: torch.Tensor  # [R] int64
+    eos: torch.Tensor  # [E] int64
+    capacity: int  # positions any request can reach: prompt + generated + one block
+    width: int  # output buffer columns
+
+
+def _setup(prompts, max_new_tokens, temperature, seed, offset, eos_ids, gamma, device) -> _Setup:
+    R = len(prompts)
+    prompts = [torch.as_tensor(p, dtype=torch.int64).reshape(-1) for p in prompts]
+    if any(p.numel() == 0 for p in prompts):
+        raise ValueError("generate: every prompt needs at least one token")
+    max_new = _per_request(max_new_tokens, R, "max_new_tokens")
+    lengths = [p.numel() for p in prompts]
+
+    def vec(values, dtype):
+        return torch.tensor(values, dtype=dtype, device=device)
+
+    return _Setup(
+        prompts=torch.cat(prompts).to(device),
+        prompt_lens=vec(lengths, torch.int64),
+        temperature=vec(_per_request(temperature, R, "temperature"), torch.float32),
+        seed=vec(_per_request(seed, R, "seed"), torch.int64),
+        offset=vec(_per_request(offset, R, "offset"), torch.int64),
+        max_new=vec(max_new, torch.int64),
+        eos=vec(list(eos_ids or []), torch.int64),
+        capacity=max(lengths) + max(max_new) + gamma + 1,
+        width=max(max_new) + gamma + 1,
+    )
+
+
+def _first_token(setup: _Setup, logits: torch.Tensor, out_buf: torch.Tensor) -> tuple[torch.Tensor, list, list]:
+    """The target's own sample from the last prompt position (``ℓ = 0``), written to column 0.
+    Returns the tokens ``[R]`` and, read on the host, which requests are done / hit an EOS."""
+    R = setup.prompt_lens.shape[0]
+    no_drafts = torch.full((R, 1), -1, dtype=torch.int64, device=logits.device)
+    zeros = torch.zeros(R, dtype=torch.int64, device=logits.device)
+    first, _, _ = verify_chain(_verify_dtype(logits), no_drafts, zeros, setup.temperature, setup.seed, setup.offset,
+                               None, setup.eos if setup.eos.numel() else None)
+    token = first[:, 0]
+    emitted = setup.max_new > 0
+    out_buf[:, 0] = torch.where(emitted, token, out_buf[:, 0])
+    hit_eos = emitted & _is_eos(token, setup.eos)
+    done, eos = torch.stack([hit_eos | (setup.max_new <= 1), hit_eos]).tolist()  # host sync
+    return token, done, eos
+
+
+def _round(target: Target, drafter: Drafter, state: _Active, schedule: Schedule, gamma: int, offset_stride: int,
+           round_index: int, eos: torch.Tensor, out_buf: torch.Tensor, timer: "_StageTimer") -> tuple[_Active, list]:
+    """One speculative round for every active request (steps 1-5 of the module docstring).
+    Returns the advanced state and, read on the host, ``[lengths, accepted, emitted, done,
+    hit_eos]`` per row."""
+    A = len(state.requests)
+    device = state.anchor.device
+    timer.start()
+    off = state.offset0 + round_index * offset_stride
+
+    # 1. Draft.
+    prop: Proposal = drafter.propose(state.anchor, state.temperature, state.seed, off, gamma)
+    _check_proposal(prop, A, gamma, target.vocab_size)
+    confidence = prop.confidence if prop.confidence is not None else torch.ones(A, gamma, device=device)
+    timer.mark("draft")
+
+    # 2. Lengths: never more than the tokens left after this round's emitted one.
+    max_lengths = (state.limit - state.generated - 1).clamp(0, gamma)
+    lengths = torch.minimum(schedule(confidence, max_lengths).to(torch.int64).clamp_min(0), max_lengths)
+    verify_lens = lengths + 1
+    total = int(verify_lens.sum())  # host sync 1: the flattened verify batch's size
+    timer.mark("schedule")
+
+    # 3. Target over [x0, x_1..x_ℓ] per request, flattened. Invalid drafts (-1) are never
+    # accepted: any in-range id may stand in for them.
+    seq = torch.cat([state.anchor[:, None], prop.tokens.clamp(0, target.vocab_size - 1)], 1)
+    rows, cols = ragged_index(verify_lens, total)
+    flat = seq[rows, cols]
+    tout = target.verify(flat, verify_lens, gamma + 1)
+    timer.mark("target")
+
+    # 4. Lossless verification; a pruned draft (draft_ids) against its sparse q (SPEC §10).
+    out_tokens, num_acc, num_emit = verify_chain(_verify_dtype(tout.logits), prop.tokens, lengths, state.temperature,
+                                                 state.seed, off, prop.draft_logits, eos if eos.numel() else None,
+                                                 draft_ids=prop.draft_ids)
+    timer.mark("verify")
+
+    # 5. Commit: keep x0 and the accepted drafts; the emitted token is the next anchor.
+    keep = num_acc + 1
+    target.rollback(keep)
+    drafter.commit(flat, verify_lens, keep, tout.hidden)
+    steps = torch.arange(gamma + 1, device=device)
+    dest = state.generated[:, None] + steps  # out_buf columns of this round's tokens (< width)
+    rid = state.rid
+    mine = out_buf[rid]
+    mine.scatter_(1, dest, torch.where(steps[None] < num_emit[:, None], out_tokens, mine.gather(1, dest)))
+    out_buf[rid] = mine
+    state.generated = state.generated + num_emit
+    state.anchor = out_tokens.gather(1, (num_emit - 1).clamp_min(0)[:, None]).squeeze(1)
+    hit_eos = (num_emit < num_acc + 1) | _is_eos(state.anchor, eos)
+    done = hit_eos | (state.generated >= state.limit)
+    stats = torch.stack([lengths, num_acc, num_emit, done.long(), hit_eos.long()]).tolist()  # host sync 2
+    timer.mark("update")
+    return state, stats
+
+
+def _retire(target: Target, drafter: Drafter, state: _Active, done: list, eos: list, reason: list) -> _Active:
+    """Drop the finished rows from the target, the drafter and the state; record why."""
+    if not any(done):
+        return state
+    for j, r in enumerate(state.requests):
+        if done[j]:
+            reason[r] = "eos" if eos[j] else "length"
+    rows = [j for j in range(len(done)) if not done[j]]
+    if rows:
+        index = torch.tensor(rows, dtype=torch.int64, device=state.anchor.device)
+        target.retain(index)
+        drafter.retain(index)
+    return state.keep(rows)
+
+
 @torch.no_grad()
 def generate(
     target: Target,
@@ -215,6 +402,7 @@ def generate(
     gamma: int = 4,
     schedule: Optional[Schedule] = None,
     offset_stride: int = 1,
+    progress: Optional[bool] = None,
 ) -> GenerateResult:
     """Batched speculative decoding of ``prompts`` with ``target`` and ``drafter``.
 
@@ -231,6 +419,9 @@ def generate(
         schedule: the length policy, a callable ``(confidence [A, γ], max_lengths [A]) ->
             lengths [A]``; default :class:`FixedLength` (all γ). ``max_lengths`` caps each
             request so that it never generates more than ``max_new_tokens``.
+        progress: a tqdm bar over the generated tokens. None (default): shown for long runs
+            (at least ``PROGRESS_MIN_TOKENS`` tokens in all) on a terminal when tqdm is
+            installed; True / False force it.
 
     Returns:
         :class:`GenerateResult`. With greedy requests the tokens equal the target's own
@@ -242,126 +433,35 @@ def generate(
     schedule = schedule or FixedLength()
     device = torch.device(target.device)
     R = len(prompts)
-    prompts = [torch.as_tensor(p, dtype=torch.int64).reshape(-1) for p in prompts]
-    if any(p.numel() == 0 for p in prompts):
-        raise ValueError("generate: every prompt needs at least one token")
-    max_new = _per_request(max_new_tokens, R, "max_new_tokens")
     if R == 0:
         return GenerateResult([], [], [], gamma)
+    setup = _setup(prompts, max_new_tokens, temperature, seed, offset, eos_ids, gamma, device)
 
     timer = _StageTimer(device)
     timer.start()
-    lengths_host = [p.numel() for p in prompts]
-    prompt_lens = torch.tensor(lengths_host, dtype=torch.int64, device=device)
-    flat_prompts = torch.cat(prompts).to(device)
-    temp0 = torch.tensor(_per_request(temperature, R, "temperature"), dtype=torch.float32, device=device)
-    seed0 = torch.tensor(_per_request(seed, R, "seed"), dtype=torch.int64, device=device)
-    offset0 = torch.tensor(_per_request(offset, R, "offset"), dtype=torch.int64, device=device)
-    max_new_t = torch.tensor(max_new, dtype=torch.int64, device=device)
-    eos = torch.tensor(list(eos_ids or []), dtype=torch.int64, device=device)
-    eos_arg = eos if eos.numel() else None
-    width = max(max_new) + gamma + 1
-    out_buf = torch.full((R, width), -1, dtype=torch.int64, device=device)
-
-    capacity = max(lengths_host) + max(max_new) + gamma + 1
-    pre = target.prefill(flat_prompts, prompt_lens, capacity)
-    drafter.begin(flat_prompts, prompt_lens, pre.hidden, capacity)
-
-    # The first token: the target's own sample from the last prompt position (ℓ = 0).
-    no_drafts = torch.full((R, 1), -1, dtype=torch.int64, device=device)
-    zeros = torch.zeros(R, dtype=torch.int64, device=device)
-    first, _, _ = verify_chain(_verify_dtype(pre.logits), no_drafts, zeros, temp0, seed0, offset0, None, eos_arg)
-    anchor = first[:, 0]
-    generated = (max_new_t > 0).long()
-    out_buf[:, 0] = torch.where(generated > 0, anchor, out_buf[:, 0])
-    hit_eos = (generated > 0) & _is_eos(anchor, eos)
-    # Host sync: which requests go on.
-    done_host, eos_host = torch.stack([hit_eos | (generated >= max_new_t), hit_eos]).tolist()
+    out_buf = torch.full((R, setup.width), -1, dtype=torch.int64, device=device)
+    pre = target.prefill(setup.prompts, setup.prompt_lens, setup.capacity)
+    drafter.begin(setup.prompts, setup.prompt_lens, pre.hidden, setup.capacity)
+    anchor, done, eos = _first_token(setup, pre.logits, out_buf)
     timer.mark("prefill")
     prefill_time = timer.read()["prefill"]
 
-    # Per-request state, indexed by active row; `rid` maps rows to original requests.
-    reason = ["eos" if e else "length" for e in eos_host]
-    active = [i for i in range(R) if not done_host[i]]
-    rid = torch.tensor(active, dtype=torch.int64, device=device)
-    if active and len(active) < R:
-        target.retain(rid)
-        drafter.retain(rid)
-    temp, seed_t, off0 = temp0[rid], seed0[rid], offset0[rid]
-    anchor, generated, limit = anchor[rid], generated[rid], max_new_t[rid]
-
+    reason = ["eos" if e else "length" for e in eos]
+    state = _Active(list(range(R)), setup.temperature, setup.seed, setup.offset, anchor,
+                    (setup.max_new > 0).long(), setup.max_new)
+    state = _retire(target, drafter, state, done, eos, reason)
+    total = int(setup.max_new.sum())
+    show = progress if progress is not None else (None if total >= PROGRESS_MIN_TOKENS else False)
     rounds: list[RoundStats] = []
-    round_index = 0
-    steps = torch.arange(gamma + 1, device=device)
-    while active:
-        round_index += 1
-        A = len(active)
-        timer.start()
-        off = off0 + round_index * offset_stride
-
-        # 1. Draft.
-        prop: Proposal = drafter.propose(anchor, temp, seed_t, off, gamma)
-        _check_proposal(prop, A, gamma, target.vocab_size)
-        draft_tokens = prop.tokens
-        confidence = prop.confidence if prop.confidence is not None else torch.ones(A, gamma, device=device)
-        timer.mark("draft")
-
-        # 2. Lengths: never more than the tokens left after this round's emitted one.
-        max_lengths = (limit - generated - 1).clamp(0, gamma)
-        lengths = schedule(confidence, max_lengths).to(torch.int64)
-        lengths = torch.minimum(lengths.clamp_min(0), max_lengths)
-        verify_lens = lengths + 1
-        # Host sync 1: the flattened verify batch's size.
-        total = int(verify_lens.sum())
-        timer.mark("schedule")
-
-        # 3. Target over [x0, x_1..x_ℓ] per request, flattened.
-        # Invalid drafts (-1) are never accepted: any in-range id may stand in for them.
-        seq = torch.cat([anchor[:, None], draft_tokens.clamp(0, target.vocab_size - 1)], 1)
-        rows, cols = ragged_index(verify_lens, total)
-        flat = seq[rows, cols]
-        tout = target.verify(flat, verify_lens, gamma + 1)
-        timer.mark("target")
-
-        # 4. Lossless verification.
-        # A pruned draft (draft_ids) is verified against its sparse distribution (SPEC §10).
-        sparse = {} if prop.draft_ids is None else {"draft_ids": prop.draft_ids}
-        out_tokens, num_acc, num_emit = verify_chain(
-            _verify_dtype(tout.logits), draft_tokens, lengths, temp, seed_t, off, prop.draft_logits, eos_arg, **sparse
-        )
-        timer.mark("verify")
-
-        # 5. Commit: keep x0 and the accepted drafts; the emitted token is the next anchor.
-        keep = num_acc + 1
-        target.rollback(keep)
-        drafter.commit(flat, verify_lens, keep, tout.hidden)
-        dest = generated[:, None] + steps  # out_buf columns of this round's tokens (< width)
-        mine = out_buf[rid]
-        mine.scatter_(1, dest, torch.where(steps[None] < num_emit[:, None], out_tokens, mine.gather(1, dest)))
-        out_buf[rid] = mine
-        generated = generated + num_emit
-        last = out_tokens.gather(1, (num_emit - 1).clamp_min(0)[:, None]).squeeze(1)
-        hit_eos = (num_emit < num_acc + 1) | _is_eos(last, eos)
-        done = hit_eos | (generated >= limit)
-        anchor = last
-        # Host sync 2: statistics and the finished flags.
-        stats = torch.stack([lengths, num_acc, num_emit, done.long(), hit_eos.long()]).tolist()
-        timer.mark("update")
-        rounds.append(RoundStats(list(active), stats[0], stats[1], stats[2], timer.read()))
-
-        if any(stats[3]):
-            keep_rows = [j for j in range(A) if not stats[3][j]]
-            for j in range(A):
-                if stats[3][j]:
-                    reason[active[j]] = "eos" if stats[4][j] else "length"
-            active = [active[j] for j in keep_rows]
-            if not active:
-                break
-            index = torch.tensor(keep_rows, dtype=torch.int64, device=device)
-            target.retain(index)
-            drafter.retain(index)
-            rid, temp, seed_t, off0 = rid[index], temp[index], seed_t[index], off0[index]
-            anchor, generated, limit = anchor[index], generated[index], limit[index]
+    with ProgressBar(total, "generate", "tok", show) as bar:
+        bar.update(int((setup.max_new > 0).sum()))  # the first tokens
+        while state.requests:
+            requests = list(state.requests)
+            state, stats = _round(target, drafter, state, schedule, gamma, offset_stride, len(rounds) + 1,
+                                  setup.eos, out_buf, timer)
+            rounds.append(RoundStats(requests, stats[0], stats[1], stats[2], timer.read()))
+            bar.update(sum(stats[2]), tau=f"{sum(stats[2]) / len(requests):.2f}")
+            state = _retire(target, drafter, state, stats[3], stats[4], reason)
 
     counts = (out_buf >= 0).sum(1).tolist()
     buf = out_buf.tolist()

@@ -43,7 +43,7 @@ import torch
 from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose, gumbel, random_bits
 from .dspark_drafter import DrafterCache, DSparkDrafter
-from .targets import TinyCausalLM, pad_ragged, ragged_index
+from .targets import pad_ragged, ragged_index
 
 
 @dataclasses.dataclass
@@ -84,31 +84,39 @@ def sample_logits(logits: torch.Tensor, temperature: torch.Tensor, seed: torch.T
     return score.argmax(-1)  # torch.argmax returns the first maximal index
 
 
-class TinyDrafter:
-    """A small autoregressive draft model (any :class:`TinyCausalLM`) run γ steps per round.
+class ModelDrafter:
+    """A separate autoregressive draft model run γ steps per round, as in assisted
+    generation: any model behind the :class:`~dspark_ops.speculative.targets.Target`
+    protocol that also offers ``truncate`` (:class:`TinyCausalLM`, or a Hugging Face causal
+    LM through :class:`~dspark_ops.speculative.targets.HFCausalLM`), with its own cache.
 
     It ignores the target's hidden states. ``draft_logits`` are its float32 logits and each
-    ``x_k`` is sampled from exactly those values; ``confidence`` is the top-1 probability of
-    ``softmax(L_k)`` (a heuristic, uncalibrated). After a round it keeps the cache entries
-    of the drafts that the target accepted and only runs the one token it has not seen
-    (the last accepted draft, after a full accept).
+    ``x_k`` is sampled from exactly those values (:func:`sample_logits`); ``confidence`` is
+    the top-1 probability of ``softmax(L_k)`` (a heuristic, uncalibrated). After a round it
+    keeps the cache entries of the drafts that the target accepted (``truncate``) and only
+    runs the one token it has not seen (the last accepted draft, after a full accept).
     """
 
-    def __init__(self, model: TinyCausalLM):
+    def __init__(self, model):
         self.model = model
+        self._lens: Optional[torch.Tensor] = None  # [R] positions the draft cache holds
 
     def begin(self, tokens, lengths, hidden, capacity):
         self.model.prefill(tokens, lengths, capacity)
+        self._lens = lengths.clone()
+
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        """Feed one token per request (``x [R]``), keep it, return its logits ``[R, V]``."""
+        ones = torch.ones_like(x)
+        logits = self.model.verify(x, ones, 1).logits.float()
+        self.model.rollback(ones)
+        return logits
 
     def propose(self, anchor, temperature, seed, offset, gamma):
-        m = self.model
-        self._base = m.cache_lens
-        ones = torch.ones_like(anchor)
         x = anchor
         tokens, logits = [], []
         for k in range(1, gamma + 1):
-            step = m.step(x[:, None])[:, 0].float()
-            m.rollback(ones)
+            step = self._step(x)
             x = sample_logits(step, temperature, seed, offset, k)
             tokens.append(x)
             logits.append(step)
@@ -119,19 +127,23 @@ class TinyDrafter:
         return Proposal(tokens, logits, confidence)
 
     def commit(self, tokens, lengths, keep, hidden):
-        # The cache holds x_0 .. x_{γ-1} after the base; keep the committed ones and feed
-        # x_γ where all γ drafts were accepted (keep = γ + 1).
-        m = self.model
+        # The cache holds x_0 .. x_{γ-1} after the old length; keep the committed ones and
+        # feed x_γ where all γ drafts were accepted (keep = γ + 1).
         seen = keep.clamp_max(self._gamma)
-        m.cache_lens = self._base + seen
-        extra = keep - seen  # 0 or 1
+        self.model.truncate(self._lens + seen)
         padded, _, _ = pad_ragged(tokens, lengths, self._gamma + 1)
-        last = padded[:, self._gamma]
-        m.step(last[:, None])
-        m.rollback(extra)
+        extra = keep - seen  # 0 or 1
+        self.model.verify(padded[:, self._gamma], torch.ones_like(keep), 1)
+        self.model.rollback(extra)
+        self._lens = self._lens + keep
 
     def retain(self, index):
         self.model.retain(index)
+        self._lens = self._lens[index]
+
+
+# The name this drafter had when it only ran TinyCausalLM models.
+TinyDrafter = ModelDrafter
 
 
 class RandomDrafter:
@@ -178,8 +190,9 @@ class AlwaysWrongDrafter:
 class DSparkProposer:
     """A :class:`~dspark_ops.speculative.dspark_drafter.DSparkDrafter` under the drafter protocol.
 
-    The target's selected hidden layers (``hidden [N, m*d]``, the target built with
-    ``hidden_layers`` equal to the drafter's ``target_layer_ids``) of every committed token
+    The target's selected hidden layers (``hidden [N, m*d]``, the target built with the
+    drafter's ``target_layer_ids``, DeepSpec's meaning: see
+    :mod:`~dspark_ops.speculative.target_layers`) of every committed token
     go into the drafter's per-layer context cache (``append_context``: fc, hidden_norm,
     k/v projection, k_norm and RoPE at the token's position); ``propose`` runs one block draft
     (backbone, ``lm_head``, ``markov_draft``) and returns its tokens, the exact draft logits
@@ -200,7 +213,11 @@ class DSparkProposer:
     def _append(self, hidden: Optional[torch.Tensor], lengths: torch.Tensor, keep: torch.Tensor) -> None:
         if hidden is None:
             raise ValueError("DSparkProposer needs the target's hidden states: build the target with "
-                             f"hidden_layers = {self.drafter.config.target_layer_ids}")
+                             f"target_layer_ids = {self.drafter.config.target_layer_ids}")
+        width = self.drafter.fc.in_features
+        if hidden.shape[1] != width:
+            raise ValueError(f"DSparkProposer: the target returns hidden states of width {hidden.shape[1]}, the drafter "
+                             f"expects {width} (target_layer_ids = {self.drafter.config.target_layer_ids})")
         # Pad the first keep[r] entries of each request to [R, C, m*d] (one host sync for C).
         rows, cols = ragged_index(lengths, hidden.shape[0])
         width = max(int(keep.max()), 1) if keep.numel() else 1

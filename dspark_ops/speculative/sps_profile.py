@@ -37,6 +37,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 import torch
 
+from .observe import ProgressBar
+
 __all__ = ["SPSTable", "profile_sps", "monotone_envelope", "isotonic_non_decreasing", "default_batch_sizes"]
 
 
@@ -162,6 +164,7 @@ def profile_sps(
     repeats: int = 3,
     cuda_graphs: bool = False,
     smooth_window: int = 5,
+    progress: Optional[bool] = None,
 ) -> SPSTable:
     """Measure ``step_fn(B)`` (one engine step with ``B`` verify tokens) and build an SPSTable.
 
@@ -179,6 +182,7 @@ def profile_sps(
             of ``iters`` calls each; the median (CUDA) or minimum (CPU) is kept.
         cuda_graphs: capture ``step_fn(B)`` into a CUDA graph per size and time replays.
         smooth_window: running-median window over neighbouring sizes before the monotone fit.
+        progress: a tqdm bar over the sizes (None: shown on a terminal if tqdm is installed).
     """
     if max_batch < 1:
         raise ValueError("profile_sps: max_batch must be >= 1")
@@ -187,6 +191,7 @@ def profile_sps(
     if not sizes or sizes[0] < 1 or sizes[-1] > max_batch:
         raise ValueError("profile_sps: batch_sizes must lie in [1, max_batch]")
     medians = []
+    bar = ProgressBar(len(sizes), "profile_sps", "size", progress)
     for b in sizes:
         fn: Callable[[], Any] = lambda b=b: step_fn(b)
         graph = None
@@ -210,6 +215,8 @@ def profile_sps(
             times = [_time_cpu(fn, iters) for _ in range(repeats)]
         medians.append(statistics.median(times) if dev.type == "cuda" else min(times))
         del graph
+        bar.update(1, B=b, step_ms=f"{medians[-1] * 1e3:.3g}")
+    bar.close()
     sps = monotone_envelope(sizes, medians, max_batch, smooth_window)
     meta = {"device": str(dev), "cuda_graphs": bool(cuda_graphs and dev.type == "cuda"), "iters": iters,
             "repeats": repeats, "smooth_window": smooth_window, "torch": torch.__version__,

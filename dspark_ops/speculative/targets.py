@@ -31,7 +31,9 @@ drafters build their context from ``[H_l1 ; ... ; H_lm]``).
 
 Adapters: :class:`TinyCausalLM` (a small pure-PyTorch transformer with a preallocated KV
 cache, for tests and demos) and :class:`HFCausalLM` (any Hugging Face causal LM; needs the
-optional ``transformers`` dependency).
+optional ``transformers`` dependency). Both also offer ``truncate(lengths [R])`` (keep the
+first ``lengths[r]`` positions), which lets them serve as draft models
+(:class:`~dspark_ops.speculative.proposers.ModelDrafter`).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ from typing import Optional, Protocol, Sequence
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .target_layers import hidden_state_indices
 
 
 @dataclasses.dataclass
@@ -108,7 +112,7 @@ class TinyConfig:
     d_ff: int = 128
     rope_theta: float = 10000.0
     logit_scale: float = 4.0
-    hidden_layers: tuple[int, ...] = ()
+    target_layer_ids: tuple[int, ...] = ()
 
 
 class _RMSNorm(nn.Module):
@@ -151,15 +155,17 @@ class TinyCausalLM(nn.Module):
     never read), so dropping rejected drafts costs nothing and needs no host sync.
 
     ``forward(ids [B, L])`` is the plain no-cache forward (logits ``[B, L, V]``), the
-    reference that the cached path must agree with. ``hidden_layers`` selects the hidden
-    states returned by ``prefill``/``verify``: 0 is the embedding output, i the output of
-    block i.
+    reference that the cached path must agree with. ``target_layer_ids`` selects the hidden
+    states returned by ``prefill``/``verify`` with DeepSpec's meaning
+    (:mod:`~dspark_ops.speculative.target_layers`): -1 is the embedding output, i the output
+    of block i (0-based); the last block is refused.
     """
 
     def __init__(self, config: TinyConfig, *, seed: int = 0, dtype: torch.dtype = torch.float32, device=None):
         super().__init__()
         assert config.d_model % config.n_heads == 0 and (config.d_model // config.n_heads) % 2 == 0
         self.config = config
+        self._hidden_index = hidden_state_indices(config.target_layer_ids, config.n_layers) if config.target_layer_ids else []
         self.vocab_size = config.vocab_size
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.blocks = nn.ModuleList(_Block(config) for _ in range(config.n_layers))
@@ -207,7 +213,7 @@ class TinyCausalLM(nn.Module):
         c = self.config
         B, L = ids.shape
         x = self.embed(ids.clamp(0, c.vocab_size - 1))
-        layers = [x] if 0 in c.hidden_layers else []
+        states = [x]  # hidden_states in Hugging Face's order: embeddings, then each block
         if cache:
             width = min(self._bound, self._k[0].shape[1]) if self._k else 0
             key_pos = torch.arange(width, device=ids.device)
@@ -228,9 +234,8 @@ class TinyCausalLM(nn.Module):
             x = x + blk.o(a.transpose(1, 2).reshape(B, L, -1))
             g, u = blk.gate_up(blk.mlp_norm(x)).chunk(2, -1)
             x = x + blk.down(F.silu(g) * u)
-            if i + 1 in c.hidden_layers:
-                layers.append(x)
-        return self.norm(x), layers
+            states.append(x)
+        return self.norm(x), [states[j] for j in self._hidden_index]
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """No-cache causal forward: ``ids [B, L]`` -> logits ``[B, L, V]``."""
@@ -281,6 +286,10 @@ class TinyCausalLM(nn.Module):
         self.cache_lens = self.cache_lens + keep
         self._pending = None
 
+    def truncate(self, lengths: torch.Tensor) -> None:
+        """Keep only the first ``lengths[r]`` positions of request r (``<=`` what it holds)."""
+        self.cache_lens = torch.minimum(self.cache_lens, lengths)
+
     def retain(self, index: torch.Tensor) -> None:
         self._k = [k[index] for k in self._k]
         self._v = [v[index] for v in self._v]
@@ -293,68 +302,109 @@ class TinyCausalLM(nn.Module):
 
 class HFCausalLM:
     """:class:`Target` adapter for a Hugging Face causal LM (``transformers`` is optional
-    and only needed here).
+    and only needed here). Also usable as a draft model: see
+    :class:`~dspark_ops.speculative.proposers.ModelDrafter`.
 
-    The batch shares one ``DynamicCache`` with a 2-D attention mask over its slots. Prompts
-    are right-padded; each ``verify`` appends ``max_len`` slots per request (its tokens, then
-    padding) with explicit ``position_ids`` (the request's true positions), and
-    ``rollback(keep)`` marks the slots of rejected drafts and padding as masked. Masked slots
-    stay in the cache as holes that no query attends to, so rollback is exact, needs no
-    copy and no host sync; the cache grows by ``max_len`` slots per round (fine for a
-    reference loop; an engine would compact or use paged attention).
+    The batch shares one ``DynamicCache``. ``_slot_pos [R, S]`` records the position held by
+    each cache slot of each request (-1: a hole). Prompts are right-padded (the padding
+    slots are holes); each ``verify`` appends ``max_len`` slots per request with explicit
+    ``position_ids`` (the request's true positions) and a 2-D attention mask that hides the
+    holes; ``rollback(keep)`` turns the rejected drafts' slots into holes and then compacts
+    the cache: every request's live slots are moved to the front (one gather per layer, in
+    order) and the cache is cut to the longest request, so memory stays bounded by the
+    tokens kept (plus the padding of shorter requests). Compacting reads the longest
+    request's length on the host (one sync per round; a reference loop, not an engine).
 
-    ``hidden_layers`` indexes ``outputs.hidden_states`` (0 = embeddings, i = after layer i;
-    HF applies the final norm to the last entry).
+    ``target_layer_ids`` selects the hidden states returned, with DeepSpec's meaning
+    (:mod:`~dspark_ops.speculative.target_layers`): -1 = embeddings, i = output of decoder
+    layer i; the final layer is refused. The cache is passed by the keyword the model's
+    ``forward`` declares (``cache`` in recent ``transformers``, ``past_key_values`` before),
+    so no deprecated argument is used. Caches whose layers drop old slots (sliding-window
+    layers) cannot be compacted this way and are refused at prefill with a clear error.
     """
 
-    def __init__(self, model, hidden_layers: Sequence[int] = ()):
+    def __init__(self, model, target_layer_ids: Sequence[int] = ()):
+        import inspect
+
         from transformers import DynamicCache  # noqa: F401  (fail early without transformers)
 
         self.model = model.eval()
-        self.hidden_layers = tuple(hidden_layers)
-        self.vocab_size = model.config.vocab_size
+        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.target_layer_ids = tuple(target_layer_ids)
+        self._hidden_index = hidden_state_indices(target_layer_ids, config.num_hidden_layers) if target_layer_ids else []
+        self.vocab_size = config.vocab_size
         self.device = next(model.parameters()).device
-        import inspect
-
-        self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        params = inspect.signature(model.forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
+        self._keeps_logits = "logits_to_keep" in params
         self._cache = None
-        self._mask = None
-        self._next_pos = None
-        self._valid = None
+        self._slot_pos = None  # [R, S] int64, position in each cache slot or -1
+        self._next_pos = None  # [R] int64, the next position of each request (= tokens kept)
+        self._pending = None  # [R, max_len] positions written by the last verify
 
-    def _forward(self, ids, mask, pos, **extra):
+    def _forward(self, ids, new_pos, new_valid, **extra):
+        mask = torch.cat([self._slot_pos >= 0, new_valid], 1).long()
         out = self.model(
             input_ids=ids,
             attention_mask=mask,
-            position_ids=pos,
-            past_key_values=self._cache,
+            position_ids=new_pos,
             use_cache=True,
-            output_hidden_states=bool(self.hidden_layers),
+            output_hidden_states=bool(self._hidden_index),
+            **{self._cache_kw: self._cache},
             **extra,
         )
-        self._cache = out.past_key_values
+        self._slot_pos = torch.cat([self._slot_pos, torch.where(new_valid, new_pos, -1)], 1)
         return out
 
     def _hidden(self, out, rows, cols):
-        if not self.hidden_layers:
+        if not self._hidden_index:
             return None
-        return torch.cat([out.hidden_states[i][rows, cols] for i in self.hidden_layers], -1)
+        return torch.cat([out.hidden_states[i][rows, cols] for i in self._hidden_index], -1)
+
+    def _new_cache(self):
+        from transformers import DynamicCache
+
+        try:
+            return DynamicCache(config=self.model.config)
+        except TypeError:  # transformers < 4.56
+            return DynamicCache()
+
+    def _check_cache_layers(self) -> None:
+        for layer in getattr(self._cache, "layers", ()):
+            if getattr(layer, "is_sliding", False) or not hasattr(layer, "keys"):
+                raise NotImplementedError(
+                    f"HFCausalLM: the model's cache uses {type(layer).__name__} layers, which drop or transform "
+                    "old slots; rollback needs full-attention DynamicCache layers (keys/values [R, H, S, D])"
+                )
+
+    def _compact(self) -> None:
+        """Move every request's live slots to the front (in order) and cut the cache to the
+        longest request. One host sync (the new length)."""
+        live = self._slot_pos >= 0
+        S = live.shape[1]
+        slots = torch.arange(S, device=live.device)
+        order = torch.argsort(torch.where(live, slots, slots + S), dim=1)
+        width = int(live.sum(1).max()) if live.numel() else 0
+        if width == S:
+            return
+        order = order[:, :width]
+        self._slot_pos = self._slot_pos.gather(1, order)
+        for layer in getattr(self._cache, "layers", ()):
+            if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+                continue
+            idx = order[:, None, :, None].expand(-1, layer.keys.shape[1], -1, layer.keys.shape[3])
+            layer.keys = layer.keys.gather(2, idx)
+            layer.values = layer.values.gather(2, idx.expand(-1, layer.values.shape[1], -1, layer.values.shape[3]))
 
     @torch.no_grad()
     def prefill(self, tokens: torch.Tensor, lengths: torch.Tensor, capacity: int) -> TargetOutput:
         """Host sync: reads ``max(lengths)`` once, to pad the prompts."""
-        from transformers import DynamicCache
-
         R = lengths.shape[0]
         width = int(lengths.max()) if R else 0
         ids, rows, cols = pad_ragged(tokens, lengths, width)
         steps = torch.arange(width, device=tokens.device)
-        valid = steps[None] < lengths[:, None]
-        try:
-            self._cache = DynamicCache(config=self.model.config)
-        except TypeError:  # transformers < 4.56
-            self._cache = DynamicCache()
-        self._mask = valid.long()
+        self._cache = self._new_cache()
+        self._slot_pos = torch.zeros(R, 0, dtype=torch.int64, device=tokens.device)
         # Only the last prompt position of each request needs logits ([R, L, V] can be GBs):
         # ask for the distinct last positions through `logits_to_keep` where supported.
         last_pos = (lengths - 1).clamp_min(0)
@@ -362,7 +412,8 @@ class HFCausalLM:
         if self._keeps_logits:
             keep_pos, pick = torch.unique(last_pos, return_inverse=True)
             extra["logits_to_keep"] = keep_pos
-        out = self._forward(ids, self._mask, steps.expand(R, -1), **extra)
+        out = self._forward(ids, steps.expand(R, -1), steps[None] < lengths[:, None], **extra)
+        self._check_cache_layers()
         self._next_pos = lengths.clone()
         last = out.logits[torch.arange(R, device=ids.device), pick]
         return TargetOutput(last, self._hidden(out, rows, cols))
@@ -371,18 +422,32 @@ class HFCausalLM:
     def verify(self, tokens: torch.Tensor, lengths: torch.Tensor, max_len: int) -> TargetOutput:
         ids, rows, cols = pad_ragged(tokens, lengths, max_len)
         steps = torch.arange(max_len, device=tokens.device)
-        valid = (steps[None] < lengths[:, None]).long()
         pos = self._next_pos[:, None] + steps
-        out = self._forward(ids, torch.cat([self._mask, valid], 1), pos)
-        self._steps = steps
+        out = self._forward(ids, pos, steps[None] < lengths[:, None])
+        self._pending = max_len
         return TargetOutput(out.logits[rows, cols], self._hidden(out, rows, cols))
 
     def rollback(self, keep: torch.Tensor) -> None:
-        kept = (self._steps[None] < keep[:, None]).long()
-        self._mask = torch.cat([self._mask, kept], 1)
+        n = self._pending
+        tail = self._slot_pos[:, -n:] if n else self._slot_pos[:, :0]
+        steps = torch.arange(tail.shape[1], device=keep.device)
+        self._slot_pos[:, self._slot_pos.shape[1] - tail.shape[1] :] = torch.where(steps[None] < keep[:, None], tail, -1)
         self._next_pos = self._next_pos + keep
+        self._pending = None
+        self._compact()
+
+    def truncate(self, lengths: torch.Tensor) -> None:
+        """Keep only the first ``lengths[r]`` positions of request r (``<=`` what it holds)."""
+        self._slot_pos = torch.where(self._slot_pos < lengths[:, None], self._slot_pos, -1)
+        self._next_pos = torch.minimum(self._next_pos, lengths)
+        self._compact()
+
+    @property
+    def cache_slots(self) -> int:
+        """Slots per request in the cache now (memory use; for tests and monitoring)."""
+        return 0 if self._slot_pos is None else self._slot_pos.shape[1]
 
     def retain(self, index: torch.Tensor) -> None:
         self._cache.batch_select_indices(index)
-        self._mask = self._mask[index]
+        self._slot_pos = self._slot_pos[index]
         self._next_pos = self._next_pos[index]

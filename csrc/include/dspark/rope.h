@@ -7,6 +7,10 @@
 //             y_i = round(round(x_i c) - round(x_{i+Dh/2} s)),
 //             y_{i+Dh/2} = round(round(x_{i+Dh/2} c) + round(x_i s)),
 // where round() is the rounding to the storage dtype (the identity for float32).
+// RoPE scaling (linear, YaRN, llama3, Gemma's proportional / partial RoPE, ...) is one general
+// form: a precomputed inv_freq [Dh/2] float32 table replaces 1 / theta^(2i/Dh) (a zero entry
+// leaves that pair unrotated) and c, s are multiplied by an attention scaling before the
+// rounding, c = round(cos(angle) * scaling), as Hugging Face's rotary embeddings do.
 #pragma once
 
 #include <cmath>
@@ -26,8 +30,16 @@ DSPARK_HD float rope_inv_freq(int64_t i, int64_t head_dim, float theta) {
   return 1.0f / static_cast<float>(pow(static_cast<double>(theta), static_cast<double>(e)));
 }
 
-DSPARK_HD float rope_angle(int64_t position, int64_t i, int64_t head_dim, float theta) {
-  return static_cast<float>(position) * rope_inv_freq(i, head_dim, theta);
+// The RoPE of one call: the theta formula, or a precomputed table with its cos/sin scaling.
+struct RopeParams {
+  float theta;
+  const float* inv_freq;  // [Dh/2] or nullptr (then 1 / theta^(2i/Dh))
+  float scaling;  // multiplies cos and sin (1 without a table)
+};
+
+DSPARK_HD float rope_angle(int64_t position, int64_t i, int64_t head_dim, const RopeParams& p) {
+  const float f = p.inv_freq != nullptr ? p.inv_freq[i] : rope_inv_freq(i, head_dim, p.theta);
+  return static_cast<float>(position) * f;
 }
 
 }  // namespace dspark
