@@ -86,7 +86,8 @@ inline DraftQ check_draft_q(const char* op, const std::optional<at::Tensor>& dra
     check_dtype(ids, op, "draft_ids", {at::kLong});
     check_dim(ids, op, "draft_ids", dims);
     for (int64_t d = 0; d < dims - 1; ++d) check_size(ids, op, "draft_ids", d, leading[d].first, leading[d].second);
-    DSPARK_CHECK(ids.size(-1) >= 1, op, "draft_ids", "must list at least one id per row, got shape ", ids.sizes());
+    DSPARK_CHECK(ids.size(-1) >= 1 && ids.size(-1) <= vocab, op, "draft_ids",
+                 "must list between 1 and V=", vocab, " ids per row, got shape ", ids.sizes());
     q.sparse = true;
     if (value_checks_enabled(ids)) check_draft_id_values(op, ids, vocab);
   }

@@ -66,7 +66,7 @@ struct DraftRow {
   // q of the entry j (not of an id).
   float entry(int64_t j) const {
     if (!listed(j)) return 0.0f;
-    return probs ? probs[j] : stats.prob(scaled_logit(load(logits, j), temperature));
+    return probs ? draft_prob(probs[j]) : stats.prob(scaled_logit(load(logits, j), temperature));
   }
   // q(v) for one id: O(1) dense, O(K) sparse.
   float prob(int64_t v) const {

@@ -100,7 +100,7 @@ __device__ __forceinline__ float draft_entry(const VerifyChainParams& p, int64_t
                                              const SoftmaxStats& qs, float T) {
   const int64_t at = draft_row * p.draft_width + j;
   if (p.draft_ids && !listed_id(p.draft_ids[at], p.vocab)) return 0.0f;
-  if (p.draft_probs) return p.draft_probs[at];
+  if (p.draft_probs) return draft_prob(p.draft_probs[at]);
   return qs.prob(scaled_logit(to_float(static_cast<const TD*>(p.draft_logits)[at]), T));
 }
 
