@@ -3,7 +3,6 @@
 // statistics) and the drawing row is raced once more over that scratch; rows after the first
 // rejection are never read. No ATen op runs per request (cpu/row_dist.h).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -12,8 +11,10 @@
 #include <vector>
 
 #include "common/verify_chain_args.h"
+#include "cpu/dispatch.h"
 #include "cpu/row_dist.h"
 #include "cpu/row_ops.h"
+#include "dspark/eos.h"
 
 namespace dspark::cpu {
 namespace {
@@ -43,12 +44,6 @@ struct ChainDrafts {
                      vocab, temperature);
   }
 };
-
-bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
-  for (int64_t e = 0; e < num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
-}
 
 // The token drawn at `position` from norm(max(0, p - q)), or from p itself when q is null or
 // the residual has no mass: Gumbel races with noise keyed by vocabulary id, as on CUDA.
@@ -152,10 +147,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
   int64_t *outp = out_tokens.data_ptr<int64_t>(), *accp = num_accepted.data_ptr<int64_t>();
   int64_t* emitp = num_emitted.data_ptr<int64_t>();
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "verify_chain_cpu", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(target.scalar_type(), "dspark::verify_chain", "target_logits", [&] {
     using TT = scalar_t;
     const auto draft_type = dlogits ? dlogits->scalar_type() : target.scalar_type();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, draft_type, "verify_chain_cpu_draft", [&] {
+    DSPARK_CPU_DISPATCH_FLOAT(draft_type, "dspark::verify_chain", "draft_logits", [&] {
       using TD = scalar_t;
       const TT* tgt = target.data_ptr<TT>();
       const ChainDrafts<TD> dr{data_or_null<TD>(dlogits), data_or_null<float>(dprobs), data_or_null<int64_t>(dids),

@@ -6,7 +6,6 @@
 // once for the residual race when every child is rejected (dspark/tree_sampling.h gives the
 // closed form of the residuals). A sparse q (draft_ids) is read through its K listed entries.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -15,8 +14,10 @@
 #include <vector>
 
 #include "common/verify_tree_args.h"
+#include "cpu/dispatch.h"
 #include "cpu/row_dist.h"
 #include "cpu/row_ops.h"
+#include "dspark/eos.h"
 #include "dspark/tree_sampling.h"
 
 namespace dspark::cpu {
@@ -100,12 +101,6 @@ struct TreeDrafts {
                      vocab, temperature);
   }
 };
-
-bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
-  for (int64_t e = 0; e < num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
-}
 
 // The first child of `node` whose token is `token` (-1: none).
 int64_t child_with_token(const TreeRequest& q, int64_t node, int64_t token) {
@@ -243,10 +238,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
   const int64_t* kp = data_or_null<int64_t>(tk);
   const float *pp = data_or_null<float>(tp), *mpp = data_or_null<float>(mp);
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "verify_tree_cpu", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(target.scalar_type(), "dspark::verify_tree", "target_logits", [&] {
     using TT = scalar_t;
     const auto draft_type = dlogits ? dlogits->scalar_type() : target.scalar_type();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, draft_type, "verify_tree_cpu_draft", [&] {
+    DSPARK_CPU_DISPATCH_FLOAT(draft_type, "dspark::verify_tree", "draft_logits", [&] {
       using TD = scalar_t;
       const TT* tgt = target.data_ptr<TT>();
       const TreeDrafts<TD> dr{data_or_null<TD>(dlogits), data_or_null<float>(dprobs), data_or_null<int64_t>(dids),

@@ -5,11 +5,12 @@
 //   count (top_k) or mass (top_p) of {s >= t} still reaches the target. Each search pass also
 //   returns the nearest row values on both sides of its pivot, so the bracket always jumps to
 //   row values and shrinks fast (as FlashInfer's pivot searches do); it ends on a row value.
-// Every reduction has a fixed order (per-thread strides, then a fixed butterfly), so the same
-// row gives the same θ on every run. Rows whose filter is off return -inf without a pass.
+// Every reduction has a fixed order (per-thread strides, then cuda/reduce.cuh's butterflies), so
+// the same row gives the same θ on every run. Rows whose filter is off return -inf without a pass.
 #pragma once
 
 #include "cuda/common.cuh"
+#include "cuda/reduce.cuh"
 #include "dspark/filters.h"
 
 namespace dspark::cuda {
@@ -23,54 +24,36 @@ __device__ __forceinline__ float key_value(uint32_t key) {
   return __uint_as_float((key & 0x80000000u) ? (key & 0x7FFFFFFFu) : ~key);
 }
 
-// Block-wide reduction with a fixed order; every thread gets the result. scratch: shared
-// memory of blockDim.x / 32 elements, free again on return.
-template <typename T, typename Op>
-__device__ __forceinline__ T block_reduce(T v, Op op, T* scratch) {
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v = op(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
-  v = __shfl_sync(0xFFFFFFFFu, v, 0);  // lane 0's bits on every lane (see warp_merge)
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  T acc = scratch[0];
-  for (int w = 1; w < warps; ++w) acc = op(acc, scratch[w]);  // same order on every thread
-  __syncthreads();
-  return acc;
-}
-
 struct FilterScratch {
   float f[32];
   uint32_t u[32];
   unsigned long long n[32];
 };
 
-// θ of row [V] (logits of type T) at temperature T for filter f; all threads of the block
-// call it and get the same value.
-template <typename T>
+// θ of row [V] (logits of type T, read VEC at a time: vec_size on the host) at temperature T
+// for filter f; all threads of the block call it and get the same value.
+template <int VEC, typename T>
 __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float temperature,
-                                        const RowFilter& f, bool vectorize, FilterScratch& sh) {
+                                        const RowFilter& f, FilterScratch& sh) {
   if (f.off()) return -INFINITY;
   auto fmax_op = [](float a, float b) { return a > b ? a : b; };
   auto fmin_op = [](float a, float b) { return a < b ? a : b; };
-  auto fsum_op = [](float a, float b) { return a + b; };
   auto umin_op = [](uint32_t a, uint32_t b) { return a < b ? a : b; };
   auto umax_op = [](uint32_t a, uint32_t b) { return a > b ? a : b; };
-  auto nsum_op = [](unsigned long long a, unsigned long long b) { return a + b; };
+  auto each = [&](auto&& fn) { block_for_each<VEC>(row, 0, vocab, fn); };
 
   float m = -INFINITY;
-  block_for_each(row, 0, vocab, vectorize, [&](float z, int64_t) { m = fmaxf(m, scaled_logit(z, temperature)); });
-  m = block_reduce(m, fmax_op, sh.f);
+  each([&](float z, int64_t) { m = fmaxf(m, scaled_logit(z, temperature)); });
+  m = block_reduce(m, sh.f, -INFINITY, fmax_op);
   if (!isfinite(m)) return -INFINITY;
   float theta = -INFINITY;
   if (f.min_p > 0.0f) {
     float lo = m;
-    block_for_each(row, 0, vocab, vectorize, [&](float z, int64_t) {
+    each([&](float z, int64_t) {
       const float s = scaled_logit(z, temperature);
       if (s < lo && filter_weight(s, m) >= f.min_p) lo = s;
     });
-    theta = block_reduce(lo, fmin_op, sh.f);
+    theta = block_reduce(lo, sh.f, INFINITY, fmin_op);
   }
   // The largest row value t >= theta with measure(t) >= target, where measure(t) sums
   // weight(s) over the row values s >= t; measure(theta) >= target is known.
@@ -81,7 +64,7 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
       const float pivot = key_value(mid);
       decltype(target) measure = 0;
       uint32_t above = 0xFFFFFFFFu, below = 0;  // nearest row keys >= mid and < mid
-      block_for_each(row, 0, vocab, vectorize, [&](float z, int64_t) {
+      each([&](float z, int64_t) {
         const float s = scaled_logit(z, temperature);
         if (!(s >= theta) || !(s > -INFINITY)) return;
         const uint32_t key = ordered_key(s);
@@ -92,9 +75,9 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
           below = key > below ? key : below;
         }
       });
-      measure = block_reduce(measure, add, scratch);
-      above = block_reduce(above, umin_op, sh.u);
-      below = block_reduce(below, umax_op, sh.u);
+      measure = block_reduce(measure, scratch, decltype(target){0}, add);
+      above = block_reduce(above, sh.u, 0xFFFFFFFFu, umin_op);
+      below = block_reduce(below, sh.u, 0u, umax_op);
       if (measure >= target) {
         lo = above;
       } else {
@@ -105,22 +88,22 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
   };
   if (f.top_k > 0) {
     unsigned long long kept = 0;
-    block_for_each(row, 0, vocab, vectorize, [&](float z, int64_t) {
+    each([&](float z, int64_t) {
       const float s = scaled_logit(z, temperature);
       kept += (s >= theta && s > -INFINITY) ? 1 : 0;
     });
-    kept = block_reduce(kept, nsum_op, sh.n);
+    kept = block_sum(kept, sh.n);
     const auto k = static_cast<unsigned long long>(f.top_k);
-    if (kept > k) search([](float) { return 1ull; }, k, nsum_op, sh.n);
+    if (kept > k) search([](float) { return 1ull; }, k, Sum{}, sh.n);
   }
   if (f.top_p < 1.0f) {
     float total = 0.0f;
-    block_for_each(row, 0, vocab, vectorize, [&](float z, int64_t) {
+    each([&](float z, int64_t) {
       const float s = scaled_logit(z, temperature);
       if (s >= theta && s > -INFINITY) total += filter_weight(s, m);
     });
-    total = block_reduce(total, fsum_op, sh.f);
-    search([&](float s) { return filter_weight(s, m); }, f.top_p * total, fsum_op, sh.f);
+    total = block_sum(total, sh.f);
+    search([&](float s) { return filter_weight(s, m); }, f.top_p * total, Sum{}, sh.f);
   }
   return theta;
 }

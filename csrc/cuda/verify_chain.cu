@@ -15,9 +15,13 @@
 //                  with atomicMax on packed (score, index) keys.
 //   5. finalize:   writes the drawn token and num_emitted.
 // Each target row is read once (the drawing row twice); no [N, V] probabilities are formed.
+#include <algorithm>
+#include <type_traits>
+
 #include "cuda/common.cuh"
 #include "cuda/filters.cuh"
 #include "cuda/verify_chain.h"
+#include "dspark/eos.h"
 
 namespace dspark::cuda {
 namespace {
@@ -28,6 +32,12 @@ constexpr int kWarpsPerDecideBlock = 4;
 constexpr int kThresholdThreads = 512;
 
 int64_t num_chunks(int64_t vocab) { return (vocab + kChunk - 1) / kChunk; }
+
+// The width of a T row in a launch whose (shared) width class is VEC.
+template <typename T, int VEC>
+constexpr int min_vec() {
+  return VEC < static_cast<int>(16 / sizeof(T)) ? VEC : static_cast<int>(16 / sizeof(T));
+}
 
 struct RowPartial {
   SoftmaxStats stats;  // of the scaled logits
@@ -105,7 +115,7 @@ __device__ __forceinline__ float draft_entry(const VerifyChainParams& p, int64_t
 }
 
 // One block per target slot (r, k): θ of the row when the request samples with a filter on.
-template <typename TT>
+template <typename TT, int VEC>
 __global__ void __launch_bounds__(kThresholdThreads) thresholds_kernel(VerifyChainParams p, Workspace w) {
   const int64_t slot = blockIdx.x, r = slot / (p.gamma + 1), k = slot % (p.gamma + 1);
   const int64_t row = w.first_row[r] + k;
@@ -115,7 +125,7 @@ __global__ void __launch_bounds__(kThresholdThreads) thresholds_kernel(VerifyCha
   if (k <= clamped_length(p.lengths, r, p.gamma) && row < p.rows && !is_greedy(T) && !f.off()) {  // block-uniform
     __shared__ FilterScratch scratch;
     const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
-    theta = block_filter_threshold(src, p.vocab, T, f, rows_vectorizable<TT>(p.target_logits, p.vocab), scratch);
+    theta = block_filter_threshold<VEC>(src, p.vocab, T, f, scratch);
   }
   if (threadIdx.x == 0) w.theta[slot] = theta;
 }
@@ -157,7 +167,9 @@ __global__ void first_rows_kernel(const int64_t* __restrict__ lengths, int64_t r
   }
 }
 
-template <typename TT, typename TD>
+// VEC: the vector width of both rows, chosen on the host (vec_size; each row type reads
+// min(VEC, 16 / sizeof(T)) elements per load).
+template <typename TT, typename TD, int VEC>
 __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
   const int64_t slot = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const int64_t target_slots = p.requests * (p.gamma + 1);
@@ -181,7 +193,7 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
   if (is_target) {
     const float theta = slot_theta(p, w, slot);
     const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
-    block_for_each(src, begin, end, rows_vectorizable<TT>(p.target_logits, p.vocab), [&](float logit, int64_t v) {
+    block_for_each<min_vec<TT, VEC>()>(src, begin, end, [&](float logit, int64_t v) {
       acc.stats.add(filtered(scaled_logit(logit, temperature), theta));
       acc.argmax.add(logit, v);
     });
@@ -189,7 +201,7 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
     const int64_t draft_row = r * p.gamma + k;
     const TD* src = static_cast<const TD*>(p.draft_logits) + draft_row * p.draft_width;
     const int64_t* ids = p.draft_ids ? p.draft_ids + draft_row * p.draft_width : nullptr;
-    block_for_each(src, begin, end, rows_vectorizable<TD>(p.draft_logits, p.draft_width), [&](float logit, int64_t j) {
+    block_for_each<min_vec<TD, VEC>()>(src, begin, end, [&](float logit, int64_t j) {
       if (!ids || listed_id(ids[j], p.vocab)) acc.stats.add(scaled_logit(logit, temperature));
     });
   }
@@ -221,12 +233,6 @@ __device__ SoftmaxStats warp_stats(const SoftmaxStats* part, int64_t chunks) {
   SoftmaxStats acc;
   for (int64_t c = threadIdx.x % kWarpSize; c < chunks; c += kWarpSize) acc.merge(part[c]);
   return warp_merge(acc);
-}
-
-__device__ bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
-  for (int64_t e = 0; e < num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
 }
 
 template <typename TT, typename TD>
@@ -440,10 +446,22 @@ cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cud
   if (slots * chunks > 0x7FFFFFFF) return cudaErrorInvalidValue;
   first_rows_kernel<<<1, 1024, 0, stream>>>(p.lengths, p.requests, p.gamma, w.first_row);
   DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
-    if (p.top_k || p.top_p || p.min_p)
-      thresholds_kernel<TT><<<static_cast<unsigned>(p.requests * (p.gamma + 1)), kThresholdThreads, 0, stream>>>(p, w);
+    const int vt = vec_size<TT>(p.target_logits, p.vocab);
+    if (p.top_k || p.top_p || p.min_p) {
+      dispatch_vec_size<TT>(vt, [&](auto v) {
+        thresholds_kernel<TT, decltype(v)::value>
+            <<<static_cast<unsigned>(p.requests * (p.gamma + 1)), kThresholdThreads, 0, stream>>>(p, w);
+      });
+    }
     DSPARK_DISPATCH_FLOAT(p.draft_dtype, TD, [&] {
-      row_stats_kernel<TT, TD><<<static_cast<unsigned>(slots * chunks), kThreads, 0, stream>>>(p, w, chunks);
+      // One width for the target and draft rows (chunks start at multiples of kChunk, so every
+      // chunk of a row starts aligned); the narrower element type sets the dispatch range.
+      const int vec = p.draft_logits ? std::min(vt, vec_size<TD>(p.draft_logits, p.draft_width)) : vt;
+      using Narrow = std::conditional_t<(sizeof(TT) < sizeof(TD)), TT, TD>;
+      dispatch_vec_size<Narrow>(vec, [&](auto v) {
+        row_stats_kernel<TT, TD, decltype(v)::value>
+            <<<static_cast<unsigned>(slots * chunks), kThreads, 0, stream>>>(p, w, chunks);
+      });
       decide_kernel<TT, TD><<<static_cast<unsigned>(decide_blocks), kWarpsPerDecideBlock * kWarpSize, 0, stream>>>(
           p, w, chunks);
       resample_kernel<TT, TD><<<static_cast<unsigned>(p.requests * chunks), kThreads, 0, stream>>>(p, w, chunks);

@@ -62,9 +62,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
 
   VerifyTreeParams p{};
   p.target = target.data_ptr();
-  p.target_dtype = to_dtype(target.scalar_type());
+  p.target_dtype = to_dtype(target, "dspark::verify_tree", "target_logits");
   p.draft = draft.defined() ? draft.data_ptr() : nullptr;
-  p.draft_dtype = draft.defined() ? to_dtype(draft.scalar_type()) : p.target_dtype;
+  p.draft_dtype = draft.defined() ? to_dtype(draft, "dspark::verify_tree", "draft_logits") : p.target_dtype;
   p.draft_probs = data_or_null<float>(probs);
   p.top_k = data_or_null<int64_t>(tk);
   p.top_p = data_or_null<float>(tp);

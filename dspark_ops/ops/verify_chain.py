@@ -6,9 +6,11 @@ from typing import Optional
 
 import torch
 
+from ._documented import documented
 from .arguments import PerRequest, request_args
 
 
+@documented
 def verify_chain(
     target_logits: torch.Tensor,
     draft_tokens: torch.Tensor,

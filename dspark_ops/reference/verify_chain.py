@@ -11,11 +11,10 @@ from typing import Optional
 
 import torch
 
+from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose
 from .filters import apply_filter, filter_threshold
 from .rng import random_bits, random_uniform, vocab_gumbel
-
-GREEDY_TEMPERATURE = 1e-5
 
 
 def scaled_logits(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -34,15 +33,17 @@ def softmax_rows(x: torch.Tensor) -> torch.Tensor:
 
 def draft_q(draft_logits, draft_probs, draft_ids, temperature, vocab: int):
     """Dense q ``[..., V]`` from any of its encodings (the reference may build it; the kernels
-    never do): softmax of ``draft_logits / T`` or ``draft_probs`` as given, over ``V`` entries,
+    never do): softmax of ``draft_logits / T`` or ``draft_probs`` as given (NaN / <= 0 as 0), over ``V`` entries,
     or over the ``K`` entries listed in ``draft_ids [..., K]`` (-1: padding, q = 0 elsewhere).
     None when neither is given."""
     if draft_logits is None and draft_probs is None:
         return None
     if draft_probs is not None:
         values = draft_probs.float()
+        keep = values > 0  # NaN and values <= 0 read as 0, as draft_prob in dspark/sampling.h
         if draft_ids is not None:
-            values = torch.where(draft_ids >= 0, values, torch.zeros_like(values))
+            keep = keep & (draft_ids >= 0)
+        values = torch.where(keep, values, torch.zeros_like(values))
     else:
         x = scaled_logits(draft_logits, temperature)
         if draft_ids is not None:
@@ -90,7 +91,7 @@ def verify_chain(
     first_row = torch.cumsum(lengths + 1, 0) - (lengths + 1)
     rows = (first_row[:, None] + steps).clamp_max(target_logits.shape[0] - 1)  # [R, γ+1]
     raw = target_logits[rows].float()  # [R, γ+1, V]
-    greedy = temperature <= GREEDY_TEMPERATURE
+    greedy = is_greedy(temperature)
     temp = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None, None]
     x = scaled_logits(raw, temp)
     per_row = [None if a is None else a[:, None] for a in (top_k, top_p, min_p)]

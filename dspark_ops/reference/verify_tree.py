@@ -14,10 +14,11 @@ from typing import Optional
 
 import torch
 
+from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose
 from .rng import random_bits, random_uniform, vocab_gumbel
 from .filters import apply_filter, filter_threshold
-from .verify_chain import GREEDY_TEMPERATURE, _nan_argmax, draft_q, race, scaled_logits, softmax_rows
+from .verify_chain import _nan_argmax, draft_q, race, scaled_logits, softmax_rows
 
 
 def tree_metadata(
@@ -75,7 +76,7 @@ def verify_tree(
         n = counts[r]
         tokens, par = tree_tokens[r].tolist(), parents[r].tolist()
         T = float(temperature[r])
-        greedy = T <= GREEDY_TEMPERATURE
+        greedy = is_greedy(T)
         s, o = seed[r], offset[r]
         filters = [None if a is None else a[r] for a in (top_k, top_p, min_p)]
         node, path = 0, []
