@@ -10,6 +10,9 @@
 #include <utility>
 #include <vector>
 
+#include <ATen/ATen.h>
+
+#include "cpu/philox_batch.h"
 #include "cpu/row_ops.h"
 #include "dspark/filters.h"
 #include "dspark/philox.h"
@@ -22,7 +25,29 @@ struct RowScratch {
   std::vector<float> scaled;                         // [V] the target row's filtered scaled logits
   std::vector<float> work;                           // filter_threshold's buffer
   std::vector<std::pair<int64_t, float>> listed;     // [K] a sparse q row as (id, q) by id
+  std::vector<float> uniforms;                       // [V] the open uniforms of one race
 };
+
+// Rows at least this long get their softmax statistics from ATen's vectorised kernels (one
+// max and one exp-sum pass); shorter rows use a scalar loop, whose cost per row is far below
+// an ATen call's overhead.
+constexpr int64_t kVectorisedRow = 2048;
+
+// Softmax statistics of scaled logits s [V] (entries -inf allowed).
+inline SoftmaxStats row_stats(const float* s, int64_t vocab) {
+  SoftmaxStats st;
+  if (vocab >= kVectorisedRow) {
+    const at::Tensor x = at::from_blob(const_cast<float*>(s), {vocab}, at::kFloat);
+    const float m = x.max().item<float>();
+    if (std::isfinite(m)) {
+      st.max = m;
+      st.sum = (x - m).exp_().sum().item<float>();
+      return st;
+    }
+  }
+  for (int64_t v = 0; v < vocab; ++v) st.add(s[v]);
+  return st;
+}
 
 // p = softmax(filter(row / T)): scaled logits (NaN and filtered-out entries -inf) and their
 // softmax statistics. Points into the scratch: valid until the next target_row call.
@@ -44,9 +69,7 @@ TargetRow target_row(const T* row, int64_t vocab, float temperature, const RowFi
     if (theta > -INFINITY)
       for (int64_t v = 0; v < vocab; ++v) s[v] = filtered(s[v], theta);
   }
-  TargetRow p{s, {}};
-  for (int64_t v = 0; v < vocab; ++v) p.stats.add(s[v]);
-  return p;
+  return TargetRow{s, row_stats(s, vocab)};
 }
 
 // One row of q. Dense: `width` = V entries indexed by id. Sparse: `width` = K entries whose
@@ -126,16 +149,23 @@ class DraftSweep {
   size_t next_ = 0;
 };
 
-// Calls visit(v, bits_v) for v in [0, vocab) with the raw words of `purpose` at `position`
-// (one Philox call per four ids); races turn them into Gumbel noise only where an entry can
-// still win (BoundedRace), so most entries cost no logarithm.
+// Gumbel noise of an open uniform, as gumbel_from_bits (dspark/sampling.h) of its bits.
+inline float gumbel_from_uniform(float u) { return -logf(-logf(u)); }
+
+// Calls visit(v, u_v) for v in [0, vocab) with the open uniforms of `purpose` at `position`
+// (the vectorised batch Philox of cpu/philox_batch.h); races turn them into Gumbel noise
+// only where an entry can still win (BoundedRace), so most entries cost no logarithm.
 template <typename Visit>
-void for_each_bits(int64_t vocab, int64_t seed, int64_t offset, Purpose purpose, uint32_t position, Visit&& visit) {
-  for (int64_t base = 0; base < vocab; base += 4) {
-    const Philox4 bits = random_block(seed, offset, purpose, position, static_cast<uint64_t>(base));
-    const int64_t n = vocab - base < 4 ? vocab - base : 4;
-    for (int64_t lane = 0; lane < n; ++lane) visit(base + lane, bits.v[lane]);
-  }
+void for_each_uniform(int64_t vocab, int64_t seed, int64_t offset, Purpose purpose, uint32_t position,
+                      RowScratch& sc, Visit&& visit) {
+  sc.uniforms.resize(vocab);
+  fill_open_uniforms(sc.uniforms.data(), vocab, seed, offset, purpose, position);
+  for (int64_t v = 0; v < vocab; ++v) visit(v, sc.uniforms[v]);
+}
+
+// BoundedRace::add_bits for an open uniform.
+inline void race_add(BoundedRace& race, float log_weight, float u, int64_t v) {
+  if (!race.hopeless(log_weight)) race.add(log_weight, gumbel_from_uniform(u), v);
 }
 
 }  // namespace dspark::cpu

@@ -54,12 +54,12 @@ int64_t draw(const TargetRow& p, const DraftRow<TD>* q, const ChainRequest& c, u
   const float log_norm = p.log_norm();
   std::optional<DraftSweep<TD>> sweep;
   if (q) sweep.emplace(*q, sc);
-  for_each_bits(vocab, c.seed, c.offset, Purpose::kChainResample, position, [&](int64_t v, uint32_t bits) {
+  for_each_uniform(vocab, c.seed, c.offset, Purpose::kChainResample, position, sc, [&](int64_t v, float u) {
     const float xv = p.s[v];
-    plain.add_bits(xv, bits, v);
+    race_add(plain, xv, u, v);
     if (q && !residual.hopeless(xv - log_norm)) {  // log p_v bounds log(p_v - q_v)
       const float pv = p.prob(v), qv = sweep->at(v);
-      residual.add_bits(pv > qv ? logf(pv - qv) : -INFINITY, bits, v);
+      race_add(residual, pv > qv ? logf(pv - qv) : -INFINITY, u, v);
     }
   });
   return (q && !residual.race.empty()) ? residual.race.index() : plain.race.index();

@@ -147,17 +147,17 @@ std::pair<int64_t, int64_t> recursive_rejection(const TreeRequest& t, int64_t no
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
   BoundedRace residual, fallback;
   sweep.restart();
-  for_each_bits(vocab, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
-                [&](int64_t v, uint32_t bits) {
-                  const float xv = p.s[v];
-                  const float r = tree_residual(p.prob(v), c, sweep.at(v));
-                  const float lr = r > 0.0f ? logf(r) : -INFINITY;
-                  const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
-                  if (!use_r && !use_f) return;
-                  const float g = gumbel_from_bits(bits);
-                  if (use_r) residual.add(lr, g, v);
-                  if (use_f) fallback.add(xv, g, v);
-                });
+  for_each_uniform(vocab, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(node), sc,
+                   [&](int64_t v, float u) {
+                     const float xv = p.s[v];
+                     const float r = tree_residual(p.prob(v), c, sweep.at(v));
+                     const float lr = r > 0.0f ? logf(r) : -INFINITY;
+                     const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
+                     if (!use_r && !use_f) return;
+                     const float g = gumbel_from_uniform(u);
+                     if (use_r) residual.add(lr, g, v);
+                     if (use_f) fallback.add(xv, g, v);
+                   });
   return {-1, residual.race.empty() ? fallback.race.index() : residual.race.index()};
 }
 
@@ -185,8 +185,8 @@ std::pair<int64_t, int64_t> verify_one(const TreeRequest& t, const TT* target, c
       } else {
         // y ~ p_node; with a draft q this node has no valid child and y is the bonus token.
         BoundedRace race;
-        for_each_bits(vocab, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
-                      [&](int64_t v, uint32_t bits) { race.add_bits(p.s[v], bits, v); });
+        for_each_uniform(vocab, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(node), sc,
+                         [&](int64_t v, float u) { race_add(race, p.s[v], u, v); });
         const int64_t y = race.race.index();
         next = drafts.given() ? -1 : child_with_token(t, node, y);
         if (next < 0) emitted = y;
