@@ -64,13 +64,14 @@ def floor_bytes(args, elem: int, greedy: bool) -> float:
     return float(rows * V * elem)
 
 
-def case(R, M, V, dtype_name, device, greedy=False):
-    args = make_inputs(R, M, V, DTYPES[dtype_name], device, greedy)
+def case(R, M, V, dtype_name, device, greedy=False, filters=None):
+    """filters: SPEC §9 arguments applied to every request (e.g. {"top_p": 0.9}), or None."""
+    args = {**make_inputs(R, M, V, DTYPES[dtype_name], device, greedy), **(filters or {})}
     providers = {
         "ours": lambda: dspark_ops.verify_tree(**args),
         "eager": lambda: reference.verify_tree(**args),
     }
-    mode = "greedy" if greedy else "rrs"
+    mode = ("greedy" if greedy else "rrs") + "".join(f" {k.replace('_', '-')} {v}" for k, v in (filters or {}).items())
     return Case("verify_tree", f"R={R} M={M} V={V} {mode}", dtype_name, providers,
                 floor_bytes(args, DTYPES[dtype_name].itemsize, greedy),
                 note="binary-heap tree; " + ("T=0, top-2 children" if greedy else "T=1, children ~ q, drafts = target + noise"))
@@ -79,9 +80,11 @@ def case(R, M, V, dtype_name, device, greedy=False):
 def cases(preset: str, device: str) -> list[Case]:
     if device == "cpu":
         out = [case(16, 16, 32000, "fp32", device), case(16, 16, 32000, "fp32", device, greedy=True)]
+        out += [case(16, 16, 32000, "fp32", device, filters=f) for f in ({"top_p": 0.9}, {"top_k": 50})]
         if preset != "quick":
             out += [case(R, M, 32000, "bf16", device) for R in (1, 16) for M in (8, 32)]
         return out
     out = [case(R, M, 151936, "bf16", device) for R in (1, 16, 64) for M in (8, 32, 64)]
     out.append(case(64, 32, 151936, "bf16", device, greedy=True))
+    out += [case(64, 32, 151936, "bf16", device, filters=f) for f in ({"top_p": 0.9}, {"top_k": 50})]
     return out

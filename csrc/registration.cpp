@@ -29,18 +29,21 @@ TORCH_LIBRARY(dspark, m) {
       "Tensor? conf_scale=None, Tensor? top_k=None, Tensor? top_p=None, "
       "Tensor? min_p=None) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 
-  // SPEC §4: lossless verification of chain drafts.
+  // SPEC §4: lossless verification of chain drafts; §9 engine filters and draft_probs;
+  // §10 sparse q through draft_ids.
   m.def(
       "verify_chain(Tensor target_logits, Tensor draft_tokens, Tensor lengths, "
       "Tensor temperature, Tensor seed, Tensor offset, Tensor? draft_logits=None, "
-      "Tensor? eos_ids=None) -> (Tensor, Tensor, Tensor)");
+      "Tensor? eos_ids=None, Tensor? top_k=None, Tensor? top_p=None, Tensor? min_p=None, "
+      "Tensor? draft_probs=None, Tensor? draft_ids=None) -> (Tensor, Tensor, Tensor)");
 
-  // SPEC §5: tree drafts.
+  // SPEC §5: tree drafts (with the same §9 / §10 arguments as verify_chain).
   m.def("tree_metadata(Tensor parents, Tensor num_nodes, Tensor prefix_lens) -> (Tensor, Tensor, Tensor)");
   m.def(
       "verify_tree(Tensor target_logits, Tensor tree_tokens, Tensor parents, Tensor num_nodes, "
       "Tensor temperature, Tensor seed, Tensor offset, Tensor? draft_logits=None, "
-      "Tensor? eos_ids=None) -> (Tensor, Tensor, Tensor, Tensor)");
+      "Tensor? eos_ids=None, Tensor? top_k=None, Tensor? top_p=None, Tensor? min_p=None, "
+      "Tensor? draft_probs=None, Tensor? draft_ids=None) -> (Tensor, Tensor, Tensor, Tensor)");
 
   // SPEC §11: vocab-parallel verification. Per-rank phases over a column shard
   // [vocab_start, vocab_start + V_i) of the logits, composed with torch.distributed collectives

@@ -128,6 +128,39 @@ def _verify_chain(with_draft: bool, target_dtype: torch.dtype):
     return build
 
 
+def _filters(R: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """SPEC §9 top_k [R] int64, top_p / min_p [R] float32, some requests with each filter off."""
+    top_k = torch.randint(-1, 8, (R,), generator=g)
+    top_p = torch.where(torch.rand(R, generator=g) < 0.3, torch.ones(R), torch.rand(R, generator=g) * 0.9 + 0.05)
+    min_p = torch.where(torch.rand(R, generator=g) < 0.5, torch.zeros(R), torch.rand(R, generator=g) * 0.4)
+    return top_k, top_p, min_p
+
+
+def _verify_chain_q(q: str):
+    """verify_chain with the §9 filters and q as draft_probs (q = "probs") or as a sparse q of
+    K = 7 listed ids with one -1 padding entry (q = "sparse", SPEC §10)."""
+
+    def build(device, R, variant):
+        g = _gen(variant, 7)
+        lengths = _chain_lengths(R, variant)
+        N = int((lengths + 1).sum())
+        target = torch.randn(N, _VV, generator=g) * 2
+        drafts = torch.randint(-1, _VV, (R, _GAMMA), generator=g)
+        seed, offset = _keys(R, g)
+        top_k, top_p, min_p = _filters(R, g)
+        logits, probs, ids = None, None, None
+        if q == "probs":
+            probs = torch.softmax(torch.randn(R, _GAMMA, _VV, generator=g) * 2, -1)
+        else:
+            ids = torch.rand(R, _GAMMA, _VV, generator=g).argsort(-1)[..., :7]  # 7 distinct ids per row
+            ids[..., 3] = -1
+            logits = torch.randn(R, _GAMMA, 7, generator=g) * 2
+        return _to(device, target, drafts, lengths, _temperature(R, g), seed, offset, logits, None, top_k, top_p,
+                   min_p, probs, ids)
+
+    return build
+
+
 # ----------------------------------------------------------------------------- trees
 
 _M = 6
@@ -149,7 +182,9 @@ def _tree_metadata(device, R, variant):
     return _to(device, parents, num_nodes, torch.randint(0, 2**40, (R,), generator=g))
 
 
-def _verify_tree(with_draft: bool):
+def _verify_tree(with_draft: bool, filtered_probs: bool = False):
+    """filtered_probs: the §9 filters and q as draft_probs instead of draft_logits."""
+
     def build(device, R, variant):
         g = _gen(variant, 5)
         parents, num_nodes = _tree(R, variant, g)
@@ -159,7 +194,11 @@ def _verify_tree(with_draft: bool):
         draft_logits = (torch.randn(N, _VV, generator=g) * 2).to(torch.bfloat16) if with_draft else None
         eos = torch.tensor([3]) if with_draft else None
         seed, offset = _keys(R, g)
-        return _to(device, target, tokens, parents, num_nodes, _temperature(R, g), seed, offset, draft_logits, eos)
+        args = (target, tokens, parents, num_nodes, _temperature(R, g), seed, offset, draft_logits, eos)
+        if filtered_probs:
+            probs = torch.softmax(torch.randn(N, _VV, generator=g) * 2, -1)
+            args = args[:7] + (None, None, *_filters(R, g), probs)
+        return _to(device, *args)
 
     return build
 
@@ -303,6 +342,8 @@ SAMPLES: list[Sample] = [
     Sample("markov_draft_topk", "rnn-conf_he-bf16", _markov_draft_topk("rnn", "he", _BF16, 6), atol=1e-2, rtol=1e-2),
     Sample("verify_chain", "one_hot_q", _verify_chain(False, _F32)),
     Sample("verify_chain", "draft_logits-eos-bf16", _verify_chain(True, _BF16)),
+    Sample("verify_chain", "filters-draft_probs", _verify_chain_q("probs")),
+    Sample("verify_chain", "filters-sparse_q", _verify_chain_q("sparse")),
     Sample("tree_metadata", "default", _tree_metadata),
     Sample("verify_tree", "top_k_children", _verify_tree(False)),
     Sample("verify_tree", "draft_logits-eos", _verify_tree(True)),
@@ -314,6 +355,7 @@ SAMPLES: list[Sample] = [
     Sample("verify_tree_shard_walk", "fresh", _shard_phase("tree", "walk-fresh", True)),
     Sample("verify_tree_shard_walk", "step", _shard_phase("tree", "walk-step", True)),
     Sample("verify_tree_shard_race", "draft_logits", _shard_phase("tree", "race", True)),
+    Sample("verify_tree", "filters-draft_probs", _verify_tree(False, filtered_probs=True)),
     Sample("schedule_lengths", "causal", _schedule_lengths(0, -1, False)),
     Sample("schedule_lengths", "global-caps", _schedule_lengths(1, -1, True)),
     Sample("schedule_lengths", "top_k-caps", _schedule_lengths(2, 7, True)),

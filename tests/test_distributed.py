@@ -20,10 +20,11 @@ import threading
 import pytest
 import torch
 import torch.multiprocessing as mp
+from distributed_worker import rank_worker, run_shard
 
 import dspark_ops
 import dspark_ops.distributed as D
-from distributed_worker import rank_worker, run_shard
+
 from test_verify_tree import batch_inputs, check_first_two_tokens, rrs_batch
 
 # ---------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ import torch
 import dspark_ops
 from dspark_ops import reference
 
-from helpers import requires_cuda
+from helpers import brute_filter, requires_cuda
 from stats import assert_binomial, assert_distribution
 
 GREEDY, HOT = 0.0, 1.0
@@ -385,3 +385,279 @@ def test_cuda_rows_past_the_end_are_absent():
         torch.zeros(1, dtype=torch.int64, device="cuda"))
     torch.cuda.synchronize()
     assert int(emit[0]) <= 3 and ((out >= -1) & (out < 8)).all()
+
+
+# ---------------------------------------------------------------- SPEC §4: invalid drafts, §9 filters, draft_probs, §10 draft_ids
+
+P4 = torch.tensor([0.4, 0.3, 0.2, 0.1])
+Q4 = torch.tensor([0.1, 0.1, 0.4, 0.4])
+
+
+def first_tokens(device, target_rows, drafts, q=None, *, requests, seed0=0, **kw):
+    """Emitted first token of `requests` one-draft rounds: target rows [2, V] (p_1, p_2) and
+    drafts [requests] verified with q rows [V] (logits via log, or kw draft_probs/draft_ids)."""
+    V = target_rows.shape[1]
+    target = target_rows.repeat(requests, 1)
+    if q is not None:
+        kw["draft_logits"] = log(q).expand(requests, 1, V)
+    extra = {k: v.to(device) if torch.is_tensor(v) else v for k, v in kw.items()}
+    out, acc, emit = dspark_ops.verify_chain(
+        target.to(device), drafts[:, None].to(device), torch.ones(requests, dtype=torch.int64, device=device),
+        1.0, torch.arange(requests, device=device) + seed0, 0, **extra)
+    return out[:, 0].cpu(), acc.cpu()
+
+
+def test_invalid_draft_inside_lengths_draws_from_p(device):
+    # SPEC §4 revised: an id outside [0, V) was not drawn from q, so the draw is from p_1
+    # itself (a residual draw would never emit tokens where q >= p: frequencies [.6, .4, 0, 0]).
+    requests = 20000
+    for bad in (-1, 4, 1 << 40):
+        y, acc = first_tokens(device, torch.stack([log(P4), log(P4)]), torch.full((requests,), bad), Q4,
+                              requests=requests)
+        assert acc.sum() == 0
+        assert_distribution(np.bincount(y.numpy(), minlength=4), P4.numpy(), f"draw after draft id {bad}")
+
+
+# Rows with ties at every boundary: p = [.3, .2, .2, .1, .1, .1] (V = 6), and the filters.
+P_TIES = torch.tensor([0.3, 0.2, 0.2, 0.1, 0.1, 0.1])
+FILTER_CASES = [  # (top_k, top_p, min_p); 0 / 1 / 0 are off
+    (0, 1.0, 0.0), (2, 1.0, 0.0), (3, 1.0, 0.0), (0, 0.5, 0.0), (0, 0.6, 0.0), (0, 1.0, 0.5),
+    (0, 1.0, 0.34), (2, 0.4, 0.0), (4, 0.75, 0.3), (5, 0.9, 0.25), (-3, 1.0, 0.0), (6, 1.0, 1.0),
+]
+
+
+def test_filtered_distribution_by_enumeration():
+    # The filter of dspark/filters.h (through its twin) keeps exactly the SPEC's set on a row
+    # with ties at every boundary, for every case, and the SPEC's filtered p is what the rule
+    # u * q < p with the residual reproduces: enumerating every draft x (weight q(x)) gives
+    # P(y) = Σ_x q(x) [min(1, p(x)/q(x)) δ_xy + (1 - min(1, p(x)/q(x))) r(y)] = p'(y) exactly.
+    from dspark_ops.reference.filters import apply_filter, filter_threshold
+
+    s = torch.log(P_TIES)
+    q = torch.tensor([0.05, 0.05, 0.3, 0.3, 0.2, 0.1], dtype=torch.float64)
+    for k, tp, mp in FILTER_CASES:
+        theta = filter_threshold(s[None], torch.tensor([k]), torch.tensor([tp]), torch.tensor([mp]))
+        kept = torch.softmax(apply_filter(s[None], theta)[0].double(), 0)
+        want = brute_filter(P_TIES, k, tp, mp)
+        assert torch.allclose(kept, want, atol=1e-6), (k, tp, mp, kept, want)
+        accept = torch.minimum(torch.ones_like(q), want / q)
+        residual = (want - q).clamp_min(0)
+        residual = residual / residual.sum()
+        emitted = q * accept + (q * (1 - accept)).sum() * residual
+        assert torch.allclose(emitted, want, atol=1e-12)
+
+
+def test_filtered_outputs_follow_the_filtered_target(device):
+    # Every filter case in one batch (per-request filters), drafts drawn from an unfiltered q
+    # (half the requests) or from q filtered like the target (drafts and q from an engine that
+    # filters its drafter too): the first token follows the filtered target in every case.
+    per_case, V = 6000, 6
+    g = torch.Generator().manual_seed(7)
+    q_raw = torch.tensor([0.05, 0.05, 0.3, 0.3, 0.2, 0.1])
+    cases = FILTER_CASES * 2
+    R = per_case * len(cases)
+    tk = torch.tensor([c[0] for c in cases]).repeat_interleave(per_case)
+    tp = torch.tensor([c[1] for c in cases]).repeat_interleave(per_case)
+    mp = torch.tensor([c[2] for c in cases]).repeat_interleave(per_case)
+    q_rows = []
+    for i, (k, p_, m) in enumerate(cases):
+        q_rows.append(q_raw if i < len(FILTER_CASES) else brute_filter(q_raw, k, p_, m).float())
+    q = torch.stack(q_rows).repeat_interleave(per_case, 0)  # [R, V]
+    drafts = torch.multinomial(q, 1, generator=g).squeeze(1)
+    target = torch.stack([log(P_TIES), log(P_TIES)]).repeat(R, 1)
+    out, acc, _ = dspark_ops.verify_chain(
+        target.to(device), drafts[:, None].to(device), torch.ones(R, dtype=torch.int64, device=device), 1.0,
+        torch.arange(R, device=device), 5, draft_logits=log(q)[:, None].to(device),
+        top_k=tk.to(device), top_p=tp.to(device), min_p=mp.to(device))
+    y = out[:, 0].cpu().view(len(cases), per_case)
+    for i, (k, p_, m) in enumerate(cases):
+        want, counts = brute_filter(P_TIES, k, p_, m).numpy(), np.bincount(y[i].numpy(), minlength=V)
+        if (want > 0).sum() == 1:  # one token left: every draw must be it
+            assert counts[want == 0].sum() == 0, (k, p_, m, counts)
+        else:
+            assert_distribution(counts, want, f"filters {(k, p_, m)}, {'filtered' if i >= len(FILTER_CASES) else 'raw'} q")
+
+
+def test_filters_off_are_bit_identical_and_greedy_ignores_them(device):
+    target, drafts, lengths, temp, seed, offset, dl = to(device, random_case(12, 4, 37, seed=21))
+    R, V = 12, 37
+    base = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl)
+    off = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl,
+                                  top_k=torch.tensor([0, V, -5] * 4, device=device),
+                                  top_p=torch.ones(R, device=device), min_p=torch.zeros(R, device=device))
+    assert all(torch.equal(a, b) for a, b in zip(base, off))
+    tight = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, dl, top_k=1, top_p=0.1, min_p=0.9)
+    greedy = temp <= 1e-5
+    assert all(torch.equal(a[greedy], b[greedy]) for a, b in zip(base, tight))
+
+
+def filter_case(R, seed):
+    g = torch.Generator().manual_seed(seed)
+    tk = torch.randint(-1, 8, (R,), generator=g)
+    tp = torch.where(torch.rand(R, generator=g) < 0.4, torch.ones(R), torch.rand(R, generator=g) * 0.9 + 0.05)
+    mp = torch.where(torch.rand(R, generator=g) < 0.5, torch.zeros(R), torch.rand(R, generator=g) * 0.5)
+    return tk, tp, mp
+
+
+@pytest.mark.parametrize("q_kind", ["logits", "probs", "sparse_logits", "sparse_probs", "none"])
+def test_new_arguments_match_reference(device, q_kind):
+    R, gamma, V, K = 40, 4, 29, 7
+    target, drafts, lengths, temp, seed, offset, dl = random_case(R, gamma, V, seed=31)
+    target[3, :5] = float("nan")
+    target[target > 2.5] = 2.5  # ties at the top
+    tk, tp, mp = filter_case(R, 5)
+    g = torch.Generator().manual_seed(2)
+    kw = {}
+    if q_kind == "logits":
+        kw["draft_logits"] = dl
+    elif q_kind == "probs":
+        kw["draft_probs"] = torch.softmax(dl, -1) * (torch.rand(R, gamma, V, generator=g) > 0.3)
+    elif q_kind.startswith("sparse"):
+        ids = torch.stack([torch.randperm(V, generator=g)[:K] for _ in range(R * gamma)]).view(R, gamma, K)
+        ids[torch.rand(R, gamma, K, generator=g) < 0.2] = -1
+        kw["draft_ids"] = ids
+        vals = torch.randn(R, gamma, K, generator=g)
+        kw["draft_logits" if q_kind == "sparse_logits" else "draft_probs"] = (
+            vals if q_kind == "sparse_logits" else torch.softmax(vals, -1))
+        drafts = torch.where(torch.rand(R, gamma, generator=g) < 0.7, ids[..., 0], drafts)
+    args = (target, drafts, lengths, temp, seed, offset)
+    got = dspark_ops.verify_chain(*to(device, args), top_k=tk.to(device), top_p=tp.to(device), min_p=mp.to(device),
+                                  **{k: v.to(device) for k, v in kw.items()})
+    want = reference.verify_chain(*args, top_k=tk, top_p=tp, min_p=mp, **kw)
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+
+
+def test_draft_probs_keep_zeros_exact(device):
+    # q with exact zeros: drafts from q, verified with draft_probs, follow p; q = 0 stays 0
+    # (a log / softmax round trip would give the -inf entries a tiny mass on some paths).
+    requests = 20000
+    q = torch.tensor([0.0, 0.5, 0.5, 0.0])
+    drafts = torch.multinomial(q, requests, replacement=True, generator=torch.Generator().manual_seed(3))
+    y, acc = first_tokens(device, torch.stack([log(P4), log(P4)]), drafts, requests=requests,
+                          draft_probs=q.expand(requests, 1, 4).contiguous())
+    assert_distribution(np.bincount(y.numpy(), minlength=4), P4.numpy(), "draft_probs with zeros")
+    expected_accept = float(torch.minimum(P4, q).sum())
+    assert_distribution([int(acc.sum()), requests - int(acc.sum())], [expected_accept, 1 - expected_accept],
+                        "acceptance with draft_probs")
+
+
+@pytest.mark.parametrize("q_values", ["logits", "probs"])
+def test_sparse_q_is_lossless(device, q_values):
+    # K = 3 listed ids (plus one -1 padding entry) of V = 6; drafts drawn from that sparse q.
+    requests, V = 20000, 6
+    ids = torch.tensor([4, -1, 1, 2])
+    q_listed = torch.tensor([0.5, 0.0, 0.3, 0.2])
+    q_dense = torch.zeros(V)
+    q_dense[ids[ids >= 0]] = q_listed[ids >= 0]
+    drafts = torch.multinomial(q_dense, requests, replacement=True, generator=torch.Generator().manual_seed(4))
+    kw = {"draft_ids": ids.expand(requests, 1, 4).contiguous()}
+    if q_values == "logits":
+        kw["draft_logits"] = log(q_listed).expand(requests, 1, 4).contiguous()
+    else:
+        kw["draft_probs"] = q_listed.expand(requests, 1, 4).contiguous()
+    y, acc = first_tokens(device, torch.stack([log(P_TIES), log(P_TIES)]), drafts, requests=requests, **kw)
+    assert_distribution(np.bincount(y.numpy(), minlength=V), P_TIES.numpy(), f"sparse q ({q_values})")
+    expected_accept = float(torch.minimum(P_TIES, q_dense).sum())
+    assert_distribution([int(acc.sum()), requests - int(acc.sum())], [expected_accept, 1 - expected_accept],
+                        "acceptance with sparse q")
+
+
+def test_sparse_q_with_every_id_equals_dense(device):
+    # K = V listed in a shuffled order: the same q as the dense row, so the same tokens as
+    # the reference with dense logits (keyed by vocabulary id, not by list position).
+    R, gamma, V = 16, 3, 23
+    target, drafts, lengths, temp, seed, offset, dl = random_case(R, gamma, V, seed=41)
+    perm = torch.stack([torch.randperm(V, generator=torch.Generator().manual_seed(i)) for i in range(R * gamma)])
+    ids = perm.view(R, gamma, V)
+    got = dspark_ops.verify_chain(*to(device, (target, drafts, lengths, temp, seed, offset)),
+                                  draft_logits=dl.gather(-1, ids).to(device), draft_ids=ids.to(device))
+    want = reference.verify_chain(target, drafts, lengths, temp, seed, offset, dl)
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+
+
+@pytest.mark.parametrize("name,value,match", [
+    ("draft_ids", torch.tensor([[[0, 0, 1]]]), "repeat"),
+    ("draft_ids", torch.tensor([[[0, 9, 1]]]), "draft_ids"),
+    ("draft_ids", torch.tensor([[[0, -2, 1]]]), "draft_ids"),
+    ("top_p", torch.tensor([0.0]), "top_p"),
+    ("top_p", torch.tensor([1.5]), "top_p"),
+    ("min_p", torch.tensor([-0.1]), "min_p"),
+    ("min_p", torch.tensor([float("nan")]), "min_p"),
+    ("top_k", torch.tensor([1.0]), "top_k"),
+    ("draft_probs", torch.ones(1, 1, 9, dtype=torch.float64), "draft_probs"),
+])
+def test_bad_new_arguments_on_cpu(name, value, match):
+    kw = {"draft_logits": torch.zeros(1, 1, 3), "draft_ids": torch.tensor([[[0, 1, 2]]])}
+    if name == "draft_probs":
+        kw = {name: value}
+    else:
+        kw[name] = value
+    with pytest.raises(RuntimeError, match=match):
+        dspark_ops.verify_chain(torch.zeros(2, 9), torch.tensor([[1]]), torch.tensor([1]), 1.0, 0, 0, **kw)
+
+
+def test_draft_logits_and_probs_together_is_an_error():
+    with pytest.raises(RuntimeError, match="draft_probs"):
+        dspark_ops.verify_chain(torch.zeros(2, 9), torch.tensor([[1]]), torch.tensor([1]), 1.0, 0, 0,
+                                draft_logits=torch.zeros(1, 1, 9), draft_probs=torch.ones(1, 1, 9) / 9)
+    with pytest.raises(RuntimeError, match="draft_ids"):
+        dspark_ops.verify_chain(torch.zeros(2, 9), torch.tensor([[1]]), torch.tensor([1]), 1.0, 0, 0,
+                                draft_ids=torch.tensor([[[1]]]))
+
+
+def test_python_scalars_and_lists(device):
+    target, drafts, lengths, temp, seed, offset, dl = to(device, random_case(3, 2, 11, seed=51, greedy_every=9))
+    R = 3
+    want = dspark_ops.verify_chain(target, drafts, lengths, torch.full((R,), 0.7, device=device),
+                                   torch.zeros(R, dtype=torch.int64, device=device),
+                                   torch.full((R,), 5, dtype=torch.int64, device=device), dl,
+                                   top_p=torch.tensor([0.9, 1.0, 0.5], device=device),
+                                   top_k=torch.full((R,), 4, device=device))
+    got = dspark_ops.verify_chain(target, drafts, lengths, 0.7, 0, 5, dl, top_p=[0.9, 1.0, 0.5], top_k=4)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+    with pytest.raises(RuntimeError, match="top_p"):
+        dspark_ops.verify_chain(target, drafts, lengths, 0.7, 0, 5, dl, top_p=[0.9, 1.0])  # not [R]
+
+
+def test_new_arguments_opcheck_and_compile(device):
+    R, gamma, V, K = 5, 3, 17, 4
+    target, drafts, lengths, temp, seed, offset, dl = to(device, random_case(R, gamma, V, seed=61))
+    tk, tp, mp = to(device, filter_case(R, 9))
+    ids = torch.stack([torch.randperm(V)[:K] for _ in range(R * gamma)]).view(R, gamma, K).to(device)
+    probs = torch.softmax(dl, -1)
+    op = torch.ops.dspark.verify_chain.default
+    base = (target, drafts, lengths, temp, seed, offset)
+    for extra in [(dl, None, tk, tp, mp), (None, None, tk, None, None, probs), (dl[..., :K], None, None, tp, None,
+                                                                                   None, ids)]:
+        torch.library.opcheck(op, base + extra)
+
+    @torch.compile(fullgraph=True, backend="eager" if device == "cpu" else "inductor")
+    def step(target, drafts, lengths, temp, seed, offset, sparse, ids, tk, tp):
+        out, acc, emit = dspark_ops.verify_chain(target, drafts, lengths, temp, seed, offset, draft_logits=sparse,
+                                                 top_k=tk, top_p=tp, draft_ids=ids)
+        return out, acc + 0, emit * 1
+
+    got = step(*base, dl[..., :K], ids, tk, tp)
+    want = dspark_ops.verify_chain(*base, draft_logits=dl[..., :K], top_k=tk, top_p=tp, draft_ids=ids)
+    assert all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.slow
+def test_filtered_chi_square_at_32000(device):
+    # V = 32000 (bf16 logits), top-k 50 then top-p 0.9: 3000 zero-length rounds (bonus draws)
+    # follow the filtered target.
+    requests, V = 3000, 32000
+    g = torch.Generator().manual_seed(8)
+    row = torch.randn(V, generator=g) * 3
+    target = row.to(torch.bfloat16).expand(requests, V).contiguous()
+    out, _, _ = dspark_ops.verify_chain(target.to(device), torch.zeros(requests, 1, dtype=torch.int64, device=device),
+                                        torch.zeros(requests, dtype=torch.int64, device=device), 1.0,
+                                        torch.arange(requests, device=device), 0, top_k=50, top_p=0.9)
+    p = torch.softmax(row.to(torch.bfloat16).float().double(), 0)
+    want = brute_filter(p, 50, 0.9, 0.0)
+    support = want.nonzero().squeeze(1)
+    counts = np.bincount(out[:, 0].cpu().numpy(), minlength=V)
+    assert counts.sum() == counts[support.numpy()].sum(), "a filtered-out token was emitted"
+    assert_distribution(counts[support.numpy()], want[support].numpy(), "top-k 50 + top-p 0.9 at V = 32000")

@@ -531,3 +531,138 @@ def test_cuda_unchecked_bad_tree_stays_in_bounds():
         torch.cuda.synchronize()
     except RuntimeError as e:  # DSPARK_CHECK=1 in the environment: value checks raise instead
         assert "num_nodes" in str(e) or "parents" in str(e)
+
+
+# ---------------------------------------------------------------------------------------
+# SPEC §9 filters, draft_probs and §10 sparse q (draft_ids)
+
+
+def sparse_of(d_rows, T, K, gen):
+    """A sparse q per row: K listed ids (one entry -1 padding) of the dense logits d_rows,
+    returned as (ids [N, K], listed logits [N, K], the dense q [N, V] they define)."""
+    N, V = d_rows.shape
+    ids = torch.stack([torch.randperm(V, generator=gen)[:K] for _ in range(N)])
+    ids[:, 1] = -1
+    listed = d_rows.gather(1, ids.clamp_min(0))
+    scaled = torch.where(ids >= 0, listed / T, torch.full_like(listed, float("-inf")))
+    q = torch.zeros(N, V).scatter(1, ids.clamp_min(0), torch.softmax(scaled, 1) * (ids >= 0))
+    return ids, listed, q
+
+
+@pytest.mark.parametrize("q_kind", ["logits", "probs", "sparse_logits", "sparse_probs"])
+def test_filtered_recursive_rejection_is_lossless(device, q_kind):
+    # Children i.i.d. from q (given as logits, probabilities, or sparse), target filtered with
+    # top-k 4 / top-p 0.8 / min-p 0.05: the first two tokens follow the filtered target.
+    from helpers import brute_filter
+
+    V, R, T, K = 6, 8000, 0.9, 5
+    g = torch.Generator().manual_seed(17)
+    L0, Lq0 = torch.randn(V, generator=g), torch.randn(V, generator=g) * 1.5
+    L2, Lq2 = torch.randn(V, V, generator=g), torch.randn(V, V, generator=g) * 1.5
+    d_dense = torch.cat([Lq0[None], Lq2])  # q rows: root, then after token a
+    if q_kind.startswith("sparse"):
+        ids, listed, q = sparse_of(d_dense, T, K, g)
+    else:
+        q = torch.softmax(d_dense / T, 1)
+    c1 = torch.multinomial(q[0].expand(R, V), 3, replacement=True, generator=g)
+    c2 = torch.multinomial(q[1:][c1.reshape(-1)], 2, replacement=True, generator=g).reshape(R, 6)
+    tok = torch.cat([torch.full((R, 1), V - 1), c1, c2], 1)
+    par = torch.tensor([-1, 0, 0, 0, 1, 1, 2, 2, 3, 3]).repeat(R, 1)
+    target = torch.cat([L0.expand(R, 1, V), L2[c1], L2[c2]], 1).reshape(R * 10, V)
+    row_of = torch.cat([torch.zeros(R, 1, dtype=torch.long), c1 + 1, torch.zeros(R, 6, dtype=torch.long)], 1)
+    rows = row_of.reshape(-1)  # which q row each node uses (leaves: unused)
+    kw = {}
+    if q_kind == "logits":
+        kw["draft_logits"] = d_dense[rows]
+    elif q_kind == "probs":
+        kw["draft_probs"] = q[rows]
+    else:
+        kw["draft_ids"] = ids[rows]
+        kw["draft_logits" if q_kind == "sparse_logits" else "draft_probs"] = (
+            listed[rows] if q_kind == "sparse_logits" else q[rows].gather(1, ids[rows].clamp_min(0)))
+    filt = (4, 0.8, 0.05)
+    tgt, tok_d, par_d, n_d, seed_d = on(device, target, tok, par, torch.full((R,), 10), torch.arange(R) + 100)
+    out, nodes, acc, emit = dspark_ops.verify_tree(
+        tgt, tok_d, par_d, n_d, T, seed_d, 3,
+        top_k=filt[0], top_p=filt[1], min_p=filt[2], **{k: v.to(device) for k, v in kw.items()})
+    p0 = brute_filter(torch.softmax(L0 / T, 0), *filt)
+    p2 = torch.stack([brute_filter(torch.softmax(L2[a] / T, 0), *filt) for a in range(V)])
+    check_first_two_tokens(out.cpu(), p0, p2)
+    assert (nodes[:, 0].cpu() >= 1).sum() > 100  # children do get accepted
+
+
+@pytest.mark.parametrize("q_kind", ["logits", "probs", "sparse_logits", "sparse_probs", "none"])
+def test_new_arguments_match_reference(device, q_kind):
+    V, K = 29, 6
+    target, tokens, parents, n, temp, seeds, offs, draft = batch_inputs(24, 9, V, seed=13)
+    g = torch.Generator().manual_seed(3)
+    R = 24
+    tk = torch.randint(-1, 8, (R,), generator=g)
+    tp = torch.where(torch.rand(R, generator=g) < 0.4, torch.ones(R), torch.rand(R, generator=g) * 0.9 + 0.05)
+    mp = torch.where(torch.rand(R, generator=g) < 0.5, torch.zeros(R), torch.rand(R, generator=g) * 0.5)
+    kw = {}
+    if q_kind == "logits":
+        kw["draft_logits"] = draft
+    elif q_kind == "probs":
+        kw["draft_probs"] = torch.softmax(draft.float(), 1) * (torch.rand(draft.shape, generator=g) > 0.3)
+    elif q_kind != "none":
+        ids, listed, q = sparse_of(draft.float(), 1.0, K, g)
+        kw["draft_ids"] = ids
+        kw["draft_logits" if q_kind == "sparse_logits" else "draft_probs"] = (
+            listed if q_kind == "sparse_logits" else q.gather(1, ids.clamp_min(0)))
+    args = (target, tokens, parents, n, temp, seeds, offs)
+    want = ref.verify_tree(*args, top_k=tk, top_p=tp, min_p=mp, **kw)
+    if device == "cuda" and "draft_ids" in kw:
+        with pytest.raises(RuntimeError, match="draft_ids"):  # CPU only so far
+            dspark_ops.verify_tree(*on(device, *args), **{k: v.to(device) for k, v in kw.items()})
+        return
+    got = dspark_ops.verify_tree(*on(device, *args), top_k=tk.to(device), top_p=tp.to(device), min_p=mp.to(device),
+                                 **{k: v.to(device) for k, v in kw.items()})
+    for a, b in zip(got, want):
+        assert torch.equal(a.cpu(), b)
+
+
+def test_filters_off_are_bit_identical(device):
+    target, tokens, parents, n, temp, seeds, offs, draft = on(device, *batch_inputs(12, 7, 23, seed=19))
+    base = dspark_ops.verify_tree(target, tokens, parents, n, temp, seeds, offs, draft)
+    off = dspark_ops.verify_tree(target, tokens, parents, n, temp, seeds, offs, draft, top_k=0, top_p=1.0, min_p=0.0)
+    for a, b in zip(base, off):
+        assert torch.equal(a, b)
+
+
+def test_new_arguments_opcheck_and_compile(device):
+    target, tokens, parents, n, temp, seeds, offs, draft = batch_inputs(5, 6, 13, seed=2)
+    base = on(device, target, tokens, parents, n, temp, seeds, offs)
+    tk, tp, mp = on(device, torch.tensor([0, 3, 5, 1, 20]), torch.tensor([1.0, 0.9, 0.5, 0.7, 1.0]),
+                    torch.tensor([0.0, 0.1, 0.0, 0.3, 0.0]))
+    probs = torch.softmax(draft.float(), 1).to(device)
+    op = torch.ops.dspark.verify_tree.default
+    torch.library.opcheck(op, (*base, None, None, tk, tp, mp))
+    torch.library.opcheck(op, (*base, None, None, None, tp, None, probs))
+    if device == "cpu":
+        ids = torch.stack([torch.randperm(13)[:4] for _ in range(int(n.sum()))])
+        torch.library.opcheck(op, (*base, draft[:, :4], None, tk, None, None, None, ids))
+
+    def step(target, tokens, parents, n, temp, seeds, offs, probs, tk, tp):
+        return dspark_ops.verify_tree(target, tokens, parents, n, temp, seeds, offs, draft_probs=probs, top_k=tk,
+                                      top_p=tp)
+
+    compiled = torch.compile(step, fullgraph=True, backend="eager" if device == "cpu" else "inductor")
+    for a, b in zip(compiled(*base, probs, tk, tp), step(*base, probs, tk, tp)):
+        assert torch.equal(a, b)
+
+
+def test_bad_new_arguments_raise():
+    target, tokens, parents, n, temp, seeds, offs, draft = batch_inputs(2, 4, 9, seed=1)
+    N = int(n.sum())
+    base = (target, tokens, parents, n, temp, seeds, offs)
+    with pytest.raises(RuntimeError, match="draft_probs"):
+        dspark_ops.verify_tree(*base, draft, draft_probs=torch.ones(N, 9) / 9)
+    with pytest.raises(RuntimeError, match="repeat"):
+        dspark_ops.verify_tree(*base, draft[:, :2], draft_ids=torch.zeros(N, 2, dtype=torch.long))
+    with pytest.raises(RuntimeError, match="draft_ids"):
+        dspark_ops.verify_tree(*base, draft[:, :2], draft_ids=torch.full((N, 2), 9))
+    with pytest.raises(RuntimeError, match="top_p"):
+        dspark_ops.verify_tree(*base, top_p=[0.5, 0.0])
+    with pytest.raises(RuntimeError, match="min_p"):
+        dspark_ops.verify_tree(*base, min_p=2.0)

@@ -5,6 +5,7 @@
 
 #include <optional>
 
+#include "common/verify_q_args.h"
 #include "dspark/checks.h"
 
 namespace dspark {
@@ -15,14 +16,21 @@ struct VerifyChainSizes {
   int64_t vocab;     // V
   int64_t rows;      // N = Σ (lengths[r] + 1)
   int64_t num_eos;   // E (0 without eos_ids)
+  DraftQ q;          // how q is given (draft_logits / draft_probs, dense or sparse)
+  bool filters;      // any of top_k / top_p / min_p given
 };
 
 // target_logits [N, V]; draft_tokens [R, γ]; lengths, seed, offset [R] int64;
-// temperature [R] float32; draft_logits [R, γ, V] or None; eos_ids [E] or None.
+// temperature [R] float32; draft_logits [R, γ, V] or None; eos_ids [E] or None;
+// top_k [R] int64, top_p / min_p [R] float32 or None; draft_probs [R, γ, V] float32 or None;
+// draft_ids [R, γ, K] int64 or None (then draft_logits / draft_probs are [R, γ, K]).
 inline VerifyChainSizes check_verify_chain_args(
     const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& lengths,
     const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids) {
+    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p, const std::optional<at::Tensor>& draft_probs,
+    const std::optional<at::Tensor>& draft_ids) {
   constexpr const char* op = "dspark::verify_chain";
   check_float_dtype(target_logits, op, "target_logits");
   check_dim(target_logits, op, "target_logits", 2);
@@ -30,22 +38,16 @@ inline VerifyChainSizes check_verify_chain_args(
   check_dtype(draft_tokens, op, "draft_tokens", {at::kLong});
   check_dim(draft_tokens, op, "draft_tokens", 2);
   VerifyChainSizes s{draft_tokens.size(0), draft_tokens.size(1), target_logits.size(1),
-                     target_logits.size(0), 0};
+                     target_logits.size(0), 0, DraftQ{}, false};
   DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
                "must have a vocabulary size in [1, 2^32), got ", s.vocab);
   // Positions 1..γ+1 key the random streams through 16 bits (dspark/philox.h).
   DSPARK_CHECK(s.gamma < 65535, op, "draft_tokens", "must have fewer than 65535 columns (γ), got ", s.gamma);
   check_index_vector(lengths, op, "lengths", s.requests, "R, the rows of draft_tokens", target_logits);
   s.num_eos = check_sampling_args(op, temperature, seed, offset, eos_ids, s.requests, target_logits);
-  if (draft_logits) {
-    const auto& d = *draft_logits;
-    check_device(d, op, "draft_logits", target_logits);
-    check_float_dtype(d, op, "draft_logits");
-    check_dim(d, op, "draft_logits", 3);
-    check_size(d, op, "draft_logits", 0, s.requests, "R");
-    check_size(d, op, "draft_logits", 1, s.gamma, "γ, the columns of draft_tokens");
-    check_size(d, op, "draft_logits", 2, s.vocab, "V, the columns of target_logits");
-  }
+  s.q = check_draft_q(op, draft_logits, draft_probs, draft_ids,
+                      {{s.requests, "R"}, {s.gamma, "γ, the columns of draft_tokens"}}, s.vocab, target_logits);
+  s.filters = check_filter_args(op, top_k, top_p, min_p, s.requests, target_logits);
   if (value_checks_enabled(lengths) && s.requests > 0) {
     const auto l = lengths.cpu();
     const int64_t lo = l.min().item<int64_t>(), hi = l.max().item<int64_t>();

@@ -8,6 +8,7 @@
 
 #include <optional>
 
+#include "common/verify_q_args.h"
 #include "dspark/checks.h"
 
 namespace dspark {
@@ -21,6 +22,8 @@ struct TreeSizes {
   int64_t vocab;     // V (verify_tree only)
   int64_t rows;      // N = Σ num_nodes[r] (verify_tree only)
   int64_t num_eos;   // E (0 without eos_ids)
+  DraftQ q;          // how q is given (verify_tree only)
+  bool filters;      // any of top_k / top_p / min_p given (verify_tree only)
 };
 
 // Value checks of a tree batch on host copies: num_nodes in [0, M], parents[r, 0] = -1 and
@@ -69,7 +72,7 @@ inline TreeSizes check_tree_metadata_args(const at::Tensor& parents, const at::T
                                           const at::Tensor& prefix_lens) {
   constexpr const char* op = "dspark::tree_metadata";
   check_dim(parents, op, "parents", 2);
-  TreeSizes s{parents.size(0), parents.size(1), 0, 0, 0};
+  TreeSizes s{parents.size(0), parents.size(1), 0, 0, 0, DraftQ{}, false};
   check_tree_layout(op, parents, num_nodes, s.requests, -1, "R, the rows of parents", parents);
   check_index_vector(prefix_lens, op, "prefix_lens", s.requests, "R, the rows of parents", parents);
   if (value_checks_enabled(parents) && s.requests > 0) {
@@ -85,31 +88,32 @@ inline TreeSizes check_tree_metadata_args(const at::Tensor& parents, const at::T
 }
 
 // target_logits [N, V]; tree_tokens, parents [R, M] int64; num_nodes, seed, offset [R] int64;
-// temperature [R] float32; draft_logits [N, V] or None; eos_ids [E] or None.
+// temperature [R] float32; draft_logits [N, V] or None; eos_ids [E] or None; top_k [R] int64,
+// top_p / min_p [R] float32 or None; draft_probs [N, V] float32 or None; draft_ids [N, K] int64
+// or None (then draft_logits / draft_probs are [N, K]).
 inline TreeSizes check_verify_tree_args(const at::Tensor& target_logits, const at::Tensor& tree_tokens,
                                         const at::Tensor& parents, const at::Tensor& num_nodes,
                                         const at::Tensor& temperature, const at::Tensor& seed,
                                         const at::Tensor& offset, const std::optional<at::Tensor>& draft_logits,
-                                        const std::optional<at::Tensor>& eos_ids) {
+                                        const std::optional<at::Tensor>& eos_ids,
+                                        const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+                                        const std::optional<at::Tensor>& min_p,
+                                        const std::optional<at::Tensor>& draft_probs,
+                                        const std::optional<at::Tensor>& draft_ids) {
   constexpr const char* op = "dspark::verify_tree";
   check_float_dtype(target_logits, op, "target_logits");
   check_dim(target_logits, op, "target_logits", 2);
   check_device(tree_tokens, op, "tree_tokens", target_logits);
   check_dtype(tree_tokens, op, "tree_tokens", {at::kLong});
   check_dim(tree_tokens, op, "tree_tokens", 2);
-  TreeSizes s{tree_tokens.size(0), tree_tokens.size(1), target_logits.size(1), target_logits.size(0), 0};
+  TreeSizes s{tree_tokens.size(0), tree_tokens.size(1), target_logits.size(1), target_logits.size(0), 0, DraftQ{}, false};
   DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
                "must have a vocabulary size in [1, 2^32), got ", s.vocab);
   check_tree_layout(op, parents, num_nodes, s.requests, s.width, "R, the rows of tree_tokens", target_logits);
   s.num_eos = check_sampling_args(op, temperature, seed, offset, eos_ids, s.requests, target_logits);
-  if (draft_logits) {
-    const auto& d = *draft_logits;
-    check_device(d, op, "draft_logits", target_logits);
-    check_float_dtype(d, op, "draft_logits");
-    check_dim(d, op, "draft_logits", 2);
-    check_size(d, op, "draft_logits", 0, s.rows, "N, the rows of target_logits");
-    check_size(d, op, "draft_logits", 1, s.vocab, "V, the columns of target_logits");
-  }
+  s.q = check_draft_q(op, draft_logits, draft_probs, draft_ids, {{s.rows, "N, the rows of target_logits"}}, s.vocab,
+                      target_logits);
+  s.filters = check_filter_args(op, top_k, top_p, min_p, s.requests, target_logits);
   if (value_checks_enabled(num_nodes)) {
     const int64_t total = s.requests > 0 ? check_tree_values(op, parents, num_nodes) : 0;
     DSPARK_CHECK(total == s.rows, op, "target_logits", "must have Σ num_nodes = ", total,

@@ -1,68 +1,171 @@
-// Vectorised whole-row helpers for the CPU sampling paths. They run ATen's CPU kernels
-// (runtime-dispatched AVX2/AVX-512 exp and log) on one row at a time, which is several times
-// faster than scalar libm calls; called inside at::parallel_for they run single-threaded.
+// One request's view of target and draft rows on the CPU: the target's (filtered) softmax
+// and the draft's q in any of its encodings, in per-thread scratch buffers (no ATen op and no
+// allocation per row once the buffers have grown), plus the Gumbel race that draws a token.
+// Arithmetic matches the CUDA kernels: SoftmaxStats for normalisers, BoundedRace for draws.
 #pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <utility>
+#include <vector>
 
 #include <ATen/ATen.h>
 
-#include <cmath>
-#include <cstdint>
-
 #include "cpu/philox_batch.h"
+#include "cpu/row_ops.h"
+#include "dspark/filters.h"
 #include "dspark/philox.h"
 #include "dspark/sampling.h"
 
 namespace dspark::cpu {
 
-// A row's distribution softmax(row / T) with NaN read as -inf (probability 0), kept as the
-// max and the sum of exp(x - max) like SoftmaxStats: a log-normaliser max + log(sum) would
-// lose log(sum) to rounding once |row / T| is large (at 1e8 the ulp exceeds log V; at
-// low temperatures far smaller logits get there), and every probability with it.
-struct RowDist {
-  at::Tensor scaled;          // [V] float32, row / T
-  float max = -INFINITY;      // max of scaled; -inf for a row without a finite logit
-  float sum = 0.0f;           // Σ exp(scaled - max); NaN when a logit is +inf (no probability
-                              // then, as in SoftmaxStats::prob)
+// Per-thread buffers, reused across rows and requests.
+struct RowScratch {
+  std::vector<float> scaled;                         // [V] the target row's filtered scaled logits
+  std::vector<float> work;                           // filter_threshold's buffer
+  std::vector<std::pair<int64_t, float>> listed;     // [K] a sparse q row as (id, q) by id
+  std::vector<float> uniforms;                       // [V] the open uniforms of one race
+};
 
-  float prob_of(int64_t v) const {
-    const float x = scaled.data_ptr<float>()[v];
-    return (sum > 0.0f && x > -INFINITY) ? std::exp(x - max) / sum : 0.0f;
+// Rows at least this long get their softmax statistics from ATen's vectorised kernels (one
+// max and one exp-sum pass); shorter rows use a scalar loop, whose cost per row is far below
+// an ATen call's overhead.
+constexpr int64_t kVectorisedRow = 2048;
+
+// Softmax statistics of scaled logits s [V] (entries -inf allowed).
+inline SoftmaxStats row_stats(const float* s, int64_t vocab) {
+  SoftmaxStats st;
+  if (vocab >= kVectorisedRow) {
+    const at::Tensor x = at::from_blob(const_cast<float*>(s), {vocab}, at::kFloat);
+    const float m = x.max().item<float>();
+    if (std::isfinite(m)) {
+      st.max = m;
+      st.sum = (x - m).exp_().sum().item<float>();
+      return st;
+    }
   }
-  // [V] probabilities (all 0 for a row without a finite logit).
-  at::Tensor probs() const {
-    if (!(sum > 0.0f)) return at::zeros_like(scaled);
-    return (scaled - max).exp_().div_(sum);
+  for (int64_t v = 0; v < vocab; ++v) st.add(s[v]);
+  return st;
+}
+
+// p = softmax(filter(row / T)): scaled logits (NaN and filtered-out entries -inf) and their
+// softmax statistics. Points into the scratch: valid until the next target_row call.
+struct TargetRow {
+  const float* s;
+  SoftmaxStats stats;
+  float prob(int64_t v) const { return stats.prob(s[v]); }
+  float log_norm() const { return stats.max + logf(stats.sum); }  // log p_v = s_v - log_norm
+};
+
+// target row [V] -> TargetRow.
+template <typename T>
+TargetRow target_row(const T* row, int64_t vocab, float temperature, const RowFilter& filter, RowScratch& sc) {
+  sc.scaled.resize(vocab);
+  float* s = sc.scaled.data();
+  for (int64_t v = 0; v < vocab; ++v) s[v] = scaled_logit(load(row, v), temperature);
+  if (!filter.off()) {
+    const float theta = filter_threshold(s, vocab, filter, sc.work);
+    if (theta > -INFINITY)
+      for (int64_t v = 0; v < vocab; ++v) s[v] = filtered(s[v], theta);
+  }
+  return TargetRow{s, row_stats(s, vocab)};
+}
+
+// One row of q. Dense: `width` = V entries indexed by id. Sparse: `width` = K entries whose
+// ids are listed in `ids` (-1 padding; q = 0 for every id not listed). Entries are logits
+// (q = softmax(entry / T) over the row) or probabilities read as they are. No values: q is
+// one-hot on `token` (drafts chosen deterministically).
+template <typename TD>
+struct DraftRow {
+  const TD* logits = nullptr;    // [width] or nullptr
+  const float* probs = nullptr;  // [width] or nullptr
+  const int64_t* ids = nullptr;  // [width] (sparse) or nullptr (dense)
+  int64_t width = 0, vocab = 0, token = -1;
+  float temperature = 1.0f;
+  SoftmaxStats stats;  // of the scaled logits
+
+  bool listed(int64_t j) const { return ids == nullptr || (ids[j] >= 0 && ids[j] < vocab); }
+  // q of the entry j (not of an id).
+  float entry(int64_t j) const {
+    if (!listed(j)) return 0.0f;
+    return probs ? draft_prob(probs[j]) : stats.prob(scaled_logit(load(logits, j), temperature));
+  }
+  // q(v) for one id: O(1) dense, O(K) sparse.
+  float prob(int64_t v) const {
+    if (!logits && !probs) return v == token ? 1.0f : 0.0f;
+    if (!ids) return entry(v);
+    for (int64_t j = 0; j < width; ++j)
+      if (ids[j] == v) return entry(j);
+    return 0.0f;
   }
 };
 
-template <typename T>
-RowDist row_dist(const T* row, int64_t vocab, float temperature) {
-  const auto dtype = c10::CppTypeToScalarType<T>::value;
-  const at::Tensor view = at::from_blob(const_cast<T*>(row), {vocab}, at::TensorOptions().dtype(dtype));
-  // One pass to a new float32 row (the input is never written), one to map NaN to -inf.
-  at::Tensor x = dtype == at::kFloat ? at::div(view, temperature) : view.to(at::kFloat).div_(temperature);
-  x.nan_to_num_(-INFINITY, INFINITY, -INFINITY);
-  RowDist d;
-  d.scaled = x;
-  d.max = x.max().item<float>();
-  if (d.max > -INFINITY) d.sum = (x - d.max).exp_().sum().item<float>();
-  return d;
+template <typename TD>
+DraftRow<TD> draft_row(const TD* logits, const float* probs, const int64_t* ids, int64_t width, int64_t vocab,
+                       float temperature) {
+  DraftRow<TD> q;
+  q.logits = logits;
+  q.probs = probs;
+  q.ids = ids;
+  q.width = width;
+  q.vocab = vocab;
+  q.temperature = temperature;
+  if (logits)
+    for (int64_t j = 0; j < width; ++j)
+      if (q.listed(j)) q.stats.add(scaled_logit(load(logits, j), temperature));
+  return q;
 }
 
-// [V] Gumbel noise -log(-log(U_v)) of (seed, offset, purpose, position, v), as gumbel_from_bits.
-inline at::Tensor gumbel_row(int64_t vocab, int64_t seed, int64_t offset, Purpose purpose, uint32_t position) {
-  auto u = at::empty({vocab}, at::kFloat);
-  fill_open_uniforms(u.data_ptr<float>(), vocab, seed, offset, purpose, position);
-  return u.log_().neg_().log_().neg_();
+template <typename TD>
+DraftRow<TD> one_hot_row(int64_t token) {
+  DraftRow<TD> q;
+  q.token = token;
+  return q;
 }
 
-// The Gumbel-max race of SPEC §2 over log-weights [V]: highest score, lowest index on ties;
-// -inf and NaN never win. Returns -1 when no candidate has a finite log-weight.
-inline int64_t race_winner(const at::Tensor& log_weight, const at::Tensor& gumbel) {
-  auto score = log_weight + gumbel;
-  score.masked_fill_(score.isnan(), -INFINITY);
-  if (!(score.max().item<float>() > -INFINITY)) return -1;
-  return score.argmax().item<int64_t>();  // the first maximal index
+// Reads q(v) for ascending v in one sweep: dense rows directly, sparse rows through their
+// listed entries sorted by id (O(K log K) once, never a dense [V] q).
+template <typename TD>
+class DraftSweep {
+ public:
+  DraftSweep(const DraftRow<TD>& q, RowScratch& sc) : q_(q), listed_(sc.listed) {
+    if (!q.ids) return;
+    listed_.clear();
+    for (int64_t j = 0; j < q.width; ++j)
+      if (q.listed(j)) listed_.emplace_back(q.ids[j], q.entry(j));
+    std::sort(listed_.begin(), listed_.end());
+  }
+  void restart() { next_ = 0; }
+  float at(int64_t v) {  // v must not decrease between calls (until restart)
+    if (!q_.ids) return q_.prob(v);
+    while (next_ < listed_.size() && listed_[next_].first < v) ++next_;
+    return next_ < listed_.size() && listed_[next_].first == v ? listed_[next_].second : 0.0f;
+  }
+
+ private:
+  const DraftRow<TD>& q_;
+  std::vector<std::pair<int64_t, float>>& listed_;
+  size_t next_ = 0;
+};
+
+// Gumbel noise of an open uniform, as gumbel_from_bits (dspark/sampling.h) of its bits.
+inline float gumbel_from_uniform(float u) { return -logf(-logf(u)); }
+
+// Calls visit(v, u_v) for v in [0, vocab) with the open uniforms of `purpose` at `position`
+// (the vectorised batch Philox of cpu/philox_batch.h); races turn them into Gumbel noise
+// only where an entry can still win (BoundedRace), so most entries cost no logarithm.
+template <typename Visit>
+void for_each_uniform(int64_t vocab, int64_t seed, int64_t offset, Purpose purpose, uint32_t position,
+                      RowScratch& sc, Visit&& visit) {
+  sc.uniforms.resize(vocab);
+  fill_open_uniforms(sc.uniforms.data(), vocab, seed, offset, purpose, position);
+  for (int64_t v = 0; v < vocab; ++v) visit(v, sc.uniforms[v]);
+}
+
+// BoundedRace::add_bits for an open uniform.
+inline void race_add(BoundedRace& race, float log_weight, float u, int64_t v) {
+  if (!race.hopeless(log_weight)) race.add(log_weight, gumbel_from_uniform(u), v);
 }
 
 }  // namespace dspark::cpu

@@ -1,9 +1,10 @@
-// CPU kernels of dspark::tree_metadata and dspark::verify_tree (SPEC §5): requests in
-// parallel, each tree walked from the root. Per visited node the target row is read once
-// (greedy argmax, or the Gumbel race that draws y ~ p_i / the bonus token); with
-// draft_logits, once for the softmax statistics of p_i and q_i, once more per rejected child
-// that is followed by another child, and once for the residual race when every child is
-// rejected (see dspark/tree_sampling.h for the closed form of the residuals).
+// CPU kernels of dspark::tree_metadata and dspark::verify_tree (SPEC §5, §9, §10): requests in
+// parallel, each tree walked from the root. Per visited node the target row is read once:
+// greedy argmax, or (sampling) into per-thread scratch as its scaled, filtered logits and
+// softmax statistics (cpu/row_dist.h); the scratch is then raced for y ~ p_i / the bonus token,
+// or, with a draft q, swept once more per rejected child that is followed by another child and
+// once for the residual race when every child is rejected (dspark/tree_sampling.h gives the
+// closed form of the residuals). A sparse q (draft_ids) is read through its K listed entries.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -14,6 +15,7 @@
 
 #include "common/verify_tree_args.h"
 #include "cpu/dispatch.h"
+#include "cpu/row_dist.h"
 #include "cpu/row_ops.h"
 #include "dspark/eos.h"
 #include "dspark/tree_sampling.h"
@@ -78,24 +80,29 @@ struct TreeRequest {
   int64_t first_row;       // index of this request's node 0 in target_logits
   float temperature;
   int64_t seed, offset;
+  RowFilter filter;
   int64_t* out;        // [M] output tokens, pre-filled with -1
   int64_t* out_nodes;  // [M] accepted node indices, pre-filled with -1
 };
 
-// Calls visit(v, bits_v) for v in [0, vocab) with the raw words of Purpose::kTreeResample at
-// `node` (one Philox call per four ids); the races turn them into Gumbel noise only where an
-// entry can still win (BoundedRace in dspark/tree_sampling.h).
-template <typename Visit>
-void for_each_bits(int64_t vocab, int64_t seed, int64_t offset, int64_t node, Visit&& visit) {
-  for (int64_t base = 0; base < vocab; base += 4) {
-    const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
-                                      static_cast<uint64_t>(base));
-    const int64_t n = vocab - base < 4 ? vocab - base : 4;
-    for (int64_t lane = 0; lane < n; ++lane) visit(base + lane, bits.v[lane]);
-  }
-}
+// The draft side of the batch: node row i's q is row i of [N, W] logits or probabilities,
+// dense (W = V) or sparse with ids [N, W].
+template <typename TD>
+struct TreeDrafts {
+  const TD* logits;    // [N, W] or nullptr
+  const float* probs;  // [N, W] or nullptr
+  const int64_t* ids;  // [N, W] or nullptr
+  int64_t width, vocab;
 
-// The first child of `node` at index >= from whose token is `token` (-1: none).
+  bool given() const { return logits || probs; }
+  DraftRow<TD> row(int64_t row, float temperature) const {
+    const int64_t at = row * width;
+    return draft_row(logits ? logits + at : nullptr, probs ? probs + at : nullptr, ids ? ids + at : nullptr, width,
+                     vocab, temperature);
+  }
+};
+
+// The first child of `node` whose token is `token` (-1: none).
 int64_t child_with_token(const TreeRequest& q, int64_t node, int64_t token) {
   for (int64_t j = node + 1; j < q.nodes; ++j)
     if (q.parents[j] == node && q.tokens[j] == token) return j;
@@ -111,32 +118,27 @@ int64_t next_valid_child(const TreeRequest& q, int64_t node, int64_t from, int64
   return -1;
 }
 
-// Recursive rejection sampling at `node` (which has at least one valid child `first`).
+// Recursive rejection sampling at `node` (which has at least one valid child `first`) with
+// the node's (filtered) target row p and draft row q.
 // Returns (accepted child or -1, emitted token or -1).
-template <typename TT, typename TD>
-std::pair<int64_t, int64_t> recursive_rejection(const TreeRequest& q, int64_t node, int64_t first, const TT* prow,
-                                                const TD* qrow, int64_t vocab) {
-  const float T = q.temperature;
-  SoftmaxStats ps, qs;
-  for (int64_t v = 0; v < vocab; ++v) {
-    ps.add(scaled_logit(load(prow, v), T));
-    qs.add(scaled_logit(load(qrow, v), T));
-  }
-  auto p_at = [&](int64_t v) { return ps.prob(scaled_logit(load(prow, v), T)); };
-  auto q_at = [&](int64_t v) { return qs.prob(scaled_logit(load(qrow, v), T)); };
+template <typename TD>
+std::pair<int64_t, int64_t> recursive_rejection(const TreeRequest& t, int64_t node, int64_t first, const TargetRow& p,
+                                                const DraftRow<TD>& q, int64_t vocab, RowScratch& sc) {
+  DraftSweep<TD> sweep(q, sc);
   float c = 0.0f, D = 1.0f;  // p' = max(0, p - c q) / D (dspark/tree_sampling.h)
   for (int64_t j = first; j >= 0;) {
-    const int64_t x = q.tokens[j];
-    const float px = p_at(x), qx = q_at(x);
-    const float coin = random_uniform(q.seed, q.offset, Purpose::kTreeCoin, static_cast<uint32_t>(node),
+    const int64_t x = t.tokens[j];
+    const float px = p.prob(x), qx = q.prob(x);
+    const float coin = random_uniform(t.seed, t.offset, Purpose::kTreeCoin, static_cast<uint32_t>(node),
                                       static_cast<uint64_t>(j));
     if (coin * qx < tree_residual_prob(px, qx, c, D)) return {j, -1};
     c += D;
-    j = next_valid_child(q, node, j + 1, vocab);
+    j = next_valid_child(t, node, j + 1, vocab);
     if (j < 0) break;
     float mass = 0.0f;
+    sweep.restart();
     for (int64_t v = 0; v < vocab; ++v) {
-      const float r = tree_residual(p_at(v), c, q_at(v));
+      const float r = tree_residual(p.prob(v), c, sweep.at(v));
       if (r > 0.0f) mass += r;
     }
     if (!(mass > 0.0f)) break;  // p' has no mass left: no later child is accepted
@@ -144,54 +146,59 @@ std::pair<int64_t, int64_t> recursive_rejection(const TreeRequest& q, int64_t no
   }
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
   BoundedRace residual, fallback;
-  for_each_bits(vocab, q.seed, q.offset, node, [&](int64_t v, uint32_t bits) {
-    const float xv = scaled_logit(load(prow, v), T);
-    const float r = tree_residual(ps.prob(xv), c, q_at(v));
-    const float lr = r > 0.0f ? logf(r) : -INFINITY;
-    const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
-    if (!use_r && !use_f) return;
-    const float g = gumbel_from_bits(bits);
-    if (use_r) residual.add(lr, g, v);
-    if (use_f) fallback.add(xv, g, v);
-  });
+  sweep.restart();
+  for_each_uniform(vocab, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(node), sc,
+                   [&](int64_t v, float u) {
+                     const float xv = p.s[v];
+                     const float r = tree_residual(p.prob(v), c, sweep.at(v));
+                     const float lr = r > 0.0f ? logf(r) : -INFINITY;
+                     const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
+                     if (!use_r && !use_f) return;
+                     const float g = gumbel_from_uniform(u);
+                     if (use_r) residual.add(lr, g, v);
+                     if (use_f) fallback.add(xv, g, v);
+                   });
   return {-1, residual.race.empty() ? fallback.race.index() : residual.race.index()};
 }
 
-// target, draft: [N, V] (draft may be nullptr). Returns (num_accepted, num_emitted).
+// target: [N, V]. Returns (num_accepted, num_emitted).
 template <typename TT, typename TD>
-std::pair<int64_t, int64_t> verify_one(const TreeRequest& q, const TT* target, const TD* draft, int64_t vocab,
-                                       const int64_t* eos, int64_t num_eos) {
-  if (q.nodes <= 0) return {0, 0};
-  const bool greedy = is_greedy(q.temperature);
-  const float T = q.temperature;
+std::pair<int64_t, int64_t> verify_one(const TreeRequest& t, const TT* target, const TreeDrafts<TD>& drafts,
+                                       int64_t vocab, const int64_t* eos, int64_t num_eos, RowScratch& sc) {
+  if (t.nodes <= 0) return {0, 0};
+  const bool greedy = is_greedy(t.temperature);
+  const float T = t.temperature;
   int64_t node = 0, accepted = 0;
   while (true) {
-    const TT* prow = target + (q.first_row + node) * vocab;
+    const TT* prow = target + (t.first_row + node) * vocab;
     int64_t next = -1, emitted = -1;
-    const int64_t first = draft && !greedy ? next_valid_child(q, node, node + 1, vocab) : -1;
     if (greedy) {
       const int64_t best = row_argmax(prow, vocab);
-      next = child_with_token(q, node, best);
+      next = child_with_token(t, node, best);
       if (next < 0) emitted = best;
-    } else if (first >= 0) {
-      const TD* qrow = draft + (q.first_row + node) * vocab;
-      std::tie(next, emitted) = recursive_rejection(q, node, first, prow, qrow, vocab);
     } else {
-      // y ~ p_node; with draft_logits this node has no valid child and y is the bonus token.
-      BoundedRace race;
-      for_each_bits(vocab, q.seed, q.offset, node,
-                    [&](int64_t v, uint32_t bits) { race.add_bits(scaled_logit(load(prow, v), T), bits, v); });
-      const int64_t y = race.race.index();
-      next = draft ? -1 : child_with_token(q, node, y);
-      if (next < 0) emitted = y;
+      const TargetRow p = target_row(prow, vocab, T, t.filter, sc);
+      const int64_t first = drafts.given() ? next_valid_child(t, node, node + 1, vocab) : -1;
+      if (first >= 0) {
+        const DraftRow<TD> q = drafts.row(t.first_row + node, T);
+        std::tie(next, emitted) = recursive_rejection(t, node, first, p, q, vocab, sc);
+      } else {
+        // y ~ p_node; with a draft q this node has no valid child and y is the bonus token.
+        BoundedRace race;
+        for_each_uniform(vocab, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(node), sc,
+                         [&](int64_t v, float u) { race_add(race, p.s[v], u, v); });
+        const int64_t y = race.race.index();
+        next = drafts.given() ? -1 : child_with_token(t, node, y);
+        if (next < 0) emitted = y;
+      }
     }
     if (next < 0) {
-      q.out[accepted] = emitted;
+      t.out[accepted] = emitted;
       return {accepted, accepted + 1};
     }
-    q.out[accepted] = q.tokens[next];
-    q.out_nodes[accepted++] = next;
-    if (is_eos(q.tokens[next], eos, num_eos)) return {accepted, accepted};
+    t.out[accepted] = t.tokens[next];
+    t.out_nodes[accepted++] = next;
+    if (is_eos(t.tokens[next], eos, num_eos)) return {accepted, accepted};
     node = next;
   }
 }
@@ -199,9 +206,12 @@ std::pair<int64_t, int64_t> verify_one(const TreeRequest& q, const TT* target, c
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
     const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
     const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids) {
-  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed,
-                                             offset, draft_logits, eos_ids);
+    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p, const std::optional<at::Tensor>& draft_probs,
+    const std::optional<at::Tensor>& draft_ids) {
+  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset,
+                                             draft_logits, eos_ids, top_k, top_p, min_p, draft_probs, draft_ids);
   const int64_t R = s.requests, M = s.width;
   const auto opts = tree_tokens.options();
   auto out_tokens = at::full({R, M}, -1, opts);
@@ -212,7 +222,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
 
   const auto target = target_logits.contiguous();
   const auto tokens = tree_tokens.contiguous(), par = parents.contiguous(), cnt = num_nodes.contiguous();
-  const auto draft = draft_logits ? std::optional<at::Tensor>(draft_logits->contiguous()) : std::nullopt;
+  const auto dlogits = contiguous_or_none(draft_logits), dprobs = contiguous_or_none(draft_probs),
+             dids = contiguous_or_none(draft_ids);
+  const auto tk = contiguous_or_none(top_k), tp = contiguous_or_none(top_p), mp = contiguous_or_none(min_p);
   const auto eos = eos_ids ? eos_ids->contiguous() : at::empty({0}, opts);
   const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
 
@@ -223,28 +235,33 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
     first_row[r] = acc;
     acc += np[r];
   }
+  const int64_t* kp = data_or_null<int64_t>(tk);
+  const float *pp = data_or_null<float>(tp), *mpp = data_or_null<float>(mp);
 
   DSPARK_CPU_DISPATCH_FLOAT(target.scalar_type(), "dspark::verify_tree", "target_logits", [&] {
     using TT = scalar_t;
-    const auto draft_type = draft ? draft->scalar_type() : target.scalar_type();
+    const auto draft_type = dlogits ? dlogits->scalar_type() : target.scalar_type();
     DSPARK_CPU_DISPATCH_FLOAT(draft_type, "dspark::verify_tree", "draft_logits", [&] {
       using TD = scalar_t;
-      const TT* tp = target.data_ptr<TT>();
-      const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;
+      const TT* tgt = target.data_ptr<TT>();
+      const TreeDrafts<TD> dr{data_or_null<TD>(dlogits), data_or_null<float>(dprobs), data_or_null<int64_t>(dids),
+                              s.q.width, s.vocab};
       at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+        RowScratch sc;
         for (int64_t r = begin; r < end; ++r) {
-          TreeRequest q{tokens.data_ptr<int64_t>() + r * M,
+          const RowFilter f = make_row_filter(kp ? kp[r] : 0, pp ? pp[r] : 1.0f, mpp ? mpp[r] : 0.0f, s.vocab);
+          TreeRequest t{tokens.data_ptr<int64_t>() + r * M,
                         par.data_ptr<int64_t>() + r * M,
                         np[r],
                         first_row[r],
                         temp.data_ptr<float>()[r],
                         sd.data_ptr<int64_t>()[r],
                         off.data_ptr<int64_t>()[r],
+                        f,
                         out_tokens.data_ptr<int64_t>() + r * M,
                         accepted_nodes.data_ptr<int64_t>() + r * M};
-          auto [acc, emit] = verify_one(q, tp, dp, s.vocab, eos.data_ptr<int64_t>(), s.num_eos);
-          num_accepted.data_ptr<int64_t>()[r] = acc;
-          num_emitted.data_ptr<int64_t>()[r] = emit;
+          std::tie(num_accepted.data_ptr<int64_t>()[r], num_emitted.data_ptr<int64_t>()[r]) =
+              verify_one(t, tgt, dr, s.vocab, eos.data_ptr<int64_t>(), s.num_eos, sc);
         }
       });
     });

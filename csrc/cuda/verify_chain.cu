@@ -1,5 +1,9 @@
-// CUDA pipeline of dspark::verify_chain (SPEC §4), five launches, no host sync:
+// CUDA pipeline of dspark::verify_chain (SPEC §4, §9, §10), five or six launches, no host sync:
 //   1. first_rows: exclusive scan of (ℓ_r + 1), so each request knows where its rows start.
+//   1b. thresholds (only when top_k / top_p / min_p are given): one block per sampling target
+//                  row whose request has a filter on finds its θ sort-free (cuda/filters.cuh);
+//                  every later read of that row sees filtered(s, θ). Rows whose filter is off
+//                  keep θ = -inf, which filters nothing (bit-identical to no filter).
 //   2. row_stats:  every needed row (target rows 0..ℓ_r, draft rows 0..ℓ_r-1 of sampling
 //                  requests) split into chunks of kChunk entries, one block per chunk, all rows
 //                  of the batch at once, so HBM sees the whole batch in parallel. Each block
@@ -15,6 +19,7 @@
 #include <type_traits>
 
 #include "cuda/common.cuh"
+#include "cuda/filters.cuh"
 #include "cuda/verify_chain.h"
 #include "dspark/eos.h"
 
@@ -24,6 +29,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int64_t kChunk = 16384;  // row entries per block in row_stats and resample
 constexpr int kWarpsPerDecideBlock = 4;
+constexpr int kThresholdThreads = 512;
 
 int64_t num_chunks(int64_t vocab) { return (vocab + kChunk - 1) / kChunk; }
 
@@ -38,14 +44,17 @@ struct RowPartial {
   ArgMax argmax;       // of the raw logits
 };
 
-enum Mode : int32_t { kNothingToDraw = 0, kResidual = 1, kBonus = 2 };
+// kFromP draws from p itself: the bonus token, or after a draft id outside [0, V), which was
+// not drawn from q (SPEC §4: the chain ends there as if ℓ were k - 1).
+enum Mode : int32_t { kNothingToDraw = 0, kResidual = 1, kFromP = 2 };
 
 // What the resample pass draws for one request.
 struct Decision {
   SoftmaxStats p, q;   // statistics of the drawing row (q: its draft row, if any)
   int64_t target_row;  // row of target_logits
-  int64_t draft_row;   // row of draft_logits viewed as [R * γ, V]; -1: q one-hot on `rejected`
+  int64_t draft_row;   // row of the draft values viewed as [R * γ, W]; -1: q one-hot on `rejected`
   int64_t rejected;    // the rejected draft token
+  float theta;         // the target row's filter threshold (-inf: none)
   int32_t mode;
   uint32_t position;   // RNG position of the draw
 };
@@ -56,6 +65,7 @@ struct Workspace {
   SoftmaxStats* draft_part;  // [R, γ, chunks]
   Decision* decision;        // [R]
   unsigned long long* keys;  // [R, 2]: residual race, plain race
+  float* theta;              // [R, γ + 1] filter thresholds of the target rows
 };
 
 size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
@@ -73,12 +83,51 @@ Workspace carve(void* base, int64_t requests, int64_t gamma, int64_t vocab) {
   w.decision = reinterpret_cast<Decision*>(p);
   p += align_up(sizeof(Decision) * requests);
   w.keys = reinterpret_cast<unsigned long long*>(p);
+  p += align_up(sizeof(unsigned long long) * requests * 2);
+  w.theta = reinterpret_cast<float*>(p);
   return w;
 }
 
 __device__ __forceinline__ int64_t clamped_length(const int64_t* lengths, int64_t r, int64_t gamma) {
   const int64_t l = lengths[r];
   return l < 0 ? 0 : (l > gamma ? gamma : l);
+}
+
+__device__ __forceinline__ RowFilter request_filter(const VerifyChainParams& p, int64_t r) {
+  return make_row_filter(p.top_k ? p.top_k[r] : 0, p.top_p ? p.top_p[r] : 1.0f, p.min_p ? p.min_p[r] : 0.0f, p.vocab);
+}
+
+// θ of target slot (r, k); -inf without filters.
+__device__ __forceinline__ float slot_theta(const VerifyChainParams& p, const Workspace& w, int64_t slot) {
+  return (p.top_k || p.top_p || p.min_p) ? w.theta[slot] : -INFINITY;
+}
+
+__device__ __forceinline__ bool listed_id(int64_t id, int64_t vocab) { return id >= 0 && id < vocab; }
+
+// q of entry j of a draft row (dense: j is the id) with softmax statistics qs of its logits.
+template <typename TD>
+__device__ __forceinline__ float draft_entry(const VerifyChainParams& p, int64_t draft_row, int64_t j,
+                                             const SoftmaxStats& qs, float T) {
+  const int64_t at = draft_row * p.draft_width + j;
+  if (p.draft_ids && !listed_id(p.draft_ids[at], p.vocab)) return 0.0f;
+  if (p.draft_probs) return draft_prob(p.draft_probs[at]);
+  return qs.prob(scaled_logit(to_float(static_cast<const TD*>(p.draft_logits)[at]), T));
+}
+
+// One block per target slot (r, k): θ of the row when the request samples with a filter on.
+template <typename TT, int VEC>
+__global__ void __launch_bounds__(kThresholdThreads) thresholds_kernel(VerifyChainParams p, Workspace w) {
+  const int64_t slot = blockIdx.x, r = slot / (p.gamma + 1), k = slot % (p.gamma + 1);
+  const int64_t row = w.first_row[r] + k;
+  const float T = p.temperature[r];
+  const RowFilter f = request_filter(p, r);
+  float theta = -INFINITY;
+  if (k <= clamped_length(p.lengths, r, p.gamma) && row < p.rows && !is_greedy(T) && !f.off()) {  // block-uniform
+    __shared__ FilterScratch scratch;
+    const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
+    theta = block_filter_threshold<VEC>(src, p.vocab, T, f, scratch);
+  }
+  if (threadIdx.x == 0) w.theta[slot] = theta;
 }
 
 // One block: exclusive prefix sum of (clamped ℓ_r + 1) over all requests.
@@ -137,19 +186,24 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
     needed = p.draft_logits != nullptr && !is_greedy(temperature) && k < len;
   }
   if (!needed) return;  // uniform across the block
+  const int64_t width = is_target ? p.vocab : p.draft_width;
   const int64_t begin = chunk * kChunk;
-  const int64_t end = begin + kChunk < p.vocab ? begin + kChunk : p.vocab;
+  const int64_t end = begin + kChunk < width ? begin + kChunk : width;
   RowPartial acc;
   if (is_target) {
+    const float theta = slot_theta(p, w, slot);
     const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
     block_for_each<min_vec<TT, VEC>()>(src, begin, end, [&](float logit, int64_t v) {
-      acc.stats.add(scaled_logit(logit, temperature));
+      acc.stats.add(filtered(scaled_logit(logit, temperature), theta));
       acc.argmax.add(logit, v);
     });
-  } else {
-    const TD* src = static_cast<const TD*>(p.draft_logits) + (r * p.gamma + k) * p.vocab;
-    block_for_each<min_vec<TD, VEC>()>(src, begin, end,
-                                       [&](float logit, int64_t) { acc.stats.add(scaled_logit(logit, temperature)); });
+  } else if (begin < end) {
+    const int64_t draft_row = r * p.gamma + k;
+    const TD* src = static_cast<const TD*>(p.draft_logits) + draft_row * p.draft_width;
+    const int64_t* ids = p.draft_ids ? p.draft_ids + draft_row * p.draft_width : nullptr;
+    block_for_each<min_vec<TD, VEC>()>(src, begin, end, [&](float logit, int64_t j) {
+      if (!ids || listed_id(ids[j], p.vocab)) acc.stats.add(scaled_logit(logit, temperature));
+    });
   }
   __shared__ SoftmaxStats scratch_stats[kThreads / kWarpSize];
   __shared__ ArgMax scratch_argmax[kThreads / kWarpSize];
@@ -193,12 +247,13 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
   const int64_t* drafts = p.draft_tokens + r * p.gamma;
   int64_t* out = p.out_tokens + r * (p.gamma + 1);
   const TT* target = static_cast<const TT*>(p.target_logits);
-  const TD* draft = static_cast<const TD*>(p.draft_logits);
+  const bool has_q = p.draft_logits != nullptr || p.draft_probs != nullptr;
 
   Decision d;
   d.mode = kNothingToDraw;
   d.target_row = d.draft_row = d.rejected = -1;
   d.position = 0;
+  d.theta = -INFINITY;
   int64_t accepted = 0, emitted = -1;
   bool finished = false;  // a rejection, an accepted EOS, or a missing row ended the walk
   for (int64_t k = 1; k <= len && !finished; ++k) {
@@ -218,12 +273,35 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
         break;
       }
     } else {
-      const int64_t draft_row = draft ? r * p.gamma + k - 1 : -1;
-      const SoftmaxStats qs = draft ? warp_stats(w.draft_part + draft_row * chunks, chunks) : SoftmaxStats{};
-      const float p_x = valid ? t.stats.prob(scaled_logit(to_float(target[row * p.vocab + x]), T)) : 0.0f;
-      const float q_x = !valid ? 1.0f
-                        : draft ? qs.prob(scaled_logit(to_float(draft[draft_row * p.vocab + x]), T))
-                                : 1.0f;
+      const float theta = slot_theta(p, w, r * (p.gamma + 1) + k - 1);
+      if (!valid) {  // not drawn from q_k: draw from p_k itself, as if ℓ were k - 1
+        d.p = t.stats;
+        d.target_row = row;
+        d.theta = theta;
+        d.mode = kFromP;
+        d.position = static_cast<uint32_t>(k);
+        finished = true;
+        break;
+      }
+      const int64_t draft_row = has_q ? r * p.gamma + k - 1 : -1;
+      const SoftmaxStats qs =
+          p.draft_logits ? warp_stats(w.draft_part + draft_row * chunks, chunks) : SoftmaxStats{};
+      const float p_x = t.stats.prob(filtered(scaled_logit(to_float(target[row * p.vocab + x]), T), theta));
+      float q_x = 1.0f;
+      if (has_q) {
+        // Dense: entry x. Sparse: the first entry listing x (0 if none), found by the warp.
+        int64_t j = x;
+        if (p.draft_ids) {
+          j = -1;
+          const int64_t* ids = p.draft_ids + draft_row * p.draft_width;
+          for (int64_t base = 0; base < p.draft_width && j < 0; base += kWarpSize) {
+            const int64_t e = base + threadIdx.x % kWarpSize;
+            const unsigned hit = __ballot_sync(0xFFFFFFFFu, e < p.draft_width && ids[e] == x);
+            if (hit) j = base + __ffs(hit) - 1;
+          }
+        }
+        q_x = j >= 0 ? draft_entry<TD>(p, draft_row, j, qs, T) : 0.0f;
+      }
       const float coin = random_uniform(p.seed[r], p.offset[r], Purpose::kChainCoin, static_cast<uint32_t>(k), 0);
       if (!(coin * q_x < p_x)) {
         d.p = t.stats;
@@ -231,6 +309,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
         d.target_row = row;
         d.draft_row = draft_row;
         d.rejected = x;
+        d.theta = theta;
         d.mode = kResidual;
         d.position = static_cast<uint32_t>(k);
         finished = true;
@@ -248,7 +327,8 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
     } else {
       d.p = t.stats;
       d.target_row = first + len;
-      d.mode = kBonus;
+      d.theta = slot_theta(p, w, r * (p.gamma + 1) + len);
+      d.mode = kFromP;
       d.position = static_cast<uint32_t>(len + 1);
     }
   }
@@ -269,9 +349,24 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
   const float T = p.temperature[r];
   const int64_t seed = p.seed[r], offset = p.offset[r];
   const TT* prow = static_cast<const TT*>(p.target_logits) + d.target_row * p.vocab;
-  const TD* qrow = d.draft_row >= 0 ? static_cast<const TD*>(p.draft_logits) + d.draft_row * p.vocab : nullptr;
+  const bool dense_q = d.draft_row >= 0 && !p.draft_ids;
   const int64_t begin = chunk * kChunk;
   const int64_t end = begin + kChunk < p.vocab ? begin + kChunk : p.vocab;
+  // A sparse q is zero off its K listed ids: the chunk's listed ids are marked in a shared
+  // bitmap (O(K) reads), entries not marked race with their residual weight p_v, and the
+  // listed entries race separately below with max(0, p_v - q_v). No dense q is formed.
+  __shared__ uint32_t listed[kChunk / 32];
+  const bool sparse_q = d.mode == kResidual && d.draft_row >= 0 && p.draft_ids;
+  const int64_t* ids = sparse_q ? p.draft_ids + d.draft_row * p.draft_width : nullptr;
+  if (sparse_q) {
+    for (int i = threadIdx.x; i < kChunk / 32; i += blockDim.x) listed[i] = 0;
+    __syncthreads();
+    for (int64_t j = threadIdx.x; j < p.draft_width; j += blockDim.x) {
+      const int64_t v = ids[j];
+      if (v >= begin && v < end) atomicOr(&listed[(v - begin) / 32], 1u << ((v - begin) % 32));
+    }
+    __syncthreads();
+  }
   // Each thread takes groups of four entries, which share one Philox call (chunks start at
   // multiples of 4). Bounded races skip the noise, and for the residual the exps and the log,
   // of entries that cannot win (log p_v bounds log(p_v - q_v)); the winner is unchanged.
@@ -283,13 +378,31 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
     for (int j = 0; j < 4; ++j) {
       const int64_t v = group + j;
       if (v >= end) break;
-      const float xv = scaled_logit(to_float(prow[v]), T);
+      const float xv = filtered(scaled_logit(to_float(prow[v]), T), d.theta);
       plain.add_bits(xv, bits.v[j], v);
       if (d.mode == kResidual && !residual.hopeless(xv - p_log_norm)) {
+        float qv;
+        if (sparse_q) {
+          if ((listed[(v - begin) / 32] >> ((v - begin) % 32)) & 1u) continue;  // raced below
+          qv = 0.0f;
+        } else if (dense_q) {
+          qv = draft_entry<TD>(p, d.draft_row, v, d.q, T);
+        } else {
+          qv = v == d.rejected ? 1.0f : 0.0f;
+        }
         const float pv = d.p.prob(xv);
-        const float qv = qrow ? d.q.prob(scaled_logit(to_float(qrow[v]), T)) : (v == d.rejected ? 1.0f : 0.0f);
         residual.add_bits(pv > qv ? logf(pv - qv) : -INFINITY, bits.v[j], v);
       }
+    }
+  }
+  if (sparse_q) {
+    for (int64_t j = threadIdx.x; j < p.draft_width; j += blockDim.x) {
+      const int64_t v = ids[j];
+      if (v < begin || v >= end) continue;
+      const float pv = d.p.prob(filtered(scaled_logit(to_float(prow[v]), T), d.theta));
+      const float qv = draft_entry<TD>(p, d.draft_row, j, d.q, T);
+      const uint32_t b = random_bits(seed, offset, Purpose::kChainResample, d.position, static_cast<uint64_t>(v));
+      residual.add_bits(pv > qv ? logf(pv - qv) : -INFINITY, b, v);
     }
   }
   __shared__ uint64_t scratch[kThreads / kWarpSize];
@@ -319,7 +432,7 @@ size_t verify_chain_workspace_bytes(int64_t requests, int64_t gamma, int64_t voc
   const int64_t chunks = num_chunks(vocab);
   return align_up(sizeof(int64_t) * requests) + align_up(sizeof(RowPartial) * requests * (gamma + 1) * chunks) +
          align_up(sizeof(SoftmaxStats) * requests * gamma * chunks) + align_up(sizeof(Decision) * requests) +
-         align_up(sizeof(unsigned long long) * requests * 2);
+         align_up(sizeof(unsigned long long) * requests * 2) + align_up(sizeof(float) * requests * (gamma + 1));
 }
 
 cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cudaStream_t stream) {
@@ -333,11 +446,17 @@ cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cud
   if (slots * chunks > 0x7FFFFFFF) return cudaErrorInvalidValue;
   first_rows_kernel<<<1, 1024, 0, stream>>>(p.lengths, p.requests, p.gamma, w.first_row);
   DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
+    const int vt = vec_size<TT>(p.target_logits, p.vocab);
+    if (p.top_k || p.top_p || p.min_p) {
+      dispatch_vec_size<TT>(vt, [&](auto v) {
+        thresholds_kernel<TT, decltype(v)::value>
+            <<<static_cast<unsigned>(p.requests * (p.gamma + 1)), kThresholdThreads, 0, stream>>>(p, w);
+      });
+    }
     DSPARK_DISPATCH_FLOAT(p.draft_dtype, TD, [&] {
       // One width for the target and draft rows (chunks start at multiples of kChunk, so every
       // chunk of a row starts aligned); the narrower element type sets the dispatch range.
-      const int vt = vec_size<TT>(p.target_logits, p.vocab);
-      const int vec = p.draft_logits ? std::min(vt, vec_size<TD>(p.draft_logits, p.vocab)) : vt;
+      const int vec = p.draft_logits ? std::min(vt, vec_size<TD>(p.draft_logits, p.draft_width)) : vt;
       using Narrow = std::conditional_t<(sizeof(TT) < sizeof(TD)), TT, TD>;
       dispatch_vec_size<Narrow>(vec, [&](auto v) {
         row_stats_kernel<TT, TD, decltype(v)::value>

@@ -12,7 +12,13 @@ namespace dspark::cuda {
 
 struct VerifyChainParams {
   const void* target_logits;  // [N, V], dtype target_dtype
-  const void* draft_logits;   // [R, γ, V], dtype draft_dtype, or nullptr (one-hot q)
+  const void* draft_logits;   // [R, γ, W], dtype draft_dtype, or nullptr
+  const float* draft_probs;   // [R, γ, W] q as given, or nullptr (neither: one-hot q)
+  const int64_t* draft_ids;   // [R, γ, W] sparse q's ids (-1 padding), or nullptr (dense: W = V)
+  int64_t draft_width;        // W
+  const int64_t* top_k;       // [R] or nullptr (SPEC §9 filters of the target rows)
+  const float* top_p;         // [R] or nullptr
+  const float* min_p;         // [R] or nullptr
   const int64_t* draft_tokens;  // [R, γ]
   const int64_t* lengths;       // [R]
   const float* temperature;     // [R]

@@ -18,9 +18,13 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
     const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& lengths,
     const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids) {
-  const VerifyChainSizes s = check_verify_chain_args(target_logits, draft_tokens, lengths, temperature,
-                                                     seed, offset, draft_logits, eos_ids);
+    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p, const std::optional<at::Tensor>& draft_probs,
+    const std::optional<at::Tensor>& draft_ids) {
+  const VerifyChainSizes s = check_verify_chain_args(target_logits, draft_tokens, lengths, temperature, seed, offset,
+                                                     draft_logits, eos_ids, top_k, top_p, min_p, draft_probs,
+                                                     draft_ids);
   const c10::cuda::CUDAGuard guard(target_logits.device());
   const auto opts = draft_tokens.options();
   auto out_tokens = at::full({s.requests, s.gamma + 1}, -1, opts);
@@ -30,7 +34,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
 
   const auto target = target_logits.contiguous();
   const auto drafts = draft_tokens.contiguous();
-  const auto draft = draft_logits ? std::optional<at::Tensor>(draft_logits->contiguous()) : std::nullopt;
+  const auto draft = contiguous_or_none(draft_logits), probs = contiguous_or_none(draft_probs);
+  const auto ids = contiguous_or_none(draft_ids);
+  const auto tk = contiguous_or_none(top_k), tp = contiguous_or_none(top_p), mp = contiguous_or_none(min_p);
   const auto eos = eos_ids ? std::optional<at::Tensor>(eos_ids->contiguous()) : std::nullopt;
   const auto len = lengths.contiguous(), temp = temperature.contiguous();
   const auto sd = seed.contiguous(), off = offset.contiguous();
@@ -40,6 +46,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
   VerifyChainParams p{};
   p.target_logits = target.data_ptr();
   p.draft_logits = draft ? draft->data_ptr() : nullptr;
+  p.draft_probs = data_or_null<float>(probs);
+  p.draft_ids = data_or_null<int64_t>(ids);
+  p.draft_width = s.q.width;
+  p.top_k = data_or_null<int64_t>(tk);
+  p.top_p = data_or_null<float>(tp);
+  p.min_p = data_or_null<float>(mp);
   p.draft_tokens = drafts.data_ptr<int64_t>();
   p.lengths = len.data_ptr<int64_t>();
   p.temperature = temp.data_ptr<float>();

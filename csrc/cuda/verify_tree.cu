@@ -30,6 +30,7 @@
 // a node whose parent is not in [0, i) is never visited (children are found by scanning
 // j > i for parents[j] == i), and every row offset is int64.
 #include "cuda/common.cuh"
+#include "cuda/filters.cuh"
 #include "cuda/verify_tree.h"
 #include "dspark/eos.h"
 #include "dspark/tree_sampling.h"
@@ -91,6 +92,7 @@ struct Scratch {
   float sums[kThreads / kWarpSize];
   long long isums[kThreads / kWarpSize];
   SoftmaxStats bcast_stats[2];
+  FilterScratch filter;
 };
 
 __device__ __forceinline__ SoftmaxStats block_stats(SoftmaxStats s, Scratch& sh, int slot) {
@@ -203,45 +205,50 @@ __device__ int64_t row_argmax(const TT* __restrict__ row, int64_t vocab, Scratch
   return block_merge(a, sh.argmax).result();  // exact total order: every thread agrees
 }
 
-// Gumbel race over row / T (noise: kTreeResample at `node`): a sample of softmax(row / T).
+// Gumbel race over filtered(row / T, θ) (noise: kTreeResample at `node`): a sample of p.
 template <typename TT>
-__device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, int64_t seed, int64_t offset,
-                            uint32_t node, Scratch& sh) {
+__device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, float theta, int64_t seed,
+                            int64_t offset, uint32_t node, Scratch& sh) {
   BoundedRace race;  // per-thread winner; entries that cannot beat it skip their noise's logs
   for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float(&x)[4], int n) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(4 * g));
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-      if (k < n) race.add_bits(scaled_logit(x[k], T), bits.v[k], 4 * g + k);
+      if (k < n) race.add_bits(filtered(scaled_logit(x[k], T), theta), bits.v[k], 4 * g + k);
   });
   return race_index(block_max_u64(race.race.best, sh.keys));
 }
 
-// Recursive rejection sampling at `node`, whose first valid child is `first`; all threads
-// call it and get the same (accepted child or -1, emitted token or -1).
+// Recursive rejection sampling at `node`, whose first valid child is `first`, with the target
+// row filtered at θ and the draft row holding logits (q = softmax(row / T)) or, with `probs`,
+// q itself (TD = float); all threads call it and get the same (accepted child or -1, emitted
+// token or -1).
 template <typename TT, typename TD>
-__device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __restrict__ qrow, int64_t vocab,
-                                    float T, int64_t seed, int64_t offset, const int64_t* tok, const int64_t* par,
-                                    int64_t n, int64_t node, int64_t first, Scratch& sh, int64_t* next,
-                                    int64_t* emitted) {
+__device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __restrict__ qrow, bool probs,
+                                    int64_t vocab, float T, float theta, int64_t seed, int64_t offset,
+                                    const int64_t* tok, const int64_t* par, int64_t n, int64_t node, int64_t first,
+                                    Scratch& sh, int64_t* next, int64_t* emitted) {
   const RowReader<TT> P(prow, vocab);
   const RowReader<TD> Q(qrow, vocab);
-  // Entries past V in the last group read as -inf: probability 0 in every pass below.
+  // Entries past V in the last group read as -inf: probability 0 in every pass below (a
+  // probability row's padding is never used: those entries have p = 0 and race as -inf).
   SoftmaxStats ps, qs;
   for_groups2<2>(P, Q, [&](int64_t, const float(&x)[4], const float(&y)[4], int) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      ps.add(scaled_logit(x[k], T));
-      qs.add(scaled_logit(y[k], T));
+      ps.add(filtered(scaled_logit(x[k], T), theta));
+      if (!probs) qs.add(scaled_logit(y[k], T));
     }
   });
   ps = block_stats(ps, sh, 0);
   qs = block_stats(qs, sh, 1);
+  auto p_of = [&](float x) { return ps.prob(filtered(scaled_logit(x, T), theta)); };
+  auto q_of = [&](float y) { return probs ? draft_prob(y) : qs.prob(scaled_logit(y, T)); };
   float c = 0.0f, D = 1.0f;  // p' = max(0, p - c q) / D
   for (int64_t j = first; j >= 0;) {
     const int64_t x = tok[j];
-    const float px = ps.prob(scaled_logit(to_float(prow[x]), T));
-    const float qx = qs.prob(scaled_logit(to_float(qrow[x]), T));
+    const float px = p_of(to_float(prow[x]));
+    const float qx = q_of(to_float(qrow[x]));
     const float coin = random_uniform(seed, offset, Purpose::kTreeCoin, static_cast<uint32_t>(node),
                                       static_cast<uint64_t>(j));
     if (coin * qx < tree_residual_prob(px, qx, c, D)) {
@@ -253,10 +260,10 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
     j = next_valid_child(tok, par, n, node, j + 1, vocab);
     if (j < 0) break;
     float mass = 0.0f;
-    for_groups2<2>(P, Q, [&](int64_t, const float(&xp)[4], const float(&xq)[4], int) {
+    for_groups2<2>(P, Q, [&](int64_t, const float(&xp)[4], const float(&xq)[4], int cnt) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
-        const float r = tree_residual(ps.prob(scaled_logit(xp[k], T)), c, qs.prob(scaled_logit(xq[k], T)));
+        const float r = k < cnt ? tree_residual(p_of(xp[k]), c, q_of(xq[k])) : 0.0f;
         if (r > 0.0f) mass += r;
       }
     });
@@ -272,8 +279,8 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       if (k >= cnt) break;
-      const float xv = scaled_logit(xp[k], T);
-      const float r = tree_residual(ps.prob(xv), c, qs.prob(scaled_logit(xq[k], T)));
+      const float xv = filtered(scaled_logit(xp[k], T), theta);
+      const float r = tree_residual(ps.prob(xv), c, q_of(xq[k]));
       const float lr = r > 0.0f ? logf(r) : -INFINITY;
       const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
       if (use_r || use_f) {
@@ -292,7 +299,7 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
 template <typename TT, typename TD>
 struct TreeKernelArgs {
   const TT* target;
-  const TD* draft;
+  const TD* draft;  // logits, or nullptr
   VerifyTreeParams p;
 };
 
@@ -328,24 +335,37 @@ __global__ void __launch_bounds__(kThreads) verify_tree_kernel(const TreeKernelA
   const float T = p.temperature[r];
   const bool greedy = is_greedy(T);
   const int64_t seed = p.seed[r], offset = p.offset[r];
+  const RowFilter filter = make_row_filter(p.top_k ? p.top_k[r] : 0, p.top_p ? p.top_p[r] : 1.0f,
+                                           p.min_p ? p.min_p[r] : 0.0f, V);
+  const bool has_q = a.draft != nullptr || p.draft_probs != nullptr;
   int64_t node = 0, accepted = 0, emitted = -1;
   bool stop = n == 0;
   while (!stop) {
     const TT* prow = a.target + (first_row + node) * V;
     int64_t next = -1;
     emitted = -1;
-    const int64_t first = a.draft != nullptr && !greedy ? next_valid_child(tok, par, n, node, node + 1, V) : -1;
+    const int64_t first = has_q && !greedy ? next_valid_child(tok, par, n, node, node + 1, V) : -1;
     if (greedy) {
       const int64_t best = row_argmax(prow, V, sh);
       next = child_with_token(tok, par, n, node, best);
       if (next < 0) emitted = best;
-    } else if (first >= 0) {
-      const TD* qrow = a.draft + (first_row + node) * V;
-      recursive_rejection(prow, qrow, V, T, seed, offset, tok, par, n, node, first, sh, &next, &emitted);
     } else {
-      const int64_t y = row_race(prow, V, T, seed, offset, static_cast<uint32_t>(node), sh);
-      next = a.draft != nullptr ? -1 : child_with_token(tok, par, n, node, y);
-      if (next < 0) emitted = y;
+      // Scalar loads: the tree kernel has no host-chosen width (its RowReader vectorises per row).
+      const float theta = block_filter_threshold<1>(prow, V, T, filter, sh.filter);
+      if (first >= 0) {
+        const int64_t qrow = (first_row + node) * V;
+        if (p.draft_probs) {
+          recursive_rejection(prow, p.draft_probs + qrow, true, V, T, theta, seed, offset, tok, par, n, node, first,
+                              sh, &next, &emitted);
+        } else {
+          recursive_rejection(prow, a.draft + qrow, false, V, T, theta, seed, offset, tok, par, n, node, first, sh,
+                              &next, &emitted);
+        }
+      } else {
+        const int64_t y = row_race(prow, V, T, theta, seed, offset, static_cast<uint32_t>(node), sh);
+        next = has_q ? -1 : child_with_token(tok, par, n, node, y);
+        if (next < 0) emitted = y;
+      }
     }
     if (next < 0) {
       if (threadIdx.x == 0) out[accepted] = emitted;

@@ -18,8 +18,12 @@ cudaError_t launch_tree_metadata(const int64_t* parents, const int64_t* num_node
 struct VerifyTreeParams {
   const void* target;  // [rows, vocab] of target_dtype
   DType target_dtype;
-  const void* draft;  // [rows, vocab] of draft_dtype, or nullptr
+  const void* draft;  // [rows, vocab] of draft_dtype (logits), or nullptr
   DType draft_dtype;
+  const float* draft_probs;  // [rows, vocab] q as given, or nullptr (neither: deterministic children)
+  const int64_t* top_k;      // [R] or nullptr (SPEC §9 filters of the target rows)
+  const float* top_p;        // [R] or nullptr
+  const float* min_p;        // [R] or nullptr
   int64_t rows, vocab;
   const int64_t* tokens;     // [R, M]
   const int64_t* parents;    // [R, M]

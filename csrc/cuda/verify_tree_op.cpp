@@ -35,9 +35,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_metadata(const at::Tensor& p
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
     const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
     const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids) {
-  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed,
-                                             offset, draft_logits, eos_ids);
+    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p, const std::optional<at::Tensor>& draft_probs,
+    const std::optional<at::Tensor>& draft_ids) {
+  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset,
+                                             draft_logits, eos_ids, top_k, top_p, min_p, draft_probs, draft_ids);
+  TORCH_CHECK(!draft_ids, "dspark::verify_tree: argument 'draft_ids' (sparse q) is implemented on CPU only so far; ",
+              "on CUDA pass a dense draft_logits / draft_probs row");
   const c10::cuda::CUDAGuard guard(target_logits.device());
   const auto opts = tree_tokens.options();
   // Every element is written by the kernel (it fills its own rows with -1 first).
@@ -50,6 +55,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
   const auto target = target_logits.contiguous();
   const auto tokens = tree_tokens.contiguous(), par = parents.contiguous(), cnt = num_nodes.contiguous();
   const at::Tensor draft = draft_logits ? draft_logits->contiguous() : at::Tensor();
+  const auto probs = contiguous_or_none(draft_probs);
+  const auto tk = contiguous_or_none(top_k), tp = contiguous_or_none(top_p), mp = contiguous_or_none(min_p);
   const auto eos = eos_ids ? eos_ids->contiguous() : at::empty({0}, opts);
   const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
 
@@ -58,6 +65,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
   p.target_dtype = to_dtype(target, "dspark::verify_tree", "target_logits");
   p.draft = draft.defined() ? draft.data_ptr() : nullptr;
   p.draft_dtype = draft.defined() ? to_dtype(draft, "dspark::verify_tree", "draft_logits") : p.target_dtype;
+  p.draft_probs = data_or_null<float>(probs);
+  p.top_k = data_or_null<int64_t>(tk);
+  p.top_p = data_or_null<float>(tp);
+  p.min_p = data_or_null<float>(mp);
   p.rows = s.rows;
   p.vocab = s.vocab;
   p.tokens = tokens.data_ptr<int64_t>();

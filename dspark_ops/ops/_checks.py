@@ -101,6 +101,32 @@ class ArgChecks:
         if eos_ids is not None:
             self.tensor(eos_ids, "eos_ids", (torch.int64,), [None])
 
+    def filters(self, top_k, top_p, min_p, requests) -> None:
+        """The SPEC §9 filters (``check_filter_args``): each None or a per-request vector."""
+        if top_k is not None:
+            self.index_vector(top_k, "top_k", requests, "R")
+        for t, name in ((top_p, "top_p"), (min_p, "min_p")):
+            if t is not None:
+                self.float_vector(t, name, requests, "R")
+
+    def draft_q(self, draft_logits, draft_probs, draft_ids, leading: Sequence, vocab) -> None:
+        """The draft distribution (``check_draft_q``): dense logits or probabilities, or K
+        listed entries with ``draft_ids``; ``leading`` is the shape before the last axis."""
+        self.check(draft_logits is None or draft_probs is None, "draft_probs",
+                   "must be None when draft_logits is given (q comes from one of them)")
+        values, name = (draft_logits, "draft_logits") if draft_probs is None else (draft_probs, "draft_probs")
+        width = (vocab, "V, the columns of target_logits")
+        if draft_ids is not None:
+            self.check(values is not None, "draft_ids", "needs draft_logits or draft_probs (the K listed entries)")
+            self.tensor(draft_ids, "draft_ids", (torch.int64,), list(leading) + [None])
+            entries = draft_ids.size(-1)
+            self.check(entries >= 1 and entries <= vocab, "draft_ids",
+                       lambda: f"must list between 1 and V={vocab} ids per row, got shape {tuple(draft_ids.shape)}")
+            width = (entries, "K, the columns of draft_ids")
+        if values is not None:
+            dtypes = FLOAT_DTYPES if draft_probs is None else (torch.float32,)
+            self.tensor(values, name, dtypes, list(leading) + [width])
+
     def no_internal_overlap(self, t: torch.Tensor, arg: str) -> None:
         """A tensor written in place has no two elements at one address (``at::has_internal_overlap``
         says Yes exactly when a dimension of size > 1 has stride 0, e.g. an ``expand()``ed view)."""

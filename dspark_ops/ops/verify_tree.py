@@ -8,6 +8,7 @@ import torch
 
 from ._checks import FLOAT_DTYPES, ArgChecks
 from ._documented import documented
+from .arguments import PerRequest, request_args
 
 
 @documented
@@ -46,11 +47,16 @@ def verify_tree(
     tree_tokens: torch.Tensor,
     parents: torch.Tensor,
     num_nodes: torch.Tensor,
-    temperature: torch.Tensor,
-    seed: torch.Tensor,
-    offset: torch.Tensor,
+    temperature: PerRequest,
+    seed: PerRequest,
+    offset: PerRequest,
     draft_logits: Optional[torch.Tensor] = None,
     eos_ids: Optional[torch.Tensor] = None,
+    top_k: Optional[PerRequest] = None,
+    top_p: Optional[PerRequest] = None,
+    min_p: Optional[PerRequest] = None,
+    draft_probs: Optional[torch.Tensor] = None,
+    draft_ids: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Verify each request's draft tree against the target; the output is exactly the target's.
 
@@ -68,8 +74,16 @@ def verify_tree(
         draft_logits: ``[N, V]`` (any float dtype) or None. The row of node i gives
             ``q_i = softmax(row / T)``, the distribution node i's children were drawn from,
             independently and with replacement. None: children were chosen deterministically
-            (e.g. top-k).
+            (e.g. top-k). They must describe the distribution the children were really drawn
+            from, after any filtering; probabilities passed here are silently wrong.
         eos_ids: ``[E]`` int64 stop tokens: an accepted EOS ends the request's output.
+        top_k, top_p, min_p: ``[R]`` engine filters (SPEC §9) on the **target** rows, exactly as
+            in ``verify_chain``: ``p_i`` is the filtered target distribution everywhere.
+        draft_probs: ``[N, V]`` float32 q read as it is (alternative to ``draft_logits``).
+        draft_ids: ``[N, K]`` int64: sparse q as in ``verify_chain`` (``draft_logits`` /
+            ``draft_probs`` then ``[N, K]``).
+
+    Per-request arguments may be Python scalars or lists, as in ``verify_chain``.
 
     Walk from the root; at node i with children c_1..c_m in index order:
 
@@ -99,8 +113,13 @@ def verify_tree(
     ``DSPARK_CHECK=1``; otherwise nodes with a bad parent are unreachable, counts are clamped
     to ``[0, M]``, nodes whose rows lie past N are absent, and nothing is read out of bounds.
     """
+    a = request_args(
+        tree_tokens.shape[0], target_logits.device,
+        temperature=temperature, seed=seed, offset=offset, top_k=top_k, top_p=top_p, min_p=min_p,
+    )
     return torch.ops.dspark.verify_tree(
-        target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset, draft_logits, eos_ids
+        target_logits, tree_tokens, parents, num_nodes, a["temperature"], a["seed"], a["offset"], draft_logits,
+        eos_ids, a["top_k"], a["top_p"], a["min_p"], draft_probs, draft_ids,
     )
 
 
@@ -136,7 +155,8 @@ def _tree_metadata_fake(parents, num_nodes, prefix_lens):
 
 @torch.library.register_fake("dspark::verify_tree")
 def _verify_tree_fake(
-    target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset, draft_logits=None, eos_ids=None
+    target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset, draft_logits=None, eos_ids=None,
+    top_k=None, top_p=None, min_p=None, draft_probs=None, draft_ids=None,
 ):
     c = ArgChecks("dspark::verify_tree", target_logits)
     c.dtype(target_logits, "target_logits", FLOAT_DTYPES)
@@ -148,9 +168,8 @@ def _verify_tree_fake(
     c.check(vocab < 2**32, "target_logits", lambda: f"must have a vocabulary size in [1, 2^32), got {vocab}")
     _check_tree_layout(c, parents, num_nodes, requests, width, "R, the rows of tree_tokens")
     c.sampling(temperature, seed, offset, eos_ids, requests)
-    if draft_logits is not None:
-        c.tensor(draft_logits, "draft_logits", FLOAT_DTYPES,
-                 [(rows, "N, the rows of target_logits"), (vocab, "V, the columns of target_logits")])
+    c.filters(top_k, top_p, min_p, requests)
+    c.draft_q(draft_logits, draft_probs, draft_ids, [(rows, "N, the rows of target_logits")], vocab)
     return (
         tree_tokens.new_empty((requests, width)),
         tree_tokens.new_empty((requests, width)),

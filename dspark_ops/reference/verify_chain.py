@@ -13,6 +13,7 @@ import torch
 
 from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose
+from .filters import apply_filter, filter_threshold
 from .rng import random_bits, random_uniform, vocab_gumbel
 
 
@@ -32,6 +33,31 @@ def softmax_rows(x: torch.Tensor) -> torch.Tensor:
     return torch.where(ok, e / s.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(e))
 
 
+def draft_q(draft_logits, draft_probs, draft_ids, temperature, vocab: int):
+    """Dense q ``[..., V]`` from any of its encodings (the reference may build it; the kernels
+    never do): softmax of ``draft_logits / T`` or ``draft_probs`` as given (NaN / <= 0 as 0), over ``V`` entries,
+    or over the ``K`` entries listed in ``draft_ids [..., K]`` (-1: padding, q = 0 elsewhere).
+    None when neither is given."""
+    if draft_logits is None and draft_probs is None:
+        return None
+    if draft_probs is not None:
+        values = draft_probs.float()
+        keep = values > 0  # NaN and values <= 0 read as 0, as draft_prob in dspark/sampling.h
+        if draft_ids is not None:
+            keep = keep & (draft_ids >= 0)
+        values = torch.where(keep, values, torch.zeros_like(values))
+    else:
+        x = scaled_logits(draft_logits, temperature)
+        if draft_ids is not None:
+            x = torch.where(draft_ids >= 0, x, torch.full_like(x, float("-inf")))
+        values = softmax_rows(x)
+    if draft_ids is None:
+        return values
+    slot = torch.where(draft_ids >= 0, draft_ids, torch.full_like(draft_ids, vocab))  # padding -> spare column
+    q = values.new_zeros((*values.shape[:-1], vocab + 1))
+    return q.scatter(-1, slot, values)[..., :vocab]
+
+
 def race(log_weight: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Gumbel-max over the last dim: (winner, whether any candidate had weight > 0).
     Ties go to the lowest index; with no candidate the winner is 0."""
@@ -49,6 +75,11 @@ def verify_chain(
     offset: torch.Tensor,
     draft_logits: Optional[torch.Tensor] = None,
     eos_ids: Optional[torch.Tensor] = None,
+    top_k: Optional[torch.Tensor] = None,
+    top_p: Optional[torch.Tensor] = None,
+    min_p: Optional[torch.Tensor] = None,
+    draft_probs: Optional[torch.Tensor] = None,
+    draft_ids: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same arguments and results as ``dspark_ops.verify_chain``."""
     requests, gamma = draft_tokens.shape
@@ -65,14 +96,16 @@ def verify_chain(
     greedy = is_greedy(temperature)
     temp = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None, None]
     x = scaled_logits(raw, temp)
+    per_row = [None if a is None else a[:, None] for a in (top_k, top_p, min_p)]
+    x = apply_filter(x, filter_threshold(x, *per_row))  # SPEC §9: the target rows only
     p = softmax_rows(x)  # [R, γ+1, V]
 
     tokens = draft_tokens
     valid = (tokens >= 0) & (tokens < vocab)
     safe = tokens.clamp(0, vocab - 1)
     p_x = torch.where(valid, p[:, :gamma].gather(-1, safe[..., None]).squeeze(-1), torch.zeros(()))
-    if draft_logits is not None:
-        q = softmax_rows(scaled_logits(draft_logits, temp))  # [R, γ, V]
+    q = draft_q(draft_logits, draft_probs, draft_ids, temp, vocab)  # [R, γ, V] or None
+    if q is not None:
         q_x = torch.where(valid, q.gather(-1, safe[..., None]).squeeze(-1), torch.ones(()))
     else:
         q = torch.nn.functional.one_hot(safe, vocab).float() * valid[..., None]
@@ -108,7 +141,9 @@ def verify_chain(
     res_token, res_any = race(torch.log(torch.where(residual > 0, residual, torch.zeros(()))), noise)
     fallback, _ = race(x_row, noise)
     sampled_residual = torch.where(res_any, res_token, fallback)
-    sampled = torch.where(rejected, sampled_residual, fallback)
+    # A rejected id outside [0, V) was not drawn from q: the draw is from p itself (SPEC §4).
+    rejected_valid = valid.gather(1, row.clamp_max(gamma - 1)[:, None]).squeeze(1) if gamma else rejected
+    sampled = torch.where(rejected & rejected_valid, sampled_residual, fallback)
     emitted = torch.where(greedy, argmax.gather(1, row[:, None]).squeeze(1), sampled)
 
     out = torch.full((requests, gamma + 1), -1, dtype=torch.int64, device=device)

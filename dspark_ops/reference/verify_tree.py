@@ -16,8 +16,9 @@ import torch
 
 from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose
+from .filters import apply_filter, filter_threshold
 from .rng import random_bits, random_uniform, vocab_gumbel
-from .verify_chain import _nan_argmax, race, scaled_logits, softmax_rows
+from .verify_chain import _nan_argmax, draft_q, race, scaled_logits, softmax_rows
 
 
 def tree_metadata(
@@ -56,6 +57,11 @@ def verify_tree(
     offset: torch.Tensor,
     draft_logits: Optional[torch.Tensor] = None,
     eos_ids: Optional[torch.Tensor] = None,
+    top_k: Optional[torch.Tensor] = None,
+    top_p: Optional[torch.Tensor] = None,
+    min_p: Optional[torch.Tensor] = None,
+    draft_probs: Optional[torch.Tensor] = None,
+    draft_ids: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Same arguments and results as ``dspark_ops.verify_tree``."""
     requests, width = tree_tokens.shape
@@ -74,6 +80,7 @@ def verify_tree(
         T = float(temperature[r])
         greedy = is_greedy(T)
         s, o = seed[r], offset[r]
+        filters = [None if a is None else a[r] for a in (top_k, top_p, min_p)]
         node, path = 0, []
         emitted = None
         while n > 0:
@@ -87,14 +94,17 @@ def verify_tree(
                     emitted = best
             else:
                 x = scaled_logits(raw, T)
+                x = apply_filter(x, filter_threshold(x, *filters))  # SPEC §9: the target rows only
                 valid = [j for j in children if 0 <= tokens[j] < vocab]
-                if draft_logits is None or not valid:
+                has_q = draft_logits is not None or draft_probs is not None
+                if not has_q or not valid:
                     y = int(race(x, vocab_gumbel(s, o, Purpose.TREE_RESAMPLE, node, vocab))[0])
-                    nxt = next((j for j in children if tokens[j] == y), None) if draft_logits is None else None
+                    nxt = None if has_q else next((j for j in children if tokens[j] == y), None)
                     if nxt is None:
                         emitted = y
                 else:
-                    nxt, emitted = _recursive_rejection(x, draft_logits[row], T, tokens, valid, node, s, o)
+                    q = draft_q(*(None if a is None else a[row] for a in (draft_logits, draft_probs, draft_ids)), T, vocab)
+                    nxt, emitted = _recursive_rejection(x, q, tokens, valid, node, s, o)
             if nxt is None:
                 break
             path.append(nxt)
@@ -112,10 +122,10 @@ def verify_tree(
     return out, out_nodes, num_accepted, num_emitted
 
 
-def _recursive_rejection(x_p, draft_row, T, tokens, valid, node, seed, offset):
-    """SPEC §5 recursive rejection sampling at one node: (accepted child or None, token or None)."""
+def _recursive_rejection(x_p, q, tokens, valid, node, seed, offset):
+    """SPEC §5 recursive rejection sampling at one node with the (filtered) scaled target row
+    ``x_p [V]`` and the draft distribution ``q [V]``: (accepted child or None, token or None)."""
     p = softmax_rows(x_p)
-    q = softmax_rows(scaled_logits(draft_row.float(), T))
     residual = p  # p', normalised
     for j in valid:
         t = tokens[j]

@@ -33,6 +33,9 @@ DSPARK_HD float scaled_logit(float logit, float temperature) {
   return x == x ? x : -INFINITY;
 }
 
+// An entry of draft_probs as q: NaN and values <= 0 (padding read as -inf included) are 0.
+DSPARK_HD float draft_prob(float q) { return q > 0.0f ? q : 0.0f; }
+
 // A (score, index) pair packed so that unsigned comparison orders by score, then by the
 // lower index: reductions (and atomicMax on CUDA) pick the SPEC's winner.
 DSPARK_HD uint64_t race_key(float score, int64_t index) {
