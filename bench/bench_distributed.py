@@ -21,10 +21,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-
-import dspark_ops
 from bench_verify_chain import make_inputs as chain_inputs
 from bench_verify_tree import make_inputs as tree_inputs
+
+import dspark_ops
+
 from harness import Case
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
