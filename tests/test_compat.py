@@ -150,3 +150,285 @@ def test_sgl_target_only_follows_target_distribution(device):
     assert torch.equal(accept_num.cpu(), (first <= 1).int())  # a child is accepted iff y is 0 or 1
     bonus = predicts.reshape(trials, 3)[:, 1].cpu()[took_child0]
     assert_distribution(np.bincount(bonus.numpy(), minlength=4), p_leaf.numpy(), "bonus after child 0")
+
+
+# ---------------------------------------------------------------------------------------
+# FlashInfer
+
+from dspark_ops.compat import flashinfer  # noqa: E402
+
+
+def test_flashinfer_docstring_example(device):
+    """FlashInfer's docstring: draft 2 accepted (p=0.6 > q=0.3), draft 1 rejected (p=0), the
+    residual max(0, p - q) = [0.8, 0, 0, 0] gives token 0."""
+    draft_probs = torch.tensor([[[0.1, 0.2, 0.3, 0.4], [0.2, 0.3, 0.4, 0.1]]], device=device)
+    draft_token_ids = torch.tensor([[2, 1]], dtype=torch.int32, device=device)
+    target_probs = torch.tensor([[[0.0, 0.1, 0.6, 0.3], [1.0, 0.0, 0.0, 0.0], [0.7, 0.1, 0.1, 0.1]]], device=device)
+    out, accepted, emitted = flashinfer.chain_speculative_sampling(draft_probs, draft_token_ids, target_probs, seed=42, offset=0)
+    assert out.dtype == torch.int32 and out.tolist() == [[2, 0, -1]]
+    assert accepted.tolist() == [1] and emitted.tolist() == [1]
+
+
+def normalized(shape, gen, device):
+    x = torch.rand(shape, generator=gen, device=device)
+    return x / x.sum(-1, keepdim=True)
+
+
+@pytest.mark.parametrize("batch", [1, 99])
+@pytest.mark.parametrize("steps", [1, 3, 5])
+@pytest.mark.parametrize("onehot_target", [False, True])
+def test_flashinfer_published_chain_test(device, batch, steps, onehot_target):
+    """FlashInfer's test_chain_speculative_sampling at V = 111: a one-hot target whose first S
+    tokens are the drafts is reproduced exactly; otherwise ids are in range, the first
+    mismatch is followed only by -1, and emitted + 1 tokens are written. Counters accumulate."""
+    vocab = 111
+    gen = torch.Generator(device=device).manual_seed(batch * 10 + steps)
+    draft_probs = normalized((batch, steps, vocab), gen, device)
+    draft_ids = torch.randint(vocab, (batch, steps), generator=gen, device=device)
+    if onehot_target:
+        target_ids = torch.randint(vocab, (batch, steps + 1), generator=gen, device=device)
+        target_ids[:, :steps] = draft_ids
+        target_probs = torch.zeros(batch, steps + 1, vocab, device=device).scatter_(2, target_ids[..., None], 1.0)
+    else:
+        target_probs = normalized((batch, steps + 1, vocab), gen, device)
+    accepted = torch.zeros(batch, dtype=torch.int32, device=device)
+    emitted = torch.zeros(batch, dtype=torch.int32, device=device)
+    total = torch.zeros(batch, dtype=torch.int32, device=device)
+    for trial in range(3):
+        before = emitted.clone()
+        out, accepted, emitted = flashinfer.chain_speculative_sampling(
+            draft_probs, draft_ids, target_probs, accepted, emitted, seed=7, offset=trial)
+        this = emitted - before
+        total += this
+        if onehot_target:
+            assert torch.equal(out, target_ids.int())
+        else:
+            assert out.shape == (batch, steps + 1) and bool((out < vocab).all())
+            mismatch = out[:, :-1] != draft_ids.int()
+            first = torch.where(mismatch.any(1), mismatch.int().argmax(1), steps)
+            col = torch.arange(steps + 1, device=device)[None]
+            assert bool((out[col > first[:, None] + 0] == -1).all())
+            assert torch.equal(first, this.long())
+        assert torch.equal(this + 1, (out != -1).sum(1).int())
+    assert bool((accepted >= emitted).all()) and torch.equal(emitted, total)
+
+
+def test_flashinfer_trace_reference_case(device):
+    """FlashInfer's trace test: one-hot drafts equal to a one-hot target accept everything
+    and append the target's bonus token."""
+    gen = torch.Generator(device=device).manual_seed(3)
+    batch, steps, vocab = 3, 4, 128
+    ids = torch.randint(vocab, (batch, steps + 1), generator=gen, device=device)
+    target = torch.zeros(batch, steps + 1, vocab, device=device).scatter_(2, ids[..., None], 1.0)
+    out, accepted, emitted = flashinfer.chain_speculative_sampling(
+        target[:, :steps].clone(), ids[:, :steps].int(), target, generator=gen)
+    assert torch.equal(out, ids.int())
+    assert accepted.tolist() == [steps] * batch and emitted.tolist() == [steps] * batch
+
+
+def test_flashinfer_matches_target_distribution(device):
+    """The first output token follows p_1 whatever q is, and row seeds from one scalar seed
+    are independent (chi-square over 20000 rows of one batch)."""
+    trials, vocab = 20000, 6
+    q = torch.tensor([0.5, 0.3, 0.1, 0.05, 0.05, 0.0])
+    p = torch.tensor([0.1, 0.2, 0.3, 0.0, 0.25, 0.15])
+    gen = torch.Generator().manual_seed(11)
+    drafts = torch.multinomial(q, trials, replacement=True, generator=gen)[:, None]
+    draft_probs = q.expand(trials, 1, vocab).to(device)
+    target = torch.stack([p, p]).expand(trials, 2, vocab).to(device)
+    out, accepted, emitted = flashinfer.chain_speculative_sampling(draft_probs, drafts.to(device), target, seed=5, offset=1)
+    assert_distribution(np.bincount(out[:, 0].cpu().numpy(), minlength=vocab), p.numpy(), "first token")
+    assert torch.equal(accepted, emitted)  # S = 1: nothing after the first position
+
+
+def test_flashinfer_independent_accept_metric(device):
+    """The accepted-count metric counts, past the emitted prefix, exactly the positions whose
+    own coin passes: recomputed here from the reference Philox coins."""
+    from dspark_ops.compat._common import row_keys
+    from dspark_ops.ops.random_bits import Purpose
+    from dspark_ops.reference.rng import random_bits, random_uniform
+
+    batch, steps, vocab = 64, 6, 8
+    gen = torch.Generator(device=device).manual_seed(2)
+    draft_probs = normalized((batch, steps, vocab), gen, device)
+    target_probs = normalized((batch, steps + 1, vocab), gen, device)
+    drafts = torch.randint(vocab, (batch, steps), generator=gen, device=device)
+    _, accepted, emitted = flashinfer.chain_speculative_sampling(draft_probs, drafts, target_probs, seed=9, offset=4)
+    seeds, offsets = row_keys(9, 4, batch, torch.device(device))
+    k = torch.arange(1, steps + 1, device=device)
+    coins = random_uniform(random_bits(seeds[:, None], offsets[:, None], Purpose.CHAIN_COIN, k, 0))
+    q = draft_probs.gather(-1, drafts[..., None]).squeeze(-1)
+    p = target_probs[:, :steps].gather(-1, drafts[..., None]).squeeze(-1)
+    passes = coins * q < p
+    later = k[None] > emitted[:, None].long() + 1
+    assert torch.equal(accepted.long(), emitted.long() + (passes & later).sum(1))
+    assert bool((accepted > emitted).any())  # the metric does count past the prefix here
+
+
+# ---------------------------------------------------------------------------------------
+# vLLM
+
+from dspark_ops.compat import vllm  # noqa: E402
+
+PLACEHOLDER = vllm.PLACEHOLDER_TOKEN_ID
+
+
+class SpecDecodeMetadata:
+    """The fields of vLLM's SpecDecodeMetadata the sampler reads (``make_dummy``'s layout)."""
+
+    def __init__(self, spec_tokens: list[list[int]], device):
+        counts = [len(t) for t in spec_tokens]
+        self.draft_token_ids = torch.tensor([t for ts in spec_tokens for t in ts], dtype=torch.int32, device=device)
+        self.num_draft_tokens = counts
+        self.cu_num_draft_tokens = torch.tensor(np.cumsum(counts), dtype=torch.int32, device=device)
+        self.max_spec_len = max(counts)
+
+
+class SamplingMetadata:
+    def __init__(self, all_greedy, temperature=None, top_k=None, top_p=None, generators=None):
+        self.all_greedy, self.all_random = all_greedy, not all_greedy
+        self.temperature, self.top_k, self.top_p = temperature, top_k, top_p
+        self.generators = generators or {}
+
+
+def greedy_logits(output_tokens: list[list[int]], vocab: int, device) -> torch.Tensor:
+    """vLLM's create_logits_tensor (100 at the wanted token, -100 elsewhere), with the bonus
+    row included: one row per output token, so the argmax chain is ``output_tokens``."""
+    rows = [t for tokens in output_tokens for t in tokens]
+    logits = torch.full((len(rows), vocab), -100.0, device=device)
+    logits[torch.arange(len(rows)), torch.tensor(rows)] = 100.0
+    return logits
+
+
+GREEDY_CASES = [
+    ([[1, 2, 3]], [[1, 2, 3, 4]], [[1, 2, 3, 4]]),  # test_perfect_match
+    ([[1, 2, 3]], [[1, 5, 3, 4]], [[1, 5, PLACEHOLDER, PLACEHOLDER]]),  # test_early_mismatch
+    ([[1, 2], [3]], [[1, 2, 5], [3, 4]], [[1, 2, 5], [3, 4, PLACEHOLDER]]),  # test_multiple_sequences
+    ([[1]], [[1, 2]], [[1, 2]]),  # test_single_token_sequence
+    ([[]], [[5]], [[5]]),  # test_empty_sequence
+    ([[1, 2, 3], [4, 5, 6]], [[1, 2, 7, 6], [4, 8, 6, 9]],
+     [[1, 2, 7, PLACEHOLDER], [4, 8, PLACEHOLDER, PLACEHOLDER]]),  # test_multiple_mismatches
+    ([[1, 2]], [[1, 2, 3]], [[1, 2, 3]]),  # test_parametrized_cases
+    ([[1]], [[2, 3]], [[2, PLACEHOLDER]]),
+    ([[1, 2], [3, 4]], [[1, 5, 6], [3, 4, 7]], [[1, 5, PLACEHOLDER], [3, 4, 7]]),
+]
+
+
+@pytest.mark.parametrize("spec_tokens,output_tokens,expected", GREEDY_CASES)
+def test_vllm_published_greedy_cases(device, spec_tokens, output_tokens, expected):
+    sampler = vllm.RejectionSampler()
+    logits = greedy_logits(output_tokens, 100, device)
+    out = sampler(SpecDecodeMetadata(spec_tokens, device), None, logits, SamplingMetadata(all_greedy=True))
+    assert out.sampled_token_ids.dtype == torch.int32
+    assert out.sampled_token_ids.tolist() == expected
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("batch", [1, 8])
+def test_vllm_deterministic_when_seeded(device, k, batch):
+    """vLLM's test_deterministic_when_seeded: requests with a seeded generator give the same
+    tokens on every repetition (half the batch seeded, 10 repetitions)."""
+    vocab = 1000
+    gen = torch.Generator(device=device).manual_seed(batch + k)
+    draft_probs = torch.softmax(torch.rand(batch * k, vocab, generator=gen, device=device), -1)
+    logits = torch.rand(batch * (k + 1), vocab, generator=gen, device=device)
+    drafts = torch.randint(vocab, (batch, k), generator=gen, device=device).tolist()
+    seeded = [i for i in range(batch) if i % 2 == 0]
+    results = []
+    for _ in range(10):
+        generators = {i: torch.Generator(device=device).manual_seed(i) for i in seeded}
+        meta = SamplingMetadata(False, torch.ones(batch, device=device), generators=generators)
+        results.append(vllm.RejectionSampler()(SpecDecodeMetadata(drafts, device), draft_probs, logits, meta).sampled_token_ids)
+    for i in seeded:
+        assert all(torch.equal(r[i], results[0][i]) for r in results[1:])
+
+
+def test_vllm_rejection_sampling_matches_target_distribution(device):
+    """vLLM's test_rejection_sampling_approximates_target_distribution (V = 10, k = 2, drafts
+    drawn from a fixed draft distribution), judged by chi-square: column 0 of the output is
+    distributed as the target, and so is column 1 where it exists."""
+    vocab, k, trials = 10, 2, 20000
+    gen = torch.Generator().manual_seed(4)
+    q = torch.softmax(torch.rand(vocab, generator=gen), -1)
+    target_logits = torch.rand(vocab, generator=gen)
+    p = torch.softmax(target_logits, -1)
+    drafts = torch.multinomial(q, trials * k, replacement=True, generator=gen).reshape(trials, k)
+    meta = SpecDecodeMetadata(drafts.tolist(), device)
+    out = vllm.rejection_sample(
+        meta.draft_token_ids, meta.cu_num_draft_tokens, k, q.expand(trials * k, vocab).to(device),
+        target_logits.expand(trials * (k + 1), vocab).to(device), torch.ones(trials, device=device),
+        torch.arange(trials, device=device), torch.zeros(trials, dtype=torch.int64, device=device)).cpu()
+    assert_distribution(np.bincount(out[:, 0].numpy(), minlength=vocab), p.numpy(), "column 0")
+    second = out[:, 1][out[:, 1] >= 0]
+    assert_distribution(np.bincount(second.numpy(), minlength=vocab), p.numpy(), "column 1")
+
+
+def masked_case(device, filters, target_logits, keep_sets):
+    """vLLM's _test_masked_logits: 100 requests x 3 drafts drawn from random draft probs;
+    every emitted non-bonus token must lie in its row's kept set."""
+    batch, k, vocab = 100, 3, target_logits.shape[1]
+    gen = torch.Generator(device=device).manual_seed(8)
+    draft_probs = torch.softmax(torch.rand(batch * k, vocab, generator=gen, device=device), -1)
+    drafts = torch.multinomial(draft_probs, 1, generator=gen).reshape(batch, k)
+    meta = SpecDecodeMetadata(drafts.tolist(), device)
+    logits = torch.cat([target_logits.reshape(batch, k, vocab), torch.zeros(batch, 1, vocab, device=device)], 1)
+    sampling = SamplingMetadata(False, torch.ones(batch, device=device), **filters)
+    out = vllm.RejectionSampler()(meta, draft_probs, logits.reshape(-1, vocab), sampling).sampled_token_ids
+    tokens = out[:, :-1].reshape(-1).tolist()
+    for i, token in enumerate(tokens):
+        if token != PLACEHOLDER:
+            assert token in keep_sets[i], f"row {i}: token {token} outside the kept set"
+
+
+@pytest.mark.parametrize("top_k", [1, 5, 99])
+def test_vllm_top_k(device, top_k):
+    """vLLM's test_top_k: +0.1 on a random top-k set; nothing outside it is ever emitted."""
+    rows, vocab = 300, 100
+    gen = torch.Generator(device=device).manual_seed(top_k)
+    keep = torch.stack([torch.randperm(vocab, generator=gen, device=device)[:top_k] for _ in range(rows)])
+    logits = torch.zeros(rows, vocab, device=device)
+    logits.scatter_(1, keep, 0.1)
+    top_k_t = torch.full((100,), top_k, dtype=torch.int64, device=device)
+    masked_case(device, {"top_k": top_k_t}, logits, [set(r) for r in keep.tolist()])
+
+
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_vllm_top_p(device, top_p):
+    """vLLM's test_top_p: the kept set is every token outside the ascending-cumsum tail of
+    mass <= 1 - top_p (the largest always kept)."""
+    rows, vocab = 300, 100
+    gen = torch.Generator(device=device).manual_seed(int(top_p * 100))
+    logits = torch.randn(rows, vocab, generator=gen, device=device)
+    sorted_logits, order = logits.sort(-1)
+    tail = sorted_logits.softmax(-1).cumsum(-1) <= 1 - top_p
+    tail[:, -1] = False
+    keep = [set(order[i][~tail[i]].tolist()) for i in range(rows)]
+    top_p_t = torch.full((100,), top_p, dtype=torch.float32, device=device)
+    masked_case(device, {"top_p": top_p_t}, logits, keep)
+
+
+def test_vllm_placeholder_draft(device):
+    """vLLM's test_placeholder_draft_token_rejected_random: a -1 draft is rejected without
+    reading out of range, and the token emitted there is a valid id (ours: the target's own
+    token at that position, as SPEC §4 reads -1 as the end of the chain)."""
+    vocab = 100
+    logits = greedy_logits([[1, vocab - 1, 7, 9]], vocab, device)
+    meta = SpecDecodeMetadata([[1, vocab - 1, PLACEHOLDER]], device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    sampling = SamplingMetadata(False, torch.ones(1, device=device), generators={0: gen})
+    out = vllm.RejectionSampler()(meta, None, logits, sampling).sampled_token_ids
+    assert out.tolist() == [[1, vocab - 1, 7, PLACEHOLDER]]
+
+
+def test_vllm_ragged_draft_probs_and_bonus_override(device):
+    """Requests with fewer drafts than max_spec_len: draft_probs rows are gathered per
+    request; a given bonus token replaces ours only where every draft was accepted."""
+    vocab = 50
+    logits = greedy_logits([[3, 4, 5], [6, 8]], vocab, device)  # request 1 rejects its draft 7
+    meta = SpecDecodeMetadata([[3, 4], [7]], device)
+    draft_probs = torch.full((3, vocab), 1.0 / vocab, device=device)
+    zeros = torch.zeros(2, dtype=torch.int64, device=device)
+    out = vllm.rejection_sample(meta.draft_token_ids, meta.cu_num_draft_tokens, 2, draft_probs, logits,
+                                torch.zeros(2, device=device), zeros, zeros,
+                                bonus_token_ids=torch.tensor([[42], [43]], device=device))
+    assert out.tolist() == [[3, 4, 42], [6, PLACEHOLDER, PLACEHOLDER]]
