@@ -157,6 +157,16 @@ def _scatter_flat(buffer: torch.Tensor, flat_index: torch.Tensor, values: torch.
     return extended[:-1].reshape(buffer.shape)
 
 
+def tree_keep_slots(accepted_nodes: torch.Tensor, num_accepted: torch.Tensor) -> torch.Tensor:
+    """KV rollback for ``verify_tree``: ``src [R, M + 1]``, the tree node whose cache entry
+    goes to path position k (the root at 0, then ``accepted_nodes``), ``-1`` for positions to
+    drop. Copy ``kv[start + k] = kv[start + src[k]]`` where ``src[k] >= 0`` and set
+    ``kv_len = start + num_accepted + 1``. Fixed shape, no host sync."""
+    src = torch.cat([torch.zeros_like(accepted_nodes[:, :1]), accepted_nodes], 1)
+    keep = torch.arange(src.shape[1], device=src.device)[None] <= num_accepted[:, None]
+    return torch.where(keep, src, -1)
+
+
 def make_runner(b: Buffers, step: Callable[[], None], device: str, backend: str) -> Callable[[], None]:
     """The round as it runs in an engine: a replayed CUDA graph on GPU, a compiled function
     (``torch.compile(fullgraph=True)``) on CPU."""
