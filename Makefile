@@ -21,7 +21,7 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps
 endif
 
-.PHONY: install test bench bench-full dev dev-cuda clean
+.PHONY: install test bench bench-full dev dev-cuda clean gpu-static device-lib
 
 $(VENV)/.deps: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -59,6 +59,16 @@ dev-cuda: $(DEPS)
 	$(DEV_CMAKE) -S . -B build/dev-cuda -G Ninja -DDSPARK_CPU_ONLY=OFF -DPython_EXECUTABLE="$$(command -v $(PY))"
 	$(DEV_CMAKE) --build build/dev-cuda
 	cp build/dev-cuda/_C.so dspark_ops/_C.so
+
+# Evidence about the CUDA kernels without a GPU (registers, spills, SASS loops, estimates):
+# bench/results/gpu-static.{md,json}; fails if a kernel spills.
+gpu-static: $(DEPS)
+	$(PY) bench/gpu_static.py
+
+# The op library for the lent GPU machine's torch (2.11.0+cu130, sm_90a), built here:
+# device-lib/_C.so, which bench/gpu_session.sh loads instead of compiling there.
+device-lib: $(DEPS)
+	PY=$(PY) bash bench/device_lib.sh
 
 clean:
 	rm -rf build dspark_ops/_C.so

@@ -1,30 +1,72 @@
 #!/usr/bin/env bash
-# Everything a session with a GPU should run, in one go (about 15 minutes on an H100):
-# build into the machine's own Python (it has torch and no network), the CUDA tests,
-# compute-sanitizer memcheck and racecheck on the kernel tests, and the full benchmark.
+# The one-call GPU proof for a lent GPU machine (H100/H200, bare: torch, no network), sized to
+# finish in about 8 minutes: load (or build) the library, run the CUDA tests, compute-sanitizer
+# memcheck / racecheck / synccheck on the kernel tests, and the full benchmark.
 #
-#   bash bench/gpu_session.sh [OUT_DIR]       # logs and JSON under OUT_DIR (default bench/results)
+#   bash bench/device_lib.sh                    # HERE, first: builds device-lib/_C.so (no device time)
+#   bash bench/gpu_session.sh "$OUT"             # THERE, with device-lib carried along
 #
-# Commit the JSON it writes under bench/results/ (the file name carries the GPU's name).
+# Every stage has its own time limit, so the script always ends and always leaves its logs.
+# It writes at most 8 files to OUT (the device tool returns no more): summary.txt, build.log
+# (only when it had to build), tests.log, sanitizer.log, bench.log, and the benchmark's
+# <device>-<gpu>-full.json and .png. Commit the JSON, the plot and the logs under
+# bench/results/. Stage limits (seconds) can be changed with LIMIT_BUILD, LIMIT_TESTS,
+# LIMIT_SANITIZER (each of the three tools), LIMIT_BENCH.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench/results}"
 mkdir -p "$out"
 py="${PY:-python3}"
-export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-16}" PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0a}" MAX_JOBS="${MAX_JOBS:-16}"
+summary="$out/summary.txt"
+: > "$summary"
 
-make install PY="$py" 2>&1 | tail -3 || exit 1
-"$py" -P -m pytest -q tests 2>&1 | tee "$out/gpu-tests.log" | tail -15
+# stage NAME LIMIT LOG COMMAND...: runs COMMAND under `timeout`, appends its output to LOG and
+# one line (exit status, seconds) to the summary. Exit status 124 means it hit LIMIT.
+stage() {
+  local name=$1 limit=$2 log=$3 start rc
+  shift 3
+  start=$(date +%s)
+  echo "=== $name ($*)" >> "$log"
+  timeout --kill-after=10 "$limit" "$@" >> "$log" 2>&1
+  rc=$?
+  echo "$name: exit $rc in $(( $(date +%s) - start )) s (limit $limit s)" | tee -a "$summary"
+  return $rc
+}
 
-# The sanitizers run the kernel tests on small shapes (the large-vocab and 2^31 tests are
-# deselected: they are correct-or-crash tests that take minutes under instrumentation).
-small='not 2_pow_31 and not large and not distribution and not acceptance_rate'
-for tool in memcheck racecheck; do
-  compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" -P -m pytest -q -x \
-    tests/test_verify_chain.py tests/test_verify_tree.py tests/test_markov_draft.py \
-    tests/test_schedule_lengths.py tests/test_block_draft.py -k "cuda and ($small)" \
-    > "$out/sanitizer-$tool.log" 2>&1
-  echo "compute-sanitizer $tool: exit $? (log $out/sanitizer-$tool.log)"
+{ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+  "$py" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
+  git rev-parse --short HEAD 2>/dev/null; } >> "$summary" 2>&1
+
+# 1. The library: the one built here for this torch (bench/device_lib.sh), else build there.
+torch_version=$("$py" -c "import torch; print(torch.__version__)")
+loads() { "$py" -c "import dspark_ops, sys; sys.exit(0 if dspark_ops.has_cuda_kernels() else 1)"; }
+if [ -f device-lib/_C.so ] && [ "$(cat device-lib/_C.torch_version 2>/dev/null)" = "$torch_version" ] \
+   && cp device-lib/_C.so dspark_ops/_C.so && loads 2>> "$summary"; then
+  echo "library: prebuilt device-lib/_C.so for torch $torch_version" | tee -a "$summary"
+else
+  echo "library: building here (no usable device-lib/_C.so for torch $torch_version)" | tee -a "$summary"
+  stage build "${LIMIT_BUILD:-300}" "$out/build.log" make dev-cuda PY="$py" MAX_JOBS="$MAX_JOBS" || exit 1
+  loads || { echo "library: built but has no CUDA kernels" | tee -a "$summary"; exit 1; }
+fi
+
+# 2. The CUDA tests (the CPU ones run in CI); -x off: every failure is worth seeing.
+stage tests "${LIMIT_TESTS:-200}" "$out/tests.log" "$py" -P -m pytest -q -rfE -k cuda tests
+
+# 3. compute-sanitizer on the kernel tests at small shapes (the large-vocab, 2^31 and
+#    statistical tests are deselected: correct-or-crash tests that take minutes instrumented).
+small='cuda and not 2_pow_31 and not large and not distribution and not acceptance_rate and not chi'
+kernels="tests/test_verify_chain.py tests/test_verify_tree.py tests/test_markov_draft.py
+  tests/test_schedule_lengths.py tests/test_block_draft.py tests/test_rng.py"
+for tool in memcheck racecheck synccheck; do
+  # shellcheck disable=SC2086
+  stage "sanitizer-$tool" "${LIMIT_SANITIZER:-50}" "$out/sanitizer.log" \
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" -P -m pytest -q -x $kernels -k "$small"
 done
 
-"$py" -P bench/run.py --full --device cuda --out "$out" 2>&1 | tee "$out/bench-full.log" | tail -60
+# 4. The full benchmark; it saves its JSON after every case, so a time limit loses nothing.
+stage bench "${LIMIT_BENCH:-200}" "$out/bench.log" \
+  "$py" -P bench/run.py --full --device cuda --out "$out" --max-seconds $(( ${LIMIT_BENCH:-200} - 30 ))
+tail -40 "$out/bench.log"
+cat "$summary"

@@ -35,13 +35,21 @@ def discover(only: list[str] | None):
         yield family, importlib.import_module(path.stem)
 
 
-def run(preset: str, device: str, only: list[str] | None) -> dict:
+def run(preset: str, device: str, only: list[str] | None, deadline: float, save) -> dict:
+    """Every case of every family; ``save(result)`` after each case, so a run stopped by a time
+    limit still leaves its JSON; cases that would start after ``deadline`` (time.time()) are
+    skipped and listed in the result."""
     bandwidth, flops_peak, peak_source = device_peaks(device)
     print(f"[bench] {device}: floor bandwidth {bandwidth / 1e9:.1f} GB/s ({peak_source})", file=sys.stderr)
-    rows = []
+    rows, skipped = [], []
+    result = {"environment": environment(device), "preset": preset, "floor_bandwidth_Bps": bandwidth,
+              "floor_source": peak_source, "rows": rows, "skipped_for_time": skipped}
     for family, module in discover(only):
         cases = module.cases(preset, device)
         for i, case in enumerate(cases):
+            if time.time() > deadline:
+                skipped.append(f"{case.op} {case.shape} {case.dtype}")
+                continue
             print(f"[bench] {family} {i + 1}/{len(cases)}: {case.op} {case.shape} {case.dtype}", file=sys.stderr,
                   flush=True)
             timings = {}
@@ -62,8 +70,8 @@ def run(preset: str, device: str, only: list[str] | None) -> dict:
                     "achieved_GBps": case.bytes_moved / (t.median_us * 1e-6) / 1e9,
                     "floor_us": floor_us, "fraction_of_floor": floor_us / t.median_us, "note": case.note,
                 })
-    return {"environment": environment(device), "preset": preset, "floor_bandwidth_Bps": bandwidth,
-            "floor_source": peak_source, "rows": rows}
+            save(result)
+    return result
 
 
 def table(result: dict) -> str:
@@ -130,16 +138,21 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--only", nargs="*", help="families, e.g. verify_chain markov_draft")
     parser.add_argument("--out", default=str(HERE / "results"))
+    parser.add_argument("--max-seconds", type=float, default=float("inf"),
+                        help="start no case after this many seconds (the JSON lists the skipped ones)")
     args = parser.parse_args()
     preset = "full" if args.full else "quick"
     start = time.time()
-    result = run(preset, args.device, args.only)
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", result["environment"]["device_name"]).strip("_")[:40]
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", environment(args.device)["device_name"]).strip("_")[:40]
     stem = f"{args.device}-{name}-{preset}"
     json_path = out / f"{stem}.json"
+    result = run(preset, args.device, args.only, start + args.max_seconds,
+                 lambda partial: json_path.write_text(json.dumps(partial, indent=1)))
     json_path.write_text(json.dumps(result, indent=1))
+    if result["skipped_for_time"]:
+        print(f"[bench] skipped for time: {len(result['skipped_for_time'])} cases", file=sys.stderr)
     plotted = plot(result, out / f"{stem}.png")
     print(f"[bench] {len(result['rows'])} measurements in {time.time() - start:.0f} s -> {json_path}"
           + (f" and {stem}.png" if plotted else ""), file=sys.stderr)

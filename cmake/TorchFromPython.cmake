@@ -2,6 +2,21 @@
 # Torch's CMake config goes through the old FindCUDA and breaks on partial toolkits.
 # Sets DSPARK_TORCH_INCLUDE_DIRS, DSPARK_TORCH_LIBRARY_DIR, DSPARK_TORCH_CXX11_ABI and
 # DSPARK_TORCH_CUDA_VERSION (empty for a CPU build of torch).
+# DSPARK_TORCH_ROOT (a torch package folder, e.g. unpacked from a wheel) builds against that
+# torch's headers and libraries without importing it: `make device-lib` uses it to build, on
+# this machine, a library for the GPU machine's torch.
+if(DSPARK_TORCH_ROOT)
+  file(STRINGS "${DSPARK_TORCH_ROOT}/version.py" _dspark_version_lines REGEX "^(__version__|cuda)")
+  string(REGEX MATCH "__version__ = '([^']*)'" _m "${_dspark_version_lines}")
+  set(DSPARK_TORCH_VERSION "${CMAKE_MATCH_1}")
+  string(REGEX MATCH "cuda: [^=]*= '([^']*)'" _m "${_dspark_version_lines}")
+  set(DSPARK_TORCH_CUDA_VERSION "${CMAKE_MATCH_1}")
+  set(DSPARK_TORCH_INCLUDE_DIRS "${DSPARK_TORCH_ROOT}/include" "${DSPARK_TORCH_ROOT}/include/torch/csrc/api/include")
+  set(DSPARK_TORCH_LIBRARY_DIR "${DSPARK_TORCH_ROOT}/lib")
+  set(DSPARK_TORCH_CXX11_ABI 1)   # every torch wheel since 2.7 uses the C++11 ABI
+  message(STATUS "dspark_ops: torch ${DSPARK_TORCH_VERSION} (CUDA '${DSPARK_TORCH_CUDA_VERSION}') from DSPARK_TORCH_ROOT=${DSPARK_TORCH_ROOT}")
+  return()
+endif()
 find_package(Python COMPONENTS Interpreter REQUIRED)
 execute_process(
   COMMAND ${Python_EXECUTABLE} -c [=[
