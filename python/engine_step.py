@@ -35,6 +35,7 @@ from typing import Callable, Optional
 import torch
 
 import dspark_ops
+from dspark_ops.ops.arguments import request_args
 from dspark_ops.ops.random_bits import Purpose, gumbel
 from dspark_ops.speculative.logprobs import chain_rows, token_logprobs
 
@@ -73,10 +74,7 @@ class Buffers:
 def new_buffers(cfg: Config, prompts: torch.Tensor, temperature, top_k, top_p, device) -> Buffers:
     """Slots for ``prompts [R]`` (one anchor token each; a real engine prefilled them)."""
     r, length = cfg.slots, cfg.max_tokens
-
-    def per_slot(value, dtype):
-        return torch.as_tensor(value, dtype=dtype, device=device).expand(r).clone()
-
+    params = request_args(r, torch.device(device), temperature=temperature, top_k=top_k, top_p=top_p)
     zeros = torch.zeros(r, dtype=torch.int64, device=device)
     return Buffers(
         anchor=prompts.to(device=device, dtype=torch.int64).clone(),
@@ -85,9 +83,9 @@ def new_buffers(cfg: Config, prompts: torch.Tensor, temperature, top_k, top_p, d
         length=zeros.clone(),
         kv_len=torch.ones(r, dtype=torch.int64, device=device),
         active=torch.ones(r, dtype=torch.bool, device=device),
-        temperature=per_slot(temperature, torch.float32),
-        top_k=per_slot(top_k, torch.int64),
-        top_p=per_slot(top_p, torch.float32),
+        temperature=params["temperature"],
+        top_k=params["top_k"],
+        top_p=params["top_p"],
         seed=cfg.seed * 1000 + torch.arange(r, device=device),
         offset=zeros.clone(),
         accepted=zeros.clone(),

@@ -20,6 +20,7 @@ from typing import Any, NamedTuple, Optional
 
 import torch
 
+from ..ops.arguments import request_args
 from ..ops.verify_chain import verify_chain
 
 PLACEHOLDER_TOKEN_ID = -1
@@ -60,6 +61,7 @@ def rejection_sample(
             logits processors the engine applies), bonus row last for each request.
         temperature: ``[B]`` float32; ``0`` (vLLM's ``GREEDY_TEMPERATURE``, or ``-1`` in
             older vLLM) is greedy; None means every request is greedy (``all_greedy``).
+            This and the other per-request arguments also take Python scalars or lists.
         seed, offset: ``[B]`` int64 Philox keys. vLLM's model runner v2 keys its Philox by
             (request seed, position): pass the same, ``offset`` = the position of the
             request's first verify token (it moves every step, so numbers are never reused).
@@ -99,19 +101,18 @@ def rejection_sample(
             probs = draft_probs.reshape(batch, gamma, vocab)
         else:
             probs = draft_probs[idx.reshape(-1)].reshape(batch, gamma, vocab)
-    if temperature is None:
-        temperature = torch.zeros(batch, dtype=torch.float32, device=device)
-
+    args = request_args(batch, device, temperature=0.0 if temperature is None else temperature,
+                        seed=seed, offset=offset, top_k=top_k, top_p=top_p, min_p=min_p)
     out, num_accepted, _ = verify_chain(
         logits,
         drafts,
         lengths,
-        temperature.to(torch.float32),
-        seed,
-        offset,
-        top_k=None if top_k is None else top_k.to(torch.int64),
-        top_p=top_p,
-        min_p=min_p,
+        args["temperature"].to(torch.float32),
+        args["seed"],
+        args["offset"],
+        top_k=None if top_k is None else args["top_k"].to(torch.int64),
+        top_p=args["top_p"],
+        min_p=args["min_p"],
         draft_probs=None if probs is None else probs.float(),
     )
     if bonus_token_ids is not None:
