@@ -432,3 +432,22 @@ def test_vllm_ragged_draft_probs_and_bonus_override(device):
                                 torch.zeros(2, device=device), zeros, zeros,
                                 bonus_token_ids=torch.tensor([[42], [43]], device=device))
     assert out.tolist() == [[3, 4, 42], [6, PLACEHOLDER, PLACEHOLDER]]
+
+
+def test_vllm_rejection_sample_min_p_and_scalar_arguments(device):
+    """Beyond vLLM (whose spec path ignores min-p): min_p filters the target rows, and the
+    per-request arguments may be Python scalars. With min_p = 0.5 only tokens whose target
+    probability is at least half the row's maximum can be emitted."""
+    batch, k, vocab = 64, 2, 16
+    gen = torch.Generator(device=device).manual_seed(21)
+    logits = 2.0 * torch.randn(batch * (k + 1), vocab, generator=gen, device=device)
+    drafts = torch.randint(vocab, (batch * k,), generator=gen, device=device)
+    cu = torch.arange(1, batch + 1, device=device) * k
+    draft_probs = torch.full((batch * k, vocab), 1.0 / vocab, device=device)
+    out = vllm.rejection_sample(drafts, cu, k, draft_probs, logits, 1.0, 3, 0, min_p=0.5)
+    probs = torch.softmax(logits, -1).reshape(batch, k + 1, vocab)
+    allowed = probs >= 0.5 * probs.amax(-1, keepdim=True)  # [B, k+1, V]
+    for r in range(batch):
+        for j, token in enumerate(out[r].tolist()):
+            if token != PLACEHOLDER:
+                assert bool(allowed[r, j, token]), f"request {r} position {j}: token {token} below min_p"
