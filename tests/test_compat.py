@@ -451,3 +451,39 @@ def test_vllm_rejection_sample_min_p_and_scalar_arguments(device):
         for j, token in enumerate(out[r].tolist()):
             if token != PLACEHOLDER:
                 assert bool(allowed[r, j, token]), f"request {r} position {j}: token {token} below min_p"
+
+
+# ---------------------------------------------------------------------------------------
+# Every adapter is a fixed sequence of tensor ops: it traces whole (no graph break, no host sync).
+
+
+def test_adapters_compile_fullgraph(device):
+    backend = "eager" if device == "cpu" else "inductor"
+    candidates, retrive_index, next_token, next_sibling = sgl_tree(device)
+    target_predict = sgl_target_logits(device).argmax(-1)
+
+    def greedy(predicts, accept_index, accept_num):
+        sglang.verify_tree_greedy(predicts, accept_index, accept_num, candidates, retrive_index, next_token,
+                                  next_sibling, target_predict)
+        return predicts, accept_index, accept_num
+
+    predicts, accept_index, accept_num = torch.compile(greedy, fullgraph=True, backend=backend)(*sgl_outputs(device))
+    assert predicts.tolist() == SGL_EXPECTED_PREDICTS and accept_num.tolist() == SGL_EXPECTED_ACCEPT_NUM
+
+    gen = torch.Generator(device=device).manual_seed(1)
+    draft_probs = normalized((3, 2, 9), gen, device)
+    target_probs = normalized((3, 3, 9), gen, device)
+    drafts = torch.randint(9, (3, 2), generator=gen, device=device)
+    seed, offset = torch.tensor([1], device=device), torch.tensor([2], device=device)
+    chain = torch.compile(flashinfer.chain_speculative_sampling, fullgraph=True, backend=backend)
+    compiled = chain(draft_probs, drafts, target_probs, seed=seed, offset=offset)
+    eager = flashinfer.chain_speculative_sampling(draft_probs, drafts, target_probs, seed=seed, offset=offset)
+    assert all(torch.equal(a, b) for a, b in zip(compiled, eager))
+
+    logits = torch.randn(7, 9, generator=gen, device=device)
+    flat, cu = torch.randint(9, (4,), generator=gen, device=device), torch.tensor([2, 3, 4], device=device)
+    keys = torch.arange(3, device=device)
+    args = (flat, cu, 2, None, logits, torch.ones(3, device=device), keys, keys)
+    rejection = torch.compile(vllm.rejection_sample, fullgraph=True, backend=backend)
+    top_k = torch.tensor([3, 0, 5], device=device)
+    assert torch.equal(rejection(*args, top_k=top_k), vllm.rejection_sample(*args, top_k=top_k))
