@@ -81,9 +81,17 @@ DSPARK_HD Philox4 random_block(int64_t seed, int64_t offset, Purpose purpose,
   return philox4x32_10(ctr, static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32));
 }
 
+// Word `lane` (0..3) of a block by selects, not by indexing: a run-time index into the
+// register array would move it to local memory on the GPU (STL/LDL in the SASS).
+DSPARK_HD uint32_t philox_word(const Philox4& block, uint32_t lane) {
+  const uint32_t low = (lane & 1u) ? block.v[1] : block.v[0];
+  const uint32_t high = (lane & 1u) ? block.v[3] : block.v[2];
+  return (lane & 2u) ? high : low;
+}
+
 DSPARK_HD uint32_t random_bits(int64_t seed, int64_t offset, Purpose purpose, uint32_t position,
                                uint64_t index) {
-  return random_block(seed, offset, purpose, position, index).v[index & 3];
+  return philox_word(random_block(seed, offset, purpose, position, index), static_cast<uint32_t>(index & 3));
 }
 
 // Uniform in [0, 1) with 24 bits, exactly representable in float32.
