@@ -1,5 +1,7 @@
 # make install   create .venv, install torch and the build tools, build dspark_ops into it
 # make test      install, then pytest (CPU always, CUDA when a GPU is present)
+# make lint      ruff check (Python) and clang-format --dry-run -Werror (C++/CUDA); CI runs it
+# make format    apply ruff --fix and clang-format to the sources
 # make bench     install, then the microbenchmark table (JSON + plot under bench/results/)
 #
 # Into an existing Python that already has torch (a GPU box without network, say):
@@ -21,24 +23,40 @@ PY := $(VENV)/bin/python
 DEPS := $(VENV)/.deps
 endif
 
-.PHONY: install test bench bench-full dev dev-cuda clean gpu-static device-lib
+# Versions of the linters, pinned so that every machine formats alike.
+LINT_SPEC ?= ruff==0.17.5 clang-format==23.1.3
+# C++/CUDA sources checked by clang-format (the Python files are ruff's, from pyproject.toml).
+CXX_SOURCES := $(sort $(wildcard csrc/*.cpp csrc/*/*.h csrc/*/*.cpp csrc/*/*.cu csrc/*/*.cuh csrc/include/dspark/*.h))
+# The venv's tools (cmake, ninja, clang-format) first; with PY=python3, those on the PATH.
+TOOLS_PATH = PATH="$(abspath $(dir $(PY))):$$PATH"
+
+.PHONY: install test lint format bench bench-full dev dev-cuda clean gpu-static device-lib
 
 $(VENV)/.deps: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	$(PY) -m pip install "$(TORCH_SPEC)" numpy scipy pytest matplotlib safetensors transformers \
-		"scikit-build-core>=0.10" "cmake>=3.26" ninja
+		"scikit-build-core>=0.10" "cmake>=3.26" ninja $(LINT_SPEC)
 	touch $@
 
+# CMake alone decides and says whether the CUDA kernels are built (cmake/CudaSetup.cmake): its
+# "dspark_ops:" lines are shown from the full build log, which stays in build/pip-install.log.
 install: $(DEPS)
-	@if command -v nvcc >/dev/null 2>&1 || [ -x "$${CUDA_HOME:-/nonexistent}/bin/nvcc" ]; then \
-		if [ "$${DSPARK_CPU_ONLY:-0}" = "1" ]; then echo "dspark_ops: DSPARK_CPU_ONLY=1: building the CPU kernels only."; \
-		else echo "dspark_ops: nvcc found: building CPU and CUDA kernels for TORCH_CUDA_ARCH_LIST=$$TORCH_CUDA_ARCH_LIST"; fi; \
-	else echo "dspark_ops: nvcc not found (set CUDA_HOME): building a CPU-only library."; fi
-	$(PY) -m pip install --no-build-isolation --no-deps .
+	@mkdir -p build
+	$(PY) -m pip install --no-build-isolation --no-deps -v . > build/pip-install.log 2>&1 || \
+		{ cat build/pip-install.log; exit 1; }
+	@grep -h "dspark_ops:" build/pip-install.log | sed 's/^ *//' | sort -u
 
 test: install
 	$(PY) -P -m pytest tests
+
+lint: $(DEPS)
+	$(PY) -m ruff check .
+	$(TOOLS_PATH) clang-format --dry-run -Werror $(CXX_SOURCES)
+
+format: $(DEPS)
+	$(PY) -m ruff check --fix .
+	$(TOOLS_PATH) clang-format -i $(CXX_SOURCES)
 
 bench: install
 	$(PY) bench/run.py
@@ -49,16 +67,16 @@ bench-full: install
 # Development: build dspark_ops/_C.so in place (no pip), then run the source tree with
 #   PYTHONPATH=$$PWD $(PY) -P -m pytest tests/test_verify_chain.py
 # `dev` builds the CPU kernels only (fast); `dev-cuda` adds the CUDA kernels.
-DEV_CMAKE = PATH="$(abspath $(dir $(PY))):$$PATH" $(PY) -m cmake
+DEV_CMAKE = $(TOOLS_PATH) $(PY) -m cmake
 dev: $(DEPS)
 	$(DEV_CMAKE) -S . -B build/dev-cpu -G Ninja -DDSPARK_CPU_ONLY=ON -DPython_EXECUTABLE="$$(command -v $(PY))"
 	$(DEV_CMAKE) --build build/dev-cpu
-	cp build/dev-cpu/_C.so dspark_ops/_C.so
+	cp build/dev-cpu/_C.so build/dev-cpu/_C.torch_version dspark_ops/
 
 dev-cuda: $(DEPS)
 	$(DEV_CMAKE) -S . -B build/dev-cuda -G Ninja -DDSPARK_CPU_ONLY=OFF -DPython_EXECUTABLE="$$(command -v $(PY))"
 	$(DEV_CMAKE) --build build/dev-cuda
-	cp build/dev-cuda/_C.so dspark_ops/_C.so
+	cp build/dev-cuda/_C.so build/dev-cuda/_C.torch_version dspark_ops/
 
 # Evidence about the CUDA kernels without a GPU (registers, spills, SASS loops, estimates):
 # bench/results/gpu-static.{md,json}; fails if a kernel spills.
@@ -71,4 +89,4 @@ device-lib: $(DEPS)
 	PY=$(PY) bash bench/device_lib.sh
 
 clean:
-	rm -rf build dspark_ops/_C.so
+	rm -rf build dspark_ops/_C.so dspark_ops/_C.torch_version

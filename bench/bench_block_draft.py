@@ -23,6 +23,7 @@ import torch.nn.functional as F
 import dspark_ops
 from dspark_ops import reference
 from dspark_ops.speculative.dspark_drafter import DSparkDrafter
+
 from harness import Case
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

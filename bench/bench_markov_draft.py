@@ -16,6 +16,7 @@ import functools
 import torch
 
 import dspark_ops
+
 from harness import Case
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

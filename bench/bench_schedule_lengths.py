@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 import dspark_ops
+
 from harness import Case
 
 GAMMA = 7

@@ -17,6 +17,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference
+
 from harness import Case
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}

@@ -43,7 +43,7 @@ stage() {
 torch_version=$("$py" -c "import torch; print(torch.__version__)")
 loads() { "$py" -c "import dspark_ops, sys; sys.exit(0 if dspark_ops.has_cuda_kernels() else 1)"; }
 if [ -f device-lib/_C.so ] && [ "$(cat device-lib/_C.torch_version 2>/dev/null)" = "$torch_version" ] \
-   && cp device-lib/_C.so dspark_ops/_C.so && loads 2>> "$summary"; then
+   && cp device-lib/_C.so device-lib/_C.torch_version dspark_ops/ && loads 2>> "$summary"; then
   echo "library: prebuilt device-lib/_C.so for torch $torch_version" | tee -a "$summary"
 else
   echo "library: building here (no usable device-lib/_C.so for torch $torch_version)" | tee -a "$summary"

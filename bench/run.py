@@ -22,6 +22,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import dspark_ops  # noqa: E402,F401  (loads the ops)
+
 from harness import device_peaks, environment, measure  # noqa: E402
 
 BASELINES = ["eager", "compile", "triton", "numpy"]

@@ -1,7 +1,7 @@
 // The only TORCH_LIBRARY(dspark, m): every schema of torch.ops.dspark in one place.
 // Kernels register per dispatch key in csrc/cpu/<family>.cpp and csrc/cuda/<family>_op.cpp;
-// fake (meta) kernels live beside the Python wrappers in dspark_ops/. The contract of
-// every op is ../shared/SPEC.md.
+// fake (meta) kernels live beside the Python wrappers in dspark_ops/ops/. Every op is
+// documented in docs/ops.md.
 #include <torch/library.h>
 
 TORCH_LIBRARY(dspark, m) {

@@ -3,15 +3,17 @@
 ``import dspark_ops`` loads the compiled library and registers the fake (meta) kernels;
 after that, every op is reachable as ``torch.ops.dspark.<op>`` or through the wrappers
 re-exported here. The documentation of every op (signature, shapes, dtypes, semantics,
-randomness, checks, CUDA limits) is ``docs/ops.md`` in the repository.
+randomness, checks, CUDA limits) is ``docs/ops.md`` in the repository, and
+``help(torch.ops.dspark.<op>)`` prints one op's documentation.
 
 Layout: ``dspark_ops.ops`` holds the op wrappers and fake kernels; ``dspark_ops.speculative``
 the engine-side code built on them (drafter module, ``generate``, targets, proposers, SPS
 profiling, calibration); ``dspark_ops.reference`` a pure-PyTorch twin of every op, for tests.
 """
 
-from . import _library
+from . import _library  # noqa: F401  (loads _C.so: registers every op before the wrappers)
 from ._library import has_cuda_kernels
+from ._version import __version__
 from .ops import (
     Purpose,
     append_context_kv,
@@ -37,6 +39,7 @@ from .speculative.generate import (
 )
 
 __all__ = [
+    "__version__",
     "ConfidenceThreshold",
     "DSparkConfig",
     "DSparkDrafter",
@@ -62,4 +65,3 @@ __all__ = [
     "verify_chain",
     "verify_tree",
 ]
-__version__ = "0.1.0"

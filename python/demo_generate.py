@@ -21,6 +21,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import ConfidenceThreshold, FixedLength, SPSSchedule, generate, target_decode
+from dspark_ops.ops.greedy import is_greedy
 from dspark_ops.speculative.proposers import TinyDrafter
 from dspark_ops.speculative.targets import TinyCausalLM, TinyConfig
 
@@ -74,7 +75,7 @@ def main() -> None:
     t0 = time.perf_counter()
     plain = target_decode(target, prompts, **kw)
     plain_time = time.perf_counter() - t0
-    if args.temperature <= 1e-5:
+    if is_greedy(args.temperature):
         same = res.tokens == plain.tokens
         print(f"greedy output identical to plain target decoding: {same}")
         assert same

@@ -3,6 +3,7 @@
 import pytest
 
 import dspark_ops
+
 from helpers import DEVICES
 
 

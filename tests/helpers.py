@@ -1,31 +1,9 @@
-"""Helpers shared by the tests: devices and the statistics of the distribution tests."""
+"""Helpers shared by the tests: the devices every op test runs on."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from scipy import stats
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 requires_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-# Each distribution test fails with probability ALPHA when the op is right (over the choice
-# of seeds); the seeds are fixed, so a run is deterministic.
-ALPHA = 1e-4
-
-
-def chi_square_pvalue(observed, expected_probs) -> float:
-    """Pearson chi-square p-value of counts against probabilities (cells with p=0 must be empty)."""
-    observed = np.asarray(observed, dtype=np.float64).ravel()
-    probs = np.asarray(expected_probs, dtype=np.float64).ravel()
-    n = observed.sum()
-    zero = probs <= 0
-    assert observed[zero].sum() == 0, f"{observed[zero].sum()} samples fell in cells of probability 0"
-    expected = probs[~zero] * n
-    return float(stats.chisquare(observed[~zero], expected * observed[~zero].sum() / expected.sum()).pvalue)
-
-
-def assert_distribution(observed, expected_probs, what: str) -> None:
-    p = chi_square_pvalue(observed, expected_probs)
-    assert p > ALPHA, f"{what}: chi-square p-value {p:.3g} <= {ALPHA} (counts {np.asarray(observed).ravel()})"

@@ -13,8 +13,7 @@ from safetensors.torch import save_file
 from dspark_ops import DSparkConfig, DSparkDrafter
 from dspark_ops import reference as ref
 
-HAS_CUDA = torch.cuda.is_available()
-DEVICES = ["cpu"] + (["cuda"] if HAS_CUDA else [])
+from helpers import requires_cuda
 
 
 def make_config(markov="vanilla", rank=8, confidence=True, with_markov=True, **over):
@@ -225,7 +224,6 @@ def load(tmp_path, cfg, sd, dtype=None, device=None):
     return DSparkDrafter.from_pretrained(str(tmp_path), dtype=dtype, device=device)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("variant", [dict(), dict(verification_block_size=7, proposal_hidden_offset=1)])
 def test_backbone_matches_explicit_mask_forward(tmp_path, device, dtype, variant):
@@ -263,7 +261,6 @@ def test_batch_rows_are_independent(tmp_path):
     torch.testing.assert_close(full[1:2], one, atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(
     "variant", [dict(markov="vanilla"), dict(markov="gated"), dict(markov="rnn", with_markov=False),
                 dict(rank=0, confidence=False)]
@@ -290,7 +287,6 @@ def test_greedy_draft_matches_reference(tmp_path, device, variant):
     torch.testing.assert_close(out.hidden, ref_hidden, atol=2e-5, rtol=2e-5)
 
 
-@pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_backbone(tmp_path, device):
     cfg = make_config()
     model = load(tmp_path, cfg, deepspec_state_dict(cfg), device=device)
@@ -322,7 +318,7 @@ def test_torch_compile_backbone(tmp_path, device):
         torch.testing.assert_close(a, b)
 
 
-@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@requires_cuda
 def test_cuda_drafter_agrees_with_cpu(tmp_path):
     cfg = make_config(num_hidden_layers=3)
     sd = deepspec_state_dict(cfg, dtype=torch.bfloat16)

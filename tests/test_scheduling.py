@@ -8,8 +8,15 @@ import pytest
 import torch
 
 import dspark_ops
-from dspark_ops.speculative.sps_profile import (SPSTable, default_batch_sizes, isotonic_non_decreasing,
-                                   monotone_envelope, profile_sps)
+from dspark_ops.speculative.sps_profile import (
+    SPSTable,
+    default_batch_sizes,
+    isotonic_non_decreasing,
+    monotone_envelope,
+    profile_sps,
+)
+
+from helpers import requires_cuda
 
 
 def test_isotonic_is_least_squares_monotone():
@@ -83,7 +90,7 @@ def test_profile_cpu_and_schedule(tmp_path):
     assert int(lengths.sum()) == int(admitted)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 @pytest.mark.parametrize("graphs", [False, True])
 def test_profile_cuda(graphs):
     table = profile_sps(tiny_step_fn("cuda"), max_batch=64, batch_sizes=[1, 16, 64], device="cuda",

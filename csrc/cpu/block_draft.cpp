@@ -3,7 +3,6 @@
 // dtype; the rounding points of RMSNorm and RoPE follow dspark/rope.h (Hugging Face's
 // Qwen3 code). The CUDA kernels in csrc/cuda/block_draft.cu compute the same things.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -12,6 +11,7 @@
 #include <vector>
 
 #include "common/block_draft_args.h"
+#include "cpu/dispatch.h"
 #include "dspark/rope.h"
 
 namespace dspark::cpu {
@@ -90,7 +90,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (out.numel() == 0 || dim == 0) return out;
   const int64_t rows = x.numel() / dim;
   const auto xc = x.contiguous(), wc = weight.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm_cpu", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(x.scalar_type(), "dspark::rms_norm", "x", [&] {
     using T = scalar_t;
     const T* xp = xc.data_ptr<T>();
     const T* wp = wc.data_ptr<T>();
@@ -128,7 +128,7 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::T
   if (tokens == 0 || dh == 0) return {q_out, k_out};
   const auto qc = q.contiguous(), kc = k.contiguous(), qw = q_norm_weight.contiguous(),
              kw = k_norm_weight.contiguous(), pos = positions.contiguous();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, q.scalar_type(), "qk_norm_rope_cpu", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(q.scalar_type(), "dspark::qk_norm_rope", "q", [&] {
     using T = scalar_t;
     const T *qp = qc.data_ptr<T>(), *kp = kc.data_ptr<T>(), *qwp = qw.data_ptr<T>(), *kwp = kw.data_ptr<T>();
     const int64_t* pp = pos.data_ptr<int64_t>();
@@ -166,7 +166,7 @@ void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, con
   const auto st = start.contiguous(), nn = num_new.contiguous();
   const CacheStrides kcs{k_cache.stride(0), k_cache.stride(1), k_cache.stride(2)};
   const CacheStrides vcs{v_cache.stride(0), v_cache.stride(1), v_cache.stride(2)};
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, k_cache.scalar_type(), "append_context_kv_cpu", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(k_cache.scalar_type(), "dspark::append_context_kv", "k_cache", [&] {
     using T = scalar_t;
     T *kcp = k_cache.data_ptr<T>(), *vcp = v_cache.data_ptr<T>();
     const T *knp = kn.data_ptr<T>(), *vnp = vn.data_ptr<T>(), *kwp = kw.data_ptr<T>();

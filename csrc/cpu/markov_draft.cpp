@@ -9,7 +9,6 @@
 // position k, index = vocab id); its two logs run through ATen's vectorised log, exactly the
 // operations of the pure-PyTorch reference.
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -20,6 +19,7 @@
 
 #include "common/markov_draft_args.h"
 #include "cpu/cpu_features.h"
+#include "cpu/dispatch.h"
 #include "cpu/philox_batch.h"
 #include "cpu/row_ops.h"
 
@@ -170,7 +170,7 @@ at::Tensor rows_times_weight(const at::Tensor& X, const at::Tensor& W) {
   float* op = out.data_ptr<float>();
   const bool avx2 = cpu_has_avx2();
   const int64_t grain = std::max<int64_t>(16, 32768 / std::max<int64_t>(1, M * K));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, w.scalar_type(), "markov_draft_rows_times_weight", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(w.scalar_type(), "dspark::markov_draft", "w2", [&] {
     const scalar_t* wp = w.data_ptr<scalar_t>();
     at::parallel_for(0, N, grain, [&](int64_t n0, int64_t n1) {
       if (avx2) rows_times_weight_avx2<scalar_t>(xp, wp, op, M, N, K, n0, n1);
@@ -252,10 +252,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   if (hidden) hf = hidden->to(at::kFloat);  // [R, γ, d]
   if (s.head == MarkovHead::kGated) {
     head_w = gate_weight->to(at::kFloat);  // [r, d + r], input [h_k ; e_k]
-    head_b = gate_bias->to(at::kFloat);
+    head_b = gate_bias->to(at::kFloat).contiguous();  // read through a raw pointer below
   } else if (s.head == MarkovHead::kRnn) {
     head_w = rnn_weight->to(at::kFloat);  // [3r, 2r + d], input [s_{k-1} ; e_k ; h_k]
-    head_b = rnn_bias->to(at::kFloat);
+    head_b = rnn_bias->to(at::kFloat).contiguous();
     state = at::zeros({R, r}, fopts);     // s_0 = 0
   }
   if (s.confidence != ConfidenceInput::kNone) {
@@ -316,7 +316,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
           }
       });
     }
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, U.scalar_type(), "markov_draft_cpu", [&] {
+    DSPARK_CPU_DISPATCH_FLOAT(U.scalar_type(), "dspark::markov_draft", "base_logits", [&] {
       const float* lptr = L.data_ptr<float>();
       scalar_t* dl = draft_logits.data_ptr<scalar_t>();
       const scalar_t* up = U.data_ptr<scalar_t>();

@@ -3,7 +3,6 @@
 // from it (the rejection row or the bonus row); rows after the first rejection are never read.
 // Sampling rows go through vectorised ATen passes (cpu/row_dist.h).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -12,8 +11,10 @@
 #include <vector>
 
 #include "common/verify_chain_args.h"
+#include "cpu/dispatch.h"
 #include "cpu/row_dist.h"
 #include "cpu/row_ops.h"
+#include "dspark/eos.h"
 
 namespace dspark::cpu {
 namespace {
@@ -26,12 +27,6 @@ struct ChainRequest {
   int64_t seed, offset;
   int64_t* out;  // [γ + 1] output row, pre-filled with -1
 };
-
-bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
-  for (int64_t e = 0; e < num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
-}
 
 // target: [N, V]; draft: [R, γ, V] or nullptr. Returns (num_accepted, num_emitted).
 template <typename TT, typename TD>
@@ -115,10 +110,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
     acc += lp[r] + 1;
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "verify_chain_cpu", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(target.scalar_type(), "dspark::verify_chain", "target_logits", [&] {
     using TT = scalar_t;
     const auto draft_type = draft ? draft->scalar_type() : target.scalar_type();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, draft_type, "verify_chain_cpu_draft", [&] {
+    DSPARK_CPU_DISPATCH_FLOAT(draft_type, "dspark::verify_chain", "draft_logits", [&] {
       using TD = scalar_t;
       const TT* tp = target.data_ptr<TT>();
       const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;

@@ -5,7 +5,6 @@
 // that is followed by another child, and once for the residual race when every child is
 // rejected (see dspark/tree_sampling.h for the closed form of the residuals).
 #include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -14,7 +13,9 @@
 #include <vector>
 
 #include "common/verify_tree_args.h"
+#include "cpu/dispatch.h"
 #include "cpu/row_ops.h"
+#include "dspark/eos.h"
 #include "dspark/tree_sampling.h"
 
 namespace dspark::cpu {
@@ -80,12 +81,6 @@ struct TreeRequest {
   int64_t* out;        // [M] output tokens, pre-filled with -1
   int64_t* out_nodes;  // [M] accepted node indices, pre-filled with -1
 };
-
-bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
-  for (int64_t e = 0; e < num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
-}
 
 // Calls visit(v, bits_v) for v in [0, vocab) with the raw words of Purpose::kTreeResample at
 // `node` (one Philox call per four ids); the races turn them into Gumbel noise only where an
@@ -229,10 +224,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
     acc += np[r];
   }
 
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, target.scalar_type(), "verify_tree_cpu", [&] {
+  DSPARK_CPU_DISPATCH_FLOAT(target.scalar_type(), "dspark::verify_tree", "target_logits", [&] {
     using TT = scalar_t;
     const auto draft_type = draft ? draft->scalar_type() : target.scalar_type();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, draft_type, "verify_tree_cpu_draft", [&] {
+    DSPARK_CPU_DISPATCH_FLOAT(draft_type, "dspark::verify_tree", "draft_logits", [&] {
       using TD = scalar_t;
       const TT* tp = target.data_ptr<TT>();
       const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;

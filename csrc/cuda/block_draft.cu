@@ -16,6 +16,9 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include "cuda/block_draft.h"
 #include "cuda/common.cuh"
@@ -36,25 +39,13 @@ __device__ __forceinline__ float round_to(float x) {
   return to_float(from_float<T>(x));
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ float warp_max(float v) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
-  return v;
-}
-
 // Loads N consecutive elements at p as float: one 16-byte load when `aligned`.
 template <typename T, int N>
 __device__ __forceinline__ void load_vec(const T* p, float* dst, bool aligned) {
   static_assert(N * sizeof(T) == 16, "one 16-byte vector");
   if (aligned) {
-    alignas(16) T vals[N];
-    *reinterpret_cast<uint4*>(vals) = __ldg(reinterpret_cast<const uint4*>(p));
+    vec_t<T, N> vals;
+    vals.load(p);
 #pragma unroll
     for (int e = 0; e < N; ++e) dst[e] = to_float(vals[e]);
   } else {
@@ -467,28 +458,52 @@ __global__ void __launch_bounds__(kAttnThreads)
   }
 }
 
-// The kernel that serves (T, DH, aligned), with its dynamic shared memory (attribute set).
+// The kernel that serves (T, DH, tensor cores or not), with its dynamic shared memory.
 struct AttentionKernel {
   const void* fn;
   size_t smem;
   bool mma;
 };
 
+// The launch configuration of one class of calls, (device, dtype, head_dim, tensor cores or
+// not): its kernel (with the shared-memory attribute set on that device), resident CTAs per
+// SM and the device's SM count. attention_config computes it once per class.
+struct AttentionConfig {
+  AttentionKernel kernel;
+  int resident_ctas;  // per SM, >= 1 (1 if the occupancy query fails)
+  int sms;            // 108 if the query fails
+};
+
 template <typename T, int DH>
-cudaError_t choose_attention_kernel(bool aligned, AttentionKernel* k) {
-  k->mma = false;
+cudaError_t make_attention_config(bool mma, int device, AttentionConfig* c) {
+  AttentionKernel& k = c->kernel;
+  k.mma = false;
   if constexpr (sizeof(T) == 2) {
-    if (use_tensor_cores(aligned)) {
-      k->fn = reinterpret_cast<const void*>(block_attention_mma_kernel<T, DH>);
-      k->smem = MmaLayout<DH>::kBytes;
-      k->mma = true;
+    if (mma) {
+      k.fn = reinterpret_cast<const void*>(block_attention_mma_kernel<T, DH>);
+      k.smem = MmaLayout<DH>::kBytes;
+      k.mma = true;
     }
   }
-  if (!k->mma) {
-    k->fn = reinterpret_cast<const void*>(block_attention_kernel<T, DH>);
-    k->smem = attention_smem_bytes<DH>();
+  if (!k.mma) {
+    k.fn = reinterpret_cast<const void*>(block_attention_kernel<T, DH>);
+    k.smem = attention_smem_bytes<DH>();
   }
-  return cudaFuncSetAttribute(k->fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k->smem));
+  const cudaError_t err =
+      cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem));
+  if (err != cudaSuccess) return err;
+  c->resident_ctas = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c->resident_ctas, k.fn, kAttnThreads, k.smem) != cudaSuccess ||
+      c->resident_ctas < 1) {
+    (void)cudaGetLastError();
+    c->resident_ctas = 1;
+  }
+  c->sms = 0;
+  if (cudaDeviceGetAttribute(&c->sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || c->sms <= 0) {
+    (void)cudaGetLastError();
+    c->sms = 108;
+  }
+  return cudaSuccess;
 }
 
 int64_t row_chunks(const BlockAttentionArgs& a) {
@@ -496,13 +511,11 @@ int64_t row_chunks(const BlockAttentionArgs& a) {
 }
 
 template <typename T, int DH>
-cudaError_t run_block_attention(const BlockAttentionArgs& a, bool aligned, cudaStream_t stream) {
+cudaError_t run_block_attention(const BlockAttentionArgs& a, bool aligned, const AttentionKernel& k,
+                                cudaStream_t stream) {
   const int64_t chunks = row_chunks(a);
   const int64_t blocks = a.requests * a.kv_heads * chunks * a.splits;
   if (blocks > 0x7FFFFFFF || a.splits < 1) return cudaErrorInvalidConfiguration;
-  AttentionKernel k;
-  cudaError_t err = choose_attention_kernel<T, DH>(aligned, &k);
-  if (err != cudaSuccess) return err;
   if (k.mma) {
     if constexpr (sizeof(T) == 2)
       block_attention_mma_kernel<T, DH><<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(
@@ -511,7 +524,7 @@ cudaError_t run_block_attention(const BlockAttentionArgs& a, bool aligned, cudaS
     block_attention_kernel<T, DH><<<static_cast<unsigned>(blocks), kAttnThreads, k.smem, stream>>>(
         a, static_cast<int>(chunks), aligned);
   }
-  err = cudaGetLastError();
+  const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess || a.splits == 1) return err;
   const int64_t rows = a.requests * a.gamma * a.q_heads;
   const int threads = 256;
@@ -526,18 +539,6 @@ bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0;
 
 // ---------------------------------------------------------------------------------------
 // rms_norm, qk_norm_rope, append_context_kv
-
-__device__ __forceinline__ float block_sum(float v, float* scratch) {
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
-  v = warp_sum(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  v = lane < warps ? scratch[lane] : 0.0f;
-  v = warp_sum(v);
-  __syncthreads();
-  return v;
-}
 
 template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ out,
@@ -643,46 +644,46 @@ bool inputs_aligned(const BlockAttentionArgs& a, DType dtype) {
          (a.v_stride_r * elem) % 16 == 0 && (a.v_stride_l * elem) % 16 == 0 && (a.v_stride_h * elem) % 16 == 0;
 }
 
-// Resident CTAs per SM of the kernel that will serve `a` (1 if the query fails).
-int resident_ctas(const BlockAttentionArgs& a, DType dtype) {
-  const bool aligned = inputs_aligned(a, dtype);
-  int n = 0;
+// The configuration that serves `a` on `device`: computed on the first call of its class, then
+// read from a cache (thread-safe). DSPARK_BLOCK_ATTENTION_SIMT is still read per call, so the
+// choice between the two kernels follows the environment as before.
+cudaError_t attention_config(const BlockAttentionArgs& a, DType dtype, int device, AttentionConfig* c) {
+  const bool mma = dtype != DType::kFloat32 && use_tensor_cores(inputs_aligned(a, dtype));
+  const auto key = std::make_tuple(device, static_cast<int>(dtype), a.head_dim, mma);
+  static std::mutex mutex;
+  static std::map<std::tuple<int, int, int64_t, bool>, AttentionConfig> configs;
+  const std::lock_guard<std::mutex> lock(mutex);
+  const auto it = configs.find(key);
+  if (it != configs.end()) {
+    *c = it->second;
+    return cudaSuccess;
+  }
   const cudaError_t err = DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> cudaError_t {
-    AttentionKernel k{};
-    cudaError_t e = cudaErrorInvalidValue;
     switch (a.head_dim) {
       case 64:
-        e = choose_attention_kernel<T, 64>(aligned, &k);
-        break;
+        return make_attention_config<T, 64>(mma, device, c);
       case 128:
-        e = choose_attention_kernel<T, 128>(aligned, &k);
-        break;
+        return make_attention_config<T, 128>(mma, device, c);
       case 256:
-        e = choose_attention_kernel<T, 256>(aligned, &k);
-        break;
+        return make_attention_config<T, 256>(mma, device, c);
       default:
-        break;
+        return cudaErrorInvalidValue;
     }
-    if (e != cudaSuccess) return e;
-    return cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, k.fn, kAttnThreads, k.smem);
   });
-  if (err != cudaSuccess || n < 1) {
-    (void)cudaGetLastError();
-    return 1;
-  }
-  return n;
+  if (err == cudaSuccess) configs.emplace(key, *c);
+  return err;
 }
 
 }  // namespace
 
 int block_attention_splits(const BlockAttentionArgs& a, DType dtype, int device) {
   if (a.requests <= 0 || a.gamma <= 0 || a.kv_heads <= 0 || a.q_heads <= 0) return 1;
-  int sms = 0;
-  if (cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || sms <= 0) {
+  AttentionConfig c;
+  if (attention_config(a, dtype, device, &c) != cudaSuccess) {
     (void)cudaGetLastError();
-    sms = 108;
+    return 1;  // the launch reports the error
   }
-  const double slots = static_cast<double>(sms) * resident_ctas(a, dtype);
+  const double slots = static_cast<double>(c.sms) * c.resident_ctas;
   const int64_t base = a.requests * a.kv_heads * row_chunks(a);
   // A split should keep at least 4 SIMT tiles (2 tensor-core tiles) of keys at full length.
   int64_t cap = (a.max_len + a.gamma + 4 * kTile - 1) / (4 * kTile);
@@ -705,14 +706,20 @@ int block_attention_splits(const BlockAttentionArgs& a, DType dtype, int device)
 cudaError_t launch_block_attention(const BlockAttentionArgs& a, DType dtype, cudaStream_t stream) {
   if (a.requests == 0 || a.gamma == 0 || a.q_heads == 0) return cudaSuccess;
   const bool aligned = inputs_aligned(a, dtype);
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  AttentionConfig c;
+  err = attention_config(a, dtype, device, &c);
+  if (err != cudaSuccess) return err;
   return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> cudaError_t {
     switch (a.head_dim) {
       case 64:
-        return run_block_attention<T, 64>(a, aligned, stream);
+        return run_block_attention<T, 64>(a, aligned, c.kernel, stream);
       case 128:
-        return run_block_attention<T, 128>(a, aligned, stream);
+        return run_block_attention<T, 128>(a, aligned, c.kernel, stream);
       case 256:
-        return run_block_attention<T, 256>(a, aligned, stream);
+        return run_block_attention<T, 256>(a, aligned, c.kernel, stream);
       default:
         return cudaErrorInvalidValue;
     }

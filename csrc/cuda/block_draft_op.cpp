@@ -85,7 +85,7 @@ at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const
   a.head_dim = s.head_dim;
   a.max_len = s.max_len;
   a.scale = static_cast<float>(scale);
-  a.splits = block_attention_splits(a, to_dtype(q.scalar_type()), q.get_device());
+  a.splits = block_attention_splits(a, to_dtype(q, "dspark::block_attention", "q"), q.get_device());
   at::Tensor partial_o, partial_ml;
   if (a.splits > 1) {
     const int64_t rows = s.requests * s.gamma * s.q_heads;
@@ -94,7 +94,7 @@ at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const
     a.partial_o = partial_o.data_ptr<float>();
     a.partial_ml = partial_ml.data_ptr<float>();
   }
-  DSPARK_CUDA_CHECK(launch_block_attention(a, to_dtype(q.scalar_type()), c10::cuda::getCurrentCUDAStream()));
+  DSPARK_CUDA_CHECK(launch_block_attention(a, to_dtype(q, "dspark::block_attention", "q"), c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -106,7 +106,7 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   if (out.numel() == 0 || dim == 0) return out;
   const auto xc = x.contiguous(), wc = weight.contiguous();
   DSPARK_CUDA_CHECK(launch_rms_norm(xc.data_ptr(), wc.data_ptr(), out.data_ptr(), x.numel() / dim, dim,
-                                    static_cast<float>(eps), to_dtype(x.scalar_type()), c10::cuda::getCurrentCUDAStream()));
+                                    static_cast<float>(eps), to_dtype(x, "dspark::rms_norm", "x"), c10::cuda::getCurrentCUDAStream()));
   return out;
 }
 
@@ -124,7 +124,7 @@ std::tuple<at::Tensor, at::Tensor> qk_norm_rope(const at::Tensor& q, const at::T
   DSPARK_CUDA_CHECK(launch_qk_norm_rope(qc.data_ptr(), kc.data_ptr(), qw.data_ptr(), kw.data_ptr(),
                                         pos.data_ptr<int64_t>(), q_out.data_ptr(), k_out.data_ptr(), tokens,
                                         q.size(-2), k.size(-2), q.size(-1), static_cast<float>(eps),
-                                        static_cast<float>(rope_theta), to_dtype(q.scalar_type()),
+                                        static_cast<float>(rope_theta), to_dtype(q, "dspark::qk_norm_rope", "q"),
                                         c10::cuda::getCurrentCUDAStream()));
   return {q_out, k_out};
 }
@@ -159,7 +159,7 @@ void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, con
   a.chunk = s.chunk;
   a.eps = static_cast<float>(eps);
   a.theta = static_cast<float>(rope_theta);
-  DSPARK_CUDA_CHECK(launch_append_context_kv(a, to_dtype(k_cache.scalar_type()), c10::cuda::getCurrentCUDAStream()));
+  DSPARK_CUDA_CHECK(launch_append_context_kv(a, to_dtype(k_cache, "dspark::append_context_kv", "k_cache"), c10::cuda::getCurrentCUDAStream()));
 }
 
 }  // namespace

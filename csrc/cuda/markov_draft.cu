@@ -44,12 +44,6 @@ constexpr int kReqPerWarp = 4;                // requests per warp: each w2 valu
                                               // shared memory feeds four FMAs
 constexpr int kReqChunk = kWarps * kReqPerWarp;  // requests per pass over a tile (32)
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-  return v;
-}
-
 __device__ __forceinline__ float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
 // Shared memory layout: [w2 tile slots, T][scratch, float]. A staged w2 row is padded by one

@@ -87,7 +87,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     if (conf_scale) scale = conf_scale->contiguous();
   }
 
-  const MarkovDraftLaunch plan = cached_plan(to_dtype(U.scalar_type()), V, r, base_logits.get_device());
+  const MarkovDraftLaunch plan = cached_plan(to_dtype(U, "dspark::markov_draft", "base_logits"), V, r, base_logits.get_device());
   const int64_t blocks = plan.blocks;
   auto head_vector = at::empty({R, r}, fopts);
   auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;
@@ -95,7 +95,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
   auto part_key = at::empty({blocks, R}, anchor.options());
 
   MarkovDraftParams p{};
-  p.dtype = to_dtype(U.scalar_type());
+  p.dtype = to_dtype(U, "dspark::markov_draft", "base_logits");
   p.requests = R, p.gamma = G, p.vocab = V, p.rank = r, p.hidden_size = d;
   p.head = static_cast<int>(s.head);
   p.confidence = static_cast<int>(s.confidence);

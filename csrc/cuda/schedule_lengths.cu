@@ -7,7 +7,9 @@
 //      scan of the chunk totals in shared memory, then tau_i and Theta_i for its positions:
 //      exactly the order the CPU kernel uses, so results agree bit for bit;
 //   4. the kept prefix n by a block reduction (mode 0: first i with Theta_i <= Theta_{i-1};
-//      mode 1: first argmax; mode 2: min(budget, K)), then lengths by atomicMax.
+//      mode 1: first argmax; mode 2: min(budget, K));
+//   5. lengths by atomicMax, and the scalar outputs.
+// Each phase is one device function below; the kernel is their sequence.
 // Shared memory: 8 * next_pow2(R*γ) bytes of keys (128 KiB at the 16384 limit) + 8 KiB.
 #include "cuda/common.cuh"
 #include "cuda/schedule_lengths.h"
@@ -21,43 +23,21 @@ namespace {
 constexpr int kMaxThreads = 1024;
 constexpr int kMaxChunks = static_cast<int>(kScheduleMaxCudaCandidates / kScheduleChunk);  // 1024
 
-__device__ __forceinline__ int warp_min_int(int v) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v = min(v, __shfl_xor_sync(0xFFFFFFFFu, v, o));
-  return v;
-}
+// The positions of the sorted candidates one thread owns: [base, base + 16) (chunk `tid`;
+// threads past the last chunk own none), with tau_i and Theta_i of each (0 past K).
+struct OwnedPositions {
+  int base;
+  bool owns;
+  float tau[kScheduleChunk];
+  float theta[kScheduleChunk];
+};
 
-// (value, index): larger value wins, lower index on ties. Values are never NaN here.
-__device__ __forceinline__ void warp_argmax(float& v, int& idx) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) {
-    const float ov = __shfl_xor_sync(0xFFFFFFFFu, v, o);
-    const int oi = __shfl_xor_sync(0xFFFFFFFFu, idx, o);
-    if (ov > v || (ov == v && oi < idx)) v = ov, idx = oi;
-  }
-}
-
-__global__ void __launch_bounds__(kMaxThreads)
-    schedule_lengths_kernel(const float* __restrict__ confidence,   // [R, γ]
-                            const float* __restrict__ sps,          // [S]
-                            const int64_t* __restrict__ max_lengths,  // [R] or nullptr
-                            int R, int gamma, int mode, int64_t budget, int n_pad,
-                            int64_t* __restrict__ lengths,  // [R]
-                            int64_t* __restrict__ admitted, float* __restrict__ expected,
-                            float* __restrict__ throughput) {
-  extern __shared__ uint64_t keys[];             // [n_pad]
-  __shared__ float scan[2][kMaxChunks];          // Hillis-Steele ping-pong
-  __shared__ float last_theta[kMaxChunks];       // Theta of each chunk's last position
-  __shared__ int red_int[kMaxThreads / kWarpSize];
-  __shared__ float red_val[kMaxThreads / kWarpSize];
-  __shared__ int num_candidates, kept;
-
+// Phase 1: survival products a_{r,j} and their keys (dspark/schedule.h) in slot (j-1)*R + r,
+// zero past cap_r and in the padding up to n_pad; every lengths[r] starts at 0.
+__device__ __forceinline__ void write_candidate_keys(const float* __restrict__ confidence,
+                                                     const int64_t* __restrict__ max_lengths, int R, int gamma,
+                                                     int n_pad, uint64_t* keys, int64_t* __restrict__ lengths) {
   const int tid = threadIdx.x, nt = blockDim.x;
-  const int lane = tid % kWarpSize, warp = tid / kWarpSize, nwarps = nt / kWarpSize;
-  const int total = R * gamma;
-
-  // 1. Survival products and keys; lengths start at 0.
-  if (tid == 0) num_candidates = 0;
   for (int r = tid; r < R; r += nt) {
     lengths[r] = 0;
     int64_t cap = max_lengths ? max_lengths[r] : gamma;
@@ -70,14 +50,17 @@ __global__ void __launch_bounds__(kMaxThreads)
       keys[slot] = j <= cap ? schedule_key(a, static_cast<uint32_t>(slot)) : 0;
     }
   }
-  for (int i = total + tid; i < n_pad; i += nt) keys[i] = 0;
+  for (int i = R * gamma + tid; i < n_pad; i += nt) keys[i] = 0;
   __syncthreads();
+}
 
-  // 2. Bitonic sort, descending. Each step compares n_pad/2 disjoint pairs.
+// Phase 2: bitonic sort of keys[0, n_pad) in descending order. Each step compares n_pad/2
+// disjoint pairs.
+__device__ __forceinline__ void bitonic_sort_descending(uint64_t* keys, int n_pad) {
   const int pairs = n_pad / 2;
   for (int k = 2; k <= n_pad; k <<= 1) {
     for (int d = k >> 1; d > 0; d >>= 1) {
-      for (int p = tid; p < pairs; p += nt) {
+      for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
         const int i = ((p & ~(d - 1)) << 1) | (p & (d - 1)), partner = i + d;  // d is a power of 2
         const uint64_t x = keys[i], y = keys[partner];
         const bool descending = (i & k) == 0;
@@ -86,110 +69,139 @@ __global__ void __launch_bounds__(kMaxThreads)
       __syncthreads();
     }
   }
+}
 
-  // 3. Chunk sums. nchunks = n_pad / 16 <= nt, so every chunk has its own thread.
-  const int nchunks = n_pad / kScheduleChunk;
-  const int base = tid * kScheduleChunk;
-  float local[kScheduleChunk] = {};
-  float chunk_total = 0.0f;
-  if (tid < nchunks) {
+// Phase 3: tau_i and Theta_i of the owned positions, in exactly the CPU's order: left-fold
+// sums inside the chunk, a Hillis-Steele scan of the chunk totals (`scan`, [2][nchunks]), then
+// tau_i = R + (E_t + s_{t,m}) and Theta_i = tau_i * sps[R + i + 1]. `num_candidates` receives K
+// (the last nonzero key is followed by a zero key or the end). nchunks = n_pad / 16 <= nt, so
+// every chunk has its own thread.
+__device__ __forceinline__ OwnedPositions position_values(const uint64_t* keys, const float* __restrict__ sps, int R,
+                                                          int n_pad, float (*scan)[kMaxChunks], int* num_candidates) {
+  const int tid = threadIdx.x, nchunks = n_pad / kScheduleChunk;
+  OwnedPositions o;
+  o.base = tid * kScheduleChunk;
+  o.owns = tid < nchunks;
+  float (&local)[kScheduleChunk] = o.tau;  // tau_i overwrites the local sum it is made from (fewer registers)
+  if (tid == 0) *num_candidates = 0;
+  __syncthreads();
+  if (o.owns) {
+    float chunk_total = 0.0f;
 #pragma unroll
     for (int m = 0; m < kScheduleChunk; ++m) {
-      const uint64_t key = keys[base + m];
+      const uint64_t key = keys[o.base + m];
       const float a = key != 0 ? schedule_key_survival(key) : 0.0f;
       chunk_total = m == 0 ? a : schedule_add(chunk_total, a);
       local[m] = chunk_total;
-      // The last candidate is the one followed by a zero key (or the end).
-      if (key != 0 && (base + m + 1 == n_pad || keys[base + m + 1] == 0)) num_candidates = base + m + 1;
+      if (key != 0 && (o.base + m + 1 == n_pad || keys[o.base + m + 1] == 0)) *num_candidates = o.base + m + 1;
     }
     scan[0][tid] = chunk_total;
   }
   __syncthreads();
   int buf = 0;
   for (int d = 1; d < nchunks; d <<= 1) {
-    if (tid < nchunks) {
+    if (o.owns) {
       const float v = scan[buf][tid];
       scan[buf ^ 1][tid] = tid >= d ? schedule_add(v, scan[buf][tid - d]) : v;
     }
     buf ^= 1;
     __syncthreads();
   }
-  const int K = num_candidates;
+  const int K = *num_candidates;
   const float Rf = static_cast<float>(R);
-  const float theta_init = schedule_mul(Rf, sps[R]);
-  const float E = tid == 0 ? 0.0f : (tid < nchunks ? scan[buf][tid - 1] : 0.0f);
-  float (&tau)[kScheduleChunk] = local;  // tau_i overwrites the local sum it is made from (fewer registers)
-  float theta[kScheduleChunk];
+  const float E = tid == 0 ? 0.0f : (o.owns ? scan[buf][tid - 1] : 0.0f);
 #pragma unroll
   for (int m = 0; m < kScheduleChunk; ++m) {
-    const int i = base + m;
-    theta[m] = 0.0f;
-    if (tid < nchunks && i < K) {
-      tau[m] = schedule_add(Rf, schedule_add(E, local[m]));
-      theta[m] = schedule_mul(tau[m], sps[R + i + 1]);
+    const int i = o.base + m;
+    o.theta[m] = 0.0f;
+    if (o.owns && i < K) {
+      o.tau[m] = schedule_add(Rf, schedule_add(E, local[m]));
+      o.theta[m] = schedule_mul(o.tau[m], sps[R + i + 1]);
     }
   }
-  if (tid < nchunks) last_theta[tid] = theta[kScheduleChunk - 1];
-  __syncthreads();
+  return o;
+}
 
-  // 4. The kept prefix n.
-  if (mode == kScheduleTopK) {
-    if (tid == 0) kept = budget < K ? static_cast<int>(budget) : K;
-  } else if (mode == kScheduleCausal) {
+// Scratch of the phase-4 block reductions.
+struct KeptScratch {
+  float last_theta[kMaxChunks];  // Theta of each chunk's last position
+  int stops[kMaxThreads / kWarpSize];
+  ArgMax best[kMaxThreads / kWarpSize];
+};
+
+// Phase 4: the kept prefix n (see dspark/schedule.h for the three modes), returned to every
+// thread. K candidates; theta_init = Theta of the empty prefix.
+__device__ __forceinline__ int kept_prefix(const OwnedPositions& o, int K, int mode, int64_t budget, float theta_init,
+                                           KeptScratch& sh) {
+  if (mode == kScheduleTopK) return budget < K ? static_cast<int>(budget) : K;
+  const int tid = threadIdx.x;
+  if (o.owns) sh.last_theta[tid] = o.theta[kScheduleChunk - 1];
+  __syncthreads();
+  if (mode == kScheduleCausal) {  // first i with !(Theta_i > Theta_{i-1}), else K
     int stop = K;
-    float before = tid == 0 ? theta_init : (tid < nchunks ? last_theta[tid - 1] : 0.0f);
+    float before = tid == 0 ? theta_init : (o.owns ? sh.last_theta[tid - 1] : 0.0f);
 #pragma unroll
     for (int m = 0; m < kScheduleChunk; ++m) {
-      const int i = base + m;
-      if (tid < nchunks && i < K && stop == K && !(theta[m] > before)) stop = i;
-      before = theta[m];
+      const int i = o.base + m;
+      if (o.owns && i < K && stop == K && !(o.theta[m] > before)) stop = i;
+      before = o.theta[m];
     }
-    stop = warp_min_int(stop);
-    if (lane == 0) red_int[warp] = stop;
-    __syncthreads();
-    if (warp == 0) {
-      int v = lane < nwarps ? red_int[lane] : INT_MAX;
-      v = warp_min_int(v);
-      if (lane == 0) kept = v;
-    }
-  } else {
-    float best = -INFINITY;
-    int best_idx = INT_MAX;
-#pragma unroll
-    for (int m = 0; m < kScheduleChunk; ++m) {
-      const int i = base + m;
-      if (tid < nchunks && i < K && theta[m] > best) best = theta[m], best_idx = i;
-    }
-    warp_argmax(best, best_idx);
-    if (lane == 0) red_val[warp] = best, red_int[warp] = best_idx;
-    __syncthreads();
-    if (warp == 0) {
-      float v = lane < nwarps ? red_val[lane] : -INFINITY;
-      int idx = lane < nwarps ? red_int[lane] : INT_MAX;
-      warp_argmax(v, idx);
-      if (lane == 0) kept = (idx != INT_MAX && v > theta_init) ? idx + 1 : 0;
-    }
+    return block_reduce(stop, sh.stops, INT_MAX, Min{});
   }
-  __syncthreads();
+  // Global: 1 + the first index of the largest Theta_i (NaN never wins) if it beats theta_init.
+  ArgMax best;
+#pragma unroll
+  for (int m = 0; m < kScheduleChunk; ++m) {
+    const int i = o.base + m;
+    if (o.owns && i < K && o.theta[m] > best.value) best.value = o.theta[m], best.index = i;
+  }
+  best = block_merge(best, sh.best);  // value desc, then lowest index: an exact total order
+  return (best.index >= 0 && best.value > theta_init) ? static_cast<int>(best.index) + 1 : 0;
+}
 
-  // 5. Outputs. Admitted sets are prefix-closed per request, so ℓ_r = max admitted j.
-  const int n = kept;
-  if (tid < nchunks) {
+// Phase 5: admitted sets are prefix-closed per request, so ℓ_r = max admitted j; expected and
+// throughput are tau and Theta of the last kept position (of the empty prefix when n = 0).
+__device__ __forceinline__ void write_outputs(const OwnedPositions& o, const uint64_t* keys, int R, int n,
+                                              float theta_init, int64_t* __restrict__ lengths,
+                                              int64_t* __restrict__ admitted, float* __restrict__ expected,
+                                              float* __restrict__ throughput) {
+  if (o.owns) {
 #pragma unroll
     for (int m = 0; m < kScheduleChunk; ++m) {
-      const int i = base + m;
+      const int i = o.base + m;
       if (i < n) {
         const uint32_t slot = schedule_key_slot(keys[i]);
         atomicMax(reinterpret_cast<unsigned long long*>(lengths + slot % R),
                   static_cast<unsigned long long>(slot / R + 1));
       }
-      if (i == n - 1) *expected = tau[m], *throughput = theta[m];
+      if (i == n - 1) *expected = o.tau[m], *throughput = o.theta[m];
     }
   }
-  if (tid == 0) {
+  if (threadIdx.x == 0) {
     *admitted = n;
-    if (n == 0) *expected = Rf, *throughput = theta_init;
+    if (n == 0) *expected = static_cast<float>(R), *throughput = theta_init;
   }
+}
+
+__global__ void __launch_bounds__(kMaxThreads)
+    schedule_lengths_kernel(const float* __restrict__ confidence,     // [R, γ]
+                            const float* __restrict__ sps,            // [S]
+                            const int64_t* __restrict__ max_lengths,  // [R] or nullptr
+                            int R, int gamma, int mode, int64_t budget, int n_pad,
+                            int64_t* __restrict__ lengths,  // [R]
+                            int64_t* __restrict__ admitted, float* __restrict__ expected,
+                            float* __restrict__ throughput) {
+  extern __shared__ uint64_t keys[];     // [n_pad]
+  __shared__ float scan[2][kMaxChunks];  // Hillis-Steele ping-pong
+  __shared__ KeptScratch kept_scratch;
+  __shared__ int num_candidates;
+
+  write_candidate_keys(confidence, max_lengths, R, gamma, n_pad, keys, lengths);
+  bitonic_sort_descending(keys, n_pad);
+  const OwnedPositions o = position_values(keys, sps, R, n_pad, scan, &num_candidates);
+  const float theta_init = schedule_mul(static_cast<float>(R), sps[R]);
+  const int n = kept_prefix(o, num_candidates, mode, budget, theta_init, kept_scratch);
+  write_outputs(o, keys, R, n, theta_init, lengths, admitted, expected, throughput);
 }
 
 int next_pow2(int x) {
@@ -201,23 +213,21 @@ int next_pow2(int x) {
 }  // namespace
 
 cudaError_t launch_schedule_lengths(const float* confidence, const float* sps, const int64_t* max_lengths,
-                                    int64_t requests, int64_t gamma, int64_t mode, int64_t budget,
-                                    int64_t* lengths, int64_t* admitted, float* expected, float* throughput,
-                                    cudaStream_t stream) {
+                                    int64_t requests, int64_t gamma, int64_t mode, int64_t budget, int64_t* lengths,
+                                    int64_t* admitted, float* expected, float* throughput, cudaStream_t stream) {
   if (requests * gamma > kScheduleMaxCudaCandidates) return cudaErrorInvalidValue;
   const int total = static_cast<int>(requests * gamma);
   const int n_pad = next_pow2(total < 32 ? 32 : total);
   const int threads = n_pad / 2 < 32 ? 32 : (n_pad / 2 > kMaxThreads ? kMaxThreads : n_pad / 2);
   const size_t smem = static_cast<size_t>(n_pad) * sizeof(uint64_t);
   if (smem > 48 * 1024) {
-    const cudaError_t err = cudaFuncSetAttribute(schedule_lengths_kernel,
-                                                 cudaFuncAttributeMaxDynamicSharedMemorySize,
+    const cudaError_t err = cudaFuncSetAttribute(schedule_lengths_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                                  static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
-  schedule_lengths_kernel<<<1, threads, smem, stream>>>(
-      confidence, sps, max_lengths, static_cast<int>(requests), static_cast<int>(gamma), static_cast<int>(mode),
-      budget, n_pad, lengths, admitted, expected, throughput);
+  schedule_lengths_kernel<<<1, threads, smem, stream>>>(confidence, sps, max_lengths, static_cast<int>(requests),
+                                                        static_cast<int>(gamma), static_cast<int>(mode), budget, n_pad,
+                                                        lengths, admitted, expected, throughput);
   return cudaGetLastError();
 }
 

@@ -11,8 +11,12 @@
 //                  with atomicMax on packed (score, index) keys.
 //   5. finalize:   writes the drawn token and num_emitted.
 // Each target row is read once (the drawing row twice); no [N, V] probabilities are formed.
+#include <algorithm>
+#include <type_traits>
+
 #include "cuda/common.cuh"
 #include "cuda/verify_chain.h"
+#include "dspark/eos.h"
 
 namespace dspark::cuda {
 namespace {
@@ -22,6 +26,12 @@ constexpr int64_t kChunk = 16384;  // row entries per block in row_stats and res
 constexpr int kWarpsPerDecideBlock = 4;
 
 int64_t num_chunks(int64_t vocab) { return (vocab + kChunk - 1) / kChunk; }
+
+// The width of a T row in a launch whose (shared) width class is VEC.
+template <typename T, int VEC>
+constexpr int min_vec() {
+  return VEC < static_cast<int>(16 / sizeof(T)) ? VEC : static_cast<int>(16 / sizeof(T));
+}
 
 struct RowPartial {
   SoftmaxStats stats;  // of the scaled logits
@@ -108,7 +118,9 @@ __global__ void first_rows_kernel(const int64_t* __restrict__ lengths, int64_t r
   }
 }
 
-template <typename TT, typename TD>
+// VEC: the vector width of both rows, chosen on the host (vec_size; each row type reads
+// min(VEC, 16 / sizeof(T)) elements per load).
+template <typename TT, typename TD, int VEC>
 __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
   const int64_t slot = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const int64_t target_slots = p.requests * (p.gamma + 1);
@@ -130,14 +142,14 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
   RowPartial acc;
   if (is_target) {
     const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
-    block_for_each(src, begin, end, rows_vectorizable<TT>(p.target_logits, p.vocab), [&](float logit, int64_t v) {
+    block_for_each<min_vec<TT, VEC>()>(src, begin, end, [&](float logit, int64_t v) {
       acc.stats.add(scaled_logit(logit, temperature));
       acc.argmax.add(logit, v);
     });
   } else {
     const TD* src = static_cast<const TD*>(p.draft_logits) + (r * p.gamma + k) * p.vocab;
-    block_for_each(src, begin, end, rows_vectorizable<TD>(p.draft_logits, p.vocab),
-                   [&](float logit, int64_t) { acc.stats.add(scaled_logit(logit, temperature)); });
+    block_for_each<min_vec<TD, VEC>()>(src, begin, end,
+                                       [&](float logit, int64_t) { acc.stats.add(scaled_logit(logit, temperature)); });
   }
   __shared__ SoftmaxStats scratch_stats[kThreads / kWarpSize];
   __shared__ ArgMax scratch_argmax[kThreads / kWarpSize];
@@ -167,12 +179,6 @@ __device__ SoftmaxStats warp_stats(const SoftmaxStats* part, int64_t chunks) {
   SoftmaxStats acc;
   for (int64_t c = threadIdx.x % kWarpSize; c < chunks; c += kWarpSize) acc.merge(part[c]);
   return warp_merge(acc);
-}
-
-__device__ bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
-  for (int64_t e = 0; e < num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
 }
 
 template <typename TT, typename TD>
@@ -328,7 +334,15 @@ cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cud
   first_rows_kernel<<<1, 1024, 0, stream>>>(p.lengths, p.requests, p.gamma, w.first_row);
   DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
     DSPARK_DISPATCH_FLOAT(p.draft_dtype, TD, [&] {
-      row_stats_kernel<TT, TD><<<static_cast<unsigned>(slots * chunks), kThreads, 0, stream>>>(p, w, chunks);
+      // One width for the target and draft rows (chunks start at multiples of kChunk, so every
+      // chunk of a row starts aligned); the narrower element type sets the dispatch range.
+      const int vt = vec_size<TT>(p.target_logits, p.vocab);
+      const int vec = p.draft_logits ? std::min(vt, vec_size<TD>(p.draft_logits, p.vocab)) : vt;
+      using Narrow = std::conditional_t<(sizeof(TT) < sizeof(TD)), TT, TD>;
+      dispatch_vec_size<Narrow>(vec, [&](auto v) {
+        row_stats_kernel<TT, TD, decltype(v)::value>
+            <<<static_cast<unsigned>(slots * chunks), kThreads, 0, stream>>>(p, w, chunks);
+      });
       decide_kernel<TT, TD><<<static_cast<unsigned>(decide_blocks), kWarpsPerDecideBlock * kWarpSize, 0, stream>>>(
           p, w, chunks);
       resample_kernel<TT, TD><<<static_cast<unsigned>(p.requests * chunks), kThreads, 0, stream>>>(p, w, chunks);

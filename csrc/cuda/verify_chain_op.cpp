@@ -51,8 +51,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
   p.gamma = s.gamma;
   p.vocab = s.vocab;
   p.rows = s.rows;
-  p.target_dtype = to_dtype(target.scalar_type());
-  p.draft_dtype = draft ? to_dtype(draft->scalar_type()) : p.target_dtype;
+  p.target_dtype = to_dtype(target, "dspark::verify_chain", "target_logits");
+  p.draft_dtype = draft ? to_dtype(*draft, "dspark::verify_chain", "draft_logits") : p.target_dtype;
   p.out_tokens = out_tokens.data_ptr<int64_t>();
   p.num_accepted = num_accepted.data_ptr<int64_t>();
   p.num_emitted = num_emitted.data_ptr<int64_t>();

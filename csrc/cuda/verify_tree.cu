@@ -31,6 +31,7 @@
 // j > i for parents[j] == i), and every row offset is int64.
 #include "cuda/common.cuh"
 #include "cuda/verify_tree.h"
+#include "dspark/eos.h"
 #include "dspark/tree_sampling.h"
 
 namespace dspark::cuda {
@@ -92,38 +93,6 @@ struct Scratch {
   SoftmaxStats bcast_stats[2];
 };
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-  return v;
-}
-
-__device__ __forceinline__ long long warp_sum(long long v) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xFFFFFFFFu, v, o);
-  return v;
-}
-
-// Block sums whose result every thread reads from one shared slot.
-template <typename V>
-__device__ __forceinline__ V block_sum(V v, V* scratch) {
-  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
-  const int warps = (blockDim.x + kWarpSize - 1) / kWarpSize;
-  v = warp_sum(v);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  if (warp == 0) {
-    v = lane < warps ? scratch[lane] : V{};
-    v = warp_sum(v);
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) scratch[0] = v;
-  __syncthreads();
-  v = scratch[0];
-  __syncthreads();
-  return v;
-}
-
 __device__ __forceinline__ SoftmaxStats block_stats(SoftmaxStats s, Scratch& sh, int slot) {
   s = block_merge(s, sh.stats);
   if (threadIdx.x == 0) sh.bcast_stats[slot] = s;
@@ -131,12 +100,6 @@ __device__ __forceinline__ SoftmaxStats block_stats(SoftmaxStats s, Scratch& sh,
   s = sh.bcast_stats[slot];
   __syncthreads();
   return s;
-}
-
-__device__ __forceinline__ bool is_eos(int64_t token, const int64_t* eos, int64_t num_eos) {
-  for (int64_t e = 0; e < num_eos; ++e)
-    if (eos[e] == token) return true;
-  return false;
 }
 
 // Children of `node` are the j in (node, n) with parents[j] == node, in index order. Every
@@ -178,16 +141,10 @@ struct RowReader {
   __device__ __forceinline__ int load(int64_t g, float (&x)[4]) const {
     const int64_t base = 4 * g;
     if (base + 4 <= vocab && aligned) {
-      if constexpr (sizeof(T) == 4) {
-        const float4 w = __ldg(reinterpret_cast<const float4*>(row) + g);
-        x[0] = w.x, x[1] = w.y, x[2] = w.z, x[3] = w.w;
-      } else {
-        const uint2 w = __ldg(reinterpret_cast<const uint2*>(row) + g);
-        T e[4];
-        memcpy(e, &w, sizeof(w));
+      vec_t<T, 4> e;
+      e.load(row + base);
 #pragma unroll
-        for (int k = 0; k < 4; ++k) x[k] = to_float(e[k]);
-      }
+      for (int k = 0; k < 4; ++k) x[k] = to_float(e[k]);
       return 4;
     }
     const int n = vocab - base < 4 ? static_cast<int>(vocab - base) : 4;

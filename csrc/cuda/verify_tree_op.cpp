@@ -55,9 +55,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
 
   VerifyTreeParams p{};
   p.target = target.data_ptr();
-  p.target_dtype = to_dtype(target.scalar_type());
+  p.target_dtype = to_dtype(target, "dspark::verify_tree", "target_logits");
   p.draft = draft.defined() ? draft.data_ptr() : nullptr;
-  p.draft_dtype = draft.defined() ? to_dtype(draft.scalar_type()) : p.target_dtype;
+  p.draft_dtype = draft.defined() ? to_dtype(draft, "dspark::verify_tree", "draft_logits") : p.target_dtype;
   p.rows = s.rows;
   p.vocab = s.vocab;
   p.tokens = tokens.data_ptr<int64_t>();

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import torch
 
+from ._documented import documented
+
 __all__ = ["block_attention", "rms_norm", "qk_norm_rope", "append_context_kv"]
 
 
+@documented
 def block_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
@@ -67,6 +70,7 @@ def block_attention(
     return torch.ops.dspark.block_attention(q, k_cache, v_cache, cache_lens, k_block, v_block, scale)
 
 
+@documented
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Qwen3 RMSNorm over the last dimension: ``weight * round(x * rsqrt(mean(x^2) + eps))``.
 
@@ -80,6 +84,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.ops.dspark.rms_norm(x, weight, eps)
 
 
+@documented
 def qk_norm_rope(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -103,6 +108,7 @@ def qk_norm_rope(
     return torch.ops.dspark.qk_norm_rope(q, k, q_norm_weight, k_norm_weight, positions, eps, rope_theta)
 
 
+@documented
 def append_context_kv(
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,

@@ -7,7 +7,10 @@ from typing import Optional
 
 import torch
 
+from ._documented import documented
 
+
+@documented
 def markov_draft(
     base_logits: torch.Tensor,
     anchor: torch.Tensor,

@@ -11,6 +11,8 @@ import enum
 
 import torch
 
+from ._documented import documented
+
 
 class Purpose(enum.IntEnum):
     """Independent streams; must match ``dspark::Purpose`` in csrc/include/dspark/philox.h."""
@@ -22,6 +24,7 @@ class Purpose(enum.IntEnum):
     TREE_RESAMPLE = 5
 
 
+@documented
 def random_bits(seed: torch.Tensor, offset: torch.Tensor, purpose: int, position: int, count: int) -> torch.Tensor:
     """Raw 32-bit Philox words, ``[R, count]`` int64 in ``[0, 2**32)``.
 

@@ -6,11 +6,14 @@ from typing import Optional
 
 import torch
 
+from ._documented import documented
+
 CAUSAL = 0
 GLOBAL = 1
 TOP_K = 2
 
 
+@documented
 def schedule_lengths(
     confidence: torch.Tensor,
     sps: torch.Tensor,

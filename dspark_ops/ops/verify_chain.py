@@ -6,7 +6,10 @@ from typing import Optional
 
 import torch
 
+from ._documented import documented
 
+
+@documented
 def verify_chain(
     target_logits: torch.Tensor,
     draft_tokens: torch.Tensor,

@@ -6,7 +6,10 @@ from typing import Optional
 
 import torch
 
+from ._documented import documented
 
+
+@documented
 def tree_metadata(
     parents: torch.Tensor, num_nodes: torch.Tensor, prefix_lens: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -34,6 +37,7 @@ def tree_metadata(
     return torch.ops.dspark.tree_metadata(parents, num_nodes, prefix_lens)
 
 
+@documented
 def verify_tree(
     target_logits: torch.Tensor,
     tree_tokens: torch.Tensor,

@@ -10,7 +10,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from .block_draft import rms_norm, rope_cos_sin, _apply_rope
+from .block_draft import _apply_rope, rms_norm, rope_cos_sin
 
 __all__ = ["drafter_backbone", "markov_greedy"]
 

@@ -12,10 +12,9 @@ from typing import Optional
 
 import torch
 
+from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose
 from .rng import vocab_gumbel
-
-GREEDY_TEMPERATURE = 1e-5
 
 
 def markov_draft(
@@ -46,7 +45,7 @@ def markov_draft(
     hf = hidden.to(f32) if hidden is not None else None
     d = hf.shape[-1] if hf is not None else 0
     temp = temperature.to(f32)
-    greedy = ~(temp > GREEDY_TEMPERATURE)
+    greedy = is_greedy(temp)
     safe_t = torch.where(greedy, torch.ones_like(temp), temp)[:, None]
 
     tokens = torch.empty(requests, gamma, dtype=torch.int64, device=base_logits.device)

@@ -11,10 +11,9 @@ from typing import Optional
 
 import torch
 
+from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose
 from .rng import random_bits, random_uniform, vocab_gumbel
-
-GREEDY_TEMPERATURE = 1e-5
 
 
 def scaled_logits(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
@@ -61,7 +60,7 @@ def verify_chain(
     first_row = torch.cumsum(lengths + 1, 0) - (lengths + 1)
     rows = (first_row[:, None] + steps).clamp_max(target_logits.shape[0] - 1)  # [R, γ+1]
     raw = target_logits[rows].float()  # [R, γ+1, V]
-    greedy = temperature <= GREEDY_TEMPERATURE
+    greedy = is_greedy(temperature)
     temp = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None, None]
     x = scaled_logits(raw, temp)
     p = softmax_rows(x)  # [R, γ+1, V]

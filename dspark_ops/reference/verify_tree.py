@@ -14,9 +14,10 @@ from typing import Optional
 
 import torch
 
+from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose
 from .rng import random_bits, random_uniform, vocab_gumbel
-from .verify_chain import GREEDY_TEMPERATURE, _nan_argmax, race, scaled_logits, softmax_rows
+from .verify_chain import _nan_argmax, race, scaled_logits, softmax_rows
 
 
 def tree_metadata(
@@ -69,7 +70,7 @@ def verify_tree(
         n = counts[r]
         tokens, par = tree_tokens[r].tolist(), parents[r].tolist()
         T = float(temperature[r])
-        greedy = T <= GREEDY_TEMPERATURE
+        greedy = is_greedy(T)
         s, o = seed[r], offset[r]
         node, path = 0, []
         emitted = None

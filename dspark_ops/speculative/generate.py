@@ -34,9 +34,9 @@ from typing import Callable, Optional, Sequence, Union
 
 import torch
 
+from ..ops.verify_chain import verify_chain
 from .proposers import Drafter, Proposal
 from .targets import Target, ragged_index
-from ..ops.verify_chain import verify_chain
 
 STAGES = ("draft", "schedule", "target", "verify", "update")
 

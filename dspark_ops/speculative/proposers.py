@@ -38,11 +38,10 @@ from typing import Optional, Protocol
 
 import torch
 
+from ..ops.greedy import is_greedy
 from ..ops.random_bits import Purpose, gumbel, random_bits
 from .dspark_drafter import DrafterCache, DSparkDrafter
 from .targets import TinyCausalLM, pad_ragged, ragged_index
-
-GREEDY_TEMPERATURE = 1e-5
 
 
 @dataclasses.dataclass
@@ -74,7 +73,7 @@ def sample_logits(logits: torch.Tensor, temperature: torch.Tensor, seed: torch.T
     vocab = logits.shape[-1]
     x = logits.float()
     x = torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x)
-    greedy = temperature <= GREEDY_TEMPERATURE
+    greedy = is_greedy(temperature)
     t = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
     noise = gumbel(random_bits(seed, offset, Purpose.DRAFT_SAMPLE, position, vocab))
     score = torch.where(greedy[:, None], x, x / t + noise)

@@ -11,11 +11,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define DSPARK_HD __host__ __device__ __forceinline__
-#else
-#define DSPARK_HD inline
-#endif
+#include "dspark/host_device.h"
 
 namespace dspark {
 

@@ -12,7 +12,7 @@
 #include <cmath>
 #include <cstdint>
 
-#include "dspark/philox.h"  // DSPARK_HD
+#include "dspark/host_device.h"
 
 namespace dspark {
 

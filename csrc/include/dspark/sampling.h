@@ -11,13 +11,14 @@
 
 #include <cmath>
 #include <cstdint>
-#include <cstring>
 
 #include "dspark/philox.h"
 
 namespace dspark {
 
-// temperature[r] <= kGreedyTemperature means argmax decoding (SPEC §2).
+// temperature[r] <= kGreedyTemperature means argmax decoding (SPEC §2). Written as
+// !(T > threshold) so that a NaN temperature is greedy too; the Python twin is
+// dspark_ops/ops/greedy.py, and every kernel and reference tests greediness through these two.
 constexpr float kGreedyTemperature = 1e-5f;
 
 DSPARK_HD bool is_greedy(float temperature) { return !(temperature > kGreedyTemperature); }
@@ -35,8 +36,7 @@ DSPARK_HD float scaled_logit(float logit, float temperature) {
 // A (score, index) pair packed so that unsigned comparison orders by score, then by the
 // lower index: reductions (and atomicMax on CUDA) pick the SPEC's winner.
 DSPARK_HD uint64_t race_key(float score, int64_t index) {
-  uint32_t bits;
-  memcpy(&bits, &score, sizeof(bits));
+  const uint32_t bits = bit_cast<uint32_t>(score);
   const uint32_t ordered = (bits & 0x80000000u) ? ~bits : (bits | 0x80000000u);
   return (static_cast<uint64_t>(ordered) << 32) | (0xFFFFFFFFu - static_cast<uint32_t>(index));
 }

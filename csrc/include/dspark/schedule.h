@@ -25,14 +25,10 @@
 //   mode 2: n = min(budget, K).
 #pragma once
 
-#include <cstdint>
 #include <cmath>
+#include <cstdint>
 
-#if defined(__CUDACC__)
-#define DSPARK_HD __host__ __device__ __forceinline__
-#else
-#define DSPARK_HD inline
-#endif
+#include "dspark/host_device.h"
 
 namespace dspark {
 
@@ -49,35 +45,11 @@ DSPARK_HD float schedule_clamp_confidence(float c) {
 #endif
 }
 
-DSPARK_HD uint32_t schedule_float_bits(float x) {
-#if defined(__CUDA_ARCH__)
-  return __float_as_uint(x);
-#else
-  union {
-    float f;
-    uint32_t u;
-  } v{x};
-  return v.u;
-#endif
-}
-
-DSPARK_HD float schedule_bits_float(uint32_t u) {
-#if defined(__CUDA_ARCH__)
-  return __uint_as_float(u);
-#else
-  union {
-    uint32_t u;
-    float f;
-  } v{u};
-  return v.f;
-#endif
-}
-
 // key of candidate slot s = (j-1)*R + r with survival a (> 0); 0 for "no candidate".
 DSPARK_HD uint64_t schedule_key(float a, uint32_t slot) {
-  return a > 0.0f ? (static_cast<uint64_t>(schedule_float_bits(a)) << 32) | (0xFFFFFFFFu - slot) : 0;
+  return a > 0.0f ? (static_cast<uint64_t>(bit_cast<uint32_t>(a)) << 32) | (0xFFFFFFFFu - slot) : 0;
 }
-DSPARK_HD float schedule_key_survival(uint64_t key) { return schedule_bits_float(static_cast<uint32_t>(key >> 32)); }
+DSPARK_HD float schedule_key_survival(uint64_t key) { return bit_cast<float>(static_cast<uint32_t>(key >> 32)); }
 DSPARK_HD uint32_t schedule_key_slot(uint64_t key) { return 0xFFFFFFFFu - static_cast<uint32_t>(key); }
 
 DSPARK_HD float schedule_add(float x, float y) {

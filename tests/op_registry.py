@@ -1,0 +1,252 @@
+"""One registry of sample calls: for every op of ``torch.ops.dspark``, small valid calls that
+cover its main modes. ``tests/test_every_op.py`` runs each of them through the checks every
+op must pass (opcheck, torch.compile, CUDA graphs, CPU vs CUDA, strides, R = 0, devices),
+and fails when an op of the library has no entry here: a new op adds its samples below.
+
+A sample's ``build(device, requests, variant)`` returns the op's positional arguments. The
+values are drawn on the CPU from ``variant`` and then moved, so CPU and CUDA see the same
+numbers. Shapes depend on ``requests`` only (never on ``variant``): a CUDA graph captured
+with variant 0 is replayed after copying variant 1 into the same tensors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    """One valid call of one op."""
+
+    op: str  # name in torch.ops.dspark
+    mode: str  # what this call covers (the test id)
+    build: Callable[[str, int, int], tuple]  # (device, requests, variant) -> positional arguments
+    requests: int = 4  # R of the default call
+    mutates: tuple[int, ...] = ()  # positions of the arguments written in place (Tensor(a!))
+    atol: float = 0.0  # CPU vs CUDA tolerance of floating outputs (integer outputs: equal)
+    rtol: float = 0.0
+
+    @property
+    def overload(self) -> torch._ops.OpOverload:
+        return getattr(torch.ops.dspark, self.op).default
+
+    @property
+    def id(self) -> str:
+        return f"{self.op}[{self.mode}]"
+
+
+def _gen(variant: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(1000 * variant + salt)
+
+
+def _to(device: str, *args) -> tuple:
+    return tuple(a.to(device) if torch.is_tensor(a) else a for a in args)
+
+
+def _keys(R: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """seed [R], offset [R] int64: full 64-bit keys."""
+    return torch.randint(-(2**62), 2**62, (R,), generator=g), torch.randint(0, 2**40, (R,), generator=g)
+
+
+def _temperature(R: int, g: torch.Generator) -> torch.Tensor:
+    """[R] float32: greedy every third request, sampling otherwise."""
+    t = torch.rand(R, generator=g) + 0.3
+    t[::3] = 0.0
+    return t
+
+
+# ----------------------------------------------------------------------------- random_bits
+
+
+def _random_bits(device, R, variant):
+    g = _gen(variant, 1)
+    seed, offset = _keys(R, g)
+    return _to(device, seed, offset, 3, 5, 37)
+
+
+# ----------------------------------------------------------------------------- markov_draft
+
+_G, _V, _RANK, _D = 3, 37, 8, 5
+
+
+def _markov_draft(head: str, conf: str, dtype: torch.dtype):
+    def build(device, R, variant):
+        g = _gen(variant, 2)
+
+        def rnd(*shape, scale=1.0):
+            return (torch.randn(*shape, generator=g) * scale).to(dtype)
+
+        base, anchor = rnd(R, _G, _V, scale=2.0), torch.randint(0, _V, (R,), generator=g)
+        w1, w2 = rnd(_V, _RANK), rnd(_V, _RANK, scale=0.3)
+        seed, offset = _keys(R, g)
+        hidden = rnd(R, _G, _D) if head != "vanilla" or conf != "none" else None
+        gate = (rnd(_RANK, _D + _RANK, scale=0.2), rnd(_RANK)) if head == "gated" else (None, None)
+        rnn = (rnd(3 * _RANK, 2 * _RANK + _D, scale=0.2), rnd(3 * _RANK)) if head == "rnn" else (None, None)
+        confidence = (None, None, None)
+        if conf != "none":
+            width = _D if conf == "h" else _D + _RANK
+            confidence = (rnd(width, scale=0.3), rnd(1), torch.rand(_G, generator=g) + 0.5)
+        return _to(device, base, anchor, w1, w2, _temperature(R, g), seed, offset, hidden, *gate, *rnn, *confidence)
+
+    return build
+
+
+# ----------------------------------------------------------------------------- verify_chain
+
+_GAMMA, _VV = 4, 29
+
+
+def _chain_lengths(R: int, variant: int) -> torch.Tensor:
+    # A rotation keeps Σ lengths (and so the row count N) fixed across variants.
+    return (torch.arange(R) % (_GAMMA + 1)).roll(variant)
+
+
+def _verify_chain(with_draft: bool, target_dtype: torch.dtype):
+    def build(device, R, variant):
+        g = _gen(variant, 3)
+        lengths = _chain_lengths(R, variant)
+        N = int((lengths + 1).sum())
+        target = (torch.randn(N, _VV, generator=g) * 2).to(target_dtype)
+        drafts = torch.randint(-1, _VV, (R, _GAMMA), generator=g)  # -1: never accepted
+        draft_logits = torch.randn(R, _GAMMA, _VV, generator=g) * 2 if with_draft else None
+        eos = torch.tensor([1, 2]) if with_draft else None
+        seed, offset = _keys(R, g)
+        return _to(device, target, drafts, lengths, _temperature(R, g), seed, offset, draft_logits, eos)
+
+    return build
+
+
+# ----------------------------------------------------------------------------- trees
+
+_M = 6
+
+
+def _tree(R: int, variant: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """parents [R, M] (bushy and chain-like, always topological), num_nodes [R] with a fixed
+    sum across variants (a rotation), one empty tree when R > 1."""
+    parents = torch.full((R, _M), -1)
+    for i in range(1, _M):
+        parents[:, i] = torch.randint(0, i, (R,), generator=g)
+    num_nodes = (torch.arange(R) % (_M + 1)).roll(variant)
+    return parents, num_nodes
+
+
+def _tree_metadata(device, R, variant):
+    g = _gen(variant, 4)
+    parents, num_nodes = _tree(R, variant, g)
+    return _to(device, parents, num_nodes, torch.randint(0, 2**40, (R,), generator=g))
+
+
+def _verify_tree(with_draft: bool):
+    def build(device, R, variant):
+        g = _gen(variant, 5)
+        parents, num_nodes = _tree(R, variant, g)
+        N = int(num_nodes.sum())
+        target = torch.randn(N, _VV, generator=g) * 2
+        tokens = torch.randint(-1, _VV, (R, _M), generator=g)
+        draft_logits = (torch.randn(N, _VV, generator=g) * 2).to(torch.bfloat16) if with_draft else None
+        eos = torch.tensor([3]) if with_draft else None
+        seed, offset = _keys(R, g)
+        return _to(device, target, tokens, parents, num_nodes, _temperature(R, g), seed, offset, draft_logits, eos)
+
+    return build
+
+
+# ----------------------------------------------------------------------------- schedule_lengths
+
+
+def _schedule_lengths(mode: int, budget: int, with_caps: bool):
+    def build(device, R, variant):
+        g = _gen(variant, 6)
+        gamma = 5
+        confidence = torch.rand(R, gamma, generator=g)
+        confidence[torch.rand(R, gamma, generator=g) < 0.2] = 1.0  # ties at saturation
+        sps = 100.0 / (1.0 + torch.arange(R * (gamma + 1) + 2, dtype=torch.float32) * float(torch.rand(1, generator=g)))
+        caps = torch.randint(0, gamma + 1, (R,), generator=g) if with_caps else None
+        return _to(device, confidence, sps, mode, budget, caps)
+
+    return build
+
+
+# ----------------------------------------------------------------------------- block draft
+
+_HQ, _HKV, _DH, _LMAX, _BLOCK = 4, 2, 64, 7, 3
+
+
+def _block_attention(dtype: torch.dtype):
+    def build(device, R, variant):
+        g = _gen(variant, 7)
+
+        def rnd(*shape):
+            return torch.randn(*shape, generator=g).to(dtype)
+
+        lens = torch.randint(0, _LMAX + 1, (R,), generator=g)
+        return _to(device, rnd(R, _BLOCK, _HQ, _DH), rnd(R, _LMAX, _HKV, _DH), rnd(R, _LMAX, _HKV, _DH), lens,
+                   rnd(R, _BLOCK, _HKV, _DH), rnd(R, _BLOCK, _HKV, _DH), _DH**-0.5)
+
+    return build
+
+
+def _rms_norm(device, R, variant):
+    g = _gen(variant, 8)
+    return _to(device, torch.randn(R, 3, 40, generator=g) * 3, torch.randn(40, generator=g), 1e-6)
+
+
+_QK_DH = 16
+
+
+def _qk_norm_rope(device, R, variant):
+    g = _gen(variant, 9)
+    q = torch.randn(R, _BLOCK, _HQ, _QK_DH, generator=g)
+    k = torch.randn(R, _BLOCK, _HKV, _QK_DH, generator=g)
+    positions = torch.randint(0, 100_000, (R, _BLOCK), generator=g)
+    return _to(device, q, k, torch.randn(_QK_DH, generator=g), torch.randn(_QK_DH, generator=g), positions, 1e-6, 1e6)
+
+
+def _append_context_kv(device, R, variant):
+    g = _gen(variant, 10)
+    C = 3
+    k_cache = torch.randn(R, _LMAX, _HKV, _QK_DH, generator=g)
+    v_cache = torch.randn(R, _LMAX, _HKV, _QK_DH, generator=g)
+    k_new = torch.randn(R, C, _HKV, _QK_DH, generator=g)
+    v_new = torch.randn(R, C, _HKV, _QK_DH, generator=g)
+    num_new = torch.randint(0, C + 1, (R,), generator=g)
+    start = (torch.rand(R, generator=g) * (_LMAX - num_new + 1)).long()  # start + num_new <= Lmax
+    return _to(device, k_cache, v_cache, k_new, v_new, torch.randn(_QK_DH, generator=g), start, num_new, 1e-6, 1e6)
+
+
+# ----------------------------------------------------------------------------- the registry
+
+_F32, _BF16 = torch.float32, torch.bfloat16
+
+SAMPLES: list[Sample] = [
+    Sample("random_bits", "default", _random_bits),
+    Sample("markov_draft", "vanilla", _markov_draft("vanilla", "none", _F32), atol=1e-5, rtol=1e-5),
+    Sample("markov_draft", "gated-conf_he-bf16", _markov_draft("gated", "he", _BF16), atol=1e-2, rtol=1e-2),
+    Sample("markov_draft", "rnn-conf_h", _markov_draft("rnn", "h", _F32), atol=1e-5, rtol=1e-5),
+    Sample("verify_chain", "one_hot_q", _verify_chain(False, _F32)),
+    Sample("verify_chain", "draft_logits-eos-bf16", _verify_chain(True, _BF16)),
+    Sample("tree_metadata", "default", _tree_metadata),
+    Sample("verify_tree", "top_k_children", _verify_tree(False)),
+    Sample("verify_tree", "draft_logits-eos", _verify_tree(True)),
+    Sample("schedule_lengths", "causal", _schedule_lengths(0, -1, False)),
+    Sample("schedule_lengths", "global-caps", _schedule_lengths(1, -1, True)),
+    Sample("schedule_lengths", "top_k-caps", _schedule_lengths(2, 7, True)),
+    Sample("block_attention", "f32", _block_attention(_F32), atol=2e-5, rtol=2e-5),
+    Sample("block_attention", "bf16", _block_attention(_BF16), atol=2e-2, rtol=2e-2),
+    Sample("rms_norm", "default", _rms_norm, atol=2e-5, rtol=2e-5),
+    Sample("qk_norm_rope", "default", _qk_norm_rope, atol=2e-5, rtol=2e-5),
+    Sample("append_context_kv", "default", _append_context_kv, mutates=(0, 1), atol=2e-5, rtol=2e-5),
+]
+
+
+def registered_ops() -> set[str]:
+    return {s.op for s in SAMPLES}
+
+
+def library_ops() -> set[str]:
+    """Every op the loaded library defines in the ``dspark`` namespace."""
+    return {name.split("::", 1)[1] for name in torch._C._dispatch_get_all_op_names() if name.startswith("dspark::")}
