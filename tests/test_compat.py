@@ -13,9 +13,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from stats import assert_distribution
 
-from dspark_ops.compat import sglang
-from helpers import assert_distribution
+from dspark_ops.compat import flashinfer, sglang, vllm
 
 # ---------------------------------------------------------------------------------------
 # sgl-kernel
@@ -155,8 +155,6 @@ def test_sgl_target_only_follows_target_distribution(device):
 # ---------------------------------------------------------------------------------------
 # FlashInfer
 
-from dspark_ops.compat import flashinfer  # noqa: E402
-
 
 def test_flashinfer_docstring_example(device):
     """FlashInfer's docstring: draft 2 accepted (p=0.6 > q=0.3), draft 1 rejected (p=0), the
@@ -267,8 +265,6 @@ def test_flashinfer_independent_accept_metric(device):
 
 # ---------------------------------------------------------------------------------------
 # vLLM
-
-from dspark_ops.compat import vllm  # noqa: E402
 
 PLACEHOLDER = vllm.PLACEHOLDER_TOKEN_ID
 

@@ -11,9 +11,9 @@ from typing import Optional, Union
 
 import torch
 
-from ._common import keys_from_generator, probs_as_logits, row_keys
 from ..ops.random_bits import Purpose, random_bits
 from ..ops.verify_chain import verify_chain
+from ._common import keys_from_generator, probs_as_logits, row_keys
 
 
 def chain_speculative_sampling(

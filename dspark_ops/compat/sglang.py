@@ -27,8 +27,8 @@ from typing import Optional
 
 import torch
 
-from ._common import keys_from_uniforms, probs_as_logits
 from ..ops.verify_tree import tree_metadata, verify_tree
+from ._common import keys_from_uniforms, probs_as_logits
 
 
 def sgl_tree_to_parents(retrive_next_token: torch.Tensor, retrive_next_sibling: torch.Tensor) -> torch.Tensor:
