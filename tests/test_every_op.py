@@ -12,11 +12,11 @@ import pydoc
 
 import pytest
 import torch
-from op_registry import SAMPLES, Sample, library_ops, registered_ops
 
 import dspark_ops
 
 from helpers import requires_cuda
+from op_registry import SAMPLES, Sample, library_ops, registered_ops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 by_sample = pytest.mark.parametrize("sample", SAMPLES, ids=[s.id for s in SAMPLES])

@@ -11,11 +11,12 @@ import math
 
 import pytest
 import torch
-from stats import assert_distribution
 
 from dspark_ops import ConfidenceThreshold, FixedLength, SPSSchedule, generate, target_decode
 from dspark_ops.speculative.proposers import AlwaysWrongDrafter, Proposal, RandomDrafter, TinyDrafter
 from dspark_ops.speculative.targets import HFCausalLM, TinyCausalLM, TinyConfig
+
+from stats import assert_distribution
 
 V = 96
 CFG = TinyConfig(vocab_size=V, d_model=32, n_layers=2, n_heads=2, d_ff=64, hidden_layers=(1, 2))

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from stats import assert_distribution
 
 import dspark_ops
 from dspark_ops import reference
 from dspark_ops.ops.greedy import is_greedy
 
 from helpers import requires_cuda
+from stats import assert_distribution
 
 TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 2e-3}
 

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from stats import assert_distribution
 
 import dspark_ops
 from dspark_ops import reference
 
 from helpers import requires_cuda
+from stats import assert_distribution
 
 # Random123's known-answer vectors for Philox4x32-10: (counter, key, output).
 KAT = [

@@ -8,12 +8,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from stats import assert_binomial, binomial_pvalue
 
 import dspark_ops
 from dspark_ops import reference
 
 from helpers import requires_cuda
+from stats import assert_binomial, binomial_pvalue
 
 
 def random_case(gen: torch.Generator, R: int, gamma: int, kind: str):

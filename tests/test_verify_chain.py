@@ -4,12 +4,12 @@ bad inputs, NaN rows, huge vocabularies, kernel vs reference (the generic checks
 import numpy as np
 import pytest
 import torch
-from stats import assert_binomial, assert_distribution
 
 import dspark_ops
 from dspark_ops import reference
 
 from helpers import requires_cuda
+from stats import assert_binomial, assert_distribution
 
 GREEDY, HOT = 0.0, 1.0
 

@@ -12,13 +12,13 @@ import collections
 
 import pytest
 import torch
-from stats import assert_distribution, assert_same_distribution
 
 import dspark_ops
 from dspark_ops import reference as ref
 from dspark_ops.reference.rng import gumbel
 
 from helpers import requires_cuda
+from stats import assert_distribution, assert_same_distribution
 
 
 def random_trees(R, M, V, gen, min_nodes=1):
