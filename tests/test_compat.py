@@ -13,9 +13,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from stats import assert_distribution
 
 from dspark_ops.compat import flashinfer, sglang, vllm
+
+from stats import assert_distribution
 
 # ---------------------------------------------------------------------------------------
 # sgl-kernel
