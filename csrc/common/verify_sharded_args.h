@@ -89,7 +89,8 @@ inline std::pair<VerifyChainSizes, int64_t> check_chain_shard_args(
     const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
     int64_t vocab_size, const at::Tensor* stats) {
   const VerifyChainSizes s = check_verify_chain_args(target_logits, draft_tokens, lengths, temperature, seed,
-                                                     offset, draft_logits, eos_ids);
+                                                     offset, draft_logits, eos_ids, std::nullopt, std::nullopt,
+                                                     std::nullopt, std::nullopt, std::nullopt);
   check_shard_range(op, vocab_start, s.vocab, vocab_size);
   const int64_t world = stats ? check_gathered(*stats, op, "stats", s.rows, "N, the rows of target_logits",
                                                kShardStatsWords, target_logits)
@@ -104,7 +105,8 @@ inline std::pair<TreeSizes, int64_t> check_tree_shard_args(
     const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
     int64_t vocab_size, const at::Tensor* stats) {
   const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed,
-                                             offset, draft_logits, eos_ids);
+                                             offset, draft_logits, eos_ids, std::nullopt, std::nullopt,
+                                                     std::nullopt, std::nullopt, std::nullopt);
   check_shard_range(op, vocab_start, s.vocab, vocab_size);
   DSPARK_CHECK(s.width < 65536, op, "tree_tokens", "must have fewer than 65536 columns (M), got ", s.width);
   const int64_t world = stats ? check_gathered(*stats, op, "stats", s.rows, "N, the rows of target_logits",
