@@ -95,10 +95,15 @@ def _markov_draft(head: str, conf: str, dtype: torch.dtype):
     return build
 
 
-def _markov_draft_topk(head: str, conf: str, dtype: torch.dtype, K: int):
+def _markov_draft_topk(head: str, conf: str, dtype: torch.dtype, K: int, filters: bool = False):
     def build(device, R, variant):
         args = _markov_draft(head, conf, dtype)(device, R, variant)
-        return (*args[:7], K, *args[7:])
+        extra = ()
+        if filters:
+            g = _gen(variant, 3)
+            extra = _to(device, torch.randint(0, K + 1, (R,), generator=g), torch.rand(R, generator=g) * 0.5 + 0.5,
+                        torch.rand(R, generator=g) * 0.2)
+        return (*args[:7], K, *args[7:], *extra)
 
     return build
 
@@ -339,7 +344,8 @@ SAMPLES: list[Sample] = [
     Sample("markov_draft", "gated-conf_he-bf16", _markov_draft("gated", "he", _BF16), atol=1e-2, rtol=1e-2),
     Sample("markov_draft", "rnn-conf_h", _markov_draft("rnn", "h", _F32), atol=1e-5, rtol=1e-5),
     Sample("markov_draft_topk", "vanilla", _markov_draft_topk("vanilla", "none", _F32, 9), atol=1e-5, rtol=1e-5),
-    Sample("markov_draft_topk", "rnn-conf_he-bf16", _markov_draft_topk("rnn", "he", _BF16, 6), atol=1e-2, rtol=1e-2),
+    Sample("markov_draft_topk", "rnn-conf_he-bf16-filters", _markov_draft_topk("rnn", "he", _BF16, 6, True),
+           atol=1e-2, rtol=1e-2),
     Sample("verify_chain", "one_hot_q", _verify_chain(False, _F32)),
     Sample("verify_chain", "draft_logits-eos-bf16", _verify_chain(True, _BF16)),
     Sample("verify_chain", "filters-draft_probs", _verify_chain_q("probs")),

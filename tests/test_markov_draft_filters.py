@@ -162,9 +162,25 @@ def test_opcheck_with_filters(op):
 
 
 @requires_cuda
-@pytest.mark.parametrize("op", OPS)
-def test_cuda_filters_raise(op):
-    # Not implemented by the CUDA kernels yet: an error naming the argument, never unfiltered draws.
+@pytest.mark.parametrize("filters", FILTERS)
+def test_cuda_topk_filters_agree_with_cpu(filters):
+    R, K = 9, 300
+    args = make_inputs(R=R, G=4, V=20011, r=32, dtype=torch.bfloat16, head="gated", conf="he", seed=7)
+    f = {name: torch.full((R,), v, dtype=torch.int64 if name == "top_k" else torch.float32)
+         for name, v in filters.items()}
+    cpu = run("topk", args, K, **f)
+    gpu = run("topk", to_device({**args, **f}, "cuda"), K)
+    assert torch.equal(gpu[4].cpu(), cpu[4])  # draft_ids
+    assert torch.equal(gpu[0].cpu(), cpu[0])  # tokens
+    g, c = gpu[1].cpu().float(), cpu[1].float()
+    assert torch.equal(torch.isinf(g), torch.isinf(c))  # the same kept sets
+    kept = ~torch.isinf(c)
+    torch.testing.assert_close(g[kept], c[kept], atol=4e-2, rtol=1e-2)  # dot products in another order
+    torch.testing.assert_close(gpu[2].cpu(), cpu[2], atol=1e-4, rtol=1e-4)
+
+
+@requires_cuda
+def test_cuda_dense_filters_raise():
     args = to_device(make_inputs(R=2, G=2, V=50, r=8), "cuda")
     with pytest.raises(RuntimeError, match="top_k"):
-        run(op, args, 5, top_p=0.9)
+        dspark_ops.markov_draft(**args, top_p=0.9)

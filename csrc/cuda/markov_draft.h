@@ -30,6 +30,9 @@ struct MarkovDraftParams {
   const void* conf_weight;     // [d] or [d + r] T, or null
   const void* conf_bias;       // [1] T, or null
   const float* conf_scale;     // [γ] or null
+  const int64_t* top_k;        // [R] or null: SPEC §9 filters (make_row_filter normalises them)
+  const float* top_p;          // [R] or null
+  const float* min_p;          // [R] or null
   int64_t* tokens;             // [R, γ] out
   void* draft_logits;          // [R, γ, V] T out
   float* token_logprob;        // [R, γ] out

@@ -60,7 +60,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
                                                      conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
   const c10::cuda::CUDAGuard guard(base_logits.device());
   DSPARK_CHECK(!s.filters, "dspark::markov_draft", "top_k",
-               "and top_p / min_p (SPEC §9 filters) are not implemented by the CUDA kernels yet: filter on CPU");
+               "and top_p / min_p (SPEC §9 filters) are not implemented by the dense CUDA kernel yet: use "
+               "markov_draft_topk (filters supported on CUDA) or filter on CPU");
   // The logits phase stages a [32, r] w2 tile and [32, r] head vectors in shared memory.
   DSPARK_CHECK(s.rank <= 512, "dspark::markov_draft", "w1",
                "must have rank r <= 512 on CUDA (shared-memory tiles), got r = ", s.rank);

@@ -14,10 +14,10 @@
 //    the gathered w2 row as ONE sequential fmaf chain in column order (the dense kernel's
 //    chain, so a candidate's logit is the same bits as markov_draft's), rounds U_k(c) + that
 //    to the storage dtype, and folds it into the block's softmax statistics and Gumbel-max
-//    race (noise keyed by the vocabulary id c, argmax for greedy requests). SPEC §9 filters
-//    are not applied on CUDA yet (the binding raises); the plan: store the K rounded logits,
-//    find the threshold over them with the sort-free block search of cuda/filters.cuh (from
-//    the verify ops), set the filtered-out ones to -inf and race over the kept.
+//    race (noise keyed by the vocabulary id c, argmax for greedy requests). A sampled request
+//    with a SPEC §9 filter on first stores the K rounded logits, then finds the threshold over
+//    them (block_filter_threshold, cuda/filters.cuh), sets the filtered-out ones to -inf and
+//    races over the kept; rows whose filter is off take the one-pass path unchanged.
 //
 // Design note on tensor cores: the candidates differ per request, so no w2 row is shared by
 // two requests and the product is R·γ gathered matrix-vector products of [K, r] x [r]: each
@@ -26,6 +26,7 @@
 // when several vectors multiply the same rows, as in the dense op's [R, r] x [r, V]).
 #include "common/markov_draft_kinds.h"
 #include "cuda/common.cuh"
+#include "cuda/filters.cuh"
 #include "cuda/markov_draft_topk.h"
 #include "cuda/markov_head.cuh"
 
@@ -232,6 +233,8 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
   const float temp = p.temperature[q];
   const bool greedy = is_greedy(temp);  // block-uniform
   const int64_t seed = p.seed[q], offset = p.offset[q];
+  const RowFilter row_filter = markov::request_filter(p, q, K);
+  __shared__ FilterScratch fsh;
   int64_t prev = p.anchor[q];
   prev = prev < 0 ? 0 : (prev >= V ? V - 1 : prev);  // SPEC §2: never read out of bounds
   for (int64_t k = 1; k <= G; ++k) {
@@ -261,12 +264,22 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
       const int64_t c = ids[j];
       return c < 0 ? 0 : (c >= V ? V - 1 : c);
     };
+    const bool filter = !greedy && !row_filter.off();  // block-uniform
     for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
       const int64_t c = candidate(j);
       const T rounded = from_float<T>(to_float(U[row * V + c]) + candidate_dot(w2 + c * r, Ps, r));
       out[row * K + j] = rounded;
       const float lr = to_float(rounded);
-      fold(c, greedy ? lr : scaled_logit(lr, temp));
+      if (!filter) fold(c, greedy ? lr : scaled_logit(lr, temp));
+    }
+    if (filter) {  // SPEC §9: the threshold needs the whole row, then the race over the kept
+      __syncthreads();  // the row's rounded logits are visible to the block
+      const float theta = block_filter_threshold<1>(out + row * K, K, temp, row_filter, fsh);
+      for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
+        const float s = scaled_logit(to_float(out[row * K + j]), temp);
+        if (!(s >= theta)) out[row * K + j] = from_float<T>(-INFINITY);
+        fold(candidate(j), filtered(s, theta));
+      }
     }
     const uint64_t key = block_max_u64(race.best, reinterpret_cast<uint64_t*>(red));
     if (!greedy) st = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));

@@ -46,8 +46,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
       gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
   check_num_candidates(num_candidates, s);
   const c10::cuda::CUDAGuard guard(base_logits.device());
-  DSPARK_CHECK(!s.filters, "dspark::markov_draft_topk", "top_k",
-               "and top_p / min_p (SPEC §9 filters) are not implemented by the CUDA kernels yet: filter on CPU");
   const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank, K = num_candidates;
   const auto fopts = base_logits.options().dtype(at::kFloat);
   auto tokens = at::empty({R, G}, anchor.options());
@@ -108,6 +106,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
   p.conf_weight = conf_w.defined() ? conf_w.data_ptr() : nullptr;
   p.conf_bias = conf_b.defined() ? conf_b.data_ptr() : nullptr;
   p.conf_scale = scale.defined() ? scale.data_ptr<float>() : nullptr;
+  const auto tk = top_k ? top_k->contiguous() : at::Tensor();
+  const auto tp = top_p ? top_p->contiguous() : at::Tensor();
+  const auto mp = min_p ? min_p->contiguous() : at::Tensor();
+  p.top_k = tk.defined() ? tk.data_ptr<int64_t>() : nullptr;
+  p.top_p = tp.defined() ? tp.data_ptr<float>() : nullptr;
+  p.min_p = mp.defined() ? mp.data_ptr<float>() : nullptr;
   p.tokens = tokens.data_ptr<int64_t>();
   p.draft_logits = draft_logits.data_ptr();
   p.token_logprob = token_logprob.data_ptr<float>();

@@ -8,6 +8,7 @@
 #include "common/markov_draft_kinds.h"
 #include "cuda/common.cuh"
 #include "cuda/markov_draft.h"
+#include "dspark/filters.h"
 
 namespace dspark::cuda::markov {
 
@@ -82,6 +83,11 @@ __device__ void head_step(const MarkovDraftParams& p, int64_t q, int64_t k, int6
     }
   }
   __syncthreads();  // e / z are reused by the next request of this block
+}
+
+// The SPEC §9 filter of request q over rows of `entries` values (off without filter tensors).
+__device__ __forceinline__ RowFilter request_filter(const MarkovDraftParams& p, int64_t q, int64_t entries) {
+  return make_row_filter(p.top_k ? p.top_k[q] : 0, p.top_p ? p.top_p[q] : 1.0f, p.min_p ? p.min_p[q] : 0.0f, entries);
 }
 
 }  // namespace dspark::cuda::markov

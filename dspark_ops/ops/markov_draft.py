@@ -79,8 +79,9 @@ def markov_draft(
             the distribution ``x_k`` was drawn from (verification stays lossless), and
             ``token_logprob`` is under the filtered distribution. Greedy requests ignore them;
             off values give outputs bit-identical to passing no filter. Values outside those
-            ranges raise on CPU. CUDA: not implemented yet, the kernels raise when a filter
-            is given (filter on CPU).
+            ranges raise on CPU (on CUDA with ``DSPARK_CHECK=1``; otherwise clamped). CUDA:
+            the dense kernel raises when a filter is given (use :func:`markov_draft_topk`,
+            which filters on CUDA, or the CPU).
 
     Every logits/weight/activation argument must share the dtype of ``base_logits`` (a
     mismatch is an error); arithmetic is float32. Passing both gated and RNN weights, or a
