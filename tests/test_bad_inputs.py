@@ -118,10 +118,10 @@ def _markov_draft_args():
 
 
 def _markov_draft_topk_args():
-    args = _markov_draft_args()
-    args["num_candidates"] = 5
-    args["top_p"] = torch.tensor([1.0, 0.8])
-    return args
+    # Schema order: num_candidates follows offset.
+    items = list(_markov_draft_args().items())
+    at = [k for k, _ in items].index("offset") + 1
+    return dict(items[:at] + [("num_candidates", 5)] + items[at:] + [("top_k", None), ("top_p", torch.tensor([1.0, 0.8]))])
 
 
 def _schedule_lengths_args():
@@ -334,7 +334,12 @@ def _assert_matches_reference(case: Case, args: dict, out) -> None:
 def _reference_applies(case: Case, m: Mutation) -> bool:
     # NaN / infinite temperatures: the agreement of references and kernels there is another
     # change's (the greedy threshold); here they must only not crash or misreport.
-    return not (m.arg == "temperature" and m.kind == "value" and not math.isfinite(float(m.what.split()[-1])))
+    if m.arg == "temperature" and m.kind == "value" and not math.isfinite(float(m.what.split()[-1])):
+        return False
+    # Markov weights of 3e38 overflow the head's dot products: whether a sum of ±inf terms ends
+    # +inf, -inf or NaN depends on the summation order, which the pruned op's reference (one
+    # matmul over the gathered rows) does not replicate; the kernel must only not misbehave.
+    return not (case.op == "markov_draft_topk" and m.arg in ("w1", "w2") and m.kind == "value")
 
 
 @pytest.mark.parametrize("name,m", ALL, ids=[f"{n}-{m.arg}-{m.kind}-{m.what}" for n, m in ALL])

@@ -7,30 +7,11 @@
 #include <optional>
 
 #include "common/markov_draft_kinds.h"
+#include "common/verify_q_args.h"
 #include "dspark/checks.h"
 #include "dspark/filters.h"
 
 namespace dspark {
-
-// top_k [R] int64 (any value; <= 0 or >= the row length: off), top_p [R] float32 in (0, 1],
-// min_p [R] float32 in [0, 1] (SPEC §9). Returns whether any filter is given.
-inline bool check_markov_filter_args(const char* op, const std::optional<at::Tensor>& top_k,
-                                     const std::optional<at::Tensor>& top_p, const std::optional<at::Tensor>& min_p,
-                                     int64_t requests, const at::Tensor& ref) {
-  if (top_k) check_index_vector(*top_k, op, "top_k", requests, "R", ref);
-  auto check_range = [&](const std::optional<at::Tensor>& t, const char* arg, bool (*ok)(float), const char* range) {
-    if (!t) return;
-    check_float_vector(*t, op, arg, requests, "R", ref);
-    if (!value_checks_enabled(*t) || requests == 0) return;
-    const auto v = t->cpu().contiguous();
-    const float* p = v.data_ptr<float>();
-    for (int64_t i = 0; i < requests; ++i)
-      DSPARK_CHECK(ok(p[i]), op, arg, "must lie in ", range, ", got ", p[i], " for request ", i);
-  };
-  check_range(top_p, "top_p", top_p_in_range, "(0, 1] (1: off)");
-  check_range(min_p, "min_p", min_p_in_range, "[0, 1] (0: off)");
-  return top_k || top_p || min_p;
-}
 
 struct MarkovDraftSizes {
   int64_t requests;  // R
@@ -134,7 +115,7 @@ inline MarkovDraftSizes check_markov_draft_args(
   }
   // Checked even without a confidence head (then it is ignored: the confidence is all ones).
   if (conf_scale) check_float_vector(*conf_scale, op, "conf_scale", s.gamma, "γ, one scale per position", base_logits);
-  s.filters = check_markov_filter_args(op, top_k, top_p, min_p, s.requests, base_logits);
+  s.filters = check_filter_args(op, top_k, top_p, min_p, s.requests, base_logits);
   if (value_checks_enabled(anchor) && s.requests > 0) {
     const auto a = anchor.cpu();
     const int64_t lo = a.min().item<int64_t>(), hi = a.max().item<int64_t>();

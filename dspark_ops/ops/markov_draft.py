@@ -117,11 +117,10 @@ def _per_request(base_logits, temperature, seed, offset, top_k, top_p, min_p):
                         top_k=top_k, top_p=top_p, min_p=min_p)
 
 
-@torch.library.register_fake("dspark::markov_draft")
-def _markov_draft_fake(base_logits, anchor, w1, w2, temperature, seed, offset, hidden=None, gate_weight=None,
-                       gate_bias=None, rnn_weight=None, rnn_bias=None, conf_weight=None, conf_bias=None,
-                       conf_scale=None, top_k=None, top_p=None, min_p=None):
-    c = ArgChecks("dspark::markov_draft", base_logits)
+def _markov_checks(op, base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight, gate_bias,
+                   rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p):
+    """The checks of ``check_markov_draft_args`` shared by both Markov ops' fake kernels."""
+    c = ArgChecks(op, base_logits)
     c.dtype(base_logits, "base_logits", FLOAT_DTYPES)
     c.dim(base_logits, "base_logits", 3)
     requests, gamma, vocab = base_logits.shape
@@ -184,6 +183,17 @@ def _markov_draft_fake(base_logits, anchor, w1, w2, temperature, seed, offset, h
                            (min_p, "min_p", c.float_vector)):
         if t is not None:
             check(t, name, requests, "R")
+    return c
+
+
+@torch.library.register_fake("dspark::markov_draft")
+def _markov_draft_fake(base_logits, anchor, w1, w2, temperature, seed, offset, hidden=None, gate_weight=None,
+                       gate_bias=None, rnn_weight=None, rnn_bias=None, conf_weight=None, conf_bias=None,
+                       conf_scale=None, top_k=None, top_p=None, min_p=None):
+    _markov_checks("dspark::markov_draft", base_logits, anchor, w1, w2, temperature, seed, offset, hidden,
+                   gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p,
+                   min_p)
+    requests, gamma = base_logits.shape[:2]
     tokens = anchor.new_empty((requests, gamma))
     draft_logits = base_logits.new_empty(base_logits.shape)
     token_logprob = base_logits.new_empty((requests, gamma), dtype=torch.float32)
@@ -258,14 +268,15 @@ def markov_draft_topk(
 def _markov_draft_topk_fake(base_logits, anchor, w1, w2, temperature, seed, offset, num_candidates, hidden=None,
                             gate_weight=None, gate_bias=None, rnn_weight=None, rnn_bias=None, conf_weight=None,
                             conf_bias=None, conf_scale=None, top_k=None, top_p=None, min_p=None):
-    tokens, _, token_logprob, confidence = _markov_draft_fake(
-        base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias,
-        conf_weight, conf_bias, conf_scale)
+    c = _markov_checks("dspark::markov_draft_topk", base_logits, anchor, w1, w2, temperature, seed, offset, hidden,
+                       gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p,
+                       min_p)
     requests, gamma, vocab = base_logits.shape
-    torch._check(
-        1 <= num_candidates <= vocab,
-        lambda: f"dspark::markov_draft_topk: argument 'num_candidates' must be in [1, V={vocab}], got {num_candidates}",
-    )
+    c.check(1 <= num_candidates <= vocab, "num_candidates",
+            lambda: f"must be in [1, V={vocab}], got {num_candidates}")
+    tokens = anchor.new_empty((requests, gamma))
+    token_logprob = base_logits.new_empty((requests, gamma), dtype=torch.float32)
+    confidence = base_logits.new_empty((requests, gamma), dtype=torch.float32)
     draft_ids = anchor.new_empty((requests, gamma, num_candidates))
     draft_logits = base_logits.new_empty((requests, gamma, num_candidates))
     return tokens, draft_ids, draft_logits, token_logprob, confidence
