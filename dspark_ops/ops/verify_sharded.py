@@ -21,6 +21,7 @@ from typing import Optional
 
 import torch
 
+from ._checks import ArgChecks
 from ._documented import documented
 
 STATS_WORDS = 5  # ShardRowStats
@@ -102,12 +103,22 @@ def verify_shard_finish(out_tokens: T, num_accepted: T, num_emitted: T, race_key
     return torch.ops.dspark.verify_shard_finish(out_tokens, num_accepted, num_emitted, race_keys)
 
 
+def _check_devices(op: str, args: dict) -> None:
+    """Every tensor argument (``args``: the fake's parameters, in schema order) on the device of
+    the first one, as the bindings' check_device: a cpu/meta mix raises naming the argument."""
+    tensors = [(name, t) for name, t in args.items() if isinstance(t, torch.Tensor)]
+    c = ArgChecks(f"dspark::{op}", tensors[0][1])
+    for name, t in tensors[1:]:
+        c.device(t, name)
+
+
 def _check_2d(t, op, name):
     torch._check(t.dim() == 2, lambda: f"dspark::{op}: argument '{name}' must have 2 dimensions")
 
 
 @torch.library.register_fake("dspark::verify_chain_shard_stats")
 def _chain_stats_fake(target_logits, draft_tokens, lengths, temperature, seed, offset, draft_logits, vocab_start, vocab_size):
+    _check_devices("verify_chain_shard_stats", locals())
     _check_2d(target_logits, "verify_chain_shard_stats", "target_logits")
     return draft_tokens.new_empty((target_logits.shape[0], STATS_WORDS))
 
@@ -116,6 +127,7 @@ def _chain_stats_fake(target_logits, draft_tokens, lengths, temperature, seed, o
 def _chain_decide_fake(
     target_logits, draft_tokens, lengths, temperature, seed, offset, stats, draft_logits, eos_ids, vocab_start, vocab_size
 ):
+    _check_devices("verify_chain_shard_decide", locals())
     _check_2d(draft_tokens, "verify_chain_shard_decide", "draft_tokens")
     requests, gamma = draft_tokens.shape
     return (
@@ -130,6 +142,7 @@ def _chain_decide_fake(
 def _tree_stats_fake(
     target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset, draft_logits, vocab_start, vocab_size
 ):
+    _check_devices("verify_tree_shard_stats", locals())
     _check_2d(target_logits, "verify_tree_shard_stats", "target_logits")
     return tree_tokens.new_empty((target_logits.shape[0], STATS_WORDS))
 
@@ -153,6 +166,7 @@ def _tree_walk_fake(
     vocab_start,
     vocab_size,
 ):
+    _check_devices("verify_tree_shard_walk", locals())
     _check_2d(tree_tokens, "verify_tree_shard_walk", "tree_tokens")
     requests, width = tree_tokens.shape
     return (
@@ -167,6 +181,7 @@ def _tree_walk_fake(
 def _tree_race_fake(
     target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset, stats, walk, draft_logits, vocab_start, vocab_size
 ):
+    _check_devices("verify_tree_shard_race", locals())
     _check_2d(tree_tokens, "verify_tree_shard_race", "tree_tokens")
     requests = tree_tokens.shape[0]
     return (
@@ -178,5 +193,6 @@ def _tree_race_fake(
 
 @torch.library.register_fake("dspark::verify_shard_finish")
 def _finish_fake(out_tokens, num_accepted, num_emitted, race_keys):
+    _check_devices("verify_shard_finish", locals())
     _check_2d(out_tokens, "verify_shard_finish", "out_tokens")
     return torch.empty_like(out_tokens, memory_format=torch.contiguous_format)
