@@ -18,9 +18,8 @@ struct ScheduleSizes {
 };
 
 // confidence [R, γ] float32; sps [S] float32 with S > R*(γ+1); max_lengths [R] int64 or None.
-inline ScheduleSizes check_schedule_lengths_args(const at::Tensor& confidence, const at::Tensor& sps,
-                                                 int64_t mode, int64_t budget,
-                                                 const std::optional<at::Tensor>& max_lengths) {
+inline ScheduleSizes check_schedule_lengths_args(const at::Tensor& confidence, const at::Tensor& sps, int64_t mode,
+                                                 int64_t budget, const std::optional<at::Tensor>& max_lengths) {
   constexpr const char* op = "dspark::schedule_lengths";
   check_dtype(confidence, op, "confidence", {at::kFloat});
   check_dim(confidence, op, "confidence", 2);
@@ -35,8 +34,7 @@ inline ScheduleSizes check_schedule_lengths_args(const at::Tensor& confidence, c
                "must have more than R*(γ+1) = ", s.requests * (s.gamma + 1),
                " entries (sps[B] is read for every verify batch size B up to R*(γ+1)), got ", s.table);
   DSPARK_CHECK(mode >= 0 && mode <= 2, op, "mode", "must be 0 (causal), 1 (global) or 2 (top-K), got ", mode);
-  DSPARK_CHECK(mode != kScheduleTopK || budget >= 0, op, "budget",
-               "must be >= 0 in mode 2 (top-K), got ", budget);
+  DSPARK_CHECK(mode != kScheduleTopK || budget >= 0, op, "budget", "must be >= 0 in mode 2 (top-K), got ", budget);
   if (max_lengths) check_index_vector(*max_lengths, op, "max_lengths", s.requests, "R", confidence);
   return s;
 }

@@ -37,8 +37,8 @@ inline VerifyChainSizes check_verify_chain_args(
   check_device(draft_tokens, op, "draft_tokens", target_logits);
   check_dtype(draft_tokens, op, "draft_tokens", {at::kLong});
   check_dim(draft_tokens, op, "draft_tokens", 2);
-  VerifyChainSizes s{draft_tokens.size(0), draft_tokens.size(1), target_logits.size(1),
-                     target_logits.size(0), 0, DraftQ{}, false};
+  VerifyChainSizes s{
+      draft_tokens.size(0), draft_tokens.size(1), target_logits.size(1), target_logits.size(0), 0, DraftQ{}, false};
   DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
                "must have a vocabulary size in [1, 2^32), got ", s.vocab);
   // Positions 1..γ+1 key the random streams through 16 bits (dspark/philox.h).
@@ -51,11 +51,10 @@ inline VerifyChainSizes check_verify_chain_args(
   if (value_checks_enabled(lengths) && s.requests > 0) {
     const auto l = lengths.cpu();
     const int64_t lo = l.min().item<int64_t>(), hi = l.max().item<int64_t>();
-    DSPARK_CHECK(lo >= 0 && hi <= s.gamma, op, "lengths", "must lie in [0, γ=", s.gamma,
-                 "], got values in [", lo, ", ", hi, "]");
+    DSPARK_CHECK(lo >= 0 && hi <= s.gamma, op, "lengths", "must lie in [0, γ=", s.gamma, "], got values in [", lo, ", ",
+                 hi, "]");
     const int64_t total = l.sum().item<int64_t>() + s.requests;
-    DSPARK_CHECK(total == s.rows, op, "target_logits", "must have Σ(lengths + 1) = ", total,
-                 " rows, got ", s.rows);
+    DSPARK_CHECK(total == s.rows, op, "target_logits", "must have Σ(lengths + 1) = ", total, " rows, got ", s.rows);
   } else if (s.requests == 0) {
     DSPARK_CHECK(s.rows == 0 || !value_checks_enabled(lengths), op, "target_logits",
                  "must have 0 rows when there are no requests, got ", s.rows);

@@ -55,8 +55,8 @@ inline void check_draft_id_values(const char* op, const at::Tensor& draft_ids, i
     row.clear();
     for (int64_t j = 0; j < K; ++j) {
       const int64_t v = p[i * K + j];
-      DSPARK_CHECK(v == -1 || (v >= 0 && v < vocab), op, "draft_ids", "must hold -1 (padding) or ids in [0, V=",
-                   vocab, "), got ", v, " in row ", i);
+      DSPARK_CHECK(v == -1 || (v >= 0 && v < vocab), op, "draft_ids", "must hold -1 (padding) or ids in [0, V=", vocab,
+                   "), got ", v, " in row ", i);
       if (v >= 0) row.push_back(v);
     }
     std::sort(row.begin(), row.end());
@@ -86,8 +86,8 @@ inline DraftQ check_draft_q(const char* op, const std::optional<at::Tensor>& dra
     check_dtype(ids, op, "draft_ids", {at::kLong});
     check_dim(ids, op, "draft_ids", dims);
     for (int64_t d = 0; d < dims - 1; ++d) check_size(ids, op, "draft_ids", d, leading[d].first, leading[d].second);
-    DSPARK_CHECK(ids.size(-1) >= 1 && ids.size(-1) <= vocab, op, "draft_ids",
-                 "must list between 1 and V=", vocab, " ids per row, got shape ", ids.sizes());
+    DSPARK_CHECK(ids.size(-1) >= 1 && ids.size(-1) <= vocab, op, "draft_ids", "must list between 1 and V=", vocab,
+                 " ids per row, got shape ", ids.sizes());
     q.sparse = true;
     if (value_checks_enabled(ids)) check_draft_id_values(op, ids, vocab);
   }
@@ -102,7 +102,8 @@ inline DraftQ check_draft_q(const char* op, const std::optional<at::Tensor>& dra
   check_dim(t, op, name, dims);
   for (int64_t d = 0; d < dims - 1; ++d) check_size(t, op, name, d, leading[d].first, leading[d].second);
   q.width = q.sparse ? draft_ids->size(-1) : vocab;
-  check_size(t, op, name, dims - 1, q.width, q.sparse ? "K, the columns of draft_ids" : "V, the columns of target_logits");
+  check_size(t, op, name, dims - 1, q.width,
+             q.sparse ? "K, the columns of draft_ids" : "V, the columns of target_logits");
   return q;
 }
 

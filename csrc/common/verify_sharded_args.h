@@ -19,8 +19,8 @@ namespace dspark {
 
 // vocab_start >= 0, vocab_start + V_i <= vocab_size < 2^32.
 inline void check_shard_range(const char* op, int64_t vocab_start, int64_t shard_vocab, int64_t vocab_size) {
-  DSPARK_CHECK(vocab_size > 0 && vocab_size < (int64_t{1} << 32), op, "vocab_size",
-               "must lie in [1, 2^32), got ", vocab_size);
+  DSPARK_CHECK(vocab_size > 0 && vocab_size < (int64_t{1} << 32), op, "vocab_size", "must lie in [1, 2^32), got ",
+               vocab_size);
   DSPARK_CHECK(vocab_start >= 0 && vocab_start + shard_vocab <= vocab_size, op, "vocab_start",
                "must place the shard's ", shard_vocab, " ids inside [0, vocab_size=", vocab_size, "), got ",
                vocab_start);
@@ -63,8 +63,8 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> check_walk_state(
     check_size(*masses, op, "masses", 0, world, "W, the ranks of stats");
     check_size(*masses, op, "masses", 1, requests, "R");
   }
-  DSPARK_CHECK(walk.has_value() == out_tokens.has_value() && walk.has_value() == accepted_nodes.has_value(), op,
-               "walk", "out_tokens and accepted_nodes must all be given (a step) or all be None (a fresh walk)");
+  DSPARK_CHECK(walk.has_value() == out_tokens.has_value() && walk.has_value() == accepted_nodes.has_value(), op, "walk",
+               "out_tokens and accepted_nodes must all be given (a step) or all be None (a fresh walk)");
   if (!walk) {
     return {at::empty({requests, kTreeWalkWords}, opts), at::full({requests, width}, -1, opts),
             at::full({requests, width}, -1, opts), true};
@@ -88,9 +88,9 @@ inline std::pair<VerifyChainSizes, int64_t> check_chain_shard_args(
     const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
     const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
     int64_t vocab_size, const at::Tensor* stats) {
-  const VerifyChainSizes s = check_verify_chain_args(target_logits, draft_tokens, lengths, temperature, seed,
-                                                     offset, draft_logits, eos_ids, std::nullopt, std::nullopt,
-                                                     std::nullopt, std::nullopt, std::nullopt);
+  const VerifyChainSizes s = check_verify_chain_args(target_logits, draft_tokens, lengths, temperature, seed, offset,
+                                                     draft_logits, eos_ids, std::nullopt, std::nullopt, std::nullopt,
+                                                     std::nullopt, std::nullopt);
   check_shard_range(op, vocab_start, s.vocab, vocab_size);
   const int64_t world = stats ? check_gathered(*stats, op, "stats", s.rows, "N, the rows of target_logits",
                                                kShardStatsWords, target_logits)
@@ -104,9 +104,9 @@ inline std::pair<TreeSizes, int64_t> check_tree_shard_args(
     const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
     const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
     int64_t vocab_size, const at::Tensor* stats) {
-  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed,
-                                             offset, draft_logits, eos_ids, std::nullopt, std::nullopt,
-                                                     std::nullopt, std::nullopt, std::nullopt);
+  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset,
+                                             draft_logits, eos_ids, std::nullopt, std::nullopt, std::nullopt,
+                                             std::nullopt, std::nullopt);
   check_shard_range(op, vocab_start, s.vocab, vocab_size);
   DSPARK_CHECK(s.width < 65536, op, "tree_tokens", "must have fewer than 65536 columns (M), got ", s.width);
   const int64_t world = stats ? check_gathered(*stats, op, "stats", s.rows, "N, the rows of target_logits",

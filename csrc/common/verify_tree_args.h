@@ -38,8 +38,8 @@ inline int64_t check_tree_values(const char* op, const at::Tensor& parents_any, 
   int64_t total = 0;
   for (int64_t r = 0; r < R; ++r) {
     const int64_t n = np[r];
-    DSPARK_CHECK(n >= 0 && n <= M, op, "num_nodes", "must lie in [0, M=", M, "] (M = parents.size(1)), got ",
-                 n, " for request ", r);
+    DSPARK_CHECK(n >= 0 && n <= M, op, "num_nodes", "must lie in [0, M=", M, "] (M = parents.size(1)), got ", n,
+                 " for request ", r);
     total += n;
     const int64_t* pr = pp + r * M;
     if (n >= 1)
@@ -93,8 +93,8 @@ inline TreeSizes check_tree_metadata_args(const at::Tensor& parents, const at::T
 // or None (then draft_logits / draft_probs are [N, K]).
 inline TreeSizes check_verify_tree_args(const at::Tensor& target_logits, const at::Tensor& tree_tokens,
                                         const at::Tensor& parents, const at::Tensor& num_nodes,
-                                        const at::Tensor& temperature, const at::Tensor& seed,
-                                        const at::Tensor& offset, const std::optional<at::Tensor>& draft_logits,
+                                        const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
+                                        const std::optional<at::Tensor>& draft_logits,
                                         const std::optional<at::Tensor>& eos_ids,
                                         const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
                                         const std::optional<at::Tensor>& min_p,
@@ -106,7 +106,8 @@ inline TreeSizes check_verify_tree_args(const at::Tensor& target_logits, const a
   check_device(tree_tokens, op, "tree_tokens", target_logits);
   check_dtype(tree_tokens, op, "tree_tokens", {at::kLong});
   check_dim(tree_tokens, op, "tree_tokens", 2);
-  TreeSizes s{tree_tokens.size(0), tree_tokens.size(1), target_logits.size(1), target_logits.size(0), 0, DraftQ{}, false};
+  TreeSizes s{
+      tree_tokens.size(0), tree_tokens.size(1), target_logits.size(1), target_logits.size(0), 0, DraftQ{}, false};
   DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
                "must have a vocabulary size in [1, 2^32), got ", s.vocab);
   check_tree_layout(op, parents, num_nodes, s.requests, s.width, "R, the rows of tree_tokens", target_logits);

@@ -156,8 +156,8 @@ inline float gumbel_from_uniform(float u) { return -logf(-logf(u)); }
 // (the vectorised batch Philox of cpu/philox_batch.h); races turn them into Gumbel noise
 // only where an entry can still win (BoundedRace), so most entries cost no logarithm.
 template <typename Visit>
-void for_each_uniform(int64_t vocab, int64_t seed, int64_t offset, Purpose purpose, uint32_t position,
-                      RowScratch& sc, Visit&& visit) {
+void for_each_uniform(int64_t vocab, int64_t seed, int64_t offset, Purpose purpose, uint32_t position, RowScratch& sc,
+                      Visit&& visit) {
   sc.uniforms.resize(vocab);
   fill_open_uniforms(sc.uniforms.data(), vocab, seed, offset, purpose, position);
   for (int64_t v = 0; v < vocab; ++v) visit(v, sc.uniforms[v]);

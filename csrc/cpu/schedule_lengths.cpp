@@ -36,7 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> schedule_lengths(
     const int64_t limit = cap ? std::clamp<int64_t>(cap[r], 0, gamma) : gamma;
     float a = 1.0f;
     for (int64_t j = 1; j <= limit; ++j) {
-      a = j == 1 ? schedule_clamp_confidence(c[r * gamma]) : schedule_mul(a, schedule_clamp_confidence(c[r * gamma + j - 1]));
+      a = j == 1 ? schedule_clamp_confidence(c[r * gamma])
+                 : schedule_mul(a, schedule_clamp_confidence(c[r * gamma + j - 1]));
       if (!(a > 0.0f)) break;  // every later survival is 0 too
       keys.push_back(schedule_key(a, static_cast<uint32_t>((j - 1) * R + r)));
     }

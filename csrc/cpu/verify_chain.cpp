@@ -153,13 +153,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
     DSPARK_CPU_DISPATCH_FLOAT(draft_type, "dspark::verify_chain", "draft_logits", [&] {
       using TD = scalar_t;
       const TT* tgt = target.data_ptr<TT>();
-      const ChainDrafts<TD> dr{data_or_null<TD>(dlogits), data_or_null<float>(dprobs), data_or_null<int64_t>(dids),
-                               s.q.width, s.gamma, s.vocab};
+      const ChainDrafts<TD> dr{data_or_null<TD>(dlogits),
+                               data_or_null<float>(dprobs),
+                               data_or_null<int64_t>(dids),
+                               s.q.width,
+                               s.gamma,
+                               s.vocab};
       at::parallel_for(0, s.requests, 1, [&](int64_t begin, int64_t end) {
         RowScratch sc;
         for (int64_t r = begin; r < end; ++r) {
           const RowFilter f = make_row_filter(kp ? kp[r] : 0, pp ? pp[r] : 1.0f, mpp ? mpp[r] : 0.0f, s.vocab);
-          const ChainRequest c{tok + r * s.gamma, lp[r], first_row[r], tmp[r], sdp[r], offp[r], f,
+          const ChainRequest c{tok + r * s.gamma,       lp[r], first_row[r], tmp[r], sdp[r], offp[r], f,
                                outp + r * (s.gamma + 1)};
           std::tie(accp[r], emitp[r]) = verify_one(c, tgt, dr, r, s.vocab, eosp, s.num_eos, sc);
         }

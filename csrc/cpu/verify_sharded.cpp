@@ -46,7 +46,9 @@ std::vector<int64_t> first_rows(const at::Tensor& counts, int64_t extra, int64_t
   return first;
 }
 
-const ShardRowStats* stats_ptr(const at::Tensor& t) { return reinterpret_cast<const ShardRowStats*>(t.data_ptr<int64_t>()); }
+const ShardRowStats* stats_ptr(const at::Tensor& t) {
+  return reinterpret_cast<const ShardRowStats*>(t.data_ptr<int64_t>());
+}
 
 // Softmax statistics of row / T over the shard: max and Σ exp(x - max), NaN read as -inf.
 // Vectorised ATen passes (as cpu/row_dist.h), several times faster than a scalar online
@@ -126,9 +128,9 @@ at::Tensor verify_chain_shard_stats(const at::Tensor& target_logits, const at::T
                                     const at::Tensor& lengths, const at::Tensor& temperature, const at::Tensor& seed,
                                     const at::Tensor& offset, const std::optional<at::Tensor>& draft_logits,
                                     int64_t vocab_start, int64_t vocab_size) {
-  const auto [s, world] =
-      check_chain_shard_args("dspark::verify_chain_shard_stats", target_logits, draft_tokens, lengths, temperature,
-                             seed, offset, draft_logits, std::nullopt, vocab_start, vocab_size, nullptr);
+  const auto [s, world] = check_chain_shard_args("dspark::verify_chain_shard_stats", target_logits, draft_tokens,
+                                                 lengths, temperature, seed, offset, draft_logits, std::nullopt,
+                                                 vocab_start, vocab_size, nullptr);
   auto stats = at::empty({s.rows, kShardStatsWords}, draft_tokens.options());
   ShardRowStats* out = reinterpret_cast<ShardRowStats*>(stats.data_ptr<int64_t>());
   for (int64_t i = 0; i < s.rows; ++i) out[i] = empty_row_stats();
@@ -182,9 +184,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_chain_shard_de
     const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset, const at::Tensor& stats,
     const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
     int64_t vocab_size) {
-  const auto [s, world] =
-      check_chain_shard_args("dspark::verify_chain_shard_decide", target_logits, draft_tokens, lengths, temperature,
-                             seed, offset, draft_logits, eos_ids, vocab_start, vocab_size, &stats);
+  const auto [s, world] = check_chain_shard_args("dspark::verify_chain_shard_decide", target_logits, draft_tokens,
+                                                 lengths, temperature, seed, offset, draft_logits, eos_ids, vocab_start,
+                                                 vocab_size, &stats);
   const auto opts = draft_tokens.options();
   auto out_tokens = at::full({s.requests, s.gamma + 1}, -1, opts);
   auto num_accepted = at::zeros({s.requests}, opts);
@@ -210,10 +212,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_chain_shard_de
         if (!rows_exist(first[r], length + 1, s.rows)) continue;
         const float T = temp.data_ptr<float>()[r];
         const int64_t sr = sd.data_ptr<int64_t>()[r], orr = off.data_ptr<int64_t>()[r];
-        const ChainDecision d =
-            chain_decide(drafts.data_ptr<int64_t>() + r * s.gamma, length, first[r], T, sr, orr, gathered, world,
-                         s.rows, dp != nullptr, vocab_size, eos.data_ptr<int64_t>(), s.num_eos,
-                         out_tokens.data_ptr<int64_t>() + r * (s.gamma + 1));
+        const ChainDecision d = chain_decide(drafts.data_ptr<int64_t>() + r * s.gamma, length, first[r], T, sr, orr,
+                                             gathered, world, s.rows, dp != nullptr, vocab_size,
+                                             eos.data_ptr<int64_t>(), s.num_eos,
+                                             out_tokens.data_ptr<int64_t>() + r * (s.gamma + 1));
         num_accepted.data_ptr<int64_t>()[r] = d.accepted;
         num_emitted.data_ptr<int64_t>()[r] = d.accepted + (d.emit != kEmitNone ? 1 : 0);
         uint64_t* key = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()) + r * kRaceKeyWords;
@@ -254,9 +256,9 @@ at::Tensor verify_tree_shard_stats(const at::Tensor& target_logits, const at::Te
                                    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
                                    const std::optional<at::Tensor>& draft_logits, int64_t vocab_start,
                                    int64_t vocab_size) {
-  const auto [s, world] =
-      check_tree_shard_args("dspark::verify_tree_shard_stats", target_logits, tree_tokens, parents, num_nodes,
-                            temperature, seed, offset, draft_logits, std::nullopt, vocab_start, vocab_size, nullptr);
+  const auto [s, world] = check_tree_shard_args("dspark::verify_tree_shard_stats", target_logits, tree_tokens, parents,
+                                                num_nodes, temperature, seed, offset, draft_logits, std::nullopt,
+                                                vocab_start, vocab_size, nullptr);
   auto stats = at::empty({s.rows, kShardStatsWords}, tree_tokens.options());
   ShardRowStats* out = reinterpret_cast<ShardRowStats*>(stats.data_ptr<int64_t>());
   for (int64_t i = 0; i < s.rows; ++i) out[i] = empty_row_stats();
@@ -374,8 +376,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_wal
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_race(
     const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
     const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const at::Tensor& stats, const at::Tensor& walk, const std::optional<at::Tensor>& draft_logits,
-    int64_t vocab_start, int64_t vocab_size) {
+    const at::Tensor& stats, const at::Tensor& walk, const std::optional<at::Tensor>& draft_logits, int64_t vocab_start,
+    int64_t vocab_size) {
   constexpr const char* op = "dspark::verify_tree_shard_race";
   const auto [s, world] = check_tree_shard_args(op, target_logits, tree_tokens, parents, num_nodes, temperature, seed,
                                                 offset, draft_logits, std::nullopt, vocab_start, vocab_size, &stats);
@@ -414,13 +416,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_race(
         const MergedRow m = merge_row(gathered, world, s.rows, t.first_row + w.node);
         const TT* row = tp + (t.first_row + w.node) * V;
         const TD* qrow = dp ? dp + (t.first_row + w.node) * V : nullptr;  // null: no race reaches here
-        std::tie(key[0], key[1]) =
-            shard_two_races(row, V, start, t.temperature, t.seed, t.offset, Purpose::kTreeResample,
-                            static_cast<uint32_t>(w.node), [&](int64_t v, int64_t, float xs) {
-                              const float rv =
-                                  tree_residual(m.p.prob(xs), w.c, qrow ? m.q.prob(scaled_logit(load(qrow, v), t.temperature)) : 0.0f);
-                              return rv > 0.0f ? logf(rv) : -INFINITY;
-                            });
+        std::tie(key[0], key[1]) = shard_two_races(
+            row, V, start, t.temperature, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(w.node),
+            [&](int64_t v, int64_t, float xs) {
+              const float rv = tree_residual(m.p.prob(xs), w.c,
+                                             qrow ? m.q.prob(scaled_logit(load(qrow, v), t.temperature)) : 0.0f);
+              return rv > 0.0f ? logf(rv) : -INFINITY;
+            });
       }
     });
   });

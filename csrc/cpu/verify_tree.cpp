@@ -260,8 +260,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
                         f,
                         out_tokens.data_ptr<int64_t>() + r * M,
                         accepted_nodes.data_ptr<int64_t>() + r * M};
-          std::tie(num_accepted.data_ptr<int64_t>()[r], num_emitted.data_ptr<int64_t>()[r]) =
-              verify_one(t, tgt, dr, s.vocab, eos.data_ptr<int64_t>(), s.num_eos, sc);
+          std::tie(num_accepted.data_ptr<int64_t>()[r], num_emitted.data_ptr<int64_t>()[r]) = verify_one(
+              t, tgt, dr, s.vocab, eos.data_ptr<int64_t>(), s.num_eos, sc);
         }
       });
     });

@@ -12,16 +12,14 @@ __global__ void random_bits_kernel(const int64_t* __restrict__ seed, const int64
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t r = i / count, index = i % count;
-    out[i] = random_bits(seed[r], offset[r], static_cast<Purpose>(purpose), position,
-                         static_cast<uint64_t>(index));
+    out[i] = random_bits(seed[r], offset[r], static_cast<Purpose>(purpose), position, static_cast<uint64_t>(index));
   }
 }
 
 }  // namespace
 
-cudaError_t launch_random_bits(const int64_t* seed, const int64_t* offset, uint32_t purpose,
-                               uint32_t position, int64_t rows, int64_t count, int64_t* out,
-                               cudaStream_t stream) {
+cudaError_t launch_random_bits(const int64_t* seed, const int64_t* offset, uint32_t purpose, uint32_t position,
+                               int64_t rows, int64_t count, int64_t* out, cudaStream_t stream) {
   const int64_t total = rows * count;
   if (total == 0) return cudaSuccess;
   const int threads = 256;

@@ -12,8 +12,8 @@ namespace dspark::cuda {
 namespace {
 
 // seed, offset: [R] int64 -> [R, count] int64.
-at::Tensor random_bits(const at::Tensor& seed, const at::Tensor& offset, int64_t purpose,
-                       int64_t position, int64_t count) {
+at::Tensor random_bits(const at::Tensor& seed, const at::Tensor& offset, int64_t purpose, int64_t position,
+                       int64_t count) {
   const int64_t rows = check_random_bits_args(seed, offset, purpose, count);
   const c10::cuda::CUDAGuard guard(seed.device());
   auto out = at::empty({rows, count}, seed.options());

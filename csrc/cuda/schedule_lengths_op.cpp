@@ -32,9 +32,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> schedule_lengths(
   auto expected = at::empty({}, confidence.options());
   auto throughput = at::empty({}, confidence.options());
   DSPARK_CUDA_CHECK(launch_schedule_lengths(
-      conf.data_ptr<float>(), table.data_ptr<float>(), caps ? caps->data_ptr<int64_t>() : nullptr, z.requests,
-      z.gamma, mode, budget, lengths.data_ptr<int64_t>(), admitted.data_ptr<int64_t>(),
-      expected.data_ptr<float>(), throughput.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
+      conf.data_ptr<float>(), table.data_ptr<float>(), caps ? caps->data_ptr<int64_t>() : nullptr, z.requests, z.gamma,
+      mode, budget, lengths.data_ptr<int64_t>(), admitted.data_ptr<int64_t>(), expected.data_ptr<float>(),
+      throughput.data_ptr<float>(), c10::cuda::getCurrentCUDAStream()));
   return {lengths, admitted, expected, throughput};
 }
 

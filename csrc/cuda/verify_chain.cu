@@ -284,8 +284,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
         break;
       }
       const int64_t draft_row = has_q ? r * p.gamma + k - 1 : -1;
-      const SoftmaxStats qs =
-          p.draft_logits ? warp_stats(w.draft_part + draft_row * chunks, chunks) : SoftmaxStats{};
+      const SoftmaxStats qs = p.draft_logits ? warp_stats(w.draft_part + draft_row * chunks, chunks) : SoftmaxStats{};
       const float p_x = t.stats.prob(filtered(scaled_logit(to_float(target[row * p.vocab + x]), T), theta));
       float q_x = 1.0f;
       if (has_q) {
@@ -462,8 +461,8 @@ cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cud
         row_stats_kernel<TT, TD, decltype(v)::value>
             <<<static_cast<unsigned>(slots * chunks), kThreads, 0, stream>>>(p, w, chunks);
       });
-      decide_kernel<TT, TD><<<static_cast<unsigned>(decide_blocks), kWarpsPerDecideBlock * kWarpSize, 0, stream>>>(
-          p, w, chunks);
+      decide_kernel<TT, TD>
+          <<<static_cast<unsigned>(decide_blocks), kWarpsPerDecideBlock * kWarpSize, 0, stream>>>(p, w, chunks);
       resample_kernel<TT, TD><<<static_cast<unsigned>(p.requests * chunks), kThreads, 0, stream>>>(p, w, chunks);
     });
   });

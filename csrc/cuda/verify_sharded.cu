@@ -61,8 +61,8 @@ __device__ uint64_t block_argmax_key(const T* row, int64_t count, int64_t start,
 // race over xs. Returns both block-reduced keys in key[0..1] (every thread).
 template <typename T, typename Residual>
 __device__ void block_two_races(const T* row, int64_t count, int64_t start, float temperature, int64_t seed,
-                                int64_t offset, Purpose purpose, uint32_t position, bool with_residual,
-                                SharedBytes& sh, uint64_t (&key)[2], Residual&& residual) {
+                                int64_t offset, Purpose purpose, uint32_t position, bool with_residual, SharedBytes& sh,
+                                uint64_t (&key)[2], Residual&& residual) {
   BoundedRace res, fallback;
   for_each_shard_bits(start, count, seed, offset, purpose, position, threadIdx.x, blockDim.x,
                       [&](int64_t v, int64_t id, uint32_t bits) {
@@ -152,8 +152,8 @@ __global__ void __launch_bounds__(kThreads)
     const TD* qrow = p.draft && d.emit == kEmitPMinusQ
                          ? static_cast<const TD*>(p.draft) + (r * p.width + d.position - 1) * V
                          : nullptr;
-    block_two_races(row, V, p.vocab_start, T, seed, offset, Purpose::kChainResample, d.position,
-                    d.emit != kEmitFromP, sh, k2, [&](int64_t v, int64_t id, float xs) {
+    block_two_races(row, V, p.vocab_start, T, seed, offset, Purpose::kChainResample, d.position, d.emit != kEmitFromP,
+                    sh, k2, [&](int64_t v, int64_t id, float xs) {
                       return chain_residual_log_weight(d, xs, qrow ? scaled_logit(to_float(qrow[v]), T) : -INFINITY,
                                                        id);
                     });
@@ -165,8 +165,14 @@ __global__ void __launch_bounds__(kThreads)
 // verify_tree
 
 __device__ TreeView tree_view(const ShardParams& p, int64_t r, int64_t first) {
-  return TreeView{p.tokens + r * p.width, p.parents + r * p.width, clamp_count(p.counts[r], p.width), first,
-                  p.temperature[r],       p.seed[r],               p.offset[r],                          p.draft != nullptr,
+  return TreeView{p.tokens + r * p.width,
+                  p.parents + r * p.width,
+                  clamp_count(p.counts[r], p.width),
+                  first,
+                  p.temperature[r],
+                  p.seed[r],
+                  p.offset[r],
+                  p.draft != nullptr,
                   p.vocab_size};
 }
 
@@ -255,9 +261,8 @@ __global__ void __launch_bounds__(kThreads)
 }
 
 template <typename TT, typename TD>
-__global__ void __launch_bounds__(kThreads)
-    tree_race_kernel(ShardParams p, const TreeWalk* walks, uint64_t* keys, int64_t* num_accepted,
-                     int64_t* num_emitted) {
+__global__ void __launch_bounds__(kThreads) tree_race_kernel(ShardParams p, const TreeWalk* walks, uint64_t* keys,
+                                                             int64_t* num_accepted, int64_t* num_emitted) {
   __shared__ SharedBytes sh;
   const int64_t r = blockIdx.x, V = p.shard_vocab;
   const TreeView t = tree_view(p, r, block_first_row(p.counts, r, 0, p.width, sh));
@@ -271,8 +276,8 @@ __global__ void __launch_bounds__(kThreads)
     const TD* qrow = static_cast<const TD*>(p.draft) + (t.first_row + w.node) * V;
     block_two_races(row, V, p.vocab_start, t.temperature, t.seed, t.offset, Purpose::kTreeResample,
                     static_cast<uint32_t>(w.node), true, sh, k2, [&](int64_t v, int64_t, float xs) {
-                      const float rv =
-                          tree_residual(m.p.prob(xs), w.c, m.q.prob(scaled_logit(to_float(qrow[v]), t.temperature)));
+                      const float rv = tree_residual(m.p.prob(xs), w.c,
+                                                     m.q.prob(scaled_logit(to_float(qrow[v]), t.temperature)));
                       return rv > 0.0f ? logf(rv) : -INFINITY;
                     });
   }
@@ -301,7 +306,9 @@ cudaError_t dispatch_launch(const ShardParams& p, Args&&... args) {
   });
 }
 
-int stats_fill_blocks(int64_t rows) { return static_cast<int>(rows / kThreads + 1 < 4096 ? rows / kThreads + 1 : 4096); }
+int stats_fill_blocks(int64_t rows) {
+  return static_cast<int>(rows / kThreads + 1 < 4096 ? rows / kThreads + 1 : 4096);
+}
 
 template <typename TT, typename TD>
 struct ChainStats {
@@ -357,8 +364,8 @@ struct TreeRace {
 cudaError_t launch_chain_shard_stats(const ShardParams& p, int64_t* stats, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
   if (p.requests == 0) {
-    fill_empty_stats_kernel<<<stats_fill_blocks(p.rows), kThreads, 0, stream>>>(
-        reinterpret_cast<ShardRowStats*>(stats), p.rows);
+    fill_empty_stats_kernel<<<stats_fill_blocks(p.rows), kThreads, 0, stream>>>(reinterpret_cast<ShardRowStats*>(stats),
+                                                                                p.rows);
     return cudaGetLastError();
   }
   return dispatch_launch<ChainStats>(p, stats, stream);
@@ -373,8 +380,8 @@ cudaError_t launch_chain_shard_decide(const ShardParams& p, int64_t* out_tokens,
 cudaError_t launch_tree_shard_stats(const ShardParams& p, int64_t* stats, cudaStream_t stream) {
   if (p.rows == 0) return cudaSuccess;
   if (p.requests == 0 || p.width == 0) {
-    fill_empty_stats_kernel<<<stats_fill_blocks(p.rows), kThreads, 0, stream>>>(
-        reinterpret_cast<ShardRowStats*>(stats), p.rows);
+    fill_empty_stats_kernel<<<stats_fill_blocks(p.rows), kThreads, 0, stream>>>(reinterpret_cast<ShardRowStats*>(stats),
+                                                                                p.rows);
     return cudaGetLastError();
   }
   return dispatch_launch<TreeStats>(p, stats, stream);
@@ -388,8 +395,8 @@ cudaError_t launch_tree_shard_walk(const ShardParams& p, bool fresh, int64_t* wa
                                        stream);
 }
 
-cudaError_t launch_tree_shard_race(const ShardParams& p, const int64_t* walk, int64_t* race_keys,
-                                   int64_t* num_accepted, int64_t* num_emitted, cudaStream_t stream) {
+cudaError_t launch_tree_shard_race(const ShardParams& p, const int64_t* walk, int64_t* race_keys, int64_t* num_accepted,
+                                   int64_t* num_emitted, cudaStream_t stream) {
   if (p.requests == 0 || p.width == 0) return cudaSuccess;
   return dispatch_launch<TreeRace>(p, walk, race_keys, num_accepted, num_emitted, stream);
 }

@@ -41,8 +41,8 @@ cudaError_t launch_tree_shard_stats(const ShardParams& p, int64_t* stats, cudaSt
 cudaError_t launch_tree_shard_walk(const ShardParams& p, bool fresh, int64_t* walk, int64_t* out_tokens,
                                    int64_t* accepted_nodes, const float* masses, int64_t mass_world,
                                    float* partial_mass, cudaStream_t stream);
-cudaError_t launch_tree_shard_race(const ShardParams& p, const int64_t* walk, int64_t* race_keys,
-                                   int64_t* num_accepted, int64_t* num_emitted, cudaStream_t stream);
+cudaError_t launch_tree_shard_race(const ShardParams& p, const int64_t* walk, int64_t* race_keys, int64_t* num_accepted,
+                                   int64_t* num_emitted, cudaStream_t stream);
 // out_tokens [R, C] updated in place from race_keys [world, R, 2].
 cudaError_t launch_shard_finish(int64_t* out_tokens, int64_t requests, int64_t columns, const int64_t* num_accepted,
                                 const int64_t* num_emitted, const int64_t* race_keys, int64_t world,

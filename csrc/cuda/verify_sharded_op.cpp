@@ -65,9 +65,9 @@ at::Tensor verify_chain_shard_stats(const at::Tensor& target_logits, const at::T
                                     const at::Tensor& lengths, const at::Tensor& temperature, const at::Tensor& seed,
                                     const at::Tensor& offset, const std::optional<at::Tensor>& draft_logits,
                                     int64_t vocab_start, int64_t vocab_size) {
-  const auto [s, world] =
-      check_chain_shard_args("dspark::verify_chain_shard_stats", target_logits, draft_tokens, lengths, temperature,
-                             seed, offset, draft_logits, std::nullopt, vocab_start, vocab_size, nullptr);
+  const auto [s, world] = check_chain_shard_args("dspark::verify_chain_shard_stats", target_logits, draft_tokens,
+                                                 lengths, temperature, seed, offset, draft_logits, std::nullopt,
+                                                 vocab_start, vocab_size, nullptr);
   const c10::cuda::CUDAGuard guard(target_logits.device());
   auto stats = at::empty({s.rows, kShardStatsWords}, draft_tokens.options());  // every row written
   const ShardInputs in(target_logits, draft_logits, draft_tokens, lengths, nullptr, temperature, seed, offset,
@@ -81,9 +81,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_chain_shard_de
     const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset, const at::Tensor& stats,
     const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
     int64_t vocab_size) {
-  const auto [s, world] =
-      check_chain_shard_args("dspark::verify_chain_shard_decide", target_logits, draft_tokens, lengths, temperature,
-                             seed, offset, draft_logits, eos_ids, vocab_start, vocab_size, &stats);
+  const auto [s, world] = check_chain_shard_args("dspark::verify_chain_shard_decide", target_logits, draft_tokens,
+                                                 lengths, temperature, seed, offset, draft_logits, eos_ids, vocab_start,
+                                                 vocab_size, &stats);
   const c10::cuda::CUDAGuard guard(target_logits.device());
   const auto opts = draft_tokens.options();
   auto out_tokens = at::full({s.requests, s.gamma + 1}, -1, opts);
@@ -102,9 +102,9 @@ at::Tensor verify_tree_shard_stats(const at::Tensor& target_logits, const at::Te
                                    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
                                    const std::optional<at::Tensor>& draft_logits, int64_t vocab_start,
                                    int64_t vocab_size) {
-  const auto [s, world] =
-      check_tree_shard_args("dspark::verify_tree_shard_stats", target_logits, tree_tokens, parents, num_nodes,
-                            temperature, seed, offset, draft_logits, std::nullopt, vocab_start, vocab_size, nullptr);
+  const auto [s, world] = check_tree_shard_args("dspark::verify_tree_shard_stats", target_logits, tree_tokens, parents,
+                                                num_nodes, temperature, seed, offset, draft_logits, std::nullopt,
+                                                vocab_start, vocab_size, nullptr);
   const c10::cuda::CUDAGuard guard(target_logits.device());
   auto stats = at::empty({s.rows, kShardStatsWords}, tree_tokens.options());  // every row written
   const ShardInputs in(target_logits, draft_logits, tree_tokens, num_nodes, &parents, temperature, seed, offset,
@@ -124,8 +124,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_wal
   const auto [s, world] = check_tree_shard_args(op, target_logits, tree_tokens, parents, num_nodes, temperature, seed,
                                                 offset, draft_logits, eos_ids, vocab_start, vocab_size, &stats);
   const c10::cuda::CUDAGuard guard(target_logits.device());
-  auto [w, out, nodes, fresh] =
-      check_walk_state(op, walk, out_tokens, accepted_nodes, masses, s.requests, s.width, world, target_logits);
+  auto [w, out, nodes, fresh] = check_walk_state(op, walk, out_tokens, accepted_nodes, masses, s.requests, s.width,
+                                                 world, target_logits);
   auto partial = at::zeros({s.requests}, tree_tokens.options().dtype(at::kFloat));
   const at::Tensor mass = masses ? masses->contiguous() : at::Tensor();
   const ShardInputs in(target_logits, draft_logits, tree_tokens, num_nodes, &parents, temperature, seed, offset,
@@ -139,8 +139,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_wal
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_race(
     const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
     const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const at::Tensor& stats, const at::Tensor& walk, const std::optional<at::Tensor>& draft_logits,
-    int64_t vocab_start, int64_t vocab_size) {
+    const at::Tensor& stats, const at::Tensor& walk, const std::optional<at::Tensor>& draft_logits, int64_t vocab_start,
+    int64_t vocab_size) {
   constexpr const char* op = "dspark::verify_tree_shard_race";
   const auto [s, world] = check_tree_shard_args(op, target_logits, tree_tokens, parents, num_nodes, temperature, seed,
                                                 offset, draft_logits, std::nullopt, vocab_start, vocab_size, &stats);

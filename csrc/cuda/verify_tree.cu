@@ -106,16 +106,16 @@ __device__ __forceinline__ SoftmaxStats block_stats(SoftmaxStats s, Scratch& sh,
 
 // Children of `node` are the j in (node, n) with parents[j] == node, in index order. Every
 // thread scans the same (cached) entries, so the results are block-uniform.
-__device__ __forceinline__ int64_t child_with_token(const int64_t* tok, const int64_t* par, int64_t n,
-                                                    int64_t node, int64_t token) {
+__device__ __forceinline__ int64_t child_with_token(const int64_t* tok, const int64_t* par, int64_t n, int64_t node,
+                                                    int64_t token) {
   for (int64_t j = node + 1; j < n; ++j)
     if (__ldg(par + j) == node && __ldg(tok + j) == token) return j;
   return -1;
 }
 
 // Children with a token outside [0, V) cannot have come from q_i and are skipped.
-__device__ __forceinline__ int64_t next_valid_child(const int64_t* tok, const int64_t* par, int64_t n,
-                                                    int64_t node, int64_t from, int64_t vocab) {
+__device__ __forceinline__ int64_t next_valid_child(const int64_t* tok, const int64_t* par, int64_t n, int64_t node,
+                                                    int64_t from, int64_t vocab) {
   for (int64_t j = from; j < n; ++j) {
     const int64_t t = __ldg(tok + j);
     if (__ldg(par + j) == node && t >= 0 && t < vocab) return j;
@@ -197,7 +197,7 @@ __device__ __forceinline__ void for_groups2(const RowReader<T1>& P, const RowRea
 template <typename TT>
 __device__ int64_t row_argmax(const TT* __restrict__ row, int64_t vocab, Scratch& sh) {
   ArgMax a;
-  for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float(&x)[4], int n) {
+  for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float (&x)[4], int n) {
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       if (k < n) a.add(x[k], 4 * g + k);
@@ -210,7 +210,7 @@ template <typename TT>
 __device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, float theta, int64_t seed,
                             int64_t offset, uint32_t node, Scratch& sh) {
   BoundedRace race;  // per-thread winner; entries that cannot beat it skip their noise's logs
-  for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float(&x)[4], int n) {
+  for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float (&x)[4], int n) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(4 * g));
 #pragma unroll
     for (int k = 0; k < 4; ++k)
@@ -224,16 +224,16 @@ __device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, 
 // q itself (TD = float); all threads call it and get the same (accepted child or -1, emitted
 // token or -1).
 template <typename TT, typename TD>
-__device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __restrict__ qrow, bool probs,
-                                    int64_t vocab, float T, float theta, int64_t seed, int64_t offset,
-                                    const int64_t* tok, const int64_t* par, int64_t n, int64_t node, int64_t first,
-                                    Scratch& sh, int64_t* next, int64_t* emitted) {
+__device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __restrict__ qrow, bool probs, int64_t vocab,
+                                    float T, float theta, int64_t seed, int64_t offset, const int64_t* tok,
+                                    const int64_t* par, int64_t n, int64_t node, int64_t first, Scratch& sh,
+                                    int64_t* next, int64_t* emitted) {
   const RowReader<TT> P(prow, vocab);
   const RowReader<TD> Q(qrow, vocab);
   // Entries past V in the last group read as -inf: probability 0 in every pass below (a
   // probability row's padding is never used: those entries have p = 0 and race as -inf).
   SoftmaxStats ps, qs;
-  for_groups2<2>(P, Q, [&](int64_t, const float(&x)[4], const float(&y)[4], int) {
+  for_groups2<2>(P, Q, [&](int64_t, const float (&x)[4], const float (&y)[4], int) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       ps.add(filtered(scaled_logit(x[k], T), theta));
@@ -260,7 +260,7 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
     j = next_valid_child(tok, par, n, node, j + 1, vocab);
     if (j < 0) break;
     float mass = 0.0f;
-    for_groups2<2>(P, Q, [&](int64_t, const float(&xp)[4], const float(&xq)[4], int cnt) {
+    for_groups2<2>(P, Q, [&](int64_t, const float (&xp)[4], const float (&xq)[4], int cnt) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const float r = k < cnt ? tree_residual(p_of(xp[k]), c, q_of(xq[k])) : 0.0f;
@@ -273,7 +273,7 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
   }
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
   BoundedRace residual, fallback;
-  for_groups2<2>(P, Q, [&](int64_t g, const float(&xp)[4], const float(&xq)[4], int cnt) {
+  for_groups2<2>(P, Q, [&](int64_t g, const float (&xp)[4], const float (&xq)[4], int cnt) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
                                       static_cast<uint64_t>(4 * g));
 #pragma unroll
@@ -355,8 +355,8 @@ __global__ void __launch_bounds__(kThreads) verify_tree_kernel(const TreeKernelA
       if (first >= 0) {
         const int64_t qrow = (first_row + node) * V;
         if (p.draft_probs) {
-          recursive_rejection(prow, p.draft_probs + qrow, true, V, T, theta, seed, offset, tok, par, n, node, first,
-                              sh, &next, &emitted);
+          recursive_rejection(prow, p.draft_probs + qrow, true, V, T, theta, seed, offset, tok, par, n, node, first, sh,
+                              &next, &emitted);
         } else {
           recursive_rejection(prow, a.draft + qrow, false, V, T, theta, seed, offset, tok, par, n, node, first, sh,
                               &next, &emitted);
@@ -396,8 +396,8 @@ cudaError_t launch_typed(const VerifyTreeParams& p, cudaStream_t stream) {
 }  // namespace
 
 cudaError_t launch_tree_metadata(const int64_t* parents, const int64_t* num_nodes, const int64_t* prefix_lens,
-                                 int64_t requests, int64_t width, bool* attn_mask, int64_t* positions,
-                                 int64_t* depth, cudaStream_t stream) {
+                                 int64_t requests, int64_t width, bool* attn_mask, int64_t* positions, int64_t* depth,
+                                 cudaStream_t stream) {
   if (requests == 0 || width == 0) return cudaSuccess;
   if (requests > 0x7FFFFFFF) return cudaErrorInvalidValue;  // gridDim.x limit (one block per request)
   tree_metadata_kernel<<<static_cast<unsigned>(requests), kMetadataThreads, 0, stream>>>(

@@ -12,8 +12,8 @@ namespace dspark::cuda {
 // parents [R, M], num_nodes [R], prefix_lens [R] -> attn_mask [R, M, M] (bool as uint8),
 // positions [R, M], depth [R, M]. Every output element is written.
 cudaError_t launch_tree_metadata(const int64_t* parents, const int64_t* num_nodes, const int64_t* prefix_lens,
-                                 int64_t requests, int64_t width, bool* attn_mask, int64_t* positions,
-                                 int64_t* depth, cudaStream_t stream);
+                                 int64_t requests, int64_t width, bool* attn_mask, int64_t* positions, int64_t* depth,
+                                 cudaStream_t stream);
 
 struct VerifyTreeParams {
   const void* target;  // [rows, vocab] of target_dtype

@@ -26,9 +26,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_metadata(const at::Tensor& p
   auto depth = at::empty({s.requests, s.width}, parents.options());
   const auto par = parents.contiguous(), cnt = num_nodes.contiguous(), pre = prefix_lens.contiguous();
   DSPARK_CUDA_CHECK(launch_tree_metadata(par.data_ptr<int64_t>(), cnt.data_ptr<int64_t>(), pre.data_ptr<int64_t>(),
-                                         s.requests, s.width, attn_mask.data_ptr<bool>(),
-                                         positions.data_ptr<int64_t>(), depth.data_ptr<int64_t>(),
-                                         c10::cuda::getCurrentCUDAStream()));
+                                         s.requests, s.width, attn_mask.data_ptr<bool>(), positions.data_ptr<int64_t>(),
+                                         depth.data_ptr<int64_t>(), c10::cuda::getCurrentCUDAStream()));
   return {attn_mask, positions, depth};
 }
 

@@ -13,8 +13,7 @@
 
 namespace dspark {
 
-#define DSPARK_CHECK(cond, op, arg, ...) \
-  TORCH_CHECK((cond), op, ": argument '", arg, "' ", __VA_ARGS__)
+#define DSPARK_CHECK(cond, op, arg, ...) TORCH_CHECK((cond), op, ": argument '", arg, "' ", __VA_ARGS__)
 
 inline std::string dtype_list(std::initializer_list<at::ScalarType> types) {
   std::string s;
@@ -40,14 +39,13 @@ inline void check_dim(const at::Tensor& t, const char* op, const char* arg, int6
   DSPARK_CHECK(t.dim() == dim, op, arg, "must have ", dim, " dimensions, got shape ", t.sizes());
 }
 
-inline void check_size(const at::Tensor& t, const char* op, const char* arg, int64_t d,
-                       int64_t expected, const char* what) {
-  DSPARK_CHECK(t.size(d) == expected, op, arg, "must have size ", expected, " (", what,
-               ") in dimension ", d, ", got shape ", t.sizes());
+inline void check_size(const at::Tensor& t, const char* op, const char* arg, int64_t d, int64_t expected,
+                       const char* what) {
+  DSPARK_CHECK(t.size(d) == expected, op, arg, "must have size ", expected, " (", what, ") in dimension ", d,
+               ", got shape ", t.sizes());
 }
 
-inline void check_device(const at::Tensor& t, const char* op, const char* arg,
-                         const at::Tensor& ref) {
+inline void check_device(const at::Tensor& t, const char* op, const char* arg, const at::Tensor& ref) {
   DSPARK_CHECK(t.device() == ref.device(), op, arg, "must be on ", ref.device(), " like the other arguments, got ",
                t.device());
 }
@@ -73,8 +71,8 @@ inline void check_no_overlap(const at::Tensor& written, const char* op, const ch
 }
 
 // An int64 vector [n] on the reference device.
-inline void check_index_vector(const at::Tensor& t, const char* op, const char* arg, int64_t n,
-                               const char* what, const at::Tensor& ref) {
+inline void check_index_vector(const at::Tensor& t, const char* op, const char* arg, int64_t n, const char* what,
+                               const at::Tensor& ref) {
   check_device(t, op, arg, ref);
   check_dtype(t, op, arg, {at::kLong});
   check_dim(t, op, arg, 1);
@@ -82,8 +80,8 @@ inline void check_index_vector(const at::Tensor& t, const char* op, const char* 
 }
 
 // A float32 vector [n] on the reference device.
-inline void check_float_vector(const at::Tensor& t, const char* op, const char* arg, int64_t n,
-                               const char* what, const at::Tensor& ref) {
+inline void check_float_vector(const at::Tensor& t, const char* op, const char* arg, int64_t n, const char* what,
+                               const at::Tensor& ref) {
   check_device(t, op, arg, ref);
   check_dtype(t, op, arg, {at::kFloat});
   check_dim(t, op, arg, 1);
@@ -93,8 +91,8 @@ inline void check_float_vector(const at::Tensor& t, const char* op, const char* 
 // The per-request sampling arguments shared by the verify ops: temperature [R] float32,
 // seed/offset [R] int64, eos_ids [E] int64 or None. Returns E.
 inline int64_t check_sampling_args(const char* op, const at::Tensor& temperature, const at::Tensor& seed,
-                                   const at::Tensor& offset, const std::optional<at::Tensor>& eos_ids,
-                                   int64_t requests, const at::Tensor& ref) {
+                                   const at::Tensor& offset, const std::optional<at::Tensor>& eos_ids, int64_t requests,
+                                   const at::Tensor& ref) {
   check_float_vector(temperature, op, "temperature", requests, "R", ref);
   check_index_vector(seed, op, "seed", requests, "R", ref);
   check_index_vector(offset, op, "offset", requests, "R", ref);

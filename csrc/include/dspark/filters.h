@@ -83,8 +83,7 @@ inline float filter_threshold(const float* s, int64_t vocab, const RowFilter& f,
     // k-th largest kept value, then drop everything below it (ties stay).
     std::nth_element(scratch.begin(), scratch.begin() + (f.top_k - 1), scratch.end(), std::greater<float>());
     theta = scratch[f.top_k - 1];
-    scratch.erase(std::remove_if(scratch.begin(), scratch.end(), [&](float x) { return x < theta; }),
-                  scratch.end());
+    scratch.erase(std::remove_if(scratch.begin(), scratch.end(), [&](float x) { return x < theta; }), scratch.end());
   }
   if (f.top_p < 1.0f) {
     // Descending order; the cumulative mass at the end of a tie group is mass(value).

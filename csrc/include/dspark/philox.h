@@ -69,8 +69,7 @@ DSPARK_HD uint32_t purpose_word(Purpose purpose, uint32_t position) {
 }
 
 // The four words whose lane (index & 3) is the number for `index`.
-DSPARK_HD Philox4 random_block(int64_t seed, int64_t offset, Purpose purpose,
-                               uint32_t position, uint64_t index) {
+DSPARK_HD Philox4 random_block(int64_t seed, int64_t offset, Purpose purpose, uint32_t position, uint64_t index) {
   const uint64_t s = static_cast<uint64_t>(seed), o = static_cast<uint64_t>(offset);
   Philox4 ctr{{static_cast<uint32_t>(o), static_cast<uint32_t>(o >> 32), purpose_word(purpose, position),
                static_cast<uint32_t>(index >> 2)}};
@@ -85,15 +84,12 @@ DSPARK_HD uint32_t philox_word(const Philox4& block, uint32_t lane) {
   return (lane & 2u) ? high : low;
 }
 
-DSPARK_HD uint32_t random_bits(int64_t seed, int64_t offset, Purpose purpose, uint32_t position,
-                               uint64_t index) {
+DSPARK_HD uint32_t random_bits(int64_t seed, int64_t offset, Purpose purpose, uint32_t position, uint64_t index) {
   return philox_word(random_block(seed, offset, purpose, position, index), static_cast<uint32_t>(index & 3));
 }
 
 // Uniform in [0, 1) with 24 bits, exactly representable in float32.
-DSPARK_HD float bits_to_uniform(uint32_t bits) {
-  return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f);
-}
+DSPARK_HD float bits_to_uniform(uint32_t bits) { return static_cast<float>(bits >> 8) * (1.0f / 16777216.0f); }
 
 // Uniform in (0, 1): the midpoint of a 23-bit cell, in [2^-24, 1 - 2^-24], so logs stay
 // finite. (A 24-bit midpoint would not do: 16777215.5 is not a float and rounds up to 2^24,
@@ -103,8 +99,7 @@ DSPARK_HD float bits_to_open_uniform(uint32_t bits) {
 }
 
 // The coin of SPEC §2: accept when coin * q < p.
-DSPARK_HD float random_uniform(int64_t seed, int64_t offset, Purpose purpose, uint32_t position,
-                               uint64_t index) {
+DSPARK_HD float random_uniform(int64_t seed, int64_t offset, Purpose purpose, uint32_t position, uint64_t index) {
   return bits_to_uniform(random_bits(seed, offset, purpose, position, index));
 }
 

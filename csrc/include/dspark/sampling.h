@@ -23,9 +23,7 @@ constexpr float kGreedyTemperature = 1e-5f;
 
 DSPARK_HD bool is_greedy(float temperature) { return !(temperature > kGreedyTemperature); }
 
-DSPARK_HD float gumbel_from_bits(uint32_t bits) {
-  return -logf(-logf(bits_to_open_uniform(bits)));
-}
+DSPARK_HD float gumbel_from_bits(uint32_t bits) { return -logf(-logf(bits_to_open_uniform(bits))); }
 
 // A logit scaled by 1/T, with NaN read as -inf: a NaN entry has probability 0.
 DSPARK_HD float scaled_logit(float logit, float temperature) {

@@ -262,9 +262,8 @@ DSPARK_HD int64_t tree_next_valid_child(const TreeView& t, int64_t node, int64_t
 
 // Advances the walk as far as the gathered stats allow. `mass` is the gathered D for a walk in
 // kWalkNeedMass (ignored otherwise). Accepted nodes go to out / out_nodes [M].
-DSPARK_HD void tree_advance(TreeWalk& w, const TreeView& t, const ShardRowStats* gathered, int64_t world,
-                            int64_t rows, float mass, const int64_t* eos, int64_t num_eos, int64_t* out,
-                            int64_t* out_nodes) {
+DSPARK_HD void tree_advance(TreeWalk& w, const TreeView& t, const ShardRowStats* gathered, int64_t world, int64_t rows,
+                            float mass, const int64_t* eos, int64_t num_eos, int64_t* out, int64_t* out_nodes) {
   if (w.status == kWalkNeedMass) {
     if (!(mass > 0.0f)) {  // p' has no mass left: no later child is accepted
       w.status = kWalkNeedRace;
