@@ -37,9 +37,9 @@ struct ShardInputs {
         eos(eos_ids ? eos_ids->contiguous() : at::Tensor()),
         stats(gathered ? gathered->contiguous() : at::Tensor()) {
     p.target = target.data_ptr();
-    p.target_dtype = to_dtype(target.scalar_type());
+    p.target_dtype = to_dtype(target, "dspark::verify_shard", "target_logits");
     p.draft = draft.defined() ? draft.data_ptr() : nullptr;
-    p.draft_dtype = draft.defined() ? to_dtype(draft.scalar_type()) : p.target_dtype;
+    p.draft_dtype = draft.defined() ? to_dtype(draft, "dspark::verify_shard", "draft_logits") : p.target_dtype;
     p.rows = target.size(0);
     p.shard_vocab = target.size(1);
     p.vocab_start = vocab_start;
