@@ -187,8 +187,9 @@ def _tree_metadata(device, R, variant):
     return _to(device, parents, num_nodes, torch.randint(0, 2**40, (R,), generator=g))
 
 
-def _verify_tree(with_draft: bool, filtered_probs: bool = False):
-    """filtered_probs: the §9 filters and q as draft_probs instead of draft_logits."""
+def _verify_tree(with_draft: bool, filtered_probs: bool = False, sparse: bool = False):
+    """filtered_probs: the §9 filters and q as draft_probs instead of draft_logits. sparse: the
+    §9 filters and a sparse q (SPEC §10) of K = 7 distinct listed ids per row, one -1 padding."""
 
     def build(device, R, variant):
         g = _gen(variant, 5)
@@ -203,6 +204,11 @@ def _verify_tree(with_draft: bool, filtered_probs: bool = False):
         if filtered_probs:
             probs = torch.softmax(torch.randn(N, _VV, generator=g) * 2, -1)
             args = args[:7] + (None, None, *_filters(R, g), probs)
+        if sparse:
+            ids = torch.rand(N, _VV, generator=g).argsort(-1)[:, :7]
+            ids[:, 3] = -1
+            logits = (torch.randn(N, 7, generator=g) * 2).to(torch.bfloat16)
+            args = args[:7] + (logits, eos, *_filters(R, g), None, ids)
         return _to(device, *args)
 
     return build
@@ -362,6 +368,7 @@ SAMPLES: list[Sample] = [
     Sample("verify_tree_shard_walk", "step", _shard_phase("tree", "walk-step", True)),
     Sample("verify_tree_shard_race", "draft_logits", _shard_phase("tree", "race", True)),
     Sample("verify_tree", "filters-draft_probs", _verify_tree(False, filtered_probs=True)),
+    Sample("verify_tree", "filters-sparse_q-eos", _verify_tree(True, sparse=True)),
     Sample("schedule_lengths", "causal", _schedule_lengths(0, -1, False)),
     Sample("schedule_lengths", "global-caps", _schedule_lengths(1, -1, True)),
     Sample("schedule_lengths", "top_k-caps", _schedule_lengths(2, 7, True)),

@@ -612,10 +612,6 @@ def test_new_arguments_match_reference(device, q_kind):
             listed if q_kind == "sparse_logits" else q.gather(1, ids.clamp_min(0)))
     args = (target, tokens, parents, n, temp, seeds, offs)
     want = ref.verify_tree(*args, top_k=tk, top_p=tp, min_p=mp, **kw)
-    if device == "cuda" and "draft_ids" in kw:
-        with pytest.raises(RuntimeError, match="draft_ids"):  # CPU only so far
-            dspark_ops.verify_tree(*on(device, *args), **{k: v.to(device) for k, v in kw.items()})
-        return
     got = dspark_ops.verify_tree(*on(device, *args), top_k=tk.to(device), top_p=tp.to(device), min_p=mp.to(device),
                                  **{k: v.to(device) for k, v in kw.items()})
     for a, b in zip(got, want):
@@ -639,9 +635,8 @@ def test_new_arguments_opcheck_and_compile(device):
     op = torch.ops.dspark.verify_tree.default
     torch.library.opcheck(op, (*base, None, None, tk, tp, mp))
     torch.library.opcheck(op, (*base, None, None, None, tp, None, probs))
-    if device == "cpu":
-        ids = torch.stack([torch.randperm(13)[:4] for _ in range(int(n.sum()))])
-        torch.library.opcheck(op, (*base, draft[:, :4], None, tk, None, None, None, ids))
+    ids = torch.stack([torch.randperm(13)[:4] for _ in range(int(n.sum()))]).to(device)
+    torch.library.opcheck(op, (*base, draft[:, :4].to(device), None, tk, None, None, None, ids))
 
     def step(target, tokens, parents, n, temp, seeds, offs, probs, tk, tp):
         return dspark_ops.verify_tree(target, tokens, parents, n, temp, seeds, offs, draft_probs=probs, top_k=tk,

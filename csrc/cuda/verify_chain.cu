@@ -19,6 +19,7 @@
 #include <type_traits>
 
 #include "cuda/common.cuh"
+#include "cuda/draft_q.cuh"
 #include "cuda/filters.cuh"
 #include "cuda/verify_chain.h"
 #include "dspark/eos.h"
@@ -102,16 +103,12 @@ __device__ __forceinline__ float slot_theta(const VerifyChainParams& p, const Wo
   return (p.top_k || p.top_p || p.min_p) ? w.theta[slot] : -INFINITY;
 }
 
-__device__ __forceinline__ bool listed_id(int64_t id, int64_t vocab) { return id >= 0 && id < vocab; }
-
 // q of entry j of a draft row (dense: j is the id) with softmax statistics qs of its logits.
 template <typename TD>
 __device__ __forceinline__ float draft_entry(const VerifyChainParams& p, int64_t draft_row, int64_t j,
                                              const SoftmaxStats& qs, float T) {
-  const int64_t at = draft_row * p.draft_width + j;
-  if (p.draft_ids && !listed_id(p.draft_ids[at], p.vocab)) return 0.0f;
-  if (p.draft_probs) return draft_prob(p.draft_probs[at]);
-  return qs.prob(scaled_logit(to_float(static_cast<const TD*>(p.draft_logits)[at]), T));
+  return draft_q_entry(static_cast<const TD*>(p.draft_logits), p.draft_probs, p.draft_ids,
+                       draft_row * p.draft_width + j, p.vocab, qs, T);
 }
 
 // One block per target slot (r, k): θ of the row when the request samples with a filter on.

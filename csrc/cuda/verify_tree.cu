@@ -1,7 +1,9 @@
 // CUDA kernels of dspark::tree_metadata and dspark::verify_tree (SPEC §5), mirroring
 // csrc/cpu/verify_tree.cpp step for step so that the CPU tests validate the algorithm.
 //
-// verify_tree: one block per request walks its tree from the root. Per visited node the block
+// verify_tree, legacy kernel (DSPARK_VERIFY_TREE_KERNEL=legacy; the default is the split kernel
+// of verify_tree_split.cu, which spreads each pass over a group of blocks and also reads a
+// sparse q): one block per request walks its tree from the root. Per visited node the block
 // streams the node's target row (and draft row) with a block-wide reduction:
 //   greedy                  one argmax pass over p_i;
 //   sampling, no drafts     one Gumbel race pass over p_i (y ~ p_i, or the leaf's bonus);
@@ -31,8 +33,8 @@
 // j > i for parents[j] == i), and every row offset is int64.
 #include "cuda/common.cuh"
 #include "cuda/filters.cuh"
+#include "cuda/tree_rows.cuh"
 #include "cuda/verify_tree.h"
-#include "dspark/eos.h"
 #include "dspark/tree_sampling.h"
 
 namespace dspark::cuda {
@@ -104,100 +106,10 @@ __device__ __forceinline__ SoftmaxStats block_stats(SoftmaxStats s, Scratch& sh,
   return s;
 }
 
-// Children of `node` are the j in (node, n) with parents[j] == node, in index order. Every
-// thread scans the same (cached) entries, so the results are block-uniform.
-__device__ __forceinline__ int64_t child_with_token(const int64_t* tok, const int64_t* par, int64_t n, int64_t node,
-                                                    int64_t token) {
-  for (int64_t j = node + 1; j < n; ++j)
-    if (__ldg(par + j) == node && __ldg(tok + j) == token) return j;
-  return -1;
-}
-
-// Children with a token outside [0, V) cannot have come from q_i and are skipped.
-__device__ __forceinline__ int64_t next_valid_child(const int64_t* tok, const int64_t* par, int64_t n, int64_t node,
-                                                    int64_t from, int64_t vocab) {
-  for (int64_t j = from; j < n; ++j) {
-    const int64_t t = __ldg(tok + j);
-    if (__ldg(par + j) == node && t >= 0 && t < vocab) return j;
-  }
-  return -1;
-}
-
-// Reads a logits row in groups of four consecutive entries (group g = ids 4g..4g+3, the ids of
-// one Philox call). Thread t takes groups t, t + blockDim, ...: a warp reads 32 consecutive
-// groups, with one 8-byte (bf16/fp16) or 16-byte (fp32) load per thread when the row is
-// aligned (it is whenever V is a multiple of 4 with 16-byte aligned storage, e.g. V = 151,936),
-// and four scalar loads otherwise. The last group may be partial (any V).
-template <typename T>
-struct RowReader {
-  const T* __restrict__ row;
-  int64_t vocab;
-  bool aligned;
-
-  __device__ RowReader(const T* r, int64_t v)
-      : row(r), vocab(v), aligned(reinterpret_cast<uintptr_t>(r) % (4 * sizeof(T)) == 0) {}
-
-  __device__ int64_t groups() const { return (vocab + 3) / 4; }
-
-  // Entries of group g as float32; returns how many exist (4, or fewer in the last group).
-  __device__ __forceinline__ int load(int64_t g, float (&x)[4]) const {
-    const int64_t base = 4 * g;
-    if (base + 4 <= vocab && aligned) {
-      vec_t<T, 4> e;
-      e.load(row + base);
-#pragma unroll
-      for (int k = 0; k < 4; ++k) x[k] = to_float(e[k]);
-      return 4;
-    }
-    const int n = vocab - base < 4 ? static_cast<int>(vocab - base) : 4;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) x[k] = k < n ? to_float(row[base + k]) : -INFINITY;
-    return n;
-  }
-};
-
-// Visits this thread's groups, U groups loaded before any is used so that U loads per row are
-// in flight per thread (the passes are bound by memory latency on one SM): f(g, x, n).
-template <int U, typename T, typename F>
-__device__ __forceinline__ void for_groups(const RowReader<T>& P, F&& f) {
-  const int64_t G = P.groups(), stride = blockDim.x;
-  for (int64_t g0 = threadIdx.x; g0 < G; g0 += U * stride) {
-    float x[U][4];
-    int n[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t g = g0 + u * stride;
-      n[u] = g < G ? P.load(g, x[u]) : 0;
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (n[u] > 0) f(g0 + u * stride, x[u], n[u]);
-  }
-}
-
-// The same over two rows of one length (p and q of a node): f(g, xp, xq, n).
-template <int U, typename T1, typename T2, typename F>
-__device__ __forceinline__ void for_groups2(const RowReader<T1>& P, const RowReader<T2>& Q, F&& f) {
-  const int64_t G = P.groups(), stride = blockDim.x;
-  for (int64_t g0 = threadIdx.x; g0 < G; g0 += U * stride) {
-    float x[U][4], y[U][4];
-    int n[U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const int64_t g = g0 + u * stride;
-      n[u] = g < G ? P.load(g, x[u]) : 0;
-      if (g < G) Q.load(g, y[u]);
-    }
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-      if (n[u] > 0) f(g0 + u * stride, x[u], y[u], n[u]);
-  }
-}
-
 template <typename TT>
 __device__ int64_t row_argmax(const TT* __restrict__ row, int64_t vocab, Scratch& sh) {
   ArgMax a;
-  for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float (&x)[4], int n) {
+  for_groups<4>(RowReader<TT>(row, vocab), threadIdx.x, blockDim.x, (vocab + 3) / 4, [&](int64_t g, const float (&x)[4], int n) {
 #pragma unroll
     for (int k = 0; k < 4; ++k)
       if (k < n) a.add(x[k], 4 * g + k);
@@ -210,7 +122,7 @@ template <typename TT>
 __device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, float theta, int64_t seed,
                             int64_t offset, uint32_t node, Scratch& sh) {
   BoundedRace race;  // per-thread winner; entries that cannot beat it skip their noise's logs
-  for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float (&x)[4], int n) {
+  for_groups<4>(RowReader<TT>(row, vocab), threadIdx.x, blockDim.x, (vocab + 3) / 4, [&](int64_t g, const float (&x)[4], int n) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(4 * g));
 #pragma unroll
     for (int k = 0; k < 4; ++k)
@@ -233,7 +145,7 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
   // Entries past V in the last group read as -inf: probability 0 in every pass below (a
   // probability row's padding is never used: those entries have p = 0 and race as -inf).
   SoftmaxStats ps, qs;
-  for_groups2<2>(P, Q, [&](int64_t, const float (&x)[4], const float (&y)[4], int) {
+  for_groups2<2>(P, Q, threadIdx.x, blockDim.x, P.groups(), [&](int64_t, const float (&x)[4], const float (&y)[4], int) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       ps.add(filtered(scaled_logit(x[k], T), theta));
@@ -260,7 +172,7 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
     j = next_valid_child(tok, par, n, node, j + 1, vocab);
     if (j < 0) break;
     float mass = 0.0f;
-    for_groups2<2>(P, Q, [&](int64_t, const float (&xp)[4], const float (&xq)[4], int cnt) {
+    for_groups2<2>(P, Q, threadIdx.x, blockDim.x, P.groups(), [&](int64_t, const float (&xp)[4], const float (&xq)[4], int cnt) {
 #pragma unroll
       for (int k = 0; k < 4; ++k) {
         const float r = k < cnt ? tree_residual(p_of(xp[k]), c, q_of(xq[k])) : 0.0f;
@@ -273,7 +185,7 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
   }
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
   BoundedRace residual, fallback;
-  for_groups2<2>(P, Q, [&](int64_t g, const float (&xp)[4], const float (&xq)[4], int cnt) {
+  for_groups2<2>(P, Q, threadIdx.x, blockDim.x, P.groups(), [&](int64_t g, const float (&xp)[4], const float (&xq)[4], int cnt) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
                                       static_cast<uint64_t>(4 * g));
 #pragma unroll
@@ -307,83 +219,38 @@ template <typename TT, typename TD>
 __global__ void __launch_bounds__(kThreads) verify_tree_kernel(const TreeKernelArgs<TT, TD> a) {
   __shared__ Scratch sh;
   const VerifyTreeParams& p = a.p;
-  const int64_t r = blockIdx.x, M = p.width, V = p.vocab;
-
-  // Row start: Σ_{r' < r} n_r' (counts clamped to [0, M]); then this request's node count,
-  // cut to the rows that exist.
-  long long part = 0;
-  for (int64_t k = threadIdx.x; k < r; k += blockDim.x) {
-    const int64_t c = p.num_nodes[k];
-    part += c < 0 ? 0 : (c > M ? M : c);
-  }
-  const int64_t first_row = block_sum(part, sh.isums);
-  int64_t n = p.num_nodes[r];
-  n = n < 0 ? 0 : (n > M ? M : n);
-  const int64_t left = p.rows - first_row;
-  n = n < left ? n : (left > 0 ? left : 0);
-
-  int64_t* out = p.out_tokens + r * M;
-  int64_t* out_nodes = p.accepted_nodes + r * M;
-  for (int64_t i = threadIdx.x; i < M; i += blockDim.x) {
-    out[i] = -1;
-    out_nodes[i] = -1;
-  }
-  __syncthreads();  // thread 0 overwrites some of these below
-
-  const int64_t* tok = p.tokens + r * M;
-  const int64_t* par = p.parents + r * M;
-  const float T = p.temperature[r];
-  const bool greedy = is_greedy(T);
-  const int64_t seed = p.seed[r], offset = p.offset[r];
-  const RowFilter filter = make_row_filter(p.top_k ? p.top_k[r] : 0, p.top_p ? p.top_p[r] : 1.0f,
-                                           p.min_p ? p.min_p[r] : 0.0f, V);
+  const int64_t V = p.vocab;
+  TreeWalk w(p, blockIdx.x, true, sh.isums);
   const bool has_q = a.draft != nullptr || p.draft_probs != nullptr;
-  int64_t node = 0, accepted = 0, emitted = -1;
-  bool stop = n == 0;
-  while (!stop) {
-    const TT* prow = a.target + (first_row + node) * V;
-    int64_t next = -1;
-    emitted = -1;
-    const int64_t first = has_q && !greedy ? next_valid_child(tok, par, n, node, node + 1, V) : -1;
-    if (greedy) {
+  while (!w.done) {
+    const TT* prow = a.target + w.row() * V;
+    int64_t next = -1, emitted = -1;
+    const int64_t first = has_q && !w.greedy ? w.first_valid_child(V) : -1;
+    if (w.greedy) {
       const int64_t best = row_argmax(prow, V, sh);
-      next = child_with_token(tok, par, n, node, best);
+      next = w.child(best);
       if (next < 0) emitted = best;
     } else {
       // Scalar loads: the tree kernel has no host-chosen width (its RowReader vectorises per row).
-      const float theta = block_filter_threshold<1>(prow, V, T, filter, sh.filter);
+      const float theta = block_filter_threshold<1>(prow, V, w.T, w.filter, sh.filter);
       if (first >= 0) {
-        const int64_t qrow = (first_row + node) * V;
+        const int64_t qrow = w.row() * V;
         if (p.draft_probs) {
-          recursive_rejection(prow, p.draft_probs + qrow, true, V, T, theta, seed, offset, tok, par, n, node, first, sh,
-                              &next, &emitted);
+          recursive_rejection(prow, p.draft_probs + qrow, true, V, w.T, theta, w.seed, w.offset, w.tok, w.par, w.nodes, w.node,
+                              first, sh, &next, &emitted);
         } else {
-          recursive_rejection(prow, a.draft + qrow, false, V, T, theta, seed, offset, tok, par, n, node, first, sh,
-                              &next, &emitted);
+          recursive_rejection(prow, a.draft + qrow, false, V, w.T, theta, w.seed, w.offset, w.tok, w.par, w.nodes, w.node, first,
+                              sh, &next, &emitted);
         }
       } else {
-        const int64_t y = row_race(prow, V, T, theta, seed, offset, static_cast<uint32_t>(node), sh);
-        next = has_q ? -1 : child_with_token(tok, par, n, node, y);
+        const int64_t y = row_race(prow, V, w.T, theta, w.seed, w.offset, static_cast<uint32_t>(w.node), sh);
+        next = has_q ? -1 : w.child(y);
         if (next < 0) emitted = y;
       }
     }
-    if (next < 0) {
-      if (threadIdx.x == 0) out[accepted] = emitted;
-      break;
-    }
-    const int64_t t = tok[next];
-    if (threadIdx.x == 0) {
-      out[accepted] = t;
-      out_nodes[accepted] = next;
-    }
-    ++accepted;
-    node = next;
-    stop = is_eos(t, p.eos, p.num_eos);
+    w.advance(p, next, emitted);
   }
-  if (threadIdx.x == 0) {
-    p.num_accepted[r] = accepted;
-    p.num_emitted[r] = accepted + (emitted >= 0 && n > 0 ? 1 : 0);
-  }
+  w.finish(p);
 }
 
 template <typename TT, typename TD>
@@ -405,7 +272,7 @@ cudaError_t launch_tree_metadata(const int64_t* parents, const int64_t* num_node
   return cudaGetLastError();
 }
 
-cudaError_t launch_verify_tree(const VerifyTreeParams& p, cudaStream_t stream) {
+cudaError_t launch_verify_tree_legacy(const VerifyTreeParams& p, cudaStream_t stream) {
   if (p.requests == 0 || p.width == 0) return cudaSuccess;
   if (p.requests > 0x7FFFFFFF) return cudaErrorInvalidValue;
   return DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {

@@ -18,9 +18,11 @@ cudaError_t launch_tree_metadata(const int64_t* parents, const int64_t* num_node
 struct VerifyTreeParams {
   const void* target;  // [rows, vocab] of target_dtype
   DType target_dtype;
-  const void* draft;  // [rows, vocab] of draft_dtype (logits), or nullptr
+  const void* draft;  // [rows, W] of draft_dtype (logits), or nullptr
   DType draft_dtype;
-  const float* draft_probs;  // [rows, vocab] q as given, or nullptr (neither: deterministic children)
+  const float* draft_probs;  // [rows, W] q as given, or nullptr (neither: deterministic children)
+  const int64_t* draft_ids;  // [rows, W] sparse q's ids (-1 padding), or nullptr (dense: W = vocab)
+  int64_t draft_width;       // W
   const int64_t* top_k;      // [R] or nullptr (SPEC §9 filters of the target rows)
   const float* top_p;        // [R] or nullptr
   const float* min_p;        // [R] or nullptr
@@ -40,6 +42,18 @@ struct VerifyTreeParams {
   int64_t* num_emitted;     // [R]
 };
 
-cudaError_t launch_verify_tree(const VerifyTreeParams& p, cudaStream_t stream);
+// The legacy kernel (DSPARK_VERIFY_TREE_KERNEL=legacy): one block per request, dense q only.
+cudaError_t launch_verify_tree_legacy(const VerifyTreeParams& p, cudaStream_t stream);
+
+// The split kernel (default): a group of blocks per request, each pass over a row split into
+// fixed chunks (verify_tree_split.cu). Its device scratch, from the caller's allocator:
+struct VerifyTreeSplitPlan {
+  int group;              // blocks per request (depends on R and the SM count, never the outputs)
+  int64_t zeroed_words;   // uint32 words that must be zero at launch: counters, listed-id bitmaps
+  int64_t partial_bytes;  // chunk partials (no initial value needed)
+};
+VerifyTreeSplitPlan plan_verify_tree_split(const VerifyTreeParams& p, int sm_count);
+cudaError_t launch_verify_tree_split(const VerifyTreeParams& p, const VerifyTreeSplitPlan& plan, uint32_t* zeroed,
+                                     void* partials, cudaStream_t stream);
 
 }  // namespace dspark::cuda

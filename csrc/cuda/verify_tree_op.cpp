@@ -5,7 +5,11 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <array>
+#include <atomic>
+#include <cstdlib>
 #include <optional>
+#include <string>
 #include <tuple>
 
 #include "common/verify_tree_args.h"
@@ -15,6 +19,28 @@
 
 namespace dspark::cuda {
 namespace {
+
+// DSPARK_VERIFY_TREE_KERNEL=legacy selects the one-block-per-request kernel (verify_tree.cu)
+// instead of the split kernel (verify_tree_split.cu); read once per process.
+bool legacy_kernel() {
+  static const bool legacy = [] {
+    const char* env = std::getenv("DSPARK_VERIFY_TREE_KERNEL");
+    return env != nullptr && std::string(env) == "legacy";
+  }();
+  return legacy;
+}
+
+// Multiprocessor count of a device, queried once per device (a host attribute query: no sync).
+int sm_count(int device) {
+  static std::array<std::atomic<int>, 64> cache{};
+  const bool cached = device >= 0 && device < static_cast<int>(cache.size());
+  int n = cached ? cache[device].load(std::memory_order_relaxed) : 0;
+  if (n == 0) {
+    DSPARK_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
+    if (cached) cache[device].store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_metadata(const at::Tensor& parents, const at::Tensor& num_nodes,
                                                              const at::Tensor& prefix_lens) {
@@ -40,8 +66,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
     const std::optional<at::Tensor>& draft_ids) {
   const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset,
                                              draft_logits, eos_ids, top_k, top_p, min_p, draft_probs, draft_ids);
-  TORCH_CHECK(!draft_ids, "dspark::verify_tree: argument 'draft_ids' (sparse q) is implemented on CPU only so far; ",
-              "on CUDA pass a dense draft_logits / draft_probs row");
+  const bool legacy = legacy_kernel();
+  TORCH_CHECK(!(legacy && draft_ids), "dspark::verify_tree: argument 'draft_ids' (sparse q) needs the default ",
+              "kernel; unset DSPARK_VERIFY_TREE_KERNEL=legacy (the legacy kernel reads dense q rows only)");
   const c10::cuda::CUDAGuard guard(target_logits.device());
   const auto opts = tree_tokens.options();
   // Every element is written by the kernel (it fills its own rows with -1 first).
@@ -54,7 +81,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
   const auto target = target_logits.contiguous();
   const auto tokens = tree_tokens.contiguous(), par = parents.contiguous(), cnt = num_nodes.contiguous();
   const at::Tensor draft = draft_logits ? draft_logits->contiguous() : at::Tensor();
-  const auto probs = contiguous_or_none(draft_probs);
+  const auto probs = contiguous_or_none(draft_probs), ids = contiguous_or_none(draft_ids);
   const auto tk = contiguous_or_none(top_k), tp = contiguous_or_none(top_p), mp = contiguous_or_none(min_p);
   const auto eos = eos_ids ? eos_ids->contiguous() : at::empty({0}, opts);
   const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
@@ -65,6 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
   p.draft = draft.defined() ? draft.data_ptr() : nullptr;
   p.draft_dtype = draft.defined() ? to_dtype(draft, "dspark::verify_tree", "draft_logits") : p.target_dtype;
   p.draft_probs = data_or_null<float>(probs);
+  p.draft_ids = data_or_null<int64_t>(ids);
+  p.draft_width = s.q.values ? s.q.width : s.vocab;
   p.top_k = data_or_null<int64_t>(tk);
   p.top_p = data_or_null<float>(tp);
   p.min_p = data_or_null<float>(mp);
@@ -84,7 +113,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
   p.accepted_nodes = accepted_nodes.data_ptr<int64_t>();
   p.num_accepted = num_accepted.data_ptr<int64_t>();
   p.num_emitted = num_emitted.data_ptr<int64_t>();
-  DSPARK_CUDA_CHECK(launch_verify_tree(p, c10::cuda::getCurrentCUDAStream()));
+  const auto stream = c10::cuda::getCurrentCUDAStream();
+  if (legacy) {
+    DSPARK_CUDA_CHECK(launch_verify_tree_legacy(p, stream));
+  } else {
+    // Scratch from the caching allocator (graph-capturable): one fill for the counters and
+    // bitmaps that start at zero, nothing for the partials.
+    const VerifyTreeSplitPlan plan = plan_verify_tree_split(p, sm_count(target_logits.device().index()));
+    auto zeroed = at::zeros({plan.zeroed_words}, opts.dtype(at::kInt));
+    auto partials = at::empty({plan.partial_bytes}, opts.dtype(at::kByte));
+    DSPARK_CUDA_CHECK(launch_verify_tree_split(p, plan, reinterpret_cast<uint32_t*>(zeroed.data_ptr<int32_t>()),
+                                               partials.data_ptr(), stream));
+  }
   return {out_tokens, accepted_nodes, num_accepted, num_emitted};
 }
 
