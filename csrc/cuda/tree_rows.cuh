@@ -35,7 +35,7 @@ struct TreeWalk {
   const int64_t* tok;  // [M]
   const int64_t* par;  // [M]
   int64_t request, first_row, nodes;  // first row: Σ_{r' < r} n_r' (counts clamped to [0, M])
-  float T;
+  float T, inv_t;  // temperature and 1/T (scaled_logit's argument)
   bool greedy;
   int64_t seed, offset;
   RowFilter filter;
@@ -70,6 +70,7 @@ struct TreeWalk {
     }
     __syncthreads();  // thread 0 overwrites some of these below
     T = p.temperature[r];
+    inv_t = inverse_temperature(T);
     greedy = is_greedy(T);
     seed = p.seed[r];
     offset = p.offset[r];

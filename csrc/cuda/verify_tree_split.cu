@@ -43,7 +43,7 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / kWarpSize;
-constexpr int kUnroll = 4;                              // groups of four ids in flight per lane
+constexpr int kUnroll = 4;  // groups of four ids in flight per lane and row (two rows: half each)
 constexpr int64_t kChunkGroups = kWarpSize * kUnroll;  // one warp's chunk of a row, in groups
 constexpr int64_t kListUnroll = 8;
 constexpr int64_t kListChunk = kWarpSize * kListUnroll;  // listed entries of a sparse q per chunk
@@ -207,17 +207,17 @@ struct Visit {
   bool probs;          // qvals holds probabilities
   SparseQ sparse;      // ids == nullptr: dense q
   int64_t vocab;
-  float T, theta;
+  float inv_t, theta;  // 1/T (scaled_logit's argument), the target row's filter threshold
   int64_t seed, offset;
   uint32_t node;
 
   __device__ int64_t vchunks() const { return vocab_chunks(vocab); }
   __device__ int64_t lchunks() const { return sparse.ids ? (sparse.width + kListChunk - 1) / kListChunk : 0; }
-  __device__ float scaled(float x) const { return filtered(scaled_logit(x, T), theta); }
+  __device__ float scaled(float x) const { return filtered(scaled_logit(x, inv_t), theta); }
   // q of entry j of the draft row (dense: id j) under q's softmax statistics qs.
   __device__ float q_entry(int64_t j, const SoftmaxStats& qs) const {
     return draft_q_entry(probs ? nullptr : qvals, probs ? reinterpret_cast<const float*>(qvals) : nullptr,
-                         sparse.ids, j, vocab, qs, T);
+                         sparse.ids, j, vocab, qs, inv_t);
   }
   // Calls f(v, j) for the listed entries j of list chunk lc (v = ids[j] in [0, V)).
   template <typename F>
@@ -249,16 +249,16 @@ __device__ void recursive_rejection(const Visit<TT, TD>& w, const int64_t* tok, 
     Stats2 a;
     if (c >= vc) {
       w.for_listed(c - vc, [&](int64_t v, int64_t j) {
-        if (!w.probs) a.q.add(scaled_logit(to_float(w.qvals[j]), w.T));
+        if (!w.probs) a.q.add(scaled_logit(to_float(w.qvals[j]), w.inv_t));
         atomicOr(w.sparse.bits + (v >> 5), 1u << (v & 31));
       });
     } else if (dense && !w.probs) {
-      for_groups2<kUnroll>(P, Q, chunk_first(c), kWarpSize, chunk_end(c, w.vocab),
+      for_groups2<kUnroll / 2>(P, Q, chunk_first(c), kWarpSize, chunk_end(c, w.vocab),
                            [&](int64_t, const float (&x)[4], const float (&y)[4], int) {
 #pragma unroll
                              for (int k = 0; k < 4; ++k) {
                                a.p.add(w.scaled(x[k]));
-                               a.q.add(scaled_logit(y[k], w.T));
+                               a.q.add(scaled_logit(y[k], w.inv_t));
                              }
                            });
     } else {
@@ -274,11 +274,11 @@ __device__ void recursive_rejection(const Visit<TT, TD>& w, const int64_t* tok, 
   auto p_of = [&](float x) { return ps.prob(w.scaled(x)); };
   // q of a dense entry loaded as y; a vocabulary-chunk id of a sparse q is 0 (listed ids are
   // the list chunks' business).
-  auto q_dense = [&](float y) { return w.probs ? draft_prob(y) : qs.prob(scaled_logit(y, w.T)); };
+  auto q_dense = [&](float y) { return w.probs ? draft_prob(y) : qs.prob(scaled_logit(y, w.inv_t)); };
   // The residual terms of one vocabulary chunk: f(v, target logit, tree_residual(p(v), cc, q(v))).
   auto residual_chunk = [&](int64_t c, float cc, auto&& f) {
     if (dense) {
-      for_groups2<kUnroll>(P, Q, chunk_first(c), kWarpSize, chunk_end(c, w.vocab),
+      for_groups2<kUnroll / 2>(P, Q, chunk_first(c), kWarpSize, chunk_end(c, w.vocab),
                            [&](int64_t grp, const float (&xp)[4], const float (&xq)[4], int cnt) {
 #pragma unroll
                              for (int k = 0; k < 4; ++k)
@@ -408,17 +408,17 @@ __global__ void __launch_bounds__(kThreads, 2) verify_tree_split_kernel(const Sp
       next = w.child(best.result());
       if (next < 0) emitted = best.result();
     } else {
-      const float theta = block_filter_threshold<1>(prow, V, w.T, w.filter, sh.filter);
+      const float theta = block_filter_threshold<1>(prow, V, w.inv_t, w.filter, sh.filter);
       if (first >= 0) {
         const SparseQ sparse{p.draft_ids ? p.draft_ids + w.row() * p.draft_width : nullptr, p.draft_width,
                              bitmaps + (w.accepted & 1) * words};
         const int64_t at = w.row() * p.draft_width;
         const uint32_t pos = static_cast<uint32_t>(w.node);
         if (p.draft_probs) {
-          const Visit<TT, float> v{prow, p.draft_probs + at, true, sparse, V, w.T, theta, w.seed, w.offset, pos};
+          const Visit<TT, float> v{prow, p.draft_probs + at, true, sparse, V, w.inv_t, theta, w.seed, w.offset, pos};
           recursive_rejection(v, w.tok, w.par, w.nodes, first, g, sh, &next, &emitted);
         } else {
-          const Visit<TT, TD> v{prow, a.draft + at, false, sparse, V, w.T, theta, w.seed, w.offset, pos};
+          const Visit<TT, TD> v{prow, a.draft + at, false, sparse, V, w.inv_t, theta, w.seed, w.offset, pos};
           recursive_rejection(v, w.tok, w.par, w.nodes, first, g, sh, &next, &emitted);
         }
       } else {
@@ -430,7 +430,7 @@ __global__ void __launch_bounds__(kThreads, 2) verify_tree_split_kernel(const Sp
                                               static_cast<uint64_t>(4 * grp));
 #pragma unroll
             for (int k = 0; k < 4; ++k)
-              if (k < cnt) race.add_bits(filtered(scaled_logit(x[k], w.T), theta), bits.v[k], 4 * grp + k);
+              if (k < cnt) race.add_bits(filtered(scaled_logit(x[k], w.inv_t), theta), bits.v[k], 4 * grp + k);
           });
           return race.race.best;
         });
