@@ -2,8 +2,8 @@
 // verify_tree.cu's legacy kernel, with every pass over a row spread over a GROUP of blocks per
 // request, so that R = 1 reads its rows with many SMs instead of one.
 //
-// One launch of R x G blocks (G from plan_verify_tree_split: about 2 x SMs / R, at most
-// kMaxGroup). Each block takes a ticket from a counter; ticket t serves request t / G as rank
+// One launch of R x G blocks of 256 threads (G from plan_verify_tree_split: about 2 x SMs / R,
+// at most kMaxGroup; no register cap per block, so that nothing spills). Each block takes a ticket from a counter; ticket t serves request t / G as rank
 // t % G. Tickets are handed out in the order blocks start, so a group waits only on blocks that
 // are already running or that start when an earlier, complete group finishes: the grid makes
 // progress whenever G blocks fit on the GPU at once (no cooperative launch needed, and the
@@ -379,7 +379,7 @@ struct SplitArgs {
 };
 
 template <typename TT, typename TD>
-__global__ void __launch_bounds__(kThreads, 2) verify_tree_split_kernel(const SplitArgs<TT, TD> a) {
+__global__ void __launch_bounds__(kThreads) verify_tree_split_kernel(const SplitArgs<TT, TD> a) {
   __shared__ Shared sh;
   const VerifyTreeParams& p = a.p;
   if (threadIdx.x == 0) sh.ticket = atomicAdd(a.zeroed, 1u);
