@@ -46,7 +46,8 @@ struct TreeWalk {
   bool done;
 
   // Fills this request's outputs with -1 (writer) and cuts its node count to the rows that exist.
-  __device__ TreeWalk(const VerifyTreeParams& p, int64_t r, bool writes, long long* scratch) : request(r), writer(writes) {
+  __device__ TreeWalk(const VerifyTreeParams& p, int64_t r, bool writes, long long* scratch)
+      : request(r), writer(writes) {
     const int64_t M = p.width;
     long long part = 0;
     for (int64_t k = threadIdx.x; k < r; k += blockDim.x) {

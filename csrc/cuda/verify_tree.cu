@@ -109,11 +109,12 @@ __device__ __forceinline__ SoftmaxStats block_stats(SoftmaxStats s, Scratch& sh,
 template <typename TT>
 __device__ int64_t row_argmax(const TT* __restrict__ row, int64_t vocab, Scratch& sh) {
   ArgMax a;
-  for_groups<4>(RowReader<TT>(row, vocab), threadIdx.x, blockDim.x, (vocab + 3) / 4, [&](int64_t g, const float (&x)[4], int n) {
+  for_groups<4>(RowReader<TT>(row, vocab), threadIdx.x, blockDim.x, (vocab + 3) / 4,
+                [&](int64_t g, const float (&x)[4], int n) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k)
-      if (k < n) a.add(x[k], 4 * g + k);
-  });
+                  for (int k = 0; k < 4; ++k)
+                    if (k < n) a.add(x[k], 4 * g + k);
+                });
   return block_merge(a, sh.argmax).result();  // exact total order: every thread agrees
 }
 
@@ -122,12 +123,13 @@ template <typename TT>
 __device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float inv_t, float theta, int64_t seed,
                             int64_t offset, uint32_t node, Scratch& sh) {
   BoundedRace race;  // per-thread winner; entries that cannot beat it skip their noise's logs
-  for_groups<4>(RowReader<TT>(row, vocab), threadIdx.x, blockDim.x, (vocab + 3) / 4, [&](int64_t g, const float (&x)[4], int n) {
-    const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(4 * g));
+  for_groups<4>(
+      RowReader<TT>(row, vocab), threadIdx.x, blockDim.x, (vocab + 3) / 4, [&](int64_t g, const float (&x)[4], int n) {
+        const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(4 * g));
 #pragma unroll
-    for (int k = 0; k < 4; ++k)
-      if (k < n) race.add_bits(filtered(scaled_logit(x[k], inv_t), theta), bits.v[k], 4 * g + k);
-  });
+        for (int k = 0; k < 4; ++k)
+          if (k < n) race.add_bits(filtered(scaled_logit(x[k], inv_t), theta), bits.v[k], 4 * g + k);
+      });
   return race_index(block_max_u64(race.race.best, sh.keys));
 }
 
@@ -145,13 +147,14 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
   // Entries past V in the last group read as -inf: probability 0 in every pass below (a
   // probability row's padding is never used: those entries have p = 0 and race as -inf).
   SoftmaxStats ps, qs;
-  for_groups2<2>(P, Q, threadIdx.x, blockDim.x, P.groups(), [&](int64_t, const float (&x)[4], const float (&y)[4], int) {
+  for_groups2<2>(P, Q, threadIdx.x, blockDim.x, P.groups(),
+                 [&](int64_t, const float (&x)[4], const float (&y)[4], int) {
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      ps.add(filtered(scaled_logit(x[k], inv_t), theta));
-      if (!probs) qs.add(scaled_logit(y[k], inv_t));
-    }
-  });
+                   for (int k = 0; k < 4; ++k) {
+                     ps.add(filtered(scaled_logit(x[k], inv_t), theta));
+                     if (!probs) qs.add(scaled_logit(y[k], inv_t));
+                   }
+                 });
   ps = block_stats(ps, sh, 0);
   qs = block_stats(qs, sh, 1);
   auto p_of = [&](float x) { return ps.prob(filtered(scaled_logit(x, inv_t), theta)); };
@@ -172,36 +175,38 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
     j = next_valid_child(tok, par, n, node, j + 1, vocab);
     if (j < 0) break;
     float mass = 0.0f;
-    for_groups2<2>(P, Q, threadIdx.x, blockDim.x, P.groups(), [&](int64_t, const float (&xp)[4], const float (&xq)[4], int cnt) {
+    for_groups2<2>(P, Q, threadIdx.x, blockDim.x, P.groups(),
+                   [&](int64_t, const float (&xp)[4], const float (&xq)[4], int cnt) {
 #pragma unroll
-      for (int k = 0; k < 4; ++k) {
-        const float r = k < cnt ? tree_residual(p_of(xp[k]), c, q_of(xq[k])) : 0.0f;
-        if (r > 0.0f) mass += r;
-      }
-    });
+                     for (int k = 0; k < 4; ++k) {
+                       const float r = k < cnt ? tree_residual(p_of(xp[k]), c, q_of(xq[k])) : 0.0f;
+                       if (r > 0.0f) mass += r;
+                     }
+                   });
     mass = block_sum(mass, sh.sums);
     if (!(mass > 0.0f)) break;  // p' has no mass left: no later child is accepted
     D = mass;
   }
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass.
   BoundedRace residual, fallback;
-  for_groups2<2>(P, Q, threadIdx.x, blockDim.x, P.groups(), [&](int64_t g, const float (&xp)[4], const float (&xq)[4], int cnt) {
-    const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
-                                      static_cast<uint64_t>(4 * g));
+  for_groups2<2>(P, Q, threadIdx.x, blockDim.x, P.groups(),
+                 [&](int64_t g, const float (&xp)[4], const float (&xq)[4], int cnt) {
+                   const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, static_cast<uint32_t>(node),
+                                                     static_cast<uint64_t>(4 * g));
 #pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      if (k >= cnt) break;
-      const float xv = filtered(scaled_logit(xp[k], inv_t), theta);
-      const float r = tree_residual(ps.prob(xv), c, q_of(xq[k]));
-      const float lr = r > 0.0f ? logf(r) : -INFINITY;
-      const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
-      if (use_r || use_f) {
-        const float gum = gumbel_from_bits(bits.v[k]);
-        if (use_r) residual.add(lr, gum, 4 * g + k);
-        if (use_f) fallback.add(xv, gum, 4 * g + k);
-      }
-    }
-  });
+                   for (int k = 0; k < 4; ++k) {
+                     if (k >= cnt) break;
+                     const float xv = filtered(scaled_logit(xp[k], inv_t), theta);
+                     const float r = tree_residual(ps.prob(xv), c, q_of(xq[k]));
+                     const float lr = r > 0.0f ? logf(r) : -INFINITY;
+                     const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
+                     if (use_r || use_f) {
+                       const float gum = gumbel_from_bits(bits.v[k]);
+                       if (use_r) residual.add(lr, gum, 4 * g + k);
+                       if (use_f) fallback.add(xv, gum, 4 * g + k);
+                     }
+                   }
+                 });
   const uint64_t rkey = block_max_u64(residual.race.best, sh.keys);
   const uint64_t fkey = block_max_u64(fallback.race.best, sh.keys);
   *next = -1;
@@ -236,11 +241,11 @@ __global__ void __launch_bounds__(kThreads) verify_tree_kernel(const TreeKernelA
       if (first >= 0) {
         const int64_t qrow = w.row() * V;
         if (p.draft_probs) {
-          recursive_rejection(prow, p.draft_probs + qrow, true, V, w.inv_t, theta, w.seed, w.offset, w.tok, w.par, w.nodes, w.node,
-                              first, sh, &next, &emitted);
+          recursive_rejection(prow, p.draft_probs + qrow, true, V, w.inv_t, theta, w.seed, w.offset, w.tok, w.par,
+                              w.nodes, w.node, first, sh, &next, &emitted);
         } else {
-          recursive_rejection(prow, a.draft + qrow, false, V, w.inv_t, theta, w.seed, w.offset, w.tok, w.par, w.nodes, w.node, first,
-                              sh, &next, &emitted);
+          recursive_rejection(prow, a.draft + qrow, false, V, w.inv_t, theta, w.seed, w.offset, w.tok, w.par, w.nodes,
+                              w.node, first, sh, &next, &emitted);
         }
       } else {
         const int64_t y = row_race(prow, V, w.inv_t, theta, w.seed, w.offset, static_cast<uint32_t>(w.node), sh);

@@ -3,11 +3,10 @@
 // request, so that R = 1 reads its rows with many SMs instead of one.
 //
 // One launch of R x G blocks of 256 threads (G from plan_verify_tree_split: about 2 x SMs / R,
-// at most kMaxGroup; no register cap per block, so that nothing spills). Each block takes a ticket from a counter; ticket t serves request t / G as rank
-// t % G. Tickets are handed out in the order blocks start, so a group waits only on blocks that
-// are already running or that start when an earlier, complete group finishes: the grid makes
-// progress whenever G blocks fit on the GPU at once (no cooperative launch needed, and the
-// launch captures in a CUDA graph).
+// at most kMaxGroup; no register cap per block, so that nothing spills). Each block takes a ticket from a counter;
+// ticket t serves request t / G as rank t % G. Tickets are handed out in the order blocks start, so a group waits only
+// on blocks that are already running or that start when an earlier, complete group finishes: the grid makes progress
+// whenever G blocks fit on the GPU at once (no cooperative launch needed, and the launch captures in a CUDA graph).
 //
 // A pass cuts the row into fixed chunks of kChunk ids (and, for a sparse q, its K listed
 // entries into chunks of kListChunk), each reduced by one warp; chunk c goes to warp c mod
@@ -216,8 +215,8 @@ struct Visit {
   __device__ float scaled(float x) const { return filtered(scaled_logit(x, inv_t), theta); }
   // q of entry j of the draft row (dense: id j) under q's softmax statistics qs.
   __device__ float q_entry(int64_t j, const SoftmaxStats& qs) const {
-    return draft_q_entry(probs ? nullptr : qvals, probs ? reinterpret_cast<const float*>(qvals) : nullptr,
-                         sparse.ids, j, vocab, qs, inv_t);
+    return draft_q_entry(probs ? nullptr : qvals, probs ? reinterpret_cast<const float*>(qvals) : nullptr, sparse.ids,
+                         j, vocab, qs, inv_t);
   }
   // Calls f(v, j) for the listed entries j of list chunk lc (v = ids[j] in [0, V)).
   template <typename F>
@@ -254,13 +253,13 @@ __device__ void recursive_rejection(const Visit<TT, TD>& w, const int64_t* tok, 
       });
     } else if (dense && !w.probs) {
       for_groups2<kUnroll / 2>(P, Q, chunk_first(c), kWarpSize, chunk_end(c, w.vocab),
-                           [&](int64_t, const float (&x)[4], const float (&y)[4], int) {
+                               [&](int64_t, const float (&x)[4], const float (&y)[4], int) {
 #pragma unroll
-                             for (int k = 0; k < 4; ++k) {
-                               a.p.add(w.scaled(x[k]));
-                               a.q.add(scaled_logit(y[k], w.inv_t));
-                             }
-                           });
+                                 for (int k = 0; k < 4; ++k) {
+                                   a.p.add(w.scaled(x[k]));
+                                   a.q.add(scaled_logit(y[k], w.inv_t));
+                                 }
+                               });
     } else {
       for_groups<kUnroll>(P, chunk_first(c), kWarpSize, chunk_end(c, w.vocab), [&](int64_t, const float (&x)[4], int) {
 #pragma unroll
@@ -279,11 +278,11 @@ __device__ void recursive_rejection(const Visit<TT, TD>& w, const int64_t* tok, 
   auto residual_chunk = [&](int64_t c, float cc, auto&& f) {
     if (dense) {
       for_groups2<kUnroll / 2>(P, Q, chunk_first(c), kWarpSize, chunk_end(c, w.vocab),
-                           [&](int64_t grp, const float (&xp)[4], const float (&xq)[4], int cnt) {
+                               [&](int64_t grp, const float (&xp)[4], const float (&xq)[4], int cnt) {
 #pragma unroll
-                             for (int k = 0; k < 4; ++k)
-                               if (k < cnt) f(4 * grp + k, xp[k], tree_residual(p_of(xp[k]), cc, q_dense(xq[k])));
-                           });
+                                 for (int k = 0; k < 4; ++k)
+                                   if (k < cnt) f(4 * grp + k, xp[k], tree_residual(p_of(xp[k]), cc, q_dense(xq[k])));
+                               });
     } else {
       for_groups<kUnroll>(P, chunk_first(c), kWarpSize, chunk_end(c, w.vocab),
                           [&](int64_t grp, const float (&xp)[4], int cnt) {
@@ -398,11 +397,12 @@ __global__ void __launch_bounds__(kThreads) verify_tree_split_kernel(const Split
     if (w.greedy) {
       const ArgMax best = g.reduce<ArgMax>(vocab_chunks(V), sh, [&](int64_t c) {
         ArgMax m;
-        for_groups<kUnroll>(P, chunk_first(c), kWarpSize, chunk_end(c, V), [&](int64_t grp, const float (&x)[4], int cnt) {
+        for_groups<kUnroll>(P, chunk_first(c), kWarpSize, chunk_end(c, V),
+                            [&](int64_t grp, const float (&x)[4], int cnt) {
 #pragma unroll
-          for (int k = 0; k < 4; ++k)
-            if (k < cnt) m.add(x[k], 4 * grp + k);
-        });
+                              for (int k = 0; k < 4; ++k)
+                                if (k < cnt) m.add(x[k], 4 * grp + k);
+                            });
         return m;
       });
       next = w.child(best.result());
@@ -425,13 +425,14 @@ __global__ void __launch_bounds__(kThreads) verify_tree_split_kernel(const Split
         // y ~ p_node; with a draft q this node has no valid child and y is the bonus token.
         const uint64_t key = g.reduce<uint64_t>(vocab_chunks(V), sh, [&](int64_t c) {
           BoundedRace race;
-          for_groups<kUnroll>(P, chunk_first(c), kWarpSize, chunk_end(c, V), [&](int64_t grp, const float (&x)[4], int cnt) {
-            const Philox4 bits = random_block(w.seed, w.offset, Purpose::kTreeResample, static_cast<uint32_t>(w.node),
-                                              static_cast<uint64_t>(4 * grp));
+          for_groups<kUnroll>(
+              P, chunk_first(c), kWarpSize, chunk_end(c, V), [&](int64_t grp, const float (&x)[4], int cnt) {
+                const Philox4 bits = random_block(w.seed, w.offset, Purpose::kTreeResample,
+                                                  static_cast<uint32_t>(w.node), static_cast<uint64_t>(4 * grp));
 #pragma unroll
-            for (int k = 0; k < 4; ++k)
-              if (k < cnt) race.add_bits(filtered(scaled_logit(x[k], w.inv_t), theta), bits.v[k], 4 * grp + k);
-          });
+                for (int k = 0; k < 4; ++k)
+                  if (k < cnt) race.add_bits(filtered(scaled_logit(x[k], w.inv_t), theta), bits.v[k], 4 * grp + k);
+              });
           return race.race.best;
         });
         const int64_t y = race_index(key);
@@ -466,8 +467,12 @@ cudaError_t launch_verify_tree_split(const VerifyTreeParams& p, const VerifyTree
   return DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
     const DType dd = p.draft != nullptr ? p.draft_dtype : p.target_dtype;
     return DSPARK_DISPATCH_FLOAT(dd, TD, [&] {
-      const SplitArgs<TT, TD> a{static_cast<const TT*>(p.target), static_cast<const TD*>(p.draft), p, zeroed,
-                                static_cast<Slot*>(partials), plan.group};
+      const SplitArgs<TT, TD> a{static_cast<const TT*>(p.target),
+                                static_cast<const TD*>(p.draft),
+                                p,
+                                zeroed,
+                                static_cast<Slot*>(partials),
+                                plan.group};
       verify_tree_split_kernel<TT, TD><<<static_cast<unsigned>(p.requests * plan.group), kThreads, 0, stream>>>(a);
       return cudaGetLastError();
     });
