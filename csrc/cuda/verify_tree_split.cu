@@ -150,7 +150,7 @@ struct Group {
       atomicAdd(counter, 1u);
       unsigned seen;
       do {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
+        asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(seen) : "l"(counter) : "memory");
       } while (seen < arrivals);
       __threadfence();
     }
