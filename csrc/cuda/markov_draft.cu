@@ -27,9 +27,13 @@
 // Left for later: tensor cores for the [R, r] x [r, V] product (here CUDA-core FMAs from
 // shared memory, four requests per w2 value), and double-buffered (cp.async) tile staging.
 #include <cooperative_groups.h>
+#include <cuda.h>
+
+#include <utility>
 
 #include "common/markov_draft_kinds.h"
 #include "cuda/common.cuh"
+#include "cuda/filters.cuh"
 #include "cuda/markov_draft.h"
 #include "cuda/markov_head.cuh"
 
@@ -63,31 +67,75 @@ __host__ __device__ inline int64_t scratch_bytes(int64_t rank) {
   return (a > b ? a : b) * static_cast<int64_t>(sizeof(float));
 }
 
-// Phase A, first half: merge the partials of position k (1-based) for request q; writes
-// tokens[q, k-1] and token_logprob[q, k-1]; returns x_k to every thread of the block.
+// SPEC §9 filter of a sampled request on its draft-logit row at position k, run by the block that
+// owns request q in phase A (the threshold needs the whole row, which every block's phase B
+// wrote): θ over the rounded row (read through L2: written in this launch), then one pass that
+// sets the filtered-out entries to -inf and folds the kept ones into the block's softmax
+// statistics and Gumbel-max race. One Philox call per four vocabulary ids (SPEC §2: ids 4g..4g+3
+// share a counter). Returns the block-reduced statistics and race key.
+template <typename T>
+__device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t k, const RowFilter& filter,
+                                  float temp, SoftmaxStats* stats, uint64_t* key, unsigned char* red,
+                                  FilterScratch& fsh) {
+  const int64_t V = p.vocab;
+  T* row = static_cast<T*>(p.draft_logits) + (q * p.gamma + k - 1) * V;
+  constexpr int kVec = 16 / sizeof(T);
+  const float theta = (V * static_cast<int64_t>(sizeof(T))) % 16 == 0  // rows 16-byte aligned: wide loads
+                          ? block_filter_threshold<kVec, Load::kL2>(row, V, temp, filter, fsh)
+                          : block_filter_threshold<1, Load::kL2>(row, V, temp, filter, fsh);
+  const int64_t seed = p.seed[q], offset = p.offset[q];
+  SoftmaxStats st;
+  Race race;
+  for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * static_cast<int64_t>(blockDim.x)) {
+    const Philox4 noise =
+        random_block(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k), static_cast<uint64_t>(v0));
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
+      const int64_t v = v0 + e;
+      if (v >= V) break;
+      const float s = scaled_logit(to_float(__ldcg(row + v)), temp);
+      if (!(s >= theta)) row[v] = from_float<T>(-INFINITY);
+      const float x = filtered(s, theta);
+      st.add(x);
+      race.add(x, gumbel_from_bits(noise.v[e]), v);
+    }
+  }
+  *key = block_max_u64(race.best, reinterpret_cast<uint64_t*>(red));
+  *stats = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));
+}
+
+// Phase A, first half: the draw of position k (1-based) for request q, from the per-block
+// partials of phase B, or, for a sampled request with a SPEC §9 filter on, from
+// filtered_position; writes tokens[q, k-1] and token_logprob[q, k-1]; returns x_k to every
+// thread of the block.
 template <typename T>
 __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_t k, int64_t* x_shared,
-                                   unsigned char* red) {
+                                   unsigned char* red, FilterScratch& fsh) {
   const int nb = gridDim.x;
   const int64_t R = p.requests;
+  const float temp = p.temperature[q];
+  const RowFilter filter = markov::request_filter(p, q, p.vocab);
   SoftmaxStats st;
   uint64_t key = 0;
-  for (int j = threadIdx.x; j < nb; j += blockDim.x) {
-    SoftmaxStats o;
-    o.max = __ldcg(p.part_max + j * R + q);
-    o.sum = __ldcg(p.part_sum + j * R + q);
-    st.merge(o);
-    const uint64_t kj = __ldcg(p.part_key + j * R + q);
-    key = kj > key ? kj : key;
+  if (!is_greedy(temp) && !filter.off()) {  // block-uniform
+    filtered_position<T>(p, q, k, filter, temp, &st, &key, red, fsh);
+  } else {
+    for (int j = threadIdx.x; j < nb; j += blockDim.x) {
+      SoftmaxStats o;
+      o.max = __ldcg(p.part_max + j * R + q);
+      o.sum = __ldcg(p.part_sum + j * R + q);
+      st.merge(o);
+      const uint64_t kj = __ldcg(p.part_key + j * R + q);
+      key = kj > key ? kj : key;
+    }
+    st = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));
+    key = block_max_u64(key, reinterpret_cast<uint64_t*>(red));
   }
-  st = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));
-  key = block_max_u64(key, reinterpret_cast<uint64_t*>(red));
   if (threadIdx.x == 0) {
     int64_t x = race_index(key);
     x = x < 0 ? 0 : (x >= p.vocab ? p.vocab - 1 : x);
-    const float temp = p.temperature[q];
     float logprob = 0.0f;
-    if (!is_greedy(temp)) {
+    if (!is_greedy(temp)) {  // the row holds the filtered logits by now (block barrier above)
       const T* row = static_cast<const T*>(p.draft_logits) + (q * p.gamma + k - 1) * p.vocab;
       const float xt = scaled_logit(to_float(__ldcg(row + x)), temp);
       logprob = (st.sum > 0.0f && xt > -INFINITY) ? (xt - st.max) - logf(st.sum) : -INFINITY;
@@ -123,37 +171,43 @@ __device__ __forceinline__ void load4(const __half* p, float* w) {
 
 constexpr int kStageBatch = 4;  // 16-byte loads in flight per thread while staging
 
+// Copies `total` 16-byte words with kStageBatch loads in flight per thread: load(c) reads word
+// c, store(c, word) writes it (staging w2 tiles and head vectors share it).
+template <typename Load16, typename Store16>
+__device__ __forceinline__ void batched_copy(int64_t total, Load16 load, Store16 store) {
+  const int64_t step = static_cast<int64_t>(blockDim.x);
+  for (int64_t base = threadIdx.x; base < total; base += kStageBatch * step) {
+    uint4 buf[kStageBatch];
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u)
+      if (base + u * step < total) buf[u] = load(base + u * step);
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u)
+      if (base + u * step < total) store(base + u * step, buf[u]);
+  }
+}
+
 // Copies a [rows, r] tile of w2 (global, row-major) into shared memory rows of
-// staged_stride<T>(r) elements. 16-byte loads, kStageBatch in flight per thread, when rows are
-// 16-byte multiples and the source is aligned; element copies otherwise.
+// staged_stride<T>(r) elements. 16-byte loads when rows are 16-byte multiples and the source
+// is aligned; element copies otherwise.
 template <typename T>
 __device__ __forceinline__ void stage_tile(const T* src, T* dst, int64_t rows, int64_t r) {
   const int64_t row_bytes = r * static_cast<int64_t>(sizeof(T));
   if (row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    const int64_t per_row = row_bytes / 16, total = rows * per_row;
+    const int64_t per_row = row_bytes / 16;
     const int64_t stride_words = staged_stride<T>(r) * static_cast<int64_t>(sizeof(T)) / 4;
     const uint4* s4 = reinterpret_cast<const uint4*>(src);
     uint32_t* d = reinterpret_cast<uint32_t*>(dst);
-    for (int64_t base = threadIdx.x; base < total; base += kStageBatch * static_cast<int64_t>(blockDim.x)) {
-      uint4 buf[kStageBatch];
-#pragma unroll
-      for (int u = 0; u < kStageBatch; ++u) {
-        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
-        if (c < total) buf[u] = __ldg(s4 + c);
-      }
-#pragma unroll
-      for (int u = 0; u < kStageBatch; ++u) {
-        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
-        if (c < total) {
+    batched_copy(
+        rows * per_row, [&](int64_t c) { return __ldg(s4 + c); },
+        [&](int64_t c, const uint4& w) {
           const int64_t row = c / per_row, col = c - row * per_row;
-          uint32_t* w = d + row * stride_words + col * 4;  // rows padded by one word: 4-byte stores
-          w[0] = buf[u].x;
-          w[1] = buf[u].y;
-          w[2] = buf[u].z;
-          w[3] = buf[u].w;
-        }
-      }
-    }
+          uint32_t* out = d + row * stride_words + col * 4;  // rows padded by one word: 4-byte stores
+          out[0] = w.x;
+          out[1] = w.y;
+          out[2] = w.z;
+          out[3] = w.w;
+        });
   } else {
     const int64_t stride = staged_stride<T>(r);
     for (int64_t idx = threadIdx.x; idx < rows * r; idx += blockDim.x) {
@@ -167,29 +221,41 @@ __device__ __forceinline__ void stage_tile(const T* src, T* dst, int64_t rows, i
 // read through L2 with __ldcg) into shared memory.
 __device__ __forceinline__ void load_head_vectors(const float* src, float* dst, int64_t n) {
   if (n % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    const float4* s4 = reinterpret_cast<const float4*>(src);
-    float4* d4 = reinterpret_cast<float4*>(dst);
-    const int64_t n4 = n / 4;
-    for (int64_t base = threadIdx.x; base < n4; base += kStageBatch * static_cast<int64_t>(blockDim.x)) {
-      float4 buf[kStageBatch];
-#pragma unroll
-      for (int u = 0; u < kStageBatch; ++u) {
-        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
-        if (c < n4) buf[u] = __ldcg(s4 + c);
-      }
-#pragma unroll
-      for (int u = 0; u < kStageBatch; ++u) {
-        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
-        if (c < n4) d4[c] = buf[u];
-      }
-    }
+    const uint4* s4 = reinterpret_cast<const uint4*>(src);
+    uint4* d4 = reinterpret_cast<uint4*>(dst);
+    batched_copy(
+        n / 4, [&](int64_t c) { return __ldcg(s4 + c); }, [&](int64_t c, const uint4& w) { d4[c] = w; });
   } else {
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __ldcg(src + i);
   }
 }
 
-// Phase B at position k: this block's V-tiles against every request.
-template <typename T>
+// Folds a warp's statistics and race key of request q over one tile into the block's partial
+// (only this warp touches it: the request's place in the chunk fixes the warp); `first`: the
+// block's first tile of the position, which overwrites the previous position's partial.
+__device__ __forceinline__ void fold_partial(const MarkovDraftParams& p, bool first, int64_t q,
+                                             const SoftmaxStats& st, uint64_t key, int lane) {
+  if (lane != 0) return;
+  const int64_t slot = static_cast<int64_t>(blockIdx.x) * p.requests + q;
+  if (first) {
+    p.part_max[slot] = st.max;
+    p.part_sum[slot] = st.sum;
+    p.part_key[slot] = key;
+  } else {
+    SoftmaxStats old;
+    old.max = p.part_max[slot];
+    old.sum = p.part_sum[slot];
+    old.merge(st);
+    p.part_max[slot] = old.max;
+    p.part_sum[slot] = old.sum;
+    const unsigned long long prev = p.part_key[slot];
+    p.part_key[slot] = key > prev ? key : prev;
+  }
+}
+
+// Phase B at position k: this block's V-tiles against every request. LEGACY: the previous
+// kernel's noise (one Philox call per element), selectable as the reference.
+template <typename T, bool LEGACY>
 __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
   const int64_t R = p.requests, V = p.vocab, r = p.rank, G = p.gamma;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -200,6 +266,7 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
   const T* w2 = static_cast<const T*>(p.w2);
   const T* U = static_cast<const T*>(p.base_logits);
   T* out = static_cast<T*>(p.draft_logits);
+  const bool has_filters = p.top_k != nullptr || p.top_p != nullptr || p.min_p != nullptr;
   const int64_t tiles = (V + kTileV - 1) / kTileV;
   int64_t local = 0;  // this block's tile counter: the tile's slot in resident mode
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
@@ -252,59 +319,71 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
           for (int i = 0; i < kReqPerWarp; ++i) acc[i] = fmaf(w, prow[i * r + j], acc[i]);
         }
       }
+      // The warp's Philox blocks (not in the legacy kernel): lane l computes the block of
+      // request local0 + l / 8 covering ids v0 + 4 (l % 8) .. + 3 (one call per four ids, the
+      // SPEC §2 counter layout), and every lane takes its id's word by shuffles below.
+      Philox4 mine{};
+      if (!LEGACY) {
+        const int64_t q = c0 + local0 + lane / 8;
+        if (local0 + lane / 8 < nreq && !is_greedy(p.temperature[q]) &&
+            !(has_filters && !markov::request_filter(p, q, V).off()))  // as `store_only` below
+          mine = random_block(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                              static_cast<uint64_t>(v0 + 4 * (lane % 8)));
+      }
 #pragma unroll
       for (int i = 0; i < kReqPerWarp; ++i) {
         if (local0 + i >= nreq) break;  // warp-uniform
         const int64_t q = c0 + local0 + i;
         const float temp = p.temperature[q];
         const bool greedy = is_greedy(temp);
+        // SPEC §9: a sampled request with a filter on only stores its rounded logits here; its
+        // draw needs the whole row's threshold and runs in phase A (finish_position). Without
+        // filter tensors no request reads them.
+        const bool store_only = !greedy && has_filters && !markov::request_filter(p, q, V).off();
+        const int64_t o = (q * G + k - 1) * V + v;
+        if (greedy || store_only) {  // warp-uniform (one request)
+          Race race;
+          if (valid) {
+            const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
+            out[o] = rounded;
+            race.add(to_float(rounded), 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
+          }
+          if (!store_only) fold_partial(p, first, q, SoftmaxStats{}, warp_max_u64(race.best), lane);
+          continue;
+        }
+        uint32_t bits = 0;
+        if (!LEGACY) {  // word lane % 4 of the block lane (i * 8 + lane / 4) holds (all lanes shuffle)
+          const int src = i * 8 + lane / 4;
+          Philox4 b;
+#pragma unroll
+          for (int w = 0; w < 4; ++w) b.v[w] = __shfl_sync(kFullMask, mine.v[w], src);
+          bits = philox_word(b, static_cast<uint32_t>(lane % 4));
+        }
         SoftmaxStats st;
         Race race;
         if (valid) {
-          const int64_t o = (q * G + k - 1) * V + v;
           const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
           out[o] = rounded;
-          const float lr = to_float(rounded);
-          if (greedy) {
-            race.add(lr, 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
-          } else {
-            const float x = scaled_logit(lr, temp);
-            st.add(x);
-            race.add(x,
-                     gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
-                                                  static_cast<uint32_t>(k), static_cast<uint64_t>(v))),
-                     v);
-          }
+          if (LEGACY)
+            bits = random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                               static_cast<uint64_t>(v));
+          const float x = scaled_logit(to_float(rounded), temp);
+          st.add(x);
+          race.add(x, gumbel_from_bits(bits), v);
         }
-        if (!greedy) st = warp_merge(st);  // `greedy` is uniform over the warp (one request)
-        const uint64_t key = warp_max_u64(race.best);
-        if (lane == 0) {
-          const int64_t slot = static_cast<int64_t>(blockIdx.x) * R + q;  // only this warp touches it
-          if (first) {
-            p.part_max[slot] = st.max;
-            p.part_sum[slot] = st.sum;
-            p.part_key[slot] = key;
-          } else {
-            SoftmaxStats old;
-            old.max = p.part_max[slot];
-            old.sum = p.part_sum[slot];
-            old.merge(st);
-            p.part_max[slot] = old.max;
-            p.part_sum[slot] = old.sum;
-            const unsigned long long prev = p.part_key[slot];
-            p.part_key[slot] = key > prev ? key : prev;
-          }
-        }
+        st = warp_merge(st);
+        fold_partial(p, first, q, st, warp_max_u64(race.best), lane);
       }
     }
   }
 }
 
-template <typename T>
+template <typename T, bool LEGACY>
 __global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(16) unsigned char red[kWarps * 16];  // block reductions (raw: no ctors)
   __shared__ int64_t x_shared;
+  __shared__ FilterScratch fsh;
   cg::grid_group grid = cg::this_grid();
   const int64_t R = p.requests, G = p.gamma;
   for (int64_t k = 1; k <= G + 1; ++k) {
@@ -314,7 +393,7 @@ __global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftPa
         prev = p.anchor[q];
         prev = prev < 0 ? 0 : (prev >= p.vocab ? p.vocab - 1 : prev);  // SPEC §2: never read out of bounds
       } else {
-        prev = finish_position<T>(p, q, k - 1, &x_shared, red);
+        prev = finish_position<T>(p, q, k - 1, &x_shared, red, fsh);
       }
       // Phase A's scratch lies after the w2 slots: resident tiles survive it.
       const int64_t slots = p.resident_tiles > 0 ? p.resident_tiles : 1;
@@ -323,7 +402,7 @@ __global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftPa
     if (k > G) break;
     __threadfence();
     grid.sync();
-    logits_step<T>(p, k, smem);
+    logits_step<T, LEGACY>(p, k, smem);
     __threadfence();
     grid.sync();
   }
@@ -331,12 +410,45 @@ __global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftPa
 
 }  // namespace
 
-MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, bool allow_resident,
-                                    cudaError_t* err) {
+int available_sms(int device, cudaError_t* err) {
+  int sms = 0;
+  if ((*err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return 0;
+  // A green context (an SM partition of the device) owns fewer SMs than the device attribute
+  // says; its SM resource gives the real count. Through the runtime's driver entry points (no
+  // link against libcuda); drivers without them keep the device count.
+  using GetCurrent = CUresult (*)(CUcontext*);
+  using GetResource = CUresult (*)(CUcontext, CUdevResource*, CUdevResourceType);
+  static const auto entries = [] {
+    void* current = nullptr;
+    void* resource = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &current, 12040, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      current = nullptr;
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetDevResource", &resource, 12040, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      resource = nullptr;
+    cudaGetLastError();  // a missing entry point is not an error of this op
+    return std::make_pair(reinterpret_cast<GetCurrent>(current), reinterpret_cast<GetResource>(resource));
+  }();
+  CUcontext ctx = nullptr;
+  CUdevResource res{};
+  if (entries.first && entries.second && entries.first(&ctx) == CUDA_SUCCESS && ctx != nullptr &&
+      entries.second(ctx, &res, CU_DEV_RESOURCE_TYPE_SM) == CUDA_SUCCESS && res.sm.smCount > 0 &&
+      static_cast<int>(res.sm.smCount) < sms)
+    sms = static_cast<int>(res.sm.smCount);
+  return sms;
+}
+
+MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, int sms, bool allow_resident,
+                                    bool legacy, cudaError_t* err) {
   return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> MarkovDraftLaunch {
     MarkovDraftLaunch plan;
-    int sms = 0, optin = 0, per_sm_bytes = 0;
-    if ((*err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return plan;
+    plan.legacy = legacy;
+    const auto kernel = legacy ? markov_draft_kernel<T, true> : markov_draft_kernel<T, false>;
+    int optin = 0, per_sm_bytes = 0;
     if ((*err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess)
       return plan;
     if ((*err = cudaDeviceGetAttribute(&per_sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device)) !=
@@ -348,20 +460,20 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
     // cudaErrorInvalidValue (dynamic + static may not exceed the opt-in maximum), which made
     // every call fail.
     cudaFuncAttributes attr{};
-    if ((*err = cudaFuncGetAttributes(&attr, markov_draft_kernel<T>)) != cudaSuccess) return plan;
+    if ((*err = cudaFuncGetAttributes(&attr, kernel)) != cudaSuccess) return plan;
     const int64_t max_dynamic = static_cast<int64_t>(optin) - static_cast<int64_t>(attr.sharedSizeBytes);
     if (max_dynamic <= 0) {
       *err = cudaErrorInvalidConfiguration;
       return plan;
     }
-    if ((*err = cudaFuncSetAttribute(markov_draft_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    if ((*err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      static_cast<int>(max_dynamic))) != cudaSuccess)
       return plan;
     const int64_t tiles = (vocab + kTileV - 1) / kTileV;
     const int64_t slot = tile_slot_bytes<T>(rank), scratch = scratch_bytes(rank);
     auto fits = [&](size_t smem, int64_t want_per_sm, int64_t* blocks) {
       int per_sm = 0;
-      *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, markov_draft_kernel<T>, kThreads, smem);
+      *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
       if (*err != cudaSuccess || per_sm < want_per_sm || per_sm <= 0) return false;
       const int64_t resident = static_cast<int64_t>(sms) * (want_per_sm > 0 ? want_per_sm : per_sm);
       *blocks = tiles < resident ? tiles : resident;
@@ -395,14 +507,27 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
   });
 }
 
-cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch, cudaStream_t stream) {
-  if (params.requests == 0 || params.gamma == 0 || launch.blocks <= 0) return cudaSuccess;
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaunch* launch, cudaStream_t stream) {
+  if (params.requests == 0 || params.gamma == 0 || launch->blocks <= 0) return cudaSuccess;
   return DSPARK_DISPATCH_FLOAT(params.dtype, T, [&]() -> cudaError_t {
+    const auto kernel = launch->legacy ? markov_draft_kernel<T, true> : markov_draft_kernel<T, false>;
     MarkovDraftParams p = params;
-    p.resident_tiles = launch.resident_tiles;
     void* args[] = {&p};
-    return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(markov_draft_kernel<T>), dim3(launch.blocks),
-                                       dim3(kThreads), args, launch.smem, stream);
+    for (;;) {
+      p.resident_tiles = launch->resident_tiles;
+      const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(launch->blocks),
+                                                          dim3(kThreads), args, launch->smem, stream);
+      // Fewer SMs than planned (an MPS thread limit the queries do not show): halve the grid
+      // (the part_* scratch, sized for the planned grid, is then larger than needed) and stream
+      // w2, whose resident tiles assumed the planned grid. The caller keeps the reduced plan.
+      if (err != cudaErrorCooperativeLaunchTooLarge || launch->blocks == 1) return err;
+      cudaGetLastError();  // clear the launch error before the retry
+      launch->blocks = (launch->blocks + 1) / 2;
+      if (launch->resident_tiles > 0) {
+        launch->resident_tiles = 0;
+        launch->smem = static_cast<size_t>(tile_slot_bytes<T>(params.rank) + scratch_bytes(params.rank));
+      }
+    }
   });
 }
 

@@ -52,14 +52,22 @@ struct MarkovDraftLaunch {
   int blocks = 0;
   size_t smem = 0;
   int resident_tiles = 0;
+  bool legacy = false;  // the previous kernel (DSPARK_MARKOV_DRAFT_KERNEL=legacy), kept as the reference
 };
 
-// Plans the launch on `device` (the block count sizes the part_* scratch). With
+// SMs the current context may use on `device`: the device's count, or fewer in a green context
+// (SM partition). Sets *err on failure.
+int available_sms(int device, cudaError_t* err);
+
+// Plans the launch on `device` with `sms` SMs (the block count sizes the part_* scratch). With
 // allow_resident, picks the resident-w2 kernel when every block's share of w2 fits in its
 // shared memory (e.g. V = 32000, r = 256 in bf16 on an H100). Sets *err on failure.
-MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, bool allow_resident,
-                                    cudaError_t* err);
+MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, int sms, bool allow_resident,
+                                    bool legacy, cudaError_t* err);
 
-cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch, cudaStream_t stream);
+// Launches the cooperative kernel. If the grid does not fit (fewer SMs than planned, e.g. an MPS
+// thread limit), retries with half the blocks, streaming w2, and leaves the smaller plan in
+// *launch for the caller to keep.
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaunch* launch, cudaStream_t stream);
 
 }  // namespace dspark::cuda
