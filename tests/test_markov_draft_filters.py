@@ -161,22 +161,36 @@ def test_opcheck_with_filters(op):
     torch.library.opcheck(fn.default, positional)
 
 
+def filter_tensors(filters, R):
+    return {name: torch.full((R,), v, dtype=torch.int64 if name == "top_k" else torch.float32)
+            for name, v in filters.items()}
+
+
+def assert_dense_cuda_matches_cpu(args, f):
+    assert_cuda_matches_cpu(run("dense", to_device({**args, **f}, "cuda")), run("dense", args, **f))
+
+
+def assert_cuda_matches_cpu(gpu, cpu):
+    """Same tokens, same kept sets, kept logits and log q close (dot products in another order)."""
+    assert torch.equal(gpu[0].cpu(), cpu[0])  # tokens
+    g, c = gpu[1].cpu().float(), cpu[1].float()
+    assert torch.equal(torch.isinf(g), torch.isinf(c))  # the same kept sets
+    kept = ~torch.isinf(c)
+    torch.testing.assert_close(g[kept], c[kept], atol=4e-2, rtol=1e-2)
+    torch.testing.assert_close(gpu[2].cpu(), cpu[2], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gpu[3].cpu(), cpu[3], atol=1e-5, rtol=1e-5)  # confidence
+
+
 @requires_cuda
 @pytest.mark.parametrize("filters", FILTERS)
 def test_cuda_topk_filters_agree_with_cpu(filters):
     R, K = 9, 300
     args = make_inputs(R=R, G=4, V=20011, r=32, dtype=torch.bfloat16, head="gated", conf="he", seed=7)
-    f = {name: torch.full((R,), v, dtype=torch.int64 if name == "top_k" else torch.float32)
-         for name, v in filters.items()}
+    f = filter_tensors(filters, R)
     cpu = run("topk", args, K, **f)
     gpu = run("topk", to_device({**args, **f}, "cuda"), K)
     assert torch.equal(gpu[4].cpu(), cpu[4])  # draft_ids
-    assert torch.equal(gpu[0].cpu(), cpu[0])  # tokens
-    g, c = gpu[1].cpu().float(), cpu[1].float()
-    assert torch.equal(torch.isinf(g), torch.isinf(c))  # the same kept sets
-    kept = ~torch.isinf(c)
-    torch.testing.assert_close(g[kept], c[kept], atol=4e-2, rtol=1e-2)  # dot products in another order
-    torch.testing.assert_close(gpu[2].cpu(), cpu[2], atol=1e-4, rtol=1e-4)
+    assert_cuda_matches_cpu(gpu, cpu)
 
 
 HEADS = [("vanilla", "none"), ("gated", "he"), ("rnn", "h")]
@@ -186,22 +200,13 @@ HEADS = [("vanilla", "none"), ("gated", "he"), ("rnn", "h")]
 @pytest.mark.parametrize("filters", FILTERS)
 @pytest.mark.parametrize("head,conf", HEADS)
 def test_cuda_dense_filters_agree_with_cpu(filters, head, conf):
-    # Mixed rows: greedy (filters ignored), filtered, and one request with every filter off.
+    # Mixed rows: greedy (filters ignored), filtered, and request 5 (sampled) with every filter off.
     R = 9
     args = make_inputs(R=R, G=4, V=20011, r=32, dtype=torch.bfloat16, head=head, conf=conf, seed=7)
-    f = {name: torch.full((R,), v, dtype=torch.int64 if name == "top_k" else torch.float32)
-         for name, v in filters.items()}
+    f = filter_tensors(filters, R)
     for name, t in f.items():
-        t[5] = 0 if name == "top_k" else (1.0 if name == "top_p" else 0.0)  # request 5: every filter off
-    cpu = run("dense", args, **f)
-    gpu = run("dense", to_device({**args, **f}, "cuda"))
-    assert torch.equal(gpu[0].cpu(), cpu[0])  # tokens
-    g, c = gpu[1].cpu().float(), cpu[1].float()
-    assert torch.equal(torch.isinf(g), torch.isinf(c))  # the same kept sets
-    kept = ~torch.isinf(c)
-    torch.testing.assert_close(g[kept], c[kept], atol=4e-2, rtol=1e-2)  # dot products in another order
-    torch.testing.assert_close(gpu[2].cpu(), cpu[2], atol=1e-4, rtol=1e-4)
-    torch.testing.assert_close(gpu[3].cpu(), cpu[3], atol=1e-5, rtol=1e-5)
+        t[5] = 0 if name == "top_k" else (1.0 if name == "top_p" else 0.0)
+    assert_dense_cuda_matches_cpu(args, f)
 
 
 @requires_cuda
@@ -210,12 +215,8 @@ def test_cuda_dense_filters_at_full_vocabulary():
     R = 4
     args = make_inputs(R=R, G=2, V=151936, r=256, d=16, dtype=torch.bfloat16, seed=3,
                        temperature=torch.tensor([1.0, 0.7, 0.0, 1.3]))
-    f = dict(top_k=torch.tensor([50, 0, 5, 0]), top_p=torch.tensor([1.0, 0.9, 0.9, 0.8]))
-    cpu = run("dense", args, **f)
-    gpu = run("dense", to_device({**args, **f}, "cuda"))
-    assert torch.equal(gpu[0].cpu(), cpu[0])
-    assert torch.equal(torch.isinf(gpu[1].cpu().float()), torch.isinf(cpu[1].float()))
-    torch.testing.assert_close(gpu[2].cpu(), cpu[2], atol=1e-4, rtol=1e-4)
+    assert_dense_cuda_matches_cpu(args, dict(top_k=torch.tensor([50, 0, 5, 0]),
+                                             top_p=torch.tensor([1.0, 0.9, 0.9, 0.8])))
 
 
 @requires_cuda

@@ -61,6 +61,18 @@ template <typename T>
 __host__ __device__ inline int64_t tile_slot_bytes(int64_t rank) {
   return (kTileV * staged_stride<T>(rank) * static_cast<int64_t>(sizeof(T)) + 15) / 16 * 16;
 }
+// The default kernel's tiles are unpadded (swizzled instead, see logits_step_tiled).
+template <typename T>
+__host__ __device__ inline int64_t swizzled_tile_bytes(int64_t rank) {
+  return kTileV * rank * static_cast<int64_t>(sizeof(T));
+}
+// Bytes of the w2 tiles in front of the scratch: the legacy kernel's padded slot (or its
+// resident tiles); the default kernel's resident tiles, or two buffers of `subtiles` tiles.
+template <typename T>
+__host__ __device__ inline int64_t tile_region_bytes(int64_t rank, int resident_tiles, int subtiles, bool legacy) {
+  if (legacy) return (resident_tiles > 0 ? resident_tiles : 1) * tile_slot_bytes<T>(rank);
+  return (resident_tiles > 0 ? resident_tiles : 2 * subtiles) * swizzled_tile_bytes<T>(rank);
+}
 // Scratch: phase B's head vectors of a request chunk, or phase A's [e_k ; s_{k-1} ; e_k].
 __host__ __device__ inline int64_t scratch_bytes(int64_t rank) {
   const int64_t b = kReqChunk * rank, a = 3 * rank;
@@ -111,7 +123,7 @@ __device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t
 template <typename T>
 __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_t k, int64_t* x_shared,
                                    unsigned char* red, FilterScratch& fsh) {
-  const int nb = gridDim.x;
+  const int nb = gridDim.x * p.subtiles;  // partial slots
   const int64_t R = p.requests;
   const float temp = p.temperature[q];
   const RowFilter filter = markov::request_filter(p, q, p.vocab);
@@ -230,43 +242,136 @@ __device__ __forceinline__ void load_head_vectors(const float* src, float* dst, 
   }
 }
 
-// Folds a warp's statistics and race key of request q over one tile into the block's partial
-// (only this warp touches it: the request's place in the chunk fixes the warp); `first`: the
-// block's first tile of the position, which overwrites the previous position's partial.
-__device__ __forceinline__ void fold_partial(const MarkovDraftParams& p, bool first, int64_t q,
+// Folds a warp's statistics and race key of request q over one tile into partial `slot`'s entry
+// for q (only this warp touches it); `first`: the slot's first tile of the position, which
+// overwrites the previous position's values.
+__device__ __forceinline__ void fold_partial(const MarkovDraftParams& p, int64_t slot, bool first, int64_t q,
                                              const SoftmaxStats& st, uint64_t key, int lane) {
   if (lane != 0) return;
-  const int64_t slot = static_cast<int64_t>(blockIdx.x) * p.requests + q;
+  const int64_t at = slot * p.requests + q;
   if (first) {
-    p.part_max[slot] = st.max;
-    p.part_sum[slot] = st.sum;
-    p.part_key[slot] = key;
+    p.part_max[at] = st.max;
+    p.part_sum[at] = st.sum;
+    p.part_key[at] = key;
   } else {
     SoftmaxStats old;
-    old.max = p.part_max[slot];
-    old.sum = p.part_sum[slot];
+    old.max = p.part_max[at];
+    old.sum = p.part_sum[at];
     old.merge(st);
-    p.part_max[slot] = old.max;
-    p.part_sum[slot] = old.sum;
-    const unsigned long long prev = p.part_key[slot];
-    p.part_key[slot] = key > prev ? key : prev;
+    p.part_max[at] = old.max;
+    p.part_sum[at] = old.sum;
+    const unsigned long long prev = p.part_key[at];
+    p.part_key[at] = key > prev ? key : prev;
   }
 }
 
-// Phase B at position k: this block's V-tiles against every request. LEGACY: the previous
-// kernel's noise (one Philox call per element), selectable as the reference.
+// The end of a warp's tile for its requests c0 + local0 + i (i < kReqPerWarp, < nreq): rounds
+// U + acc[i] to T, writes draft_logits, and folds the rounded values (lane = vocabulary row
+// v0 + lane, valid lanes only) into partial `slot`: the argmax for greedy requests, softmax
+// statistics and the Gumbel race for sampled ones; a sampled request with a SPEC §9 filter on
+// only stores (its draw needs the whole row's threshold and runs in phase A). Every lane of
+// the warp calls it. LEGACY: one Philox call per element (the previous kernel); otherwise lane
+// l computes the block of request local0 + l / 8 for ids v0 + 4 (l % 8) .. + 3 (SPEC §2: one
+// call per four ids) and every lane takes its word by shuffles.
 template <typename T, bool LEGACY>
-__device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
-  const int64_t R = p.requests, V = p.vocab, r = p.rank, G = p.gamma;
+__device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k, int64_t c0, int64_t local0,
+                                          int64_t nreq, int64_t v0, bool valid, const float* acc, int64_t slot,
+                                          bool first, int lane) {
+  const int64_t V = p.vocab, G = p.gamma;
+  const T* U = static_cast<const T*>(p.base_logits);
+  T* out = static_cast<T*>(p.draft_logits);
+  const bool has_filters = p.top_k != nullptr || p.top_p != nullptr || p.min_p != nullptr;
+  auto draws_here = [&](int64_t q) {  // sampled, and no filter on: the race runs in this phase
+    return !is_greedy(p.temperature[q]) && !(has_filters && !markov::request_filter(p, q, V).off());
+  };
+  Philox4 mine{};
+  if (!LEGACY) {
+    const int64_t q = c0 + local0 + lane / 8;
+    if (local0 + lane / 8 < nreq && draws_here(q))
+      mine = random_block(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                          static_cast<uint64_t>(v0 + 4 * (lane % 8)));
+  }
+  const int64_t v = v0 + lane;
+#pragma unroll
+  for (int i = 0; i < kReqPerWarp; ++i) {
+    if (local0 + i >= nreq) break;  // warp-uniform
+    const int64_t q = c0 + local0 + i;
+    const float temp = p.temperature[q];
+    const int64_t o = (q * G + k - 1) * V + v;
+    if (!draws_here(q)) {  // warp-uniform (one request): greedy, or filtered (store only)
+      Race race;
+      if (valid) {
+        const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
+        out[o] = rounded;
+        race.add(to_float(rounded), 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
+      }
+      if (is_greedy(temp)) fold_partial(p, slot, first, q, SoftmaxStats{}, warp_max_u64(race.best), lane);
+      continue;
+    }
+    uint32_t bits = 0;
+    if (!LEGACY) {  // word lane % 4 of lane i * 8 + lane / 4's block (every lane shuffles)
+      const int src = i * 8 + lane / 4;
+      Philox4 b;
+#pragma unroll
+      for (int w = 0; w < 4; ++w) b.v[w] = __shfl_sync(kFullMask, mine.v[w], src);
+      bits = philox_word(b, static_cast<uint32_t>(lane % 4));
+    }
+    SoftmaxStats st;
+    Race race;
+    if (valid) {
+      const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
+      out[o] = rounded;
+      if (LEGACY)
+        bits = random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                           static_cast<uint64_t>(v));
+      const float x = scaled_logit(to_float(rounded), temp);
+      st.add(x);
+      race.add(x, gumbel_from_bits(bits), v);
+    }
+    st = warp_merge(st);
+    fold_partial(p, slot, first, q, st, warp_max_u64(race.best), lane);
+  }
+}
+
+// Dot products w2[v] . P_q of the padded (legacy) layout for the warp's four requests (rows of
+// ps past nreq hold stale values; their results are never used). Each output is one sequential
+// fmaf chain over j, whatever the batch: batch-invariant.
+template <typename T>
+__device__ __forceinline__ void dot4_padded(const T* wrow, const float* prow, int64_t r, float* acc) {
+  int64_t j = 0;
+  if (r % 4 == 0) {  // four columns per step: paired w2 loads, 16-byte broadcast P loads
+    for (; j < r; j += 4) {
+      float w[4];
+      load4(wrow + j, w);
+#pragma unroll
+      for (int i = 0; i < kReqPerWarp; ++i) {
+        const float4 pv = *reinterpret_cast<const float4*>(prow + i * r + j);
+        acc[i] = fmaf(w[0], pv.x, acc[i]);  // same j order as the scalar loop
+        acc[i] = fmaf(w[1], pv.y, acc[i]);
+        acc[i] = fmaf(w[2], pv.z, acc[i]);
+        acc[i] = fmaf(w[3], pv.w, acc[i]);
+      }
+    }
+  }
+  for (; j < r; ++j) {
+    const float w = to_float(wrow[j]);
+#pragma unroll
+    for (int i = 0; i < kReqPerWarp; ++i) acc[i] = fmaf(w, prow[i * r + j], acc[i]);
+  }
+}
+
+// Phase B of the legacy kernel at position k: this block's V-tiles against every request, one
+// tile at a time, staged synchronously into padded rows; warp w takes requests 4w..4w+3 of
+// each 32-request chunk (at R <= 4 only warp 0 computes).
+template <typename T>
+__device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
+  const int64_t R = p.requests, V = p.vocab, r = p.rank;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int64_t stride = staged_stride<T>(r);
   const int64_t slots = p.resident_tiles > 0 ? p.resident_tiles : 1;
   T* slot0 = reinterpret_cast<T*>(smem_raw);                                    // [slots][kTileV, stride]
   float* ps = reinterpret_cast<float*>(smem_raw + slots * tile_slot_bytes<T>(r));  // [kReqChunk, r]
   const T* w2 = static_cast<const T*>(p.w2);
-  const T* U = static_cast<const T*>(p.base_logits);
-  T* out = static_cast<T*>(p.draft_logits);
-  const bool has_filters = p.top_k != nullptr || p.top_p != nullptr || p.min_p != nullptr;
   const int64_t tiles = (V + kTileV - 1) / kTileV;
   int64_t local = 0;  // this block's tile counter: the tile's slot in resident mode
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
@@ -289,92 +394,163 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
       __syncthreads();  // ps and the staged tile are visible to every warp
       const int64_t local0 = static_cast<int64_t>(warp) * kReqPerWarp;  // this warp's first request
       if (local0 >= nreq) continue;                                      // warp-uniform
-      const int64_t v = v0 + lane;
       const bool valid = lane < rows;
-      // Dot products w2[v] . P_q for the warp's four requests (rows of ps past nreq hold
-      // stale values; their results are never used). Each output is one sequential fmaf
-      // chain over j, whatever the batch: batch-invariant.
       float acc[kReqPerWarp] = {};
-      if (valid) {
-        const T* wrow = w2s + lane * stride;
-        const float* prow = ps + local0 * r;
-        int64_t j = 0;
-        if (r % 4 == 0) {  // four columns per step: paired w2 loads, 16-byte broadcast P loads
-          for (; j < r; j += 4) {
-            float w[4];
-            load4(wrow + j, w);
+      if (valid) dot4_padded(w2s + lane * stride, ps + local0 * r, r, acc);
+      fold_tile<T, true>(p, k, c0, local0, nreq, v0, valid, acc, blockIdx.x, first, lane);
+    }
+  }
+}
+
+// ---- phase B of the default kernel ------------------------------------------------------
+// Tiles are staged with cp.async (16-byte copies, no register round trip) into unpadded rows
+// whose 16-byte chunk c of row `row` sits at chunk c ^ (row & mask): the 8 lanes of a quarter
+// warp reading chunk c of 8 consecutive rows hit 8 different bank groups, conflict-free.
+// A block takes its tiles in groups of m = p.subtiles: warp w computes sub-tile w / (8 / m) for
+// requests 4 (w % (8 / m)) .. + 3, so at small R every warp works (m = 8 / ceil(R / 4), capped
+// by shared memory); streaming w2, group j + 1 is copied while group j is computed (two
+// buffers). Partial slot of sub-tile t: blockIdx.x * m + t.
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// XOR mask of the swizzle: the largest power of two <= 8 dividing the chunks per row, minus 1.
+__device__ __forceinline__ int swizzle_mask(int chunks) {
+  const int low = chunks & -chunks;
+  return (low < 8 ? low : 8) - 1;
+}
+
+// Issues the copies of one [rows, r] tile of w2 into the swizzled layout (rows of r * sizeof(T)
+// bytes, a multiple of 16: the host picks the legacy kernel otherwise): cp.async when the
+// source is 16-byte aligned, element copies otherwise (then complete on return).
+template <typename T>
+__device__ __forceinline__ void stage_tile_swizzled(const T* src, unsigned char* dst, int rows, int64_t r) {
+  constexpr int kElems = 16 / sizeof(T);
+  const int chunks = static_cast<int>(r / kElems), mask = swizzle_mask(chunks);
+  if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    for (int c = threadIdx.x; c < rows * chunks; c += blockDim.x) {
+      const int row = c / chunks, col = c - row * chunks;
+      cp_async16(dst + (row * chunks + (col ^ (row & mask))) * 16, src + static_cast<int64_t>(c) * kElems);
+    }
+  } else {
+    T* d = reinterpret_cast<T*>(dst);
+    for (int64_t idx = threadIdx.x; idx < rows * r; idx += blockDim.x) {
+      const int row = static_cast<int>(idx / r), col = static_cast<int>(idx - row * r);
+      d[(row * chunks + ((col / kElems) ^ (row & mask))) * kElems + col % kElems] = src[idx];
+    }
+  }
+}
+
+// 16 bytes of staged w2 as floats.
+__device__ __forceinline__ void unpack16(const uint4& raw, float* w, const float*) {
+  w[0] = __uint_as_float(raw.x), w[1] = __uint_as_float(raw.y), w[2] = __uint_as_float(raw.z),
+  w[3] = __uint_as_float(raw.w);
+}
+template <typename H>
+__device__ __forceinline__ void unpack16(const uint4& raw, float* w, const H*) {  // 8 x bf16 / half
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-            for (int i = 0; i < kReqPerWarp; ++i) {
-              const float4 pv = *reinterpret_cast<const float4*>(prow + i * r + j);
-              acc[i] = fmaf(w[0], pv.x, acc[i]);  // same j order as the scalar loop
-              acc[i] = fmaf(w[1], pv.y, acc[i]);
-              acc[i] = fmaf(w[2], pv.z, acc[i]);
-              acc[i] = fmaf(w[3], pv.w, acc[i]);
-            }
-          }
-        }
-        for (; j < r; ++j) {
-          const float w = to_float(wrow[j]);
+  for (int i = 0; i < 4; ++i) {
+    H two[2];
+    memcpy(two, &words[i], sizeof(two));
+    w[2 * i] = to_float(two[0]);
+    w[2 * i + 1] = to_float(two[1]);
+  }
+}
+
+// dot4_padded's arithmetic (one sequential fmaf chain per output in column order, so the same
+// bits) on the swizzled row `lane` of a tile: one 16-byte shared load feeds 16 / sizeof(T)
+// columns of four requests.
+template <typename T>
+__device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lane, const float* prow, int64_t r,
+                                              float* acc) {
+  constexpr int kElems = 16 / sizeof(T);
+  const int chunks = static_cast<int>(r / kElems), mask = swizzle_mask(chunks);
+  const uint4* row = reinterpret_cast<const uint4*>(tile) + lane * chunks;
+  for (int c = 0; c < chunks; ++c) {
+    float w[kElems];
+    unpack16(row[c ^ (lane & mask)], w, static_cast<const T*>(nullptr));
 #pragma unroll
-          for (int i = 0; i < kReqPerWarp; ++i) acc[i] = fmaf(w, prow[i * r + j], acc[i]);
-        }
-      }
-      // The warp's Philox blocks (not in the legacy kernel): lane l computes the block of
-      // request local0 + l / 8 covering ids v0 + 4 (l % 8) .. + 3 (one call per four ids, the
-      // SPEC §2 counter layout), and every lane takes its id's word by shuffles below.
-      Philox4 mine{};
-      if (!LEGACY) {
-        const int64_t q = c0 + local0 + lane / 8;
-        if (local0 + lane / 8 < nreq && !is_greedy(p.temperature[q]) &&
-            !(has_filters && !markov::request_filter(p, q, V).off()))  // as `store_only` below
-          mine = random_block(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
-                              static_cast<uint64_t>(v0 + 4 * (lane % 8)));
-      }
+    for (int i = 0; i < kReqPerWarp; ++i) {
 #pragma unroll
-      for (int i = 0; i < kReqPerWarp; ++i) {
-        if (local0 + i >= nreq) break;  // warp-uniform
-        const int64_t q = c0 + local0 + i;
-        const float temp = p.temperature[q];
-        const bool greedy = is_greedy(temp);
-        // SPEC §9: a sampled request with a filter on only stores its rounded logits here; its
-        // draw needs the whole row's threshold and runs in phase A (finish_position). Without
-        // filter tensors no request reads them.
-        const bool store_only = !greedy && has_filters && !markov::request_filter(p, q, V).off();
-        const int64_t o = (q * G + k - 1) * V + v;
-        if (greedy || store_only) {  // warp-uniform (one request)
-          Race race;
-          if (valid) {
-            const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
-            out[o] = rounded;
-            race.add(to_float(rounded), 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
-          }
-          if (!store_only) fold_partial(p, first, q, SoftmaxStats{}, warp_max_u64(race.best), lane);
-          continue;
-        }
-        uint32_t bits = 0;
-        if (!LEGACY) {  // word lane % 4 of the block lane (i * 8 + lane / 4) holds (all lanes shuffle)
-          const int src = i * 8 + lane / 4;
-          Philox4 b;
-#pragma unroll
-          for (int w = 0; w < 4; ++w) b.v[w] = __shfl_sync(kFullMask, mine.v[w], src);
-          bits = philox_word(b, static_cast<uint32_t>(lane % 4));
-        }
-        SoftmaxStats st;
-        Race race;
-        if (valid) {
-          const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
-          out[o] = rounded;
-          if (LEGACY)
-            bits = random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
-                               static_cast<uint64_t>(v));
-          const float x = scaled_logit(to_float(rounded), temp);
-          st.add(x);
-          race.add(x, gumbel_from_bits(bits), v);
-        }
-        st = warp_merge(st);
-        fold_partial(p, first, q, st, warp_max_u64(race.best), lane);
+      for (int e = 0; e < kElems; e += 4) {
+        const float4 pv = *reinterpret_cast<const float4*>(prow + i * r + c * kElems + e);
+        acc[i] = fmaf(w[e], pv.x, acc[i]);
+        acc[i] = fmaf(w[e + 1], pv.y, acc[i]);
+        acc[i] = fmaf(w[e + 2], pv.z, acc[i]);
+        acc[i] = fmaf(w[e + 3], pv.w, acc[i]);
       }
     }
+  }
+}
+
+template <typename T>
+__device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
+  const int64_t R = p.requests, V = p.vocab, r = p.rank;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int m = p.subtiles, per_tile = kWarps / m;  // sub-tiles per group, warps per sub-tile
+  const int t = warp / per_tile;                      // this warp's sub-tile
+  const int64_t local0 = static_cast<int64_t>(warp % per_tile) * kReqPerWarp;  // its first request in a chunk
+  const bool resident = p.resident_tiles > 0;
+  const int64_t tile_bytes = swizzled_tile_bytes<T>(r);
+  float* ps = reinterpret_cast<float*>(smem_raw + (resident ? p.resident_tiles : 2 * m) * tile_bytes);
+  const T* w2 = static_cast<const T*>(p.w2);
+  const int64_t tiles = (V + kTileV - 1) / kTileV, grid = gridDim.x;
+  const int64_t mine = (tiles - blockIdx.x + grid - 1) / grid;  // this block's tiles
+  const int64_t groups = (mine + m - 1) / m;
+  auto tile_of = [&](int64_t j, int s) { return blockIdx.x + (j * m + s) * grid; };
+  auto buffer = [&](int64_t j, int s) {
+    return smem_raw + (resident ? j * m + s : (j & 1) * m + s) * tile_bytes;
+  };
+  auto stage_group = [&](int64_t j) {
+    for (int s = 0; s < m; ++s) {
+      const int64_t tile = tile_of(j, s);
+      if (tile < tiles)
+        stage_tile_swizzled(w2 + tile * kTileV * r, buffer(j, s),
+                            static_cast<int>(V - tile * kTileV < kTileV ? V - tile * kTileV : kTileV), r);
+    }
+    cp_async_commit();
+  };
+  if (resident && k == 1) {  // every tile of the block, once per round
+    for (int64_t j = 0; j < groups; ++j) stage_group(j);
+    cp_async_wait<0>();
+  }
+  if (!resident) stage_group(0);
+  for (int64_t j = 0; j < groups; ++j) {
+    if (!resident) {
+      if (j + 1 < groups) {
+        stage_group(j + 1);  // the other buffer: its readers passed the barrier ending group j - 1
+        cp_async_wait<1>();  // group j has landed (this thread's copies)
+      } else {
+        cp_async_wait<0>();
+      }
+    }
+    const int64_t tile = tile_of(j, t);
+    const int64_t v0 = tile * kTileV;
+    for (int64_t c0 = 0; c0 < R; c0 += kReqChunk) {
+      const int64_t nreq = R - c0 < kReqChunk ? R - c0 : kReqChunk;
+      if (R > kReqChunk || j == 0) {  // with one chunk, ps keeps its requests across groups
+        __syncthreads();              // previous chunk's readers are done with ps
+        load_head_vectors(p.head_vector + c0 * r, ps, nreq * r);
+      }
+      __syncthreads();  // ps and every thread's staged copies are visible to every warp
+      // A sub-tile past the block's last tile computes nothing, but at j = 0 it still writes its
+      // (empty) partial, which phase A merges.
+      if (local0 >= nreq || (tile >= tiles && j > 0)) continue;  // warp-uniform
+      const bool valid = tile < tiles && lane < V - v0;
+      float acc[kReqPerWarp] = {};
+      if (valid) dot4_swizzled<T>(buffer(j, t), lane, ps + local0 * r, r, acc);
+      fold_tile<T, false>(p, k, c0, local0, nreq, v0, valid, acc, static_cast<int64_t>(blockIdx.x) * m + t, j == 0,
+                          lane);
+    }
+    __syncthreads();  // every warp is done with group j's buffer before it is refilled
   }
 }
 
@@ -395,14 +571,17 @@ __global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftPa
       } else {
         prev = finish_position<T>(p, q, k - 1, &x_shared, red, fsh);
       }
-      // Phase A's scratch lies after the w2 slots: resident tiles survive it.
-      const int64_t slots = p.resident_tiles > 0 ? p.resident_tiles : 1;
-      if (k <= G) head_step<T>(p, q, k, prev, reinterpret_cast<float*>(smem + slots * tile_slot_bytes<T>(p.rank)));
+      // Phase A's scratch lies after the w2 tiles: resident tiles survive it.
+      if (k <= G) head_step<T>(p, q, k, prev, reinterpret_cast<float*>(smem + tile_region_bytes<T>(p.rank, p.resident_tiles, p.subtiles, LEGACY)));
     }
     if (k > G) break;
     __threadfence();
     grid.sync();
-    logits_step<T, LEGACY>(p, k, smem);
+    if (LEGACY) {
+      logits_step_legacy<T>(p, k, smem);
+    } else {
+      logits_step_tiled<T>(p, k, smem);
+    }
     __threadfence();
     grid.sync();
   }
@@ -442,12 +621,12 @@ int available_sms(int device, cudaError_t* err) {
   return sms;
 }
 
-MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, int sms, bool allow_resident,
-                                    bool legacy, cudaError_t* err) {
+MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int64_t requests, int device, int sms,
+                                    bool allow_resident, bool legacy, cudaError_t* err) {
   return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> MarkovDraftLaunch {
     MarkovDraftLaunch plan;
-    plan.legacy = legacy;
-    const auto kernel = legacy ? markov_draft_kernel<T, true> : markov_draft_kernel<T, false>;
+    plan.legacy = legacy || (rank * static_cast<int64_t>(sizeof(T))) % 16 != 0;
+    const auto kernel = plan.legacy ? markov_draft_kernel<T, true> : markov_draft_kernel<T, false>;
     int optin = 0, per_sm_bytes = 0;
     if ((*err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess)
       return plan;
@@ -455,10 +634,9 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
         cudaSuccess)
       return plan;
     // Allow up to the opt-in maximum; each launch asks only for what it needs. The cap on
-    // DYNAMIC shared memory is the opt-in maximum minus the kernel's static shared memory
-    // (`red`, `x_shared`: 144 bytes): asking for the full opt-in value fails with
-    // cudaErrorInvalidValue (dynamic + static may not exceed the opt-in maximum), which made
-    // every call fail.
+    // DYNAMIC shared memory is the opt-in maximum minus the kernel's static shared memory:
+    // asking for the full opt-in value fails with cudaErrorInvalidValue (dynamic + static may
+    // not exceed the opt-in maximum), which made every call fail.
     cudaFuncAttributes attr{};
     if ((*err = cudaFuncGetAttributes(&attr, kernel)) != cudaSuccess) return plan;
     const int64_t max_dynamic = static_cast<int64_t>(optin) - static_cast<int64_t>(attr.sharedSizeBytes);
@@ -470,7 +648,16 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
                                      static_cast<int>(max_dynamic))) != cudaSuccess)
       return plan;
     const int64_t tiles = (vocab + kTileV - 1) / kTileV;
-    const int64_t slot = tile_slot_bytes<T>(rank), scratch = scratch_bytes(rank);
+    const int64_t scratch = scratch_bytes(rank);
+    // Default kernel: m sub-tiles per group so that the request groups of one chunk fill the
+    // block's warps (m = 8 / ceil(R / 4), 1 from R = 17 on), fewer if two buffers do not fit.
+    int m = 1;
+    if (!plan.legacy) {
+      const int64_t chunk = requests < kReqChunk ? requests : kReqChunk;
+      m = kWarps / static_cast<int>((chunk + kReqPerWarp - 1) / kReqPerWarp);
+      while (m > 1 && tile_region_bytes<T>(rank, 0, m, false) + scratch > max_dynamic) m /= 2;
+    }
+    plan.subtiles = m;
     auto fits = [&](size_t smem, int64_t want_per_sm, int64_t* blocks) {
       int per_sm = 0;
       *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
@@ -483,7 +670,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
       for (int64_t per_sm = 2; per_sm >= 1; --per_sm) {
         const int64_t blocks = tiles < sms * per_sm ? tiles : sms * per_sm;
         const int64_t share = (tiles + blocks - 1) / blocks;  // tiles per block
-        const int64_t smem = share * slot + scratch;
+        const int64_t smem = tile_region_bytes<T>(rank, static_cast<int>(share), m, plan.legacy) + scratch;
         const int64_t budget = per_sm_bytes / per_sm - 2048;  // leave room for static smem / reserve
         int64_t got = 0;
         if (smem <= max_dynamic && smem <= budget && fits(static_cast<size_t>(smem), per_sm, &got) && got == blocks) {
@@ -495,7 +682,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
         if (*err != cudaSuccess) return plan;
       }
     }
-    const size_t smem = static_cast<size_t>(slot + scratch);
+    const size_t smem = static_cast<size_t>(tile_region_bytes<T>(rank, 0, m, plan.legacy) + scratch);
     int64_t blocks = 0;
     if (static_cast<int64_t>(smem) > max_dynamic || !fits(smem, 0, &blocks)) {
       if (*err == cudaSuccess) *err = cudaErrorInvalidConfiguration;  // rank too large for shared memory
@@ -515,17 +702,21 @@ cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaun
     void* args[] = {&p};
     for (;;) {
       p.resident_tiles = launch->resident_tiles;
+      p.subtiles = launch->subtiles;
       const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(launch->blocks),
                                                           dim3(kThreads), args, launch->smem, stream);
       // Fewer SMs than planned (an MPS thread limit the queries do not show): halve the grid
       // (the part_* scratch, sized for the planned grid, is then larger than needed) and stream
-      // w2, whose resident tiles assumed the planned grid. The caller keeps the reduced plan.
+      // w2 (one buffer pair of sub-tiles: never larger than the resident tiles it replaces, so
+      // it fits), whose resident tiles assumed the planned grid. The caller keeps the reduced plan.
       if (err != cudaErrorCooperativeLaunchTooLarge || launch->blocks == 1) return err;
       cudaGetLastError();  // clear the launch error before the retry
       launch->blocks = (launch->blocks + 1) / 2;
       if (launch->resident_tiles > 0) {
+        while (launch->subtiles > 1 && 2 * launch->subtiles > launch->resident_tiles) launch->subtiles /= 2;
         launch->resident_tiles = 0;
-        launch->smem = static_cast<size_t>(tile_slot_bytes<T>(params.rank) + scratch_bytes(params.rank));
+        launch->smem = static_cast<size_t>(
+            tile_region_bytes<T>(params.rank, 0, launch->subtiles, launch->legacy) + scratch_bytes(params.rank));
       }
     }
   });

@@ -41,24 +41,27 @@ bool legacy_kernel() {
   return legacy;
 }
 
-using PlanKey = std::tuple<int, int64_t, int64_t, int, int>;  // dtype, V, r, device, SMs of the context
+// dtype, V, r, requests in a chunk (min(R, 32): the sub-tiles), device, SMs of the context
+using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int, int>;
 
 std::mutex plans_mutex;
 std::map<PlanKey, MarkovDraftLaunch> plans;
 
-// Launch plans depend only on (dtype, V, r, device, SMs the current context may use): computed
+// Launch plans depend only on (dtype, V, r, min(R, 32), device, SMs the current context may use): computed
 // once per key (the shared-memory attribute and occupancy queries stay out of later calls,
 // including CUDA-graph captures); a green context with fewer SMs gets its own plan.
-std::pair<PlanKey, MarkovDraftLaunch> cached_plan(DType dtype, int64_t vocab, int64_t rank, int device) {
+std::pair<PlanKey, MarkovDraftLaunch> cached_plan(DType dtype, int64_t vocab, int64_t rank, int64_t requests,
+                                                  int device) {
   cudaError_t err = cudaSuccess;
   const int sms = available_sms(device, &err);
   DSPARK_CUDA_CHECK(err);
-  const PlanKey key = std::make_tuple(static_cast<int>(dtype), vocab, rank, device, sms);
+  const int64_t chunk = requests < 32 ? requests : 32;
+  const PlanKey key = std::make_tuple(static_cast<int>(dtype), vocab, rank, chunk, device, sms);
   const std::lock_guard<std::mutex> lock(plans_mutex);
   auto it = plans.find(key);
   if (it != plans.end()) return {key, it->second};
   const MarkovDraftLaunch plan =
-      plan_markov_draft(dtype, vocab, rank, device, sms, allow_resident_w2(), legacy_kernel(), &err);
+      plan_markov_draft(dtype, vocab, rank, chunk, device, sms, allow_resident_w2(), legacy_kernel(), &err);
   DSPARK_CUDA_CHECK(err);
   plans.emplace(key, plan);
   return {key, plan};
@@ -113,9 +116,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
     if (conf_scale) scale = conf_scale->contiguous();
   }
 
-  auto [plan_key, plan] = cached_plan(to_dtype(U, "dspark::markov_draft", "base_logits"), V, r,
+  auto [plan_key, plan] = cached_plan(to_dtype(U, "dspark::markov_draft", "base_logits"), V, r, R,
                                       base_logits.get_device());
-  const int64_t blocks = plan.blocks;
+  const int64_t blocks = static_cast<int64_t>(plan.blocks) * plan.subtiles;  // partial slots
   auto head_vector = at::empty({R, r}, fopts);
   auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;
   auto part_max = at::empty({blocks, R}, fopts), part_sum = at::empty({blocks, R}, fopts);
