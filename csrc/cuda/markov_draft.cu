@@ -2,16 +2,17 @@
 // cooperative launch. The grid (all blocks co-resident, sized by occupancy) alternates two
 // phases per position k, separated by grid-wide barriers:
 //
-//   A(k)  one block per request (request q -> block q mod grid): merge the per-block partial
-//         statistics of position k-1 into x_{k-1} and log q_{k-1}(x_{k-1}) (written to the
-//         outputs), gather e_k = w1[x_{k-1}], run the head (vanilla / gated / RNN) into the
-//         [R, r] head-vector scratch, and the confidence c_k.
-//   B(k)  every block owns V-tiles of 32 vocabulary rows: it stages the w2 tile in shared
-//         memory ONCE per position, then for every request (32 per pass, 4 per warp) computes
+//   A(k)  one block per request (request q -> block q mod grid): merge the partial statistics
+//         of position k-1 into x_{k-1} and log q_{k-1}(x_{k-1}) (written to the outputs), or,
+//         for a sampled request with a SPEC §9 filter on, find the row's threshold and race over
+//         the filtered row (filtered_position); gather e_k = w1[x_{k-1}], run the head
+//         (vanilla / gated / RNN) into the [R, r] head-vector scratch, and the confidence c_k.
+//   B(k)  every block owns V-tiles of 32 vocabulary rows: it stages w2 tiles in shared memory
+//         ONCE per position, then for every request (32 per pass, 4 per warp) computes
 //         L = U_k + w2_tile · P_q,
 //         rounds it to the storage dtype, writes draft_logits, and folds the rounded value
 //         into that request's softmax max/sum and Gumbel-max race (argmax for greedy), kept
-//         as one partial per (block, request).
+//         as one partial per (slot, request); filtered requests only store here.
 //
 // w2 is therefore read once per position for the whole batch; nothing float32 of size
 // [R, γ, V] is ever written. Every dot product of a request runs in one fixed order inside
@@ -19,13 +20,22 @@
 // never depend on its batch. Mirrors csrc/cpu/markov_draft.cpp, whose tests validate the
 // algorithm; cross-block data is read with __ldcg (L2) after the barriers.
 //
+// Two phase-B variants, chosen on the host once per process (DSPARK_MARKOV_DRAFT_KERNEL):
+// - default (logits_step_tiled): cp.async double-buffered, swizzled tiles; a block computes
+//   m = 8 / ceil(min(R, 32) / 4) tiles at once so every warp works at small R (partial slot
+//   per sub-tile); one Philox call per four vocabulary ids, shared by warp shuffles.
+// - legacy (logits_step_legacy): the previous kernel, one tile at a time staged synchronously
+//   into padded rows, one Philox call per element; also used when w2 rows are not a multiple
+//   of 16 bytes. Both give the same bits (tests compare them).
+//
 // Resident w2 (when it fits): each block always owns the same tiles (tile = block + i·grid), so
 // when a block's tiles fit in its shared memory they are staged at position 1 and reused at
 // positions 2..γ: HBM sees w2 once per round instead of γ times (V·r ≤ ~ (SMs · 200 KB) / 2
-// bytes in bf16, e.g. V = 32000, r = 256). Otherwise one tile slot is re-staged per tile.
+// bytes in bf16, e.g. V = 32000, r = 256). Otherwise tiles are re-staged per position.
 //
 // Left for later: tensor cores for the [R, r] x [r, V] product (here CUDA-core FMAs from
-// shared memory, four requests per w2 value), and double-buffered (cp.async) tile staging.
+// shared memory, four requests per w2 value), and spreading the filtered draw (one block per
+// request) over the grid.
 #include <cooperative_groups.h>
 #include <cuda.h>
 
@@ -86,21 +96,22 @@ __host__ __device__ inline int64_t scratch_bytes(int64_t rank) {
 // statistics and Gumbel-max race. One Philox call per four vocabulary ids (SPEC §2: ids 4g..4g+3
 // share a counter). Returns the block-reduced statistics and race key.
 template <typename T>
-__device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t k, const RowFilter& filter,
-                                  float temp, SoftmaxStats* stats, uint64_t* key, unsigned char* red,
-                                  FilterScratch& fsh) {
+__device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t k, const RowFilter& filter, float temp,
+                                  SoftmaxStats* stats, uint64_t* key, unsigned char* red, FilterScratch& fsh) {
   const int64_t V = p.vocab;
   T* row = static_cast<T*>(p.draft_logits) + (q * p.gamma + k - 1) * V;
-  constexpr int kVec = 16 / sizeof(T);
-  const float theta = (V * static_cast<int64_t>(sizeof(T))) % 16 == 0  // rows 16-byte aligned: wide loads
+  // 16-byte loads for 16-bit logits; 8-byte loads for float32 (four float4 loads in flight per
+  // thread pushed the float kernel past its 128 registers).
+  constexpr int kVec = sizeof(T) == 4 ? 2 : 16 / sizeof(T);
+  const float theta = (V * static_cast<int64_t>(sizeof(T))) % (kVec * sizeof(T)) == 0  // aligned rows: wide loads
                           ? block_filter_threshold<kVec, Load::kL2>(row, V, temp, filter, fsh)
                           : block_filter_threshold<1, Load::kL2>(row, V, temp, filter, fsh);
   const int64_t seed = p.seed[q], offset = p.offset[q];
   SoftmaxStats st;
   Race race;
   for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * static_cast<int64_t>(blockDim.x)) {
-    const Philox4 noise =
-        random_block(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k), static_cast<uint64_t>(v0));
+    const Philox4 noise = random_block(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k),
+                                       static_cast<uint64_t>(v0));
 #pragma unroll
     for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
       const int64_t v = v0 + e;
@@ -235,8 +246,7 @@ __device__ __forceinline__ void load_head_vectors(const float* src, float* dst, 
   if (n % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
     const uint4* s4 = reinterpret_cast<const uint4*>(src);
     uint4* d4 = reinterpret_cast<uint4*>(dst);
-    batched_copy(
-        n / 4, [&](int64_t c) { return __ldcg(s4 + c); }, [&](int64_t c, const uint4& w) { d4[c] = w; });
+    batched_copy(n / 4, [&](int64_t c) { return __ldcg(s4 + c); }, [&](int64_t c, const uint4& w) { d4[c] = w; });
   } else {
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __ldcg(src + i);
   }
@@ -474,6 +484,9 @@ __device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lan
   constexpr int kElems = 16 / sizeof(T);
   const int chunks = static_cast<int>(r / kElems), mask = swizzle_mask(chunks);
   const uint4* row = reinterpret_cast<const uint4*>(tile) + lane * chunks;
+  const float4* p4[kReqPerWarp];  // typed pointers: 16-byte broadcast loads (r is a multiple of 4)
+#pragma unroll
+  for (int i = 0; i < kReqPerWarp; ++i) p4[i] = reinterpret_cast<const float4*>(prow + i * r);
   for (int c = 0; c < chunks; ++c) {
     float w[kElems];
     unpack16(row[c ^ (lane & mask)], w, static_cast<const T*>(nullptr));
@@ -481,7 +494,7 @@ __device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lan
     for (int i = 0; i < kReqPerWarp; ++i) {
 #pragma unroll
       for (int e = 0; e < kElems; e += 4) {
-        const float4 pv = *reinterpret_cast<const float4*>(prow + i * r + c * kElems + e);
+        const float4 pv = p4[i][(c * kElems + e) / 4];
         acc[i] = fmaf(w[e], pv.x, acc[i]);
         acc[i] = fmaf(w[e + 1], pv.y, acc[i]);
         acc[i] = fmaf(w[e + 2], pv.z, acc[i]);
@@ -506,9 +519,7 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
   const int64_t mine = (tiles - blockIdx.x + grid - 1) / grid;  // this block's tiles
   const int64_t groups = (mine + m - 1) / m;
   auto tile_of = [&](int64_t j, int s) { return blockIdx.x + (j * m + s) * grid; };
-  auto buffer = [&](int64_t j, int s) {
-    return smem_raw + (resident ? j * m + s : (j & 1) * m + s) * tile_bytes;
-  };
+  auto buffer = [&](int64_t j, int s) { return smem_raw + (resident ? j * m + s : (j & 1) * m + s) * tile_bytes; };
   auto stage_group = [&](int64_t j) {
     for (int s = 0; s < m; ++s) {
       const int64_t tile = tile_of(j, s);
@@ -554,8 +565,12 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
   }
 }
 
+// Two blocks per SM (128 registers), except the default kernel in float32, whose wider staged
+// values need more than 128 registers (it spilled the grid barrier's address): one block per SM,
+// which its shared memory at small R asks for anyway.
 template <typename T, bool LEGACY>
-__global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftParams p) {
+__global__ void __launch_bounds__(kThreads, (LEGACY || sizeof(T) < 4) ? 2 : 1)
+    markov_draft_kernel(MarkovDraftParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(16) unsigned char red[kWarps * 16];  // block reductions (raw: no ctors)
   __shared__ int64_t x_shared;
@@ -572,7 +587,10 @@ __global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftPa
         prev = finish_position<T>(p, q, k - 1, &x_shared, red, fsh);
       }
       // Phase A's scratch lies after the w2 tiles: resident tiles survive it.
-      if (k <= G) head_step<T>(p, q, k, prev, reinterpret_cast<float*>(smem + tile_region_bytes<T>(p.rank, p.resident_tiles, p.subtiles, LEGACY)));
+      if (k <= G)
+        head_step<T>(
+            p, q, k, prev,
+            reinterpret_cast<float*>(smem + tile_region_bytes<T>(p.rank, p.resident_tiles, p.subtiles, LEGACY)));
     }
     if (k > G) break;
     __threadfence();
@@ -715,8 +733,8 @@ cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaun
       if (launch->resident_tiles > 0) {
         while (launch->subtiles > 1 && 2 * launch->subtiles > launch->resident_tiles) launch->subtiles /= 2;
         launch->resident_tiles = 0;
-        launch->smem = static_cast<size_t>(
-            tile_region_bytes<T>(params.rank, 0, launch->subtiles, launch->legacy) + scratch_bytes(params.rank));
+        launch->smem = static_cast<size_t>(tile_region_bytes<T>(params.rank, 0, launch->subtiles, launch->legacy) +
+                                           scratch_bytes(params.rank));
       }
     }
   });

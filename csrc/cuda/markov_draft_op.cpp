@@ -60,8 +60,8 @@ std::pair<PlanKey, MarkovDraftLaunch> cached_plan(DType dtype, int64_t vocab, in
   const std::lock_guard<std::mutex> lock(plans_mutex);
   auto it = plans.find(key);
   if (it != plans.end()) return {key, it->second};
-  const MarkovDraftLaunch plan =
-      plan_markov_draft(dtype, vocab, rank, chunk, device, sms, allow_resident_w2(), legacy_kernel(), &err);
+  const MarkovDraftLaunch plan = plan_markov_draft(dtype, vocab, rank, chunk, device, sms, allow_resident_w2(),
+                                                   legacy_kernel(), &err);
   DSPARK_CUDA_CHECK(err);
   plans.emplace(key, plan);
   return {key, plan};
