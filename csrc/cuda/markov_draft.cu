@@ -484,9 +484,12 @@ __device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lan
   constexpr int kElems = 16 / sizeof(T);
   const int chunks = static_cast<int>(r / kElems), mask = swizzle_mask(chunks);
   const uint4* row = reinterpret_cast<const uint4*>(tile) + lane * chunks;
-  const float4* p4[kReqPerWarp];  // typed pointers: 16-byte broadcast loads (r is a multiple of 4)
+  // 16-byte broadcast loads of P (r is a multiple of 4): the alignment is stated, or nvcc splits
+  // the loads of requests 1..3 (offsets i * r) into 32-bit ones.
+  const float4* p4[kReqPerWarp];
 #pragma unroll
-  for (int i = 0; i < kReqPerWarp; ++i) p4[i] = reinterpret_cast<const float4*>(prow + i * r);
+  for (int i = 0; i < kReqPerWarp; ++i)
+    p4[i] = static_cast<const float4*>(__builtin_assume_aligned(prow + i * r, 16));
   for (int c = 0; c < chunks; ++c) {
     float w[kElems];
     unpack16(row[c ^ (lane & mask)], w, static_cast<const T*>(nullptr));
