@@ -475,6 +475,16 @@ __device__ __forceinline__ void unpack16(const uint4& raw, float* w, const H*) {
   }
 }
 
+// A 16-byte shared-memory load (p 16-byte aligned: r is a multiple of 4). Written out because
+// nvcc split the float4 loads of requests 1..3 (offsets i * r) into four 32-bit loads each.
+__device__ __forceinline__ float4 lds128(const float* p) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
+  return v;
+}
+
 // dot4_padded's arithmetic (one sequential fmaf chain per output in column order, so the same
 // bits) on the swizzled row `lane` of a tile: one 16-byte shared load feeds 16 / sizeof(T)
 // columns of four requests.
@@ -484,12 +494,6 @@ __device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lan
   constexpr int kElems = 16 / sizeof(T);
   const int chunks = static_cast<int>(r / kElems), mask = swizzle_mask(chunks);
   const uint4* row = reinterpret_cast<const uint4*>(tile) + lane * chunks;
-  // 16-byte broadcast loads of P (r is a multiple of 4): the alignment is stated, or nvcc splits
-  // the loads of requests 1..3 (offsets i * r) into 32-bit ones.
-  const float4* p4[kReqPerWarp];
-#pragma unroll
-  for (int i = 0; i < kReqPerWarp; ++i)
-    p4[i] = static_cast<const float4*>(__builtin_assume_aligned(prow + i * r, 16));
   for (int c = 0; c < chunks; ++c) {
     float w[kElems];
     unpack16(row[c ^ (lane & mask)], w, static_cast<const T*>(nullptr));
@@ -497,7 +501,7 @@ __device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lan
     for (int i = 0; i < kReqPerWarp; ++i) {
 #pragma unroll
       for (int e = 0; e < kElems; e += 4) {
-        const float4 pv = p4[i][(c * kElems + e) / 4];
+        const float4 pv = lds128(prow + i * r + c * kElems + e);
         acc[i] = fmaf(w[e], pv.x, acc[i]);
         acc[i] = fmaf(w[e + 1], pv.y, acc[i]);
         acc[i] = fmaf(w[e + 2], pv.z, acc[i]);
@@ -568,17 +572,15 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
   }
 }
 
-// Two blocks per SM (128 registers), except the default kernel in float32, whose wider staged
-// values need more than 128 registers (it spilled the grid barrier's address): one block per SM,
-// which its shared memory at small R asks for anyway.
+// The legacy kernel: two blocks per SM (128 registers). The default kernel: one block per SM, which
+// its double-buffered sub-tiles ask for at small R anyway (e.g. 160 KB at R <= 4, r = 256, bf16);
+// at 128 registers it spilled (the unpacked 16-byte chunks and 16-byte P loads live together).
 template <typename T, bool LEGACY>
-__global__ void __launch_bounds__(kThreads, (LEGACY || sizeof(T) < 4) ? 2 : 1)
-    markov_draft_kernel(MarkovDraftParams p) {
+__global__ void __launch_bounds__(kThreads, LEGACY ? 2 : 1) markov_draft_kernel(MarkovDraftParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(16) unsigned char red[kWarps * 16];  // block reductions (raw: no ctors)
   __shared__ int64_t x_shared;
   __shared__ FilterScratch fsh;
-  cg::grid_group grid = cg::this_grid();
   const int64_t R = p.requests, G = p.gamma;
   for (int64_t k = 1; k <= G + 1; ++k) {
     for (int64_t q = blockIdx.x; q < R; q += gridDim.x) {
@@ -597,14 +599,14 @@ __global__ void __launch_bounds__(kThreads, (LEGACY || sizeof(T) < 4) ? 2 : 1)
     }
     if (k > G) break;
     __threadfence();
-    grid.sync();
+    cg::this_grid().sync();
     if (LEGACY) {
       logits_step_legacy<T>(p, k, smem);
     } else {
       logits_step_tiled<T>(p, k, smem);
     }
     __threadfence();
-    grid.sync();
+    cg::this_grid().sync();
   }
 }
 
