@@ -83,9 +83,10 @@ __host__ __device__ inline int64_t tile_region_bytes(int64_t rank, int resident_
   if (legacy) return (resident_tiles > 0 ? resident_tiles : 1) * tile_slot_bytes<T>(rank);
   return (resident_tiles > 0 ? resident_tiles : 2 * subtiles) * swizzled_tile_bytes<T>(rank);
 }
-// Scratch: phase B's head vectors of a request chunk, or phase A's [e_k ; s_{k-1} ; e_k].
+// Scratch: phase B's head vectors of a request chunk and their 1/T, or phase A's
+// [e_k ; s_{k-1} ; e_k].
 __host__ __device__ inline int64_t scratch_bytes(int64_t rank) {
-  const int64_t b = kReqChunk * rank, a = 3 * rank;
+  const int64_t b = kReqChunk * rank + kReqChunk, a = 3 * rank;
   return (a > b ? a : b) * static_cast<int64_t>(sizeof(float));
 }
 
@@ -96,7 +97,7 @@ __host__ __device__ inline int64_t scratch_bytes(int64_t rank) {
 // statistics and Gumbel-max race. One Philox call per four vocabulary ids (SPEC §2: ids 4g..4g+3
 // share a counter). Returns the block-reduced statistics and race key.
 template <typename T>
-__device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t k, const RowFilter& filter, float temp,
+__device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t k, const RowFilter& filter, float inv_t,
                                   SoftmaxStats* stats, uint64_t* key, unsigned char* red, FilterScratch& fsh) {
   const int64_t V = p.vocab;
   T* row = static_cast<T*>(p.draft_logits) + (q * p.gamma + k - 1) * V;
@@ -104,8 +105,8 @@ __device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t
   // thread pushed the float kernel past its 128 registers).
   constexpr int kVec = sizeof(T) == 4 ? 2 : 16 / sizeof(T);
   const float theta = (V * static_cast<int64_t>(sizeof(T))) % (kVec * sizeof(T)) == 0  // aligned rows: wide loads
-                          ? block_filter_threshold<kVec, Load::kL2>(row, V, temp, filter, fsh)
-                          : block_filter_threshold<1, Load::kL2>(row, V, temp, filter, fsh);
+                          ? block_filter_threshold<kVec, Load::kL2>(row, V, inv_t, filter, fsh)
+                          : block_filter_threshold<1, Load::kL2>(row, V, inv_t, filter, fsh);
   const int64_t seed = p.seed[q], offset = p.offset[q];
   SoftmaxStats st;
   Race race;
@@ -116,7 +117,7 @@ __device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t
     for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
       const int64_t v = v0 + e;
       if (v >= V) break;
-      const float s = scaled_logit(to_float(__ldcg(row + v)), temp);
+      const float s = scaled_logit(to_float(__ldcg(row + v)), inv_t);
       if (!(s >= theta)) row[v] = from_float<T>(-INFINITY);
       const float x = filtered(s, theta);
       st.add(x);
@@ -136,12 +137,12 @@ __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_
                                    unsigned char* red, FilterScratch& fsh) {
   const int nb = gridDim.x * p.subtiles;  // partial slots
   const int64_t R = p.requests;
-  const float temp = p.temperature[q];
+  const float temp = p.temperature[q], inv_t = inverse_temperature(temp);
   const RowFilter filter = markov::request_filter(p, q, p.vocab);
   SoftmaxStats st;
   uint64_t key = 0;
   if (!is_greedy(temp) && !filter.off()) {  // block-uniform
-    filtered_position<T>(p, q, k, filter, temp, &st, &key, red, fsh);
+    filtered_position<T>(p, q, k, filter, inv_t, &st, &key, red, fsh);
   } else {
     for (int j = threadIdx.x; j < nb; j += blockDim.x) {
       SoftmaxStats o;
@@ -160,7 +161,7 @@ __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_
     float logprob = 0.0f;
     if (!is_greedy(temp)) {  // the row holds the filtered logits by now (block barrier above)
       const T* row = static_cast<const T*>(p.draft_logits) + (q * p.gamma + k - 1) * p.vocab;
-      const float xt = scaled_logit(to_float(__ldcg(row + x)), temp);
+      const float xt = scaled_logit(to_float(__ldcg(row + x)), inv_t);
       logprob = (st.sum > 0.0f && xt > -INFINITY) ? (xt - st.max) - logf(st.sum) : -INFINITY;
     }
     p.tokens[q * p.gamma + k - 1] = x;
@@ -252,6 +253,14 @@ __device__ __forceinline__ void load_head_vectors(const float* src, float* dst, 
   }
 }
 
+// Loads the chunk of requests c0 .. c0 + nreq - 1 into ps: their head vectors [nreq, r], then at
+// ps + kReqChunk * r their 1/T (one division per request and position, none per element).
+__device__ __forceinline__ void load_chunk(const MarkovDraftParams& p, int64_t c0, int64_t nreq, float* ps) {
+  load_head_vectors(p.head_vector + c0 * p.rank, ps, nreq * p.rank);
+  for (int64_t i = threadIdx.x; i < nreq; i += blockDim.x)
+    ps[kReqChunk * p.rank + i] = inverse_temperature(p.temperature[c0 + i]);
+}
+
 // Folds a warp's statistics and race key of request q over one tile into partial `slot`'s entry
 // for q (only this warp touches it); `first`: the slot's first tile of the position, which
 // overwrites the previous position's values.
@@ -275,7 +284,8 @@ __device__ __forceinline__ void fold_partial(const MarkovDraftParams& p, int64_t
   }
 }
 
-// The end of a warp's tile for its requests c0 + local0 + i (i < kReqPerWarp, < nreq): rounds
+// The end of a warp's tile for its requests c0 + local0 + i (i < kReqPerWarp, < nreq; their 1/T
+// at inv_ts[local0 + i]): rounds
 // U + acc[i] to T, writes draft_logits, and folds the rounded values (lane = vocabulary row
 // v0 + lane, valid lanes only) into partial `slot`: the argmax for greedy requests, softmax
 // statistics and the Gumbel race for sampled ones; a sampled request with a SPEC §9 filter on
@@ -285,8 +295,8 @@ __device__ __forceinline__ void fold_partial(const MarkovDraftParams& p, int64_t
 // call per four ids) and every lane takes its word by shuffles.
 template <typename T, bool LEGACY>
 __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k, int64_t c0, int64_t local0,
-                                          int64_t nreq, int64_t v0, bool valid, const float* acc, int64_t slot,
-                                          bool first, int lane) {
+                                          int64_t nreq, int64_t v0, bool valid, const float* acc,
+                                          const float* inv_ts, int64_t slot, bool first, int lane) {
   const int64_t V = p.vocab, G = p.gamma;
   const T* U = static_cast<const T*>(p.base_logits);
   T* out = static_cast<T*>(p.draft_logits);
@@ -334,7 +344,7 @@ __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k,
       if (LEGACY)
         bits = random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
                            static_cast<uint64_t>(v));
-      const float x = scaled_logit(to_float(rounded), temp);
+      const float x = scaled_logit(to_float(rounded), inv_ts[local0 + i]);
       st.add(x);
       race.add(x, gumbel_from_bits(bits), v);
     }
@@ -399,7 +409,7 @@ __device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsign
       const int64_t nreq = R - c0 < kReqChunk ? R - c0 : kReqChunk;
       if (R > kReqChunk || first) {  // with one chunk, ps keeps its requests across tiles
         __syncthreads();             // previous chunk's readers are done with ps
-        load_head_vectors(p.head_vector + c0 * r, ps, nreq * r);
+        load_chunk(p, c0, nreq, ps);
       }
       __syncthreads();  // ps and the staged tile are visible to every warp
       const int64_t local0 = static_cast<int64_t>(warp) * kReqPerWarp;  // this warp's first request
@@ -407,7 +417,7 @@ __device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsign
       const bool valid = lane < rows;
       float acc[kReqPerWarp] = {};
       if (valid) dot4_padded(w2s + lane * stride, ps + local0 * r, r, acc);
-      fold_tile<T, true>(p, k, c0, local0, nreq, v0, valid, acc, blockIdx.x, first, lane);
+      fold_tile<T, true>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r, blockIdx.x, first, lane);
     }
   }
 }
@@ -556,7 +566,7 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
       const int64_t nreq = R - c0 < kReqChunk ? R - c0 : kReqChunk;
       if (R > kReqChunk || j == 0) {  // with one chunk, ps keeps its requests across groups
         __syncthreads();              // previous chunk's readers are done with ps
-        load_head_vectors(p.head_vector + c0 * r, ps, nreq * r);
+        load_chunk(p, c0, nreq, ps);
       }
       __syncthreads();  // ps and every thread's staged copies are visible to every warp
       // A sub-tile past the block's last tile computes nothing, but at j = 0 it still writes its
@@ -565,8 +575,8 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
       const bool valid = tile < tiles && lane < V - v0;
       float acc[kReqPerWarp] = {};
       if (valid) dot4_swizzled<T>(buffer(j, t), lane, ps + local0 * r, r, acc);
-      fold_tile<T, false>(p, k, c0, local0, nreq, v0, valid, acc, static_cast<int64_t>(blockIdx.x) * m + t, j == 0,
-                          lane);
+      fold_tile<T, false>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r,
+                          static_cast<int64_t>(blockIdx.x) * m + t, j == 0, lane);
     }
     __syncthreads();  // every warp is done with group j's buffer before it is refilled
   }
