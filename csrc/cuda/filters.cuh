@@ -34,8 +34,8 @@ struct FilterScratch {
 // inv_temperature = 1/T, for filter f; all threads of the block call it and get the same value.
 // L = Load::kL2 for a row written earlier in the same launch (markov_draft's own draft logits).
 template <int VEC, Load L = Load::kReadOnly, typename T>
-__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float inv_temperature, const RowFilter& f,
-                                        FilterScratch& sh) {
+__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float inv_temperature,
+                                        const RowFilter& f, FilterScratch& sh) {
   if (f.off()) return -INFINITY;
   auto fmax_op = [](float a, float b) { return a > b ? a : b; };
   auto fmin_op = [](float a, float b) { return a < b ? a : b; };

@@ -97,8 +97,9 @@ __host__ __device__ inline int64_t scratch_bytes(int64_t rank) {
 // statistics and Gumbel-max race. One Philox call per four vocabulary ids (SPEC §2: ids 4g..4g+3
 // share a counter). Returns the block-reduced statistics and race key.
 template <typename T>
-__device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t k, const RowFilter& filter, float inv_t,
-                                  SoftmaxStats* stats, uint64_t* key, unsigned char* red, FilterScratch& fsh) {
+__device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t k, const RowFilter& filter,
+                                  float inv_t, SoftmaxStats* stats, uint64_t* key, unsigned char* red,
+                                  FilterScratch& fsh) {
   const int64_t V = p.vocab;
   T* row = static_cast<T*>(p.draft_logits) + (q * p.gamma + k - 1) * V;
   // 16-byte loads for 16-bit logits; 8-byte loads for float32 (four float4 loads in flight per
@@ -295,8 +296,8 @@ __device__ __forceinline__ void fold_partial(const MarkovDraftParams& p, int64_t
 // call per four ids) and every lane takes its word by shuffles.
 template <typename T, bool LEGACY>
 __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k, int64_t c0, int64_t local0,
-                                          int64_t nreq, int64_t v0, bool valid, const float* acc,
-                                          const float* inv_ts, int64_t slot, bool first, int lane) {
+                                          int64_t nreq, int64_t v0, bool valid, const float* acc, const float* inv_ts,
+                                          int64_t slot, bool first, int lane) {
   const int64_t V = p.vocab, G = p.gamma;
   const T* U = static_cast<const T*>(p.base_logits);
   T* out = static_cast<T*>(p.draft_logits);

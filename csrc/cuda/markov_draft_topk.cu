@@ -275,8 +275,8 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
     }
     if (filter) {  // SPEC §9: the threshold needs the whole row, then the race over the kept
       __syncthreads();  // the row's rounded logits are visible to the block
-      const float theta =
-          block_filter_threshold<1, Load::kL2>(out + row * K, K, inv_t, markov::request_filter(p, q, K), fsh);
+      const float theta = block_filter_threshold<1, Load::kL2>(out + row * K, K, inv_t, markov::request_filter(p, q, K),
+                                                               fsh);
       for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
         const float s = scaled_logit(to_float(out[row * K + j]), inv_t);
         if (!(s >= theta)) out[row * K + j] = from_float<T>(-INFINITY);
