@@ -73,7 +73,7 @@ def _random_bits(device, R, variant):
 _G, _V, _RANK, _D = 3, 37, 8, 5
 
 
-def _filters(device, R, variant, top):
+def _markov_filters(device, R, variant, top):
     """SPEC §9 filters of R requests: top_k in [0, top] (0 and top off for top = V), top_p in
     [0.5, 1), min_p in [0, 0.2)."""
     g = _gen(variant, 3)
@@ -99,7 +99,7 @@ def _markov_draft(head: str, conf: str, dtype: torch.dtype, filters: bool = Fals
             width = _D if conf == "h" else _D + _RANK
             confidence = (rnd(width, scale=0.3), rnd(1), torch.rand(_G, generator=g) + 0.5)
         args = _to(device, base, anchor, w1, w2, _temperature(R, g), seed, offset, hidden, *gate, *rnn, *confidence)
-        return (*args, *_filters(device, R, variant, _V)) if filters else args
+        return (*args, *_markov_filters(device, R, variant, _V)) if filters else args
 
     return build
 
@@ -107,7 +107,7 @@ def _markov_draft(head: str, conf: str, dtype: torch.dtype, filters: bool = Fals
 def _markov_draft_topk(head: str, conf: str, dtype: torch.dtype, K: int, filters: bool = False):
     def build(device, R, variant):
         args = _markov_draft(head, conf, dtype)(device, R, variant)
-        extra = _filters(device, R, variant, K) if filters else ()
+        extra = _markov_filters(device, R, variant, K) if filters else ()
         return (*args[:7], K, *args[7:], *extra)
 
     return build
