@@ -315,6 +315,22 @@ struct MmaLayout {
   static_assert(kK % 32 == 0 && kV % 32 == 0 && kS % 32 == 0 && kP % 32 == 0 && kO % 32 == 0, "wmma alignment");
 };
 
+// c += A B over KSTEPS k slices of 16: A row-major at `a` (slice k at a + 16 k), B in layout
+// BLayout at `b` (slice k at b + k * b_step).
+template <typename T, typename BLayout, int KSTEPS>
+__device__ __forceinline__ void wmma_accumulate(nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 16, float>& c,
+                                                const T* a, unsigned lda, const T* b, unsigned ldb, int b_step) {
+  using namespace nvcuda;
+#pragma unroll
+  for (int k = 0; k < KSTEPS; ++k) {
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, T, BLayout> fb;
+    wmma::load_matrix_sync(fa, a + k * 16, lda);
+    wmma::load_matrix_sync(fb, b + k * b_step, ldb);
+    wmma::mma_sync(c, fa, fb, c);
+  }
+}
+
 template <typename T, int DH>
 __global__ void __launch_bounds__(kAttnThreads)
     block_attention_mma_kernel(const BlockAttentionArgs a, const int row_chunks) {
@@ -387,14 +403,8 @@ __global__ void __launch_bounds__(kAttnThreads)
         const int nt = 2 * (warp % 2) + t;
         wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
         wmma::fill_fragment(c, 0.0f);
-#pragma unroll
-        for (int k = 0; k < DH / 16; ++k) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> qa;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> kb;
-          wmma::load_matrix_sync(qa, q_s + mt * 16 * L::kLdQ + k * 16, L::kLdQ);
-          wmma::load_matrix_sync(kb, k_s + nt * 16 * L::kLdQ + k * 16, L::kLdQ);
-          wmma::mma_sync(c, qa, kb, c);
-        }
+        wmma_accumulate<T, wmma::col_major, DH / 16>(c, q_s + mt * 16 * L::kLdQ, L::kLdQ, k_s + nt * 16 * L::kLdQ,
+                                                     L::kLdQ, 16);
         wmma::store_matrix_sync(s_s + mt * 16 * L::kLdS + nt * 16, c, L::kLdS, wmma::mem_row_major);
       }
     }
@@ -430,14 +440,8 @@ __global__ void __launch_bounds__(kAttnThreads)
       const int mt = ot / (DH / 16), nt = ot % (DH / 16);
       wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
       wmma::load_matrix_sync(c, o_s + mt * 16 * L::kLdO + nt * 16, L::kLdO, wmma::mem_row_major);
-#pragma unroll
-      for (int k = 0; k < kMmaKeys / 16; ++k) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> pa;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::row_major> vb;
-        wmma::load_matrix_sync(pa, p_s + mt * 16 * L::kLdP + k * 16, L::kLdP);
-        wmma::load_matrix_sync(vb, v_s + k * 16 * L::kLdQ + nt * 16, L::kLdQ);
-        wmma::mma_sync(c, pa, vb, c);
-      }
+      wmma_accumulate<T, wmma::row_major, kMmaKeys / 16>(c, p_s + mt * 16 * L::kLdP, L::kLdP, v_s + nt * 16, L::kLdQ,
+                                                         16 * L::kLdQ);
       wmma::store_matrix_sync(o_s + mt * 16 * L::kLdO + nt * 16, c, L::kLdO, wmma::mem_row_major);
     }
     __syncthreads();  // the next tile overwrites k_s, v_s, s_s, p_s
@@ -601,13 +605,7 @@ __global__ void __launch_bounds__(kAttnThreads, PipeLayout<DH>::kMinBlocks)
       } else {
         ldmatrix_x4<false>(q_addr + ks * 32, qa);
       }
-#pragma unroll
-      for (int np = 0; np < kNT / 2; ++np) {
-        uint32_t kb[4];
-        ldmatrix_x4<false>(kv + k_addr + np * 16 * L::kLd * 2 + ks * 32, kb);
-        mma_16816<T>(s[2 * np], qa, kb[0], kb[1]);
-        mma_16816<T>(s[2 * np + 1], qa, kb[2], kb[3]);
-      }
+      mma_tile_pairs<T, false>(s, qa, kv + k_addr + ks * 32, 16 * L::kLd * 2);  // 16 keys per pair
     }
     // s[t][e]: row lane / 4 (+ 8 for e >= 2), key kWarpKeys kh + 8 t + 2 (lane % 4) + e % 2.
     float mx[2] = {-INFINITY, -INFINITY};
@@ -655,13 +653,7 @@ __global__ void __launch_bounds__(kAttnThreads, PipeLayout<DH>::kMinBlocks)
 #pragma unroll
     for (int ks = 0; ks < L::kWarpKeys / 16; ++ks) {
       const uint32_t pa[4] = {p[2 * ks][0], p[2 * ks][1], p[2 * ks + 1][0], p[2 * ks + 1][1]};
-#pragma unroll
-      for (int dp = 0; dp < kDT / 2; ++dp) {
-        uint32_t vb[4];
-        ldmatrix_x4<true>(kv + v_addr + ks * 16 * L::kLd * 2 + dp * 32, vb);
-        mma_16816<T>(o[2 * dp], pa, vb[0], vb[1]);
-        mma_16816<T>(o[2 * dp + 1], pa, vb[2], vb[3]);
-      }
+      mma_tile_pairs<T, true>(o, pa, kv + v_addr + ks * 16 * L::kLd * 2, 32);  // 16 dims per pair
     }
   };
 

@@ -19,6 +19,17 @@ namespace {
 // A cache read or written through its strides needs a contiguous head dimension.
 at::Tensor with_contiguous_rows(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
 
+// The [R, Lmax, Hkv, Dh] caches' row strides (elements) of a BlockAttentionArgs or AppendContextArgs.
+template <typename Args>
+void set_cache_strides(Args& a, const at::Tensor& k_cache, const at::Tensor& v_cache) {
+  a.k_stride_r = k_cache.stride(0);
+  a.k_stride_l = k_cache.stride(1);
+  a.k_stride_h = k_cache.stride(2);
+  a.v_stride_r = v_cache.stride(0);
+  a.v_stride_l = v_cache.stride(1);
+  a.v_stride_h = v_cache.stride(2);
+}
+
 // Head dimensions without a specialised kernel (the kernels cover 64, 128 and 256): the same
 // attention in float32 with ATen ops, the keys past cache_lens masked on the device (no host
 // sync, so still capturable). Without it every other Dh raised on CUDA although the op is
@@ -68,12 +79,7 @@ at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const
   a.q = qc.data_ptr();
   a.k_cache = kc.data_ptr();
   a.v_cache = vc.data_ptr();
-  a.k_stride_r = kc.stride(0);
-  a.k_stride_l = kc.stride(1);
-  a.k_stride_h = kc.stride(2);
-  a.v_stride_r = vc.stride(0);
-  a.v_stride_l = vc.stride(1);
-  a.v_stride_h = vc.stride(2);
+  set_cache_strides(a, kc, vc);
   a.cache_lens = lens.data_ptr<int64_t>();
   a.k_block = kb.data_ptr();
   a.v_block = vb.data_ptr();
@@ -146,12 +152,7 @@ void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, con
   AppendContextArgs a{};
   a.k_cache = k_cache.data_ptr();
   a.v_cache = v_cache.data_ptr();
-  a.k_stride_r = k_cache.stride(0);
-  a.k_stride_l = k_cache.stride(1);
-  a.k_stride_h = k_cache.stride(2);
-  a.v_stride_r = v_cache.stride(0);
-  a.v_stride_l = v_cache.stride(1);
-  a.v_stride_h = v_cache.stride(2);
+  set_cache_strides(a, k_cache, v_cache);
   a.k_new = kn.data_ptr();
   a.v_new = vn.data_ptr();
   a.k_norm_weight = kw.data_ptr();

@@ -73,6 +73,22 @@ __device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4],
   }
 }
 
+// acc[t] (TILES n8 tiles, C layout) += a (A fragment, 16 x 16) times B, where B's tiles 2n and
+// 2n + 1 come from one ldmatrix x4 at `address + n * pair_step` (registers 0, 1 -> tile 2n,
+// 2, 3 -> tile 2n + 1; TRANS as in ldmatrix_x4).
+template <typename T, bool TRANS, int TILES>
+__device__ __forceinline__ void mma_tile_pairs(float (&acc)[TILES][4], const uint32_t (&a)[4], uint32_t address,
+                                               uint32_t pair_step) {
+  static_assert(TILES % 2 == 0, "tiles come in pairs");
+#pragma unroll
+  for (int n = 0; n < TILES / 2; ++n) {
+    uint32_t b[4];
+    ldmatrix_x4<TRANS>(address + n * pair_step, b);
+    mma_16816<T>(acc[2 * n], a, b[0], b[1]);
+    mma_16816<T>(acc[2 * n + 1], a, b[2], b[3]);
+  }
+}
+
 // Two floats rounded to T (round to nearest even) in one 32-bit register, `lo` in the low
 // half (the lower column of an mma fragment), and back. (cvt packs straight into a register:
 // the vector types are not trivially copyable, so no bit_cast.)
