@@ -453,8 +453,8 @@ __global__ void __launch_bounds__(kAttnThreads)
     if (rho >= nrows) continue;
     const int64_t row = tile.q_row(a, rho);
     for (int col = 2 * lane; col < DH; col += 2 * kWarpSize)
-      write_row_pair<T, DH>(a, row, tile.split, col, o_s[rho * L::kLdO + col], o_s[rho * L::kLdO + col + 1],
-                            m_s[rho], l_s[rho], lane == 0);
+      write_row_pair<T, DH>(a, row, tile.split, col, o_s[rho * L::kLdO + col], o_s[rho * L::kLdO + col + 1], m_s[rho],
+                            l_s[rho], lane == 0);
   }
 }
 
@@ -512,7 +512,7 @@ __global__ void __launch_bounds__(kAttnThreads, PipeLayout<DH>::kMinBlocks)
   const int mt = warp & 1, kh = warp >> 1;  // row block, key half
   const int64_t len = tile.len, kend = tile.key_end;
 
-  // This thread's 16-byte chunk of each K/V row it copies: column chunk c, rows row0 + i·pass.
+  // This thread's 16-byte chunk of each K/V row it copies: chunk `chunk` of tile rows crow + i·kRowsPerPass.
   const int chunk = tid % L::kChunks, crow = tid / L::kChunks;
   const uint32_t copy_off = static_cast<uint32_t>((crow * L::kLd + chunk * 8) * 2);
   // Any tile: key by key (cache or block row, zero-fill past the split's end).
@@ -568,12 +568,11 @@ __global__ void __launch_bounds__(kAttnThreads, PipeLayout<DH>::kMinBlocks)
   const uint32_t q_addr = smem + L::kQOffset + ((mt * 16 + (lane & 15)) * L::kLd + (lane >> 4) * 8) * 2;
   // K (B = Kᵀ, two n8 tiles of keys n, n+8 at k step s): key n + lane % 8 + 8 (lane / 16),
   // dims 16 s + 8 ((lane / 8) % 2): registers 0, 1 -> tile n, 2, 3 -> tile n + 8.
-  const uint32_t k_addr =
-      ((kh * L::kWarpKeys + (lane & 7) + ((lane >> 4) << 3)) * L::kLd + ((lane >> 3) & 1) * 8) * 2;
+  const uint32_t k_addr = ((kh * L::kWarpKeys + (lane & 7) + ((lane >> 4) << 3)) * L::kLd + ((lane >> 3) & 1) * 8) * 2;
   // V (B, transposed load; keys 16 s .., dims n, n+8): key 16 s + lane % 8 + 8 ((lane / 8) % 2),
   // dims n + 8 (lane / 16): registers 0, 1 -> dim tile n, 2, 3 -> dim tile n + 8.
-  const uint32_t v_addr =
-      L::kMatBytes + ((kh * L::kWarpKeys + (lane & 7) + ((lane >> 3) & 1) * 8) * L::kLd + (lane >> 4) * 8) * 2;
+  const uint32_t v_addr = L::kMatBytes +
+                          ((kh * L::kWarpKeys + (lane & 7) + ((lane >> 3) & 1) * 8) * L::kLd + (lane >> 4) * 8) * 2;
 
   uint32_t qf[L::kQInRegs ? kQK : 1][4];
   if constexpr (L::kQInRegs) {
@@ -799,8 +798,8 @@ template <typename T, int DH>
 cudaError_t make_attention_config(Variant v, int device, AttentionConfig* c) {
   c->kernel = attention_kernel<T, DH>(v);
   const AttentionKernel& k = c->kernel;
-  const cudaError_t err =
-      cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(k.smem));
+  const cudaError_t err = cudaFuncSetAttribute(k.fn, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               static_cast<int>(k.smem));
   if (err != cudaSuccess) return err;
   c->resident_ctas = 0;
   if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&c->resident_ctas, k.fn, kAttnThreads, k.smem) != cudaSuccess ||

@@ -22,8 +22,7 @@ __device__ __forceinline__ uint32_t shared_address(const void* p) {
 // once). When `valid` is false nothing is read and the 16 bytes are zero-filled (`src` must
 // still be a mapped address). Completion: cp_async_commit / cp_async_wait.
 __device__ __forceinline__ void cp_async_16(uint32_t dst, const void* src, bool valid) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
-               : "memory");
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
 }
 
 // Closes the group of copies issued so far by this thread.
