@@ -30,17 +30,17 @@ struct FilterScratch {
   unsigned long long n[32];
 };
 
-// θ of row [V] (logits of type T, read VEC at a time: vec_size on the host) at temperature T
-// for filter f; all threads of the block call it and get the same value.
-template <int VEC, typename T>
-__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float temperature, const RowFilter& f,
-                                        FilterScratch& sh) {
+// θ of one row at temperature T for filter f, the row read through each(fn), which calls
+// fn(z, index) for every raw logit z of the row (extra entries must be NaN: they read as -inf
+// and count nowhere), each thread in an order that depends only on the row's length. All
+// threads of the block call it and get the same value.
+template <typename Each>
+__device__ float block_filter_threshold_each(Each&& each, float temperature, const RowFilter& f, FilterScratch& sh) {
   if (f.off()) return -INFINITY;
   auto fmax_op = [](float a, float b) { return a > b ? a : b; };
   auto fmin_op = [](float a, float b) { return a < b ? a : b; };
   auto umin_op = [](uint32_t a, uint32_t b) { return a < b ? a : b; };
   auto umax_op = [](uint32_t a, uint32_t b) { return a > b ? a : b; };
-  auto each = [&](auto&& fn) { block_for_each<VEC>(row, 0, vocab, fn); };
 
   float m = -INFINITY;
   each([&](float z, int64_t) { m = fmaxf(m, scaled_logit(z, temperature)); });
@@ -106,6 +106,13 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
     search([&](float s) { return filter_weight(s, m); }, f.top_p * total, Sum{}, sh.f);
   }
   return theta;
+}
+
+// θ of row [V] (logits of type T, read VEC at a time: vec_size on the host).
+template <int VEC, typename T>
+__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float temperature, const RowFilter& f,
+                                        FilterScratch& sh) {
+  return block_filter_threshold_each([&](auto&& fn) { block_for_each<VEC>(row, 0, vocab, fn); }, temperature, f, sh);
 }
 
 }  // namespace dspark::cuda
