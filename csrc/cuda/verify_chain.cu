@@ -118,11 +118,11 @@ __device__ __forceinline__ bool listed_id(int64_t id, int64_t vocab) { return id
 // q of entry j of a draft row (dense: j is the id) with softmax statistics qs of its logits.
 template <typename TD>
 __device__ __forceinline__ float draft_entry(const VerifyChainParams& p, int64_t draft_row, int64_t j,
-                                             const SoftmaxStats& qs, float T) {
+                                             const SoftmaxStats& qs, float inv_t) {
   const int64_t at = draft_row * p.draft_width + j;
   if (p.draft_ids && !listed_id(p.draft_ids[at], p.vocab)) return 0.0f;
   if (p.draft_probs) return draft_prob(p.draft_probs[at]);
-  return qs.prob(scaled_logit(to_float(static_cast<const TD*>(p.draft_logits)[at]), T));
+  return qs.prob(scaled_logit(to_float(static_cast<const TD*>(p.draft_logits)[at]), inv_t));
 }
 
 // One block per target slot (r, k): θ of the row when the request samples with a filter on.
@@ -130,13 +130,13 @@ template <typename TT, int VEC>
 __global__ void __launch_bounds__(kThresholdThreads) thresholds_kernel(VerifyChainParams p, Workspace w) {
   const int64_t slot = blockIdx.x, r = slot / (p.gamma + 1), k = slot % (p.gamma + 1);
   const int64_t row = w.first_row[r] + k;
-  const float T = p.temperature[r];
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   const RowFilter f = request_filter(p, r);
   float theta = -INFINITY;
   if (k <= clamped_length(p.lengths, r, p.gamma) && row < p.rows && !is_greedy(T) && !f.off()) {  // block-uniform
     __shared__ FilterScratch scratch;
     const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
-    theta = block_filter_threshold<VEC>(src, p.vocab, T, f, scratch);
+    theta = block_filter_threshold<VEC>(src, p.vocab, inv_t, f, scratch);
   }
   if (threadIdx.x == 0) w.theta[slot] = theta;
 }
@@ -204,7 +204,7 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
   const int64_t r = is_target ? slot / (p.gamma + 1) : (slot - target_slots) / p.gamma;
   const int64_t k = is_target ? slot % (p.gamma + 1) : (slot - target_slots) % p.gamma;
   const int64_t len = clamped_length(p.lengths, r, p.gamma);
-  const float temperature = p.temperature[r];
+  const float temperature = p.temperature[r], inv_t = inverse_temperature(temperature);
   const int64_t row = w.first_row[r] + k;
   bool needed;
   if (is_target) {
@@ -221,7 +221,7 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
     const float theta = slot_theta(p, w, slot);
     const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
     block_for_each<min_vec<TT, VEC>()>(src, begin, end, [&](float logit, int64_t v) {
-      acc.stats.add(filtered(scaled_logit(logit, temperature), theta));
+      acc.stats.add(filtered(scaled_logit(logit, inv_t), theta));
       acc.argmax.add(logit, v);
     });
   } else if (begin < end) {
@@ -229,7 +229,7 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
     const TD* src = static_cast<const TD*>(p.draft_logits) + draft_row * p.draft_width;
     const int64_t* ids = p.draft_ids ? p.draft_ids + draft_row * p.draft_width : nullptr;
     block_for_each<min_vec<TD, VEC>()>(src, begin, end, [&](float logit, int64_t j) {
-      if (!ids || listed_id(ids[j], p.vocab)) acc.stats.add(scaled_logit(logit, temperature));
+      if (!ids || listed_id(ids[j], p.vocab)) acc.stats.add(scaled_logit(logit, inv_t));
     });
   }
   store_partial(w, slot, chunk, chunks, target_slots, acc);
@@ -273,12 +273,12 @@ __device__ __forceinline__ void add_group(ArgMax& a, const float (&x)[G], int64_
 // Statistics of entries [begin, end) of a row of scaled logits (filtered at θ when FILTER).
 template <bool FILTER, int SHIFT, typename T>
 __device__ __forceinline__ void add_row_stats(SoftmaxStats& st, const T* row, int64_t width, int64_t begin,
-                                              int64_t end, float temperature, float theta) {
+                                              int64_t end, float inv_t, float theta) {
   for_each_group<SHIFT>(row, width, begin, end, [&](const float(&x)[kGroup<T>], int64_t) {
     float s[kGroup<T>];
 #pragma unroll
     for (int j = 0; j < kGroup<T>; ++j) {
-      s[j] = scaled_logit(x[j], temperature);
+      s[j] = scaled_logit(x[j], inv_t);
       if constexpr (FILTER) s[j] = filtered(s[j], theta);
     }
     add_group(st, s);
@@ -290,7 +290,7 @@ __device__ __forceinline__ void add_row_stats(SoftmaxStats& st, const T* row, in
 // other phases read entry by entry, to keep one copy of the search per phase class instead of
 // one per SHIFT (code size: each copy of the search is large).
 template <typename T>
-__device__ float row_threshold(const T* row, int64_t vocab, float temperature, const RowFilter& f,
+__device__ float row_threshold(const T* row, int64_t vocab, float inv_t, const RowFilter& f,
                                FilterScratch& scratch) {
   auto visit_entries = [](auto& fn) {
     return [&fn](const float(&x)[kGroup<T>], int64_t at) {
@@ -300,10 +300,10 @@ __device__ float row_threshold(const T* row, int64_t vocab, float temperature, c
   };
   if (row_shift(row) == 0) {
     auto each = [&](auto&& fn) { for_each_group<0>(row, vocab, 0, vocab, visit_entries(fn)); };
-    return block_filter_threshold_each(each, temperature, f, scratch);
+    return block_filter_threshold_each(each, inv_t, f, scratch);
   }
   auto each = [&](auto&& fn) { for_each_group_scalar(row, 0, vocab, visit_entries(fn)); };
-  return block_filter_threshold_each(each, temperature, f, scratch);
+  return block_filter_threshold_each(each, inv_t, f, scratch);
 }
 
 // Requests before r own Σ (ℓ + 1) target rows: every thread of the block gets the sum.
@@ -326,16 +326,16 @@ __device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& 
   RowPartial acc;
   needed = k <= clamped_length(p.lengths, r, p.gamma) && row < p.rows;
   if (!needed) return acc;  // uniform across the block
-  const float T = p.temperature[r];
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
   const int64_t begin = chunk * kChunk, end = begin + kChunk < p.vocab ? begin + kChunk : p.vocab;
   const bool filters = p.top_k || p.top_p || p.min_p;
   const RowFilter f = filters && !is_greedy(T) ? request_filter(p, r) : RowFilter{};
   if (!f.off()) {  // the whole row in chunk 0: θ, then its filtered statistics
     if (chunk == 0) {
-      const float theta = row_threshold(src, p.vocab, T, f, filter_scratch);
+      const float theta = row_threshold(src, p.vocab, inv_t, f, filter_scratch);
       dispatch_shift<TT>(row_shift(src), [&](auto shift) {
-        add_row_stats<true, decltype(shift)::value>(acc.stats, src, p.vocab, 0, p.vocab, T, theta);
+        add_row_stats<true, decltype(shift)::value>(acc.stats, src, p.vocab, 0, p.vocab, inv_t, theta);
       });
       if (threadIdx.x == 0) w.theta[slot] = theta;
     }
@@ -347,7 +347,7 @@ __device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& 
       for_each_group<S>(src, p.vocab, begin, end,
                         [&](const float(&x)[kGroup<TT>], int64_t at) { add_group(acc.argmax, x, at); });
     } else {
-      add_row_stats<false, S>(acc.stats, src, p.vocab, begin, end, T, -INFINITY);
+      add_row_stats<false, S>(acc.stats, src, p.vocab, begin, end, inv_t, -INFINITY);
     }
   });
   if (filters && chunk == 0 && threadIdx.x == 0) w.theta[slot] = -INFINITY;
@@ -358,7 +358,7 @@ __device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& 
 template <typename TD>
 __device__ SoftmaxStats draft_chunk(const VerifyChainParams& p, int64_t r, int64_t k, int64_t chunk, bool& needed) {
   SoftmaxStats acc;
-  const float T = p.temperature[r];
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   needed = p.draft_logits != nullptr && !is_greedy(T) && k < clamped_length(p.lengths, r, p.gamma);
   const int64_t begin = chunk * kChunk, end = begin + kChunk < p.draft_width ? begin + kChunk : p.draft_width;
   if (!needed || begin >= end) return acc;
@@ -370,13 +370,13 @@ __device__ SoftmaxStats draft_chunk(const VerifyChainParams& p, int64_t r, int64
       float s[kGroup<TD>];
 #pragma unroll
       for (int j = 0; j < kGroup<TD>; ++j)
-        s[j] = at + j < end && listed_id(ids[at + j], p.vocab) ? scaled_logit(x[j], T) : -INFINITY;
+        s[j] = at + j < end && listed_id(ids[at + j], p.vocab) ? scaled_logit(x[j], inv_t) : -INFINITY;
       add_group(acc, s);
     });
     return acc;
   }
   dispatch_shift<TD>(row_shift(src), [&](auto shift) {
-    add_row_stats<false, decltype(shift)::value>(acc, src, p.draft_width, begin, end, T, -INFINITY);
+    add_row_stats<false, decltype(shift)::value>(acc, src, p.draft_width, begin, end, inv_t, -INFINITY);
   });
   return acc;
 }
@@ -422,7 +422,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
   if (r >= p.requests) return;  // whole warps leave together
   const bool leader = threadIdx.x % kWarpSize == 0;
   const int64_t len = clamped_length(p.lengths, r, p.gamma);
-  const float T = p.temperature[r];
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   const bool greedy = is_greedy(T);
   const int64_t first = w.first_row[r];
   const int64_t* drafts = p.draft_tokens + r * p.gamma;
@@ -458,7 +458,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
       }
       const int64_t draft_row = has_q ? r * p.gamma + k - 1 : -1;
       const SoftmaxStats qs = p.draft_logits ? warp_stats(w.draft_part + draft_row * chunks, chunks) : SoftmaxStats{};
-      const float p_x = t.stats.prob(filtered(scaled_logit(to_float(target[row * p.vocab + x]), T), theta));
+      const float p_x = t.stats.prob(filtered(scaled_logit(to_float(target[row * p.vocab + x]), inv_t), theta));
       float q_x = 1.0f;
       if (has_q) {
         // Dense: entry x. Sparse: the first entry listing x (0 if none), found by the warp.
@@ -472,7 +472,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
             if (hit) j = base + __ffs(hit) - 1;
           }
         }
-        q_x = j >= 0 ? draft_entry<TD>(p, draft_row, j, qs, T) : 0.0f;
+        q_x = j >= 0 ? draft_entry<TD>(p, draft_row, j, qs, inv_t) : 0.0f;
       }
       const float coin = random_uniform(p.seed[r], p.offset[r], Purpose::kChainCoin, static_cast<uint32_t>(k), 0);
       if (!(coin * q_x < p_x)) {
@@ -520,7 +520,7 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
   const int64_t r = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const Decision d = w.decision[r];
   if (d.mode == kNothingToDraw) return;
-  const float T = p.temperature[r];
+  const float inv_t = inverse_temperature(p.temperature[r]);
   const int64_t seed = p.seed[r], offset = p.offset[r];
   const TT* prow = static_cast<const TT*>(p.target_logits) + d.target_row * p.vocab;
   const bool dense_q = d.draft_row >= 0 && !p.draft_ids;
@@ -552,7 +552,7 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
     for (int j = 0; j < 4; ++j) {
       const int64_t v = group + j;
       if (v >= end) break;
-      const float xv = filtered(scaled_logit(to_float(prow[v]), T), d.theta);
+      const float xv = filtered(scaled_logit(to_float(prow[v]), inv_t), d.theta);
       plain.add_bits(xv, bits.v[j], v);
       if (d.mode == kResidual && !residual.hopeless(xv - p_log_norm)) {
         float qv;
@@ -560,7 +560,7 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
           if ((listed[(v - begin) / 32] >> ((v - begin) % 32)) & 1u) continue;  // raced below
           qv = 0.0f;
         } else if (dense_q) {
-          qv = draft_entry<TD>(p, d.draft_row, v, d.q, T);
+          qv = draft_entry<TD>(p, d.draft_row, v, d.q, inv_t);
         } else {
           qv = v == d.rejected ? 1.0f : 0.0f;
         }
@@ -573,8 +573,8 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
     for (int64_t j = threadIdx.x; j < p.draft_width; j += blockDim.x) {
       const int64_t v = ids[j];
       if (v < begin || v >= end) continue;
-      const float pv = d.p.prob(filtered(scaled_logit(to_float(prow[v]), T), d.theta));
-      const float qv = draft_entry<TD>(p, d.draft_row, j, d.q, T);
+      const float pv = d.p.prob(filtered(scaled_logit(to_float(prow[v]), inv_t), d.theta));
+      const float qv = draft_entry<TD>(p, d.draft_row, j, d.q, inv_t);
       const uint32_t b = random_bits(seed, offset, Purpose::kChainResample, d.position, static_cast<uint64_t>(v));
       residual.add_bits(pv > qv ? logf(pv - qv) : -INFINITY, b, v);
     }
