@@ -85,7 +85,7 @@ __device__ __forceinline__ void for_each_group(const T* __restrict__ row, int64_
     load_group_scalar(row, g, end, x);
     visit(x, g * G);
   }
-#pragma unroll 4
+#pragma unroll 2
   for (; g < hi; g += blockDim.x) {
     const T* a = row + g * G - SHIFT;  // 16-byte aligned
     vec_t<T, G> first;

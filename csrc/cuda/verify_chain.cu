@@ -270,14 +270,14 @@ __device__ __forceinline__ void add_group(ArgMax& a, const float (&x)[G], int64_
   }
 }
 
-// Statistics of entries [begin, end) of a row of scaled logits (filtered at θ when FILTER).
-template <bool FILTER, int SHIFT, typename T>
-__device__ __forceinline__ void add_row_stats(SoftmaxStats& st, const T* row, int64_t width, int64_t begin,
-                                              int64_t end, float inv_t, float theta) {
-  for_each_group<SHIFT>(row, width, begin, end, [&](const float(&x)[kGroup<T>], int64_t) {
-    float s[kGroup<T>];
+// Statistics of the scaled logits (filtered at θ when FILTER) of the groups that
+// groups(visit) visits (a for_each_group call over one row).
+template <bool FILTER, int G, typename Groups>
+__device__ __forceinline__ void add_stats(SoftmaxStats& st, Groups&& groups, float inv_t, float theta) {
+  groups([&](const float(&x)[G], int64_t) {
+    float s[G];
 #pragma unroll
-    for (int j = 0; j < kGroup<T>; ++j) {
+    for (int j = 0; j < G; ++j) {
       s[j] = scaled_logit(x[j], inv_t);
       if constexpr (FILTER) s[j] = filtered(s[j], theta);
     }
@@ -285,25 +285,27 @@ __device__ __forceinline__ void add_row_stats(SoftmaxStats& st, const T* row, in
   });
 }
 
-// θ of a target row [V] (cuda/filters.cuh's search, which reads the row a dozen times or more).
-// Aligned rows (V * sizeof a multiple of 16, as for V = 151936) read 16-byte groups; the
-// other phases read entry by entry, to keep one copy of the search per phase class instead of
-// one per SHIFT (code size: each copy of the search is large).
+// A target row [V] whose request samples with a filter on, by one block: θ (cuda/filters.cuh's
+// search, a dozen or more passes over the row), then the filtered statistics into st; returns θ.
+// Aligned rows (V * sizeof a multiple of 16, as for V = 151936) are read as 16-byte groups, the
+// other phases entry by entry: one copy of the large search per phase class, not per SHIFT.
 template <typename T>
-__device__ float row_threshold(const T* row, int64_t vocab, float inv_t, const RowFilter& f,
-                               FilterScratch& scratch) {
-  auto visit_entries = [](auto& fn) {
-    return [&fn](const float(&x)[kGroup<T>], int64_t at) {
+__device__ float filtered_row_stats(const T* row, int64_t vocab, float inv_t, const RowFilter& f,
+                                    FilterScratch& scratch, SoftmaxStats& st) {
+  constexpr int G = kGroup<T>;
+  auto run = [&](auto&& groups) {
+    auto each = [&](auto&& fn) {
+      groups([&fn](const float(&x)[G], int64_t at) {
 #pragma unroll
-      for (int j = 0; j < kGroup<T>; ++j) fn(x[j], at + j);
+        for (int j = 0; j < G; ++j) fn(x[j], at + j);
+      });
     };
+    const float theta = block_filter_threshold_each(each, inv_t, f, scratch);
+    add_stats<true, G>(st, groups, inv_t, theta);
+    return theta;
   };
-  if (row_shift(row) == 0) {
-    auto each = [&](auto&& fn) { for_each_group<0>(row, vocab, 0, vocab, visit_entries(fn)); };
-    return block_filter_threshold_each(each, inv_t, f, scratch);
-  }
-  auto each = [&](auto&& fn) { for_each_group_scalar(row, 0, vocab, visit_entries(fn)); };
-  return block_filter_threshold_each(each, inv_t, f, scratch);
+  if (row_shift(row) == 0) return run([&](auto&& visit) { for_each_group<0>(row, vocab, 0, vocab, visit); });
+  return run([&](auto&& visit) { for_each_group_scalar(row, 0, vocab, visit); });
 }
 
 // Requests before r own Σ (ℓ + 1) target rows: every thread of the block gets the sum.
@@ -316,38 +318,34 @@ __device__ int64_t block_first_row(const VerifyChainParams& p, int64_t r, int64_
 // Target slot (r, k), chunk `chunk`: the row's partial (argmax for greedy requests, softmax
 // statistics otherwise); writes first_row[r] and θ of the slot where they are due.
 template <typename TT>
-__device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& w, int64_t slot, int64_t chunk,
-                                   bool& needed) {
+__device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& w, uint32_t r, uint32_t k,
+                                   uint32_t chunk, float T, float inv_t, bool& needed) {
   __shared__ int64_t rows_scratch[kThreads / kWarpSize];
   __shared__ FilterScratch filter_scratch;
-  const int64_t r = slot / (p.gamma + 1), k = slot % (p.gamma + 1);
+  constexpr int G = kGroup<TT>;
+  const int64_t slot = static_cast<int64_t>(r) * (p.gamma + 1) + k;
   const int64_t first = block_first_row(p, r, rows_scratch), row = first + k;
   if (k == 0 && chunk == 0 && threadIdx.x == 0) w.first_row[r] = first;
   RowPartial acc;
   needed = k <= clamped_length(p.lengths, r, p.gamma) && row < p.rows;
   if (!needed) return acc;  // uniform across the block
-  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
   const int64_t begin = chunk * kChunk, end = begin + kChunk < p.vocab ? begin + kChunk : p.vocab;
   const bool filters = p.top_k || p.top_p || p.min_p;
   const RowFilter f = filters && !is_greedy(T) ? request_filter(p, r) : RowFilter{};
-  if (!f.off()) {  // the whole row in chunk 0: θ, then its filtered statistics
+  if (!f.off()) {  // the whole row in chunk 0; the other chunks leave empty partials
     if (chunk == 0) {
-      const float theta = row_threshold(src, p.vocab, inv_t, f, filter_scratch);
-      dispatch_shift<TT>(row_shift(src), [&](auto shift) {
-        add_row_stats<true, decltype(shift)::value>(acc.stats, src, p.vocab, 0, p.vocab, inv_t, theta);
-      });
+      const float theta = filtered_row_stats(src, p.vocab, inv_t, f, filter_scratch, acc.stats);
       if (threadIdx.x == 0) w.theta[slot] = theta;
     }
     return acc;
   }
   dispatch_shift<TT>(row_shift(src), [&](auto shift) {
-    constexpr int S = decltype(shift)::value;
+    auto groups = [&](auto&& visit) { for_each_group<decltype(shift)::value>(src, p.vocab, begin, end, visit); };
     if (is_greedy(T)) {
-      for_each_group<S>(src, p.vocab, begin, end,
-                        [&](const float(&x)[kGroup<TT>], int64_t at) { add_group(acc.argmax, x, at); });
+      groups([&](const float(&x)[G], int64_t at) { add_group(acc.argmax, x, at); });
     } else {
-      add_row_stats<false, S>(acc.stats, src, p.vocab, begin, end, inv_t, -INFINITY);
+      add_stats<false, G>(acc.stats, groups, inv_t, -INFINITY);
     }
   });
   if (filters && chunk == 0 && threadIdx.x == 0) w.theta[slot] = -INFINITY;
@@ -356,27 +354,29 @@ __device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& 
 
 // Draft slot (r, k), chunk `chunk`: softmax statistics of the chunk of draft row r * γ + k.
 template <typename TD>
-__device__ SoftmaxStats draft_chunk(const VerifyChainParams& p, int64_t r, int64_t k, int64_t chunk, bool& needed) {
+__device__ SoftmaxStats draft_chunk(const VerifyChainParams& p, uint32_t r, uint32_t k, uint32_t chunk, float T,
+                                    float inv_t, bool& needed) {
+  constexpr int G = kGroup<TD>;
   SoftmaxStats acc;
-  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   needed = p.draft_logits != nullptr && !is_greedy(T) && k < clamped_length(p.lengths, r, p.gamma);
   const int64_t begin = chunk * kChunk, end = begin + kChunk < p.draft_width ? begin + kChunk : p.draft_width;
   if (!needed || begin >= end) return acc;
-  const int64_t draft_row = r * p.gamma + k;
+  const int64_t draft_row = static_cast<int64_t>(r) * p.gamma + k;
   const TD* src = static_cast<const TD*>(p.draft_logits) + draft_row * p.draft_width;
   if (p.draft_ids) {  // sparse rows hold K << V entries: one entry at a time
     const int64_t* ids = p.draft_ids + draft_row * p.draft_width;
-    for_each_group_scalar(src, begin, end, [&](const float(&x)[kGroup<TD>], int64_t at) {
-      float s[kGroup<TD>];
+    for_each_group_scalar(src, begin, end, [&](const float(&x)[G], int64_t at) {
+      float s[G];
 #pragma unroll
-      for (int j = 0; j < kGroup<TD>; ++j)
+      for (int j = 0; j < G; ++j)
         s[j] = at + j < end && listed_id(ids[at + j], p.vocab) ? scaled_logit(x[j], inv_t) : -INFINITY;
       add_group(acc, s);
     });
     return acc;
   }
   dispatch_shift<TD>(row_shift(src), [&](auto shift) {
-    add_row_stats<false, decltype(shift)::value>(acc, src, p.draft_width, begin, end, inv_t, -INFINITY);
+    auto groups = [&](auto&& visit) { for_each_group<decltype(shift)::value>(src, p.draft_width, begin, end, visit); };
+    add_stats<false, G>(acc, groups, inv_t, -INFINITY);
   });
   return acc;
 }
@@ -384,15 +384,22 @@ __device__ SoftmaxStats draft_chunk(const VerifyChainParams& p, int64_t r, int64
 // One block per chunk of each (target or draft) slot; see the pipeline at the top.
 template <typename TT, typename TD>
 __global__ void __launch_bounds__(kThreads) row_pass_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
-  const int64_t slot = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
-  const int64_t target_slots = p.requests * (p.gamma + 1);
+  // 32-bit index arithmetic: the grid has < 2^31 blocks and γ < 65535 (no 64-bit division calls).
+  const uint32_t n = static_cast<uint32_t>(chunks), slot = blockIdx.x / n, chunk = blockIdx.x % n;
+  const uint32_t target_slots = static_cast<uint32_t>(p.requests * (p.gamma + 1));
+  const uint32_t per_target = static_cast<uint32_t>(p.gamma + 1), per_draft = static_cast<uint32_t>(p.gamma);
+  const bool is_target = slot < target_slots;
+  const uint32_t r = is_target ? slot / per_target : (slot - target_slots) / per_draft;
+  const uint32_t k = is_target ? slot % per_target : (slot - target_slots) % per_draft;
+  // 1/T first, while few values are live: its IEEE slow path is a call that would otherwise
+  // make ptxas save live registers to the stack.
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   bool needed;
   RowPartial acc;
-  if (slot < target_slots) {
-    acc = target_chunk<TT>(p, w, slot, chunk, needed);
+  if (is_target) {
+    acc = target_chunk<TT>(p, w, r, k, chunk, T, inv_t, needed);
   } else {
-    const int64_t draft_slot = slot - target_slots;
-    acc.stats = draft_chunk<TD>(p, draft_slot / p.gamma, draft_slot % p.gamma, chunk, needed);
+    acc.stats = draft_chunk<TD>(p, r, k, chunk, T, inv_t, needed);
   }
   if (!needed) return;  // uniform across the block
   store_partial(w, slot, chunk, chunks, target_slots, acc);
