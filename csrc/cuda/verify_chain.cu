@@ -274,7 +274,7 @@ __device__ __forceinline__ void add_group(ArgMax& a, const float (&x)[G], int64_
 // groups(visit) visits (a for_each_group call over one row).
 template <bool FILTER, int G, typename Groups>
 __device__ __forceinline__ void add_stats(SoftmaxStats& st, Groups&& groups, float inv_t, float theta) {
-  groups([&](const float(&x)[G], int64_t) {
+  groups([&](const float (&x)[G], int64_t) {
     float s[G];
 #pragma unroll
     for (int j = 0; j < G; ++j) {
@@ -295,7 +295,7 @@ __device__ float filtered_row_stats(const T* row, int64_t vocab, float inv_t, co
   constexpr int G = kGroup<T>;
   auto run = [&](auto&& groups) {
     auto each = [&](auto&& fn) {
-      groups([&fn](const float(&x)[G], int64_t at) {
+      groups([&fn](const float (&x)[G], int64_t at) {
 #pragma unroll
         for (int j = 0; j < G; ++j) fn(x[j], at + j);
       });
@@ -343,7 +343,7 @@ __device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& 
   dispatch_shift<TT>(row_shift(src), [&](auto shift) {
     auto groups = [&](auto&& visit) { for_each_group<decltype(shift)::value>(src, p.vocab, begin, end, visit); };
     if (is_greedy(T)) {
-      groups([&](const float(&x)[G], int64_t at) { add_group(acc.argmax, x, at); });
+      groups([&](const float (&x)[G], int64_t at) { add_group(acc.argmax, x, at); });
     } else {
       add_stats<false, G>(acc.stats, groups, inv_t, -INFINITY);
     }
@@ -365,7 +365,7 @@ __device__ SoftmaxStats draft_chunk(const VerifyChainParams& p, uint32_t r, uint
   const TD* src = static_cast<const TD*>(p.draft_logits) + draft_row * p.draft_width;
   if (p.draft_ids) {  // sparse rows hold K << V entries: one entry at a time
     const int64_t* ids = p.draft_ids + draft_row * p.draft_width;
-    for_each_group_scalar(src, begin, end, [&](const float(&x)[G], int64_t at) {
+    for_each_group_scalar(src, begin, end, [&](const float (&x)[G], int64_t at) {
       float s[G];
 #pragma unroll
       for (int j = 0; j < G; ++j)
@@ -659,8 +659,7 @@ void launch_legacy(const VerifyChainParams& p, const Workspace& w, int64_t chunk
       });
       decide_kernel<TT, TD>
           <<<static_cast<unsigned>(decide_blocks), kWarpsPerDecideBlock * kWarpSize, 0, stream>>>(p, w, chunks);
-      resample_kernel<TT, TD, false>
-          <<<static_cast<unsigned>(p.requests * chunks), kThreads, 0, stream>>>(p, w, chunks);
+      resample_kernel<TT, TD, false><<<static_cast<unsigned>(p.requests * chunks), kThreads, 0, stream>>>(p, w, chunks);
     });
   });
   finalize_kernel<<<static_cast<unsigned>((p.requests + 255) / 256), 256, 0, stream>>>(p, w);
