@@ -235,10 +235,19 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
   store_partial(w, slot, chunk, chunks, target_slots, acc);
 }
 
+// exp(x) as 2^(x log2 e) with one ex2.approx.ftz: results below 2^-126 flush to 0, which no
+// normaliser notices (its largest term is 1). Plain __expf would add three instructions per
+// term to keep denormal results.
+__device__ __forceinline__ float exp_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+  return y;
+}
+
 // One logical group s [G] of scaled (filtered) logits into running statistics: the group max,
 // one rescale of the running sum, then the group's terms, with no branch. The normaliser's
-// terms use __expf (ex2.approx): a few ulp on the terms that carry the sum, which only moves
-// near-ties, like any float rounding (SPEC §2 (c)); single probabilities still use expf.
+// terms use exp_ftz (a few ulp on the terms that carry the sum, which only moves near-ties,
+// like any float rounding: SPEC §2 (c)); single probabilities still use expf.
 template <int G>
 __device__ __forceinline__ void add_group(SoftmaxStats& st, const float (&s)[G]) {
   float group_max = s[0];
@@ -246,9 +255,9 @@ __device__ __forceinline__ void add_group(SoftmaxStats& st, const float (&s)[G])
   for (int j = 1; j < G; ++j) group_max = fmaxf(group_max, s[j]);
   const float m = fmaxf(st.max, group_max);
   const float base = m > -INFINITY ? m : 0.0f;  // all -inf so far: every term is exp(-inf) = 0
-  float sum = st.sum * __expf(st.max - base);
+  float sum = st.sum * exp_ftz(st.max - base);
 #pragma unroll
-  for (int j = 0; j < G; ++j) sum += __expf(s[j] - base);
+  for (int j = 0; j < G; ++j) sum += exp_ftz(s[j] - base);
   st.max = m;
   st.sum = sum;
 }
