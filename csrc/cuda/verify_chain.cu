@@ -299,8 +299,8 @@ __device__ __forceinline__ void add_stats(SoftmaxStats& st, Groups&& groups, flo
 // Aligned rows (V * sizeof a multiple of 16, as for V = 151936) are read as 16-byte groups, the
 // other phases entry by entry: one copy of the large search per phase class, not per SHIFT.
 template <typename T>
-__device__ float filtered_row_stats(const T* row, int64_t vocab, float inv_t, const RowFilter& f,
-                                    FilterScratch& scratch, SoftmaxStats& st) {
+__device__ __forceinline__ float filtered_row_stats(const T* row, int64_t vocab, float inv_t, const RowFilter& f,
+                                                    FilterScratch& scratch, SoftmaxStats& st) {
   constexpr int G = kGroup<T>;
   auto run = [&](auto&& groups) {
     auto each = [&](auto&& fn) {
@@ -318,21 +318,21 @@ __device__ float filtered_row_stats(const T* row, int64_t vocab, float inv_t, co
 }
 
 // Requests before r own Σ (ℓ + 1) target rows: every thread of the block gets the sum.
-__device__ int64_t block_first_row(const VerifyChainParams& p, int64_t r, int64_t* scratch) {
+__device__ __forceinline__ int64_t block_first_row(const VerifyChainParams& p, int64_t r, int64_t* scratch) {
   int64_t rows = 0;
   for (int64_t i = threadIdx.x; i < r; i += blockDim.x) rows += clamped_length(p.lengths, i, p.gamma) + 1;
   return block_sum(rows, scratch);
 }
 
 // Target slot (r, k), chunk `chunk`: the row's partial (argmax for greedy requests, softmax
-// statistics otherwise); writes first_row[r] and θ of the slot where they are due.
+// statistics otherwise) and, in theta, the row's filter threshold (-inf: none); writes first_row[r].
 template <typename TT>
-__device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& w, uint32_t r, uint32_t k,
-                                   uint32_t chunk, float T, float inv_t, bool& needed) {
+__device__ __forceinline__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& w, uint32_t r,
+                                                   uint32_t k, uint32_t chunk, float T, float inv_t, bool& needed,
+                                                   float& theta) {
   __shared__ int64_t rows_scratch[kThreads / kWarpSize];
   __shared__ FilterScratch filter_scratch;
   constexpr int G = kGroup<TT>;
-  const int64_t slot = static_cast<int64_t>(r) * (p.gamma + 1) + k;
   const int64_t first = block_first_row(p, r, rows_scratch), row = first + k;
   if (k == 0 && chunk == 0 && threadIdx.x == 0) w.first_row[r] = first;
   RowPartial acc;
@@ -340,13 +340,9 @@ __device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& 
   if (!needed) return acc;  // uniform across the block
   const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
   const int64_t begin = chunk * kChunk, end = begin + kChunk < p.vocab ? begin + kChunk : p.vocab;
-  const bool filters = p.top_k || p.top_p || p.min_p;
-  const RowFilter f = filters && !is_greedy(T) ? request_filter(p, r) : RowFilter{};
+  const RowFilter f = (p.top_k || p.top_p || p.min_p) && !is_greedy(T) ? request_filter(p, r) : RowFilter{};
   if (!f.off()) {  // the whole row in chunk 0; the other chunks leave empty partials
-    if (chunk == 0) {
-      const float theta = filtered_row_stats(src, p.vocab, inv_t, f, filter_scratch, acc.stats);
-      if (threadIdx.x == 0) w.theta[slot] = theta;
-    }
+    if (chunk == 0) theta = filtered_row_stats(src, p.vocab, inv_t, f, filter_scratch, acc.stats);
     return acc;
   }
   dispatch_shift<TT>(row_shift(src), [&](auto shift) {
@@ -357,14 +353,13 @@ __device__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& 
       add_stats<false, G>(acc.stats, groups, inv_t, -INFINITY);
     }
   });
-  if (filters && chunk == 0 && threadIdx.x == 0) w.theta[slot] = -INFINITY;
   return acc;
 }
 
 // Draft slot (r, k), chunk `chunk`: softmax statistics of the chunk of draft row r * γ + k.
 template <typename TD>
-__device__ SoftmaxStats draft_chunk(const VerifyChainParams& p, uint32_t r, uint32_t k, uint32_t chunk, float T,
-                                    float inv_t, bool& needed) {
+__device__ __forceinline__ SoftmaxStats draft_chunk(const VerifyChainParams& p, uint32_t r, uint32_t k, uint32_t chunk,
+                                                    float T, float inv_t, bool& needed) {
   constexpr int G = kGroup<TD>;
   SoftmaxStats acc;
   needed = p.draft_logits != nullptr && !is_greedy(T) && k < clamped_length(p.lengths, r, p.gamma);
@@ -404,13 +399,15 @@ __global__ void __launch_bounds__(kThreads) row_pass_kernel(VerifyChainParams p,
   // make ptxas save live registers to the stack.
   const float T = p.temperature[r], inv_t = inverse_temperature(T);
   bool needed;
+  float theta = -INFINITY;
   RowPartial acc;
   if (is_target) {
-    acc = target_chunk<TT>(p, w, r, k, chunk, T, inv_t, needed);
+    acc = target_chunk<TT>(p, w, r, k, chunk, T, inv_t, needed, theta);
   } else {
     acc.stats = draft_chunk<TD>(p, r, k, chunk, T, inv_t, needed);
   }
   if (!needed) return;  // uniform across the block
+  if (is_target && chunk == 0 && threadIdx.x == 0 && (p.top_k || p.top_p || p.min_p)) w.theta[slot] = theta;
   store_partial(w, slot, chunk, chunks, target_slots, acc);
 }
 
