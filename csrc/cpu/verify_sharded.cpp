@@ -419,13 +419,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_race(
         const MergedRow m = merge_row(gathered, world, s.rows, t.first_row + w.node);
         const TT* row = tp + (t.first_row + w.node) * V;
         const TD* qrow = dp ? dp + (t.first_row + w.node) * V : nullptr;  // null: no race reaches here
-        std::tie(key[0], key[1]) = shard_two_races(row, V, start, inv_t, t.seed, t.offset, Purpose::kTreeResample,
-                                                   static_cast<uint32_t>(w.node), [&](int64_t v, int64_t, float xs) {
-                                                     const float rv = tree_residual(
-                                                         m.p.prob(xs), w.c,
-                                                         qrow ? m.q.prob(scaled_logit(load(qrow, v), inv_t)) : 0.0f);
-                                                     return rv > 0.0f ? logf(rv) : -INFINITY;
-                                                   });
+        std::tie(key[0], key[1]) = shard_two_races(
+            row, V, start, inv_t, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(w.node),
+            [&](int64_t v, int64_t, float xs) {
+              const float rv = tree_residual(m.p.prob(xs), w.c,
+                                             qrow ? m.q.prob(scaled_logit(load(qrow, v), inv_t)) : 0.0f);
+              return rv > 0.0f ? logf(rv) : -INFINITY;
+            });
       }
     });
   });
