@@ -3,7 +3,8 @@
 // request, so that R = 1 reads its rows with many SMs instead of one.
 //
 // One launch of R x G blocks of 256 threads (G from plan_verify_tree_split: about 2 x SMs / R,
-// at most kMaxGroup; no register cap per block, so that nothing spills). Each block takes a ticket from a counter;
+// at most kMaxGroup; one block per SM is enough for the register budget, so that nothing spills:
+// ~180 registers, 8 warps per SM). Each block takes a ticket from a counter;
 // ticket t serves request t / G as rank t % G. Tickets are handed out in the order blocks start, so a group waits only
 // on blocks that are already running or that start when an earlier, complete group finishes: the grid makes progress
 // whenever G blocks fit on the GPU at once (no cooperative launch needed, and the launch captures in a CUDA graph).
@@ -378,7 +379,7 @@ struct SplitArgs {
 };
 
 template <typename TT, typename TD>
-__global__ void __launch_bounds__(kThreads) verify_tree_split_kernel(const SplitArgs<TT, TD> a) {
+__global__ void __launch_bounds__(kThreads, 1) verify_tree_split_kernel(const SplitArgs<TT, TD> a) {
   __shared__ Shared sh;
   const VerifyTreeParams& p = a.p;
   if (threadIdx.x == 0) sh.ticket = atomicAdd(a.zeroed, 1u);
