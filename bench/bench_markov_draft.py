@@ -48,7 +48,7 @@ def eager_loop(base_logits, anchor, w1, w2, temperature, seed=None, offset=None)
     for k in range(gamma):
         e = torch.nn.functional.embedding(x, w1)
         logits = (base_logits[:, k].float() + torch.nn.functional.linear(e.float(), w2.float())).to(base_logits.dtype)
-        scaled = logits.float() / temperature[:, None]
+        scaled = logits.float() * torch.reciprocal(temperature.float())[:, None]
         probs = torch.softmax(scaled, -1)
         x = torch.multinomial(probs, 1)[:, 0]
         logprobs.append(torch.log_softmax(scaled, -1).gather(1, x[:, None])[:, 0])

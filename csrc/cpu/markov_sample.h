@@ -93,6 +93,7 @@ std::pair<int64_t, float> round_and_sample(const T* base, Ids id, const float* p
     }
     return {best.index < 0 ? id(0) : best.index, 0.0f};
   }
+  const float inv_t = inverse_temperature(temperature);
   float max = -INFINITY;
   Race race;
   int64_t winner = 0;  // entry of the race's winner
@@ -102,7 +103,7 @@ std::pair<int64_t, float> round_and_sample(const T* base, Ids id, const float* p
     for (int64_t j = 0; j < n; ++j) {
       const T rounded = static_cast<T>(static_cast<float>(base[id(j)]) + product[j]);
       out[j] = rounded;
-      const float x = scaled_logit(static_cast<float>(rounded), temperature);
+      const float x = scaled_logit(static_cast<float>(rounded), inv_t);
       max = x > max ? x : max;
       const uint64_t before = race.best;
       race.add(x, noise[j], id(j));
@@ -116,7 +117,7 @@ std::pair<int64_t, float> round_and_sample(const T* base, Ids id, const float* p
     for (int64_t j = 0; j < n; ++j) {
       const T rounded = static_cast<T>(static_cast<float>(base[id(j)]) + product[j]);
       out[j] = rounded;
-      scaled[j] = scaled_logit(static_cast<float>(rounded), temperature);
+      scaled[j] = scaled_logit(static_cast<float>(rounded), inv_t);
     }
     const float theta = filter_threshold(scaled, n, filter, scratch.search);
     for (int64_t j = 0; j < n; ++j) {

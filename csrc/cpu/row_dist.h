@@ -62,10 +62,10 @@ struct TargetRow {
 
 // target row [V] -> TargetRow.
 template <typename T>
-TargetRow target_row(const T* row, int64_t vocab, float temperature, const RowFilter& filter, RowScratch& sc) {
+TargetRow target_row(const T* row, int64_t vocab, float inv_temperature, const RowFilter& filter, RowScratch& sc) {
   sc.scaled.resize(vocab);
   float* s = sc.scaled.data();
-  for (int64_t v = 0; v < vocab; ++v) s[v] = scaled_logit(load(row, v), temperature);
+  for (int64_t v = 0; v < vocab; ++v) s[v] = scaled_logit(load(row, v), inv_temperature);
   if (!filter.off()) {
     const float theta = filter_threshold(s, vocab, filter, sc.work);
     if (theta > -INFINITY)
@@ -84,14 +84,14 @@ struct DraftRow {
   const float* probs = nullptr;  // [width] or nullptr
   const int64_t* ids = nullptr;  // [width] (sparse) or nullptr (dense)
   int64_t width = 0, vocab = 0, token = -1;
-  float temperature = 1.0f;
+  float inv_temperature = 1.0f;
   SoftmaxStats stats;  // of the scaled logits
 
   bool listed(int64_t j) const { return ids == nullptr || (ids[j] >= 0 && ids[j] < vocab); }
   // q of the entry j (not of an id).
   float entry(int64_t j) const {
     if (!listed(j)) return 0.0f;
-    return probs ? draft_prob(probs[j]) : stats.prob(scaled_logit(load(logits, j), temperature));
+    return probs ? draft_prob(probs[j]) : stats.prob(scaled_logit(load(logits, j), inv_temperature));
   }
   // q(v) for one id: O(1) dense, O(K) sparse.
   float prob(int64_t v) const {
@@ -107,18 +107,18 @@ struct DraftRow {
 // kVectorisedRow entries on), from scaled logits in the scratch.
 template <typename TD>
 DraftRow<TD> draft_row(const TD* logits, const float* probs, const int64_t* ids, int64_t width, int64_t vocab,
-                       float temperature, RowScratch& sc) {
+                       float inv_temperature, RowScratch& sc) {
   DraftRow<TD> q;
   q.logits = logits;
   q.probs = probs;
   q.ids = ids;
   q.width = width;
   q.vocab = vocab;
-  q.temperature = temperature;
+  q.inv_temperature = inv_temperature;
   if (logits) {
     sc.draft_scaled.resize(width);
     float* s = sc.draft_scaled.data();
-    for (int64_t j = 0; j < width; ++j) s[j] = q.listed(j) ? scaled_logit(load(logits, j), temperature) : -INFINITY;
+    for (int64_t j = 0; j < width; ++j) s[j] = q.listed(j) ? scaled_logit(load(logits, j), inv_temperature) : -INFINITY;
     q.stats = row_stats(s, width);
   }
   return q;

@@ -38,10 +38,10 @@ struct ChainDrafts {
   int64_t width, gamma, vocab;
 
   bool given() const { return logits || probs; }
-  DraftRow<TD> row(int64_t request, int64_t k, float temperature, RowScratch& sc) const {
+  DraftRow<TD> row(int64_t request, int64_t k, float inv_temperature, RowScratch& sc) const {
     const int64_t at = (request * gamma + k - 1) * width;
     return draft_row(logits ? logits + at : nullptr, probs ? probs + at : nullptr, ids ? ids + at : nullptr, width,
-                     vocab, temperature, sc);
+                     vocab, inv_temperature, sc);
   }
 };
 
@@ -71,7 +71,7 @@ std::pair<int64_t, int64_t> verify_one(const ChainRequest& c, const TT* target, 
                                        int64_t request, int64_t vocab, const int64_t* eos, int64_t num_eos,
                                        RowScratch& sc) {
   const bool greedy = is_greedy(c.temperature);
-  const float T = c.temperature;
+  const float inv_t = inverse_temperature(c.temperature);
   int64_t accepted = 0;
   for (int64_t k = 1; k <= c.length; ++k) {
     const TT* prow = target + (c.first_row + k - 1) * vocab;
@@ -82,12 +82,12 @@ std::pair<int64_t, int64_t> verify_one(const ChainRequest& c, const TT* target, 
       const int64_t best = row_argmax(prow, vocab);
       if (!valid || x != best) emitted = best;
     } else {
-      const TargetRow p = target_row(prow, vocab, T, c.filter, sc);
+      const TargetRow p = target_row(prow, vocab, inv_t, c.filter, sc);
       if (!valid) {
         // Not drawn from q_k: the chain ends here with a draw from p_k, as if ℓ were k - 1.
         emitted = draw<TD>(p, nullptr, c, static_cast<uint32_t>(k), vocab, sc);
       } else {
-        const DraftRow<TD> q = drafts.given() ? drafts.row(request, k, T, sc) : one_hot_row<TD>(x);
+        const DraftRow<TD> q = drafts.given() ? drafts.row(request, k, inv_t, sc) : one_hot_row<TD>(x);
         const float coin = random_uniform(c.seed, c.offset, Purpose::kChainCoin, static_cast<uint32_t>(k), 0);
         if (!(coin * q.prob(x) < p.prob(x))) emitted = draw(p, &q, c, static_cast<uint32_t>(k), vocab, sc);
       }
@@ -103,7 +103,7 @@ std::pair<int64_t, int64_t> verify_one(const ChainRequest& c, const TT* target, 
   const TT* prow = target + (c.first_row + c.length) * vocab;
   const uint32_t position = static_cast<uint32_t>(c.length + 1);
   c.out[accepted] = greedy ? row_argmax(prow, vocab)
-                           : draw<TD>(target_row(prow, vocab, T, c.filter, sc), nullptr, c, position, vocab, sc);
+                           : draw<TD>(target_row(prow, vocab, inv_t, c.filter, sc), nullptr, c, position, vocab, sc);
   return {accepted, accepted + 1};
 }
 

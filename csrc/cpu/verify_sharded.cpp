@@ -58,26 +58,26 @@ const ShardRowStats* stats_ptr(const at::Tensor& t) {
   return reinterpret_cast<const ShardRowStats*>(t.data_ptr<int64_t>());
 }
 
-// Softmax statistics of row / T over the shard: max and Σ exp(x - max), NaN read as -inf.
+// Softmax statistics of row * (1/T) over the shard: max and Σ exp(x - max), NaN read as -inf.
 // Vectorised ATen passes (as cpu/row_dist.h), several times faster than a scalar online
 // softmax; a row whose max is +inf keeps the scalar definition of SoftmaxStats::add.
 template <typename T>
-at::Tensor scaled_row(const T* row, int64_t count, float temperature) {
+at::Tensor scaled_row(const T* row, int64_t count, float inv_temperature) {
   const auto dtype = c10::CppTypeToScalarType<T>::value;
   const at::Tensor view = at::from_blob(const_cast<T*>(row), {count}, at::TensorOptions().dtype(dtype));
-  at::Tensor x = dtype == at::kFloat ? at::div(view, temperature) : view.to(at::kFloat).div_(temperature);
+  at::Tensor x = dtype == at::kFloat ? at::mul(view, inv_temperature) : view.to(at::kFloat).mul_(inv_temperature);
   return x.nan_to_num_(-INFINITY, INFINITY, -INFINITY);
 }
 
 template <typename T>
-SoftmaxStats shard_softmax(const T* row, int64_t count, float temperature) {
+SoftmaxStats shard_softmax(const T* row, int64_t count, float inv_temperature) {
   SoftmaxStats s;
   if (count == 0) return s;
-  at::Tensor x = scaled_row(row, count, temperature);
+  at::Tensor x = scaled_row(row, count, inv_temperature);
   const float m = x.max().item<float>();
   if (!(m > -INFINITY)) return s;
   if (m == INFINITY) {
-    for (int64_t v = 0; v < count; ++v) s.add(scaled_logit(load(row, v), temperature));
+    for (int64_t v = 0; v < count; ++v) s.add(scaled_logit(load(row, v), inv_temperature));
     return s;
   }
   s.max = m;
@@ -101,11 +101,11 @@ uint64_t shard_argmax(const T* row, int64_t count, int64_t start) {
 
 // Gumbel race over the scaled logits (y ~ p) with global ids.
 template <typename T>
-uint64_t shard_p_race(const T* row, int64_t count, int64_t start, float temperature, int64_t seed, int64_t offset,
+uint64_t shard_p_race(const T* row, int64_t count, int64_t start, float inv_temperature, int64_t seed, int64_t offset,
                       Purpose purpose, uint32_t position) {
   BoundedRace race;
   for_each_shard_bits(start, count, seed, offset, purpose, position, 0, 1, [&](int64_t v, int64_t id, uint32_t bits) {
-    race.add_bits(scaled_logit(load(row, v), temperature), bits, id);
+    race.add_bits(scaled_logit(load(row, v), inv_temperature), bits, id);
   });
   return race.race.best;
 }
@@ -113,12 +113,12 @@ uint64_t shard_p_race(const T* row, int64_t count, int64_t start, float temperat
 // Two races at once over the shard: the residual (log-weight from `residual(v, id, xs)`) and
 // the fallback over p (the scaled logits). Returns (residual key, fallback key).
 template <typename T, typename Residual>
-std::pair<uint64_t, uint64_t> shard_two_races(const T* row, int64_t count, int64_t start, float temperature,
+std::pair<uint64_t, uint64_t> shard_two_races(const T* row, int64_t count, int64_t start, float inv_temperature,
                                               int64_t seed, int64_t offset, Purpose purpose, uint32_t position,
                                               Residual&& residual) {
   BoundedRace res, fallback;
   for_each_shard_bits(start, count, seed, offset, purpose, position, 0, 1, [&](int64_t v, int64_t id, uint32_t bits) {
-    const float xs = scaled_logit(load(row, v), temperature);
+    const float xs = scaled_logit(load(row, v), inv_temperature);
     const float lr = residual(v, id, xs);
     const bool use_r = !res.hopeless(lr), use_f = !fallback.hopeless(xs);
     if (!use_r && !use_f) return;
@@ -141,7 +141,7 @@ at::Tensor verify_chain_shard_stats(const ShardArgs& a, const VerifyChainSizes& 
   for_each_request("dspark::verify_chain_shard_stats", in, s.requests, [&](int64_t r, auto tp, auto dp) {
     const int64_t length = std::min(std::max<int64_t>(in.counts.data_ptr<int64_t>()[r], 0), s.gamma);
     if (!rows_exist(first[r], length + 1, s.rows)) return;
-    const float T = in.temperature.data_ptr<float>()[r];
+    const float T = in.temperature.data_ptr<float>()[r], inv_t = inverse_temperature(T);
     for (int64_t k = 0; k <= length; ++k) {
       const auto* row = tp + (first[r] + k) * V;
       ShardRowStats& st = out[first[r] + k];
@@ -149,20 +149,20 @@ at::Tensor verify_chain_shard_stats(const ShardArgs& a, const VerifyChainSizes& 
         st.argmax_key = shard_argmax(row, V, start);
         continue;
       }
-      const SoftmaxStats ps = shard_softmax(row, V, T);
+      const SoftmaxStats ps = shard_softmax(row, V, inv_t);
       st.p_max = ps.max;
       st.p_sum = ps.sum;
       if (k == length) continue;  // the bonus row has no draft token
       const auto* qrow = dp ? dp + (r * s.gamma + k) * V : nullptr;
       if (qrow) {
-        const SoftmaxStats qs = shard_softmax(qrow, V, T);
+        const SoftmaxStats qs = shard_softmax(qrow, V, inv_t);
         st.q_max = qs.max;
         st.q_sum = qs.sum;
       }
       const int64_t x = in.tokens.data_ptr<int64_t>()[r * s.gamma + k] - start;
       if (x >= 0 && x < V) {
-        st.p_x = scaled_logit(load(row, x), T);
-        if (qrow) st.q_x = scaled_logit(load(qrow, x), T);
+        st.p_x = scaled_logit(load(row, x), inv_t);
+        if (qrow) st.q_x = scaled_logit(load(qrow, x), inv_t);
       }
     }
   });
@@ -185,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_chain_shard_de
   for_each_request("dspark::verify_chain_shard_decide", in, s.requests, [&](int64_t r, auto tp, auto dp) {
     const int64_t length = std::min(std::max<int64_t>(in.counts.data_ptr<int64_t>()[r], 0), s.gamma);
     if (!rows_exist(first[r], length + 1, s.rows)) return;
-    const float T = in.temperature.data_ptr<float>()[r];
+    const float T = in.temperature.data_ptr<float>()[r], inv_t = inverse_temperature(T);
     const int64_t sr = in.seed.data_ptr<int64_t>()[r], orr = in.offset.data_ptr<int64_t>()[r];
     const ChainDecision d = chain_decide(in.tokens.data_ptr<int64_t>() + r * s.gamma, length, first[r], T, sr, orr,
                                          gathered, world, s.rows, dp != nullptr, a.vocab_size,
@@ -199,9 +199,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_chain_shard_de
     const auto* row = tp + d.row * V;
     const auto* qrow = dp && d.emit == kEmitPMinusQ ? dp + (r * s.gamma + d.position - 1) * V : nullptr;
     std::tie(key[0], key[1]) = shard_two_races(
-        row, V, start, T, sr, orr, Purpose::kChainResample, d.position, [&](int64_t v, int64_t id, float xs) {
+        row, V, start, inv_t, sr, orr, Purpose::kChainResample, d.position, [&](int64_t v, int64_t id, float xs) {
           if (d.emit == kEmitFromP) return -INFINITY;
-          return chain_residual_log_weight(d, xs, qrow ? scaled_logit(load(qrow, v), T) : -INFINITY, id);
+          return chain_residual_log_weight(d, xs, qrow ? scaled_logit(load(qrow, v), inv_t) : -INFINITY, id);
         });
   });
   return {out_tokens, num_accepted, num_emitted, keys};
@@ -231,6 +231,7 @@ at::Tensor verify_tree_shard_stats(const ShardArgs& a, const TreeSizes& s) {
   const int64_t V = s.vocab, start = a.vocab_start;
   for_each_request("dspark::verify_tree_shard_stats", in, s.requests, [&](int64_t r, auto tp, auto dp) {
     const TreeView t = tree_view(in, first, r, s.width, dp != nullptr, a.vocab_size);
+    const float inv_t = inverse_temperature(t.temperature);
     if (!rows_exist(t.first_row, t.nodes, s.rows)) return;
     for (int64_t i = 0; i < t.nodes; ++i) {
       const auto* row = tp + (t.first_row + i) * V;
@@ -241,21 +242,21 @@ at::Tensor verify_tree_shard_stats(const ShardArgs& a, const TreeSizes& s) {
       }
       if (dp && tree_next_valid_child(t, i, i + 1) >= 0) {
         // Recursive rejection at node i: p_i and q_i statistics.
-        const SoftmaxStats ps = shard_softmax(row, V, t.temperature);
-        const SoftmaxStats qs = shard_softmax(dp + (t.first_row + i) * V, V, t.temperature);
+        const SoftmaxStats ps = shard_softmax(row, V, inv_t);
+        const SoftmaxStats qs = shard_softmax(dp + (t.first_row + i) * V, V, inv_t);
         st.p_max = ps.max;
         st.p_sum = ps.sum;
         st.q_max = qs.max;
         st.q_sum = qs.sum;
       } else {
-        st.race_key = shard_p_race(row, V, start, t.temperature, t.seed, t.offset, Purpose::kTreeResample,
+        st.race_key = shard_p_race(row, V, start, inv_t, t.seed, t.offset, Purpose::kTreeResample,
                                    static_cast<uint32_t>(i));
       }
       // p_{parent}(x_i), q_{parent}(x_i) for the acceptance test of node i.
       const int64_t parent = t.parents[i], x = t.tokens[i] - start;
       if (dp && i > 0 && parent >= 0 && parent < i && x >= 0 && x < V) {
-        st.p_x = scaled_logit(load(tp + (t.first_row + parent) * V, x), t.temperature);
-        st.q_x = scaled_logit(load(dp + (t.first_row + parent) * V, x), t.temperature);
+        st.p_x = scaled_logit(load(tp + (t.first_row + parent) * V, x), inv_t);
+        st.q_x = scaled_logit(load(dp + (t.first_row + parent) * V, x), inv_t);
       }
     }
   });
@@ -278,6 +279,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_wal
   const int64_t V = s.vocab;
   for_each_request("dspark::verify_tree_shard_walk", in, R, [&](int64_t r, auto tp, auto dp) {
     const TreeView t = tree_view(in, first, r, M, dp != nullptr, a.vocab_size);
+    const float inv_t = inverse_temperature(t.temperature);
     TreeWalk& w = walks[r];
     if (fresh) w = tree_walk_start();
     if (t.nodes == 0 || !rows_exist(t.first_row, t.nodes, s.rows)) {
@@ -295,8 +297,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_wal
     const auto* row = tp + (t.first_row + w.node) * V;
     const auto* qrow = dp + (t.first_row + w.node) * V;
     // Σ_v max(0, tree_residual(p(v), c, q(v))) as two separate ops (no fused multiply-add).
-    const at::Tensor p = probs_under(scaled_row(row, V, t.temperature), m.p);
-    const at::Tensor cq = probs_under(scaled_row(qrow, V, t.temperature), m.q).mul_(w.c);
+    const at::Tensor p = probs_under(scaled_row(row, V, inv_t), m.p);
+    const at::Tensor cq = probs_under(scaled_row(qrow, V, inv_t), m.q).mul_(w.c);
     const float sum = V > 0 ? p.sub_(cq).clamp_min_(0.0f).sum().item<float>() : 0.0f;
     partial.data_ptr<float>()[r] = sum;
   });
@@ -328,14 +330,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_race(const Shar
       return;
     }
     const TreeView t = tree_view(in, first, r, M, dp != nullptr, a.vocab_size);
+    const float inv_t = inverse_temperature(t.temperature);
     const MergedRow m = merge_row(gathered, world, s.rows, t.first_row + w.node);
     const auto* row = tp + (t.first_row + w.node) * V;
     const auto* qrow = dp ? dp + (t.first_row + w.node) * V : nullptr;  // null: no race reaches here
     std::tie(key[0], key[1]) = shard_two_races(
-        row, V, start, t.temperature, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(w.node),
+        row, V, start, inv_t, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(w.node),
         [&](int64_t v, int64_t, float xs) {
-          const float rv = tree_residual(m.p.prob(xs), w.c,
-                                         qrow ? m.q.prob(scaled_logit(load(qrow, v), t.temperature)) : 0.0f);
+          const float rv = tree_residual(m.p.prob(xs), w.c, qrow ? m.q.prob(scaled_logit(load(qrow, v), inv_t)) : 0.0f);
           return rv > 0.0f ? logf(rv) : -INFINITY;
         });
   });

@@ -95,10 +95,10 @@ struct TreeDrafts {
   int64_t width, vocab;
 
   bool given() const { return logits || probs; }
-  DraftRow<TD> row(int64_t row, float temperature, RowScratch& sc) const {
+  DraftRow<TD> row(int64_t row, float inv_temperature, RowScratch& sc) const {
     const int64_t at = row * width;
     return draft_row(logits ? logits + at : nullptr, probs ? probs + at : nullptr, ids ? ids + at : nullptr, width,
-                     vocab, temperature, sc);
+                     vocab, inv_temperature, sc);
   }
 };
 
@@ -167,7 +167,7 @@ std::pair<int64_t, int64_t> verify_one(const TreeRequest& t, const TT* target, c
                                        int64_t vocab, const int64_t* eos, int64_t num_eos, RowScratch& sc) {
   if (t.nodes <= 0) return {0, 0};
   const bool greedy = is_greedy(t.temperature);
-  const float T = t.temperature;
+  const float inv_t = inverse_temperature(t.temperature);
   int64_t node = 0, accepted = 0;
   while (true) {
     const TT* prow = target + (t.first_row + node) * vocab;
@@ -177,10 +177,10 @@ std::pair<int64_t, int64_t> verify_one(const TreeRequest& t, const TT* target, c
       next = child_with_token(t, node, best);
       if (next < 0) emitted = best;
     } else {
-      const TargetRow p = target_row(prow, vocab, T, t.filter, sc);
+      const TargetRow p = target_row(prow, vocab, inv_t, t.filter, sc);
       const int64_t first = drafts.given() ? next_valid_child(t, node, node + 1, vocab) : -1;
       if (first >= 0) {
-        const DraftRow<TD> q = drafts.row(t.first_row + node, T, sc);
+        const DraftRow<TD> q = drafts.row(t.first_row + node, inv_t, sc);
         std::tie(next, emitted) = recursive_rejection(t, node, first, p, q, vocab, sc);
       } else {
         // y ~ p_node; with a draft q this node has no valid child and y is the bonus token.

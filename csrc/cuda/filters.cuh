@@ -30,10 +30,10 @@ struct FilterScratch {
   unsigned long long n[32];
 };
 
-// θ of row [V] (logits of type T, read VEC at a time: vec_size on the host) at temperature T
-// for filter f; all threads of the block call it and get the same value.
+// θ of row [V] (logits of type T, read VEC at a time: vec_size on the host) scaled by
+// inv_temperature = 1/T, for filter f; all threads of the block call it and get the same value.
 template <int VEC, typename T>
-__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float temperature, const RowFilter& f,
+__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float inv_temperature, const RowFilter& f,
                                         FilterScratch& sh) {
   if (f.off()) return -INFINITY;
   auto fmax_op = [](float a, float b) { return a > b ? a : b; };
@@ -43,14 +43,14 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
   auto each = [&](auto&& fn) { block_for_each<VEC>(row, 0, vocab, fn); };
 
   float m = -INFINITY;
-  each([&](float z, int64_t) { m = fmaxf(m, scaled_logit(z, temperature)); });
+  each([&](float z, int64_t) { m = fmaxf(m, scaled_logit(z, inv_temperature)); });
   m = block_reduce(m, sh.f, -INFINITY, fmax_op);
   if (!isfinite(m)) return -INFINITY;
   float theta = -INFINITY;
   if (f.min_p > 0.0f) {
     float lo = m;
     each([&](float z, int64_t) {
-      const float s = scaled_logit(z, temperature);
+      const float s = scaled_logit(z, inv_temperature);
       if (s < lo && filter_weight(s, m) >= f.min_p) lo = s;
     });
     theta = block_reduce(lo, sh.f, INFINITY, fmin_op);
@@ -65,7 +65,7 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
       decltype(target) measure = 0;
       uint32_t above = 0xFFFFFFFFu, below = 0;  // nearest row keys >= mid and < mid
       each([&](float z, int64_t) {
-        const float s = scaled_logit(z, temperature);
+        const float s = scaled_logit(z, inv_temperature);
         if (!(s >= theta) || !(s > -INFINITY)) return;
         const uint32_t key = ordered_key(s);
         if (s >= pivot) {
@@ -89,7 +89,7 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
   if (f.top_k > 0) {
     unsigned long long kept = 0;
     each([&](float z, int64_t) {
-      const float s = scaled_logit(z, temperature);
+      const float s = scaled_logit(z, inv_temperature);
       kept += (s >= theta && s > -INFINITY) ? 1 : 0;
     });
     kept = block_sum(kept, sh.n);
@@ -99,7 +99,7 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
   if (f.top_p < 1.0f) {
     float total = 0.0f;
     each([&](float z, int64_t) {
-      const float s = scaled_logit(z, temperature);
+      const float s = scaled_logit(z, inv_temperature);
       if (s >= theta && s > -INFINITY) total += filter_weight(s, m);
     });
     total = block_sum(total, sh.f);

@@ -85,11 +85,11 @@ __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_
   if (threadIdx.x == 0) {
     int64_t x = race_index(key);
     x = x < 0 ? 0 : (x >= p.vocab ? p.vocab - 1 : x);
-    const float temp = p.temperature[q];
+    const float temp = p.temperature[q], inv_t = inverse_temperature(temp);
     float logprob = 0.0f;
     if (!is_greedy(temp)) {
       const T* row = static_cast<const T*>(p.draft_logits) + (q * p.gamma + k - 1) * p.vocab;
-      const float xt = scaled_logit(to_float(__ldcg(row + x)), temp);
+      const float xt = scaled_logit(to_float(__ldcg(row + x)), inv_t);
       logprob = (st.sum > 0.0f && xt > -INFINITY) ? (xt - st.max) - logf(st.sum) : -INFINITY;
     }
     p.tokens[q * p.gamma + k - 1] = x;
@@ -256,7 +256,7 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
       for (int i = 0; i < kReqPerWarp; ++i) {
         if (local0 + i >= nreq) break;  // warp-uniform
         const int64_t q = c0 + local0 + i;
-        const float temp = p.temperature[q];
+        const float temp = p.temperature[q], inv_t = inverse_temperature(temp);
         const bool greedy = is_greedy(temp);
         SoftmaxStats st;
         Race race;
@@ -268,7 +268,7 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
           if (greedy) {
             race.add(lr, 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
           } else {
-            const float x = scaled_logit(lr, temp);
+            const float x = scaled_logit(lr, inv_t);
             st.add(x);
             race.add(x,
                      gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,

@@ -230,7 +230,7 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
   const T* w2 = static_cast<const T*>(p.w2);
   const T* U = static_cast<const T*>(p.base_logits);
   T* out = static_cast<T*>(p.draft_logits);
-  const float temp = p.temperature[q];
+  const float temp = p.temperature[q], inv_t = inverse_temperature(temp);
   const bool greedy = is_greedy(temp);  // block-uniform
   const int64_t seed = p.seed[q], offset = p.offset[q];
   const RowFilter row_filter = markov::request_filter(p, q, K);
@@ -270,13 +270,13 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
       const T rounded = from_float<T>(to_float(U[row * V + c]) + candidate_dot(w2 + c * r, Ps, r));
       out[row * K + j] = rounded;
       const float lr = to_float(rounded);
-      if (!filter) fold(c, greedy ? lr : scaled_logit(lr, temp));
+      if (!filter) fold(c, greedy ? lr : scaled_logit(lr, inv_t));
     }
     if (filter) {  // SPEC §9: the threshold needs the whole row, then the race over the kept
       __syncthreads();  // the row's rounded logits are visible to the block
-      const float theta = block_filter_threshold<1>(out + row * K, K, temp, row_filter, fsh);
+      const float theta = block_filter_threshold<1>(out + row * K, K, inv_t, row_filter, fsh);
       for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
-        const float s = scaled_logit(to_float(out[row * K + j]), temp);
+        const float s = scaled_logit(to_float(out[row * K + j]), inv_t);
         if (!(s >= theta)) out[row * K + j] = from_float<T>(-INFINITY);
         fold(candidate(j), filtered(s, theta));
       }

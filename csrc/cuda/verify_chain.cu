@@ -107,11 +107,11 @@ __device__ __forceinline__ bool listed_id(int64_t id, int64_t vocab) { return id
 // q of entry j of a draft row (dense: j is the id) with softmax statistics qs of its logits.
 template <typename TD>
 __device__ __forceinline__ float draft_entry(const VerifyChainParams& p, int64_t draft_row, int64_t j,
-                                             const SoftmaxStats& qs, float T) {
+                                             const SoftmaxStats& qs, float inv_t) {
   const int64_t at = draft_row * p.draft_width + j;
   if (p.draft_ids && !listed_id(p.draft_ids[at], p.vocab)) return 0.0f;
   if (p.draft_probs) return draft_prob(p.draft_probs[at]);
-  return qs.prob(scaled_logit(to_float(static_cast<const TD*>(p.draft_logits)[at]), T));
+  return qs.prob(scaled_logit(to_float(static_cast<const TD*>(p.draft_logits)[at]), inv_t));
 }
 
 // One block per target slot (r, k): θ of the row when the request samples with a filter on.
@@ -119,13 +119,13 @@ template <typename TT, int VEC>
 __global__ void __launch_bounds__(kThresholdThreads) thresholds_kernel(VerifyChainParams p, Workspace w) {
   const int64_t slot = blockIdx.x, r = slot / (p.gamma + 1), k = slot % (p.gamma + 1);
   const int64_t row = w.first_row[r] + k;
-  const float T = p.temperature[r];
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   const RowFilter f = request_filter(p, r);
   float theta = -INFINITY;
   if (k <= clamped_length(p.lengths, r, p.gamma) && row < p.rows && !is_greedy(T) && !f.off()) {  // block-uniform
     __shared__ FilterScratch scratch;
     const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
-    theta = block_filter_threshold<VEC>(src, p.vocab, T, f, scratch);
+    theta = block_filter_threshold<VEC>(src, p.vocab, inv_t, f, scratch);
   }
   if (threadIdx.x == 0) w.theta[slot] = theta;
 }
@@ -177,7 +177,7 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
   const int64_t r = is_target ? slot / (p.gamma + 1) : (slot - target_slots) / p.gamma;
   const int64_t k = is_target ? slot % (p.gamma + 1) : (slot - target_slots) % p.gamma;
   const int64_t len = clamped_length(p.lengths, r, p.gamma);
-  const float temperature = p.temperature[r];
+  const float temperature = p.temperature[r], inv_t = inverse_temperature(temperature);
   const int64_t row = w.first_row[r] + k;
   bool needed;
   if (is_target) {
@@ -194,7 +194,7 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
     const float theta = slot_theta(p, w, slot);
     const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
     block_for_each<min_vec<TT, VEC>()>(src, begin, end, [&](float logit, int64_t v) {
-      acc.stats.add(filtered(scaled_logit(logit, temperature), theta));
+      acc.stats.add(filtered(scaled_logit(logit, inv_t), theta));
       acc.argmax.add(logit, v);
     });
   } else if (begin < end) {
@@ -202,7 +202,7 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
     const TD* src = static_cast<const TD*>(p.draft_logits) + draft_row * p.draft_width;
     const int64_t* ids = p.draft_ids ? p.draft_ids + draft_row * p.draft_width : nullptr;
     block_for_each<min_vec<TD, VEC>()>(src, begin, end, [&](float logit, int64_t j) {
-      if (!ids || listed_id(ids[j], p.vocab)) acc.stats.add(scaled_logit(logit, temperature));
+      if (!ids || listed_id(ids[j], p.vocab)) acc.stats.add(scaled_logit(logit, inv_t));
     });
   }
   __shared__ SoftmaxStats scratch_stats[kThreads / kWarpSize];
@@ -241,7 +241,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
   if (r >= p.requests) return;  // whole warps leave together
   const bool leader = threadIdx.x % kWarpSize == 0;
   const int64_t len = clamped_length(p.lengths, r, p.gamma);
-  const float T = p.temperature[r];
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   const bool greedy = is_greedy(T);
   const int64_t first = w.first_row[r];
   const int64_t* drafts = p.draft_tokens + r * p.gamma;
@@ -285,7 +285,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
       }
       const int64_t draft_row = has_q ? r * p.gamma + k - 1 : -1;
       const SoftmaxStats qs = p.draft_logits ? warp_stats(w.draft_part + draft_row * chunks, chunks) : SoftmaxStats{};
-      const float p_x = t.stats.prob(filtered(scaled_logit(to_float(target[row * p.vocab + x]), T), theta));
+      const float p_x = t.stats.prob(filtered(scaled_logit(to_float(target[row * p.vocab + x]), inv_t), theta));
       float q_x = 1.0f;
       if (has_q) {
         // Dense: entry x. Sparse: the first entry listing x (0 if none), found by the warp.
@@ -299,7 +299,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
             if (hit) j = base + __ffs(hit) - 1;
           }
         }
-        q_x = j >= 0 ? draft_entry<TD>(p, draft_row, j, qs, T) : 0.0f;
+        q_x = j >= 0 ? draft_entry<TD>(p, draft_row, j, qs, inv_t) : 0.0f;
       }
       const float coin = random_uniform(p.seed[r], p.offset[r], Purpose::kChainCoin, static_cast<uint32_t>(k), 0);
       if (!(coin * q_x < p_x)) {
@@ -345,7 +345,7 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
   const int64_t r = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const Decision d = w.decision[r];
   if (d.mode == kNothingToDraw) return;
-  const float T = p.temperature[r];
+  const float inv_t = inverse_temperature(p.temperature[r]);
   const int64_t seed = p.seed[r], offset = p.offset[r];
   const TT* prow = static_cast<const TT*>(p.target_logits) + d.target_row * p.vocab;
   const bool dense_q = d.draft_row >= 0 && !p.draft_ids;
@@ -377,7 +377,7 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
     for (int j = 0; j < 4; ++j) {
       const int64_t v = group + j;
       if (v >= end) break;
-      const float xv = filtered(scaled_logit(to_float(prow[v]), T), d.theta);
+      const float xv = filtered(scaled_logit(to_float(prow[v]), inv_t), d.theta);
       plain.add_bits(xv, bits.v[j], v);
       if (d.mode == kResidual && !residual.hopeless(xv - p_log_norm)) {
         float qv;
@@ -385,7 +385,7 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
           if ((listed[(v - begin) / 32] >> ((v - begin) % 32)) & 1u) continue;  // raced below
           qv = 0.0f;
         } else if (dense_q) {
-          qv = draft_entry<TD>(p, d.draft_row, v, d.q, T);
+          qv = draft_entry<TD>(p, d.draft_row, v, d.q, inv_t);
         } else {
           qv = v == d.rejected ? 1.0f : 0.0f;
         }
@@ -398,8 +398,8 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
     for (int64_t j = threadIdx.x; j < p.draft_width; j += blockDim.x) {
       const int64_t v = ids[j];
       if (v < begin || v >= end) continue;
-      const float pv = d.p.prob(filtered(scaled_logit(to_float(prow[v]), T), d.theta));
-      const float qv = draft_entry<TD>(p, d.draft_row, j, d.q, T);
+      const float pv = d.p.prob(filtered(scaled_logit(to_float(prow[v]), inv_t), d.theta));
+      const float qv = draft_entry<TD>(p, d.draft_row, j, d.q, inv_t);
       const uint32_t b = random_bits(seed, offset, Purpose::kChainResample, d.position, static_cast<uint64_t>(v));
       residual.add_bits(pv > qv ? logf(pv - qv) : -INFINITY, b, v);
     }

@@ -43,9 +43,9 @@ __device__ int64_t block_first_row(const int64_t* counts, int64_t r, int64_t ext
 __device__ int64_t clamp_count(int64_t c, int64_t hi) { return c < 0 ? 0 : (c > hi ? hi : c); }
 
 template <typename T>
-__device__ SoftmaxStats block_softmax(const T* row, int64_t count, float temperature, SharedBytes& sh) {
+__device__ SoftmaxStats block_softmax(const T* row, int64_t count, float inv_temperature, SharedBytes& sh) {
   SoftmaxStats s;
-  block_for_each<1>(row, 0, count, [&](float x, int64_t) { s.add(scaled_logit(x, temperature)); });
+  block_for_each<1>(row, 0, count, [&](float x, int64_t) { s.add(scaled_logit(x, inv_temperature)); });
   return block_merge(s, sh.as<SoftmaxStats>());
 }
 
@@ -60,13 +60,13 @@ __device__ uint64_t block_argmax_key(const T* row, int64_t count, int64_t start,
 // residual log-weights from residual(v, id, xs) (or none when !with_residual) and the fallback
 // race over xs. Returns both block-reduced keys in key[0..1] (every thread).
 template <typename T, typename Residual>
-__device__ void block_two_races(const T* row, int64_t count, int64_t start, float temperature, int64_t seed,
+__device__ void block_two_races(const T* row, int64_t count, int64_t start, float inv_temperature, int64_t seed,
                                 int64_t offset, Purpose purpose, uint32_t position, bool with_residual, SharedBytes& sh,
                                 uint64_t (&key)[2], Residual&& residual) {
   BoundedRace res, fallback;
   for_each_shard_bits(start, count, seed, offset, purpose, position, threadIdx.x, blockDim.x,
                       [&](int64_t v, int64_t id, uint32_t bits) {
-                        const float xs = scaled_logit(to_float(row[v]), temperature);
+                        const float xs = scaled_logit(to_float(row[v]), inv_temperature);
                         const float lr = with_residual ? residual(v, id, xs) : -INFINITY;
                         const bool use_r = !res.hopeless(lr), use_f = !fallback.hopeless(xs);
                         if (!use_r && !use_f) return;
@@ -94,26 +94,26 @@ __global__ void __launch_bounds__(kThreads) chain_stats_kernel(ShardParams p, Sh
   const int64_t first = block_first_row(p.counts, r, 1, p.width, sh);
   const int64_t length = clamp_count(p.counts[r], p.width);
   if (k > length || !rows_exist(first, length + 1, p.rows)) return;
-  const float T = p.temperature[r];
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   const TT* row = static_cast<const TT*>(p.target) + (first + k) * V;
   ShardRowStats st = empty_row_stats();
   if (is_greedy(T)) {
     st.argmax_key = block_argmax_key(row, V, p.vocab_start, sh);
   } else {
-    const SoftmaxStats ps = block_softmax(row, V, T, sh);
+    const SoftmaxStats ps = block_softmax(row, V, inv_t, sh);
     st.p_max = ps.max;
     st.p_sum = ps.sum;
     if (k < length) {
       const TD* qrow = p.draft ? static_cast<const TD*>(p.draft) + (r * p.width + k) * V : nullptr;
       if (qrow) {
-        const SoftmaxStats qs = block_softmax(qrow, V, T, sh);
+        const SoftmaxStats qs = block_softmax(qrow, V, inv_t, sh);
         st.q_max = qs.max;
         st.q_sum = qs.sum;
       }
       const int64_t x = p.tokens[r * p.width + k] - p.vocab_start;
       if (x >= 0 && x < V) {
-        st.p_x = scaled_logit(to_float(row[x]), T);
-        if (qrow) st.q_x = scaled_logit(to_float(qrow[x]), T);
+        st.p_x = scaled_logit(to_float(row[x]), inv_t);
+        if (qrow) st.q_x = scaled_logit(to_float(qrow[x]), inv_t);
       }
     }
   }
@@ -135,7 +135,7 @@ __global__ void __launch_bounds__(kThreads)
     if (threadIdx.x == 0) num_accepted[r] = num_emitted[r] = 0, key[0] = key[1] = 0;
     return;
   }
-  const float T = p.temperature[r];
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   const int64_t seed = p.seed[r], offset = p.offset[r];
   if (threadIdx.x == 0) {
     shared_d = chain_decide(p.tokens + r * p.width, length, first, T, seed, offset,
@@ -152,9 +152,9 @@ __global__ void __launch_bounds__(kThreads)
     const TD* qrow = p.draft && d.emit == kEmitPMinusQ
                          ? static_cast<const TD*>(p.draft) + (r * p.width + d.position - 1) * V
                          : nullptr;
-    block_two_races(row, V, p.vocab_start, T, seed, offset, Purpose::kChainResample, d.position, d.emit != kEmitFromP,
+    block_two_races(row, V, p.vocab_start, inv_t, seed, offset, Purpose::kChainResample, d.position, d.emit != kEmitFromP,
                     sh, k2, [&](int64_t v, int64_t id, float xs) {
-                      return chain_residual_log_weight(d, xs, qrow ? scaled_logit(to_float(qrow[v]), T) : -INFINITY,
+                      return chain_residual_log_weight(d, xs, qrow ? scaled_logit(to_float(qrow[v]), inv_t) : -INFINITY,
                                                        id);
                     });
   }
@@ -181,6 +181,7 @@ __global__ void __launch_bounds__(kThreads) tree_stats_kernel(ShardParams p, Sha
   __shared__ SharedBytes sh;
   const int64_t r = blockIdx.x, i = blockIdx.y, V = p.shard_vocab;
   const TreeView t = tree_view(p, r, block_first_row(p.counts, r, 0, p.width, sh));
+  const float inv_t = inverse_temperature(t.temperature);
   if (i >= t.nodes || !rows_exist(t.first_row, t.nodes, p.rows)) return;
   const TT* target = static_cast<const TT*>(p.target);
   const TD* draft = static_cast<const TD*>(p.draft);
@@ -190,8 +191,8 @@ __global__ void __launch_bounds__(kThreads) tree_stats_kernel(ShardParams p, Sha
     st.argmax_key = block_argmax_key(row, V, p.vocab_start, sh);
   } else {
     if (draft && tree_next_valid_child(t, i, i + 1) >= 0) {
-      const SoftmaxStats ps = block_softmax(row, V, t.temperature, sh);
-      const SoftmaxStats qs = block_softmax(draft + (t.first_row + i) * V, V, t.temperature, sh);
+      const SoftmaxStats ps = block_softmax(row, V, inv_t, sh);
+      const SoftmaxStats qs = block_softmax(draft + (t.first_row + i) * V, V, inv_t, sh);
       st.p_max = ps.max;
       st.p_sum = ps.sum;
       st.q_max = qs.max;
@@ -200,14 +201,14 @@ __global__ void __launch_bounds__(kThreads) tree_stats_kernel(ShardParams p, Sha
       BoundedRace race;
       for_each_shard_bits(p.vocab_start, V, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(i),
                           threadIdx.x, blockDim.x, [&](int64_t v, int64_t id, uint32_t bits) {
-                            race.add_bits(scaled_logit(to_float(row[v]), t.temperature), bits, id);
+                            race.add_bits(scaled_logit(to_float(row[v]), inv_t), bits, id);
                           });
       st.race_key = block_max_u64(race.race.best, sh.as<uint64_t>());
     }
     const int64_t parent = t.parents[i], x = t.tokens[i] - p.vocab_start;
     if (draft && i > 0 && parent >= 0 && parent < i && x >= 0 && x < V) {
-      st.p_x = scaled_logit(to_float(target[(t.first_row + parent) * V + x]), t.temperature);
-      st.q_x = scaled_logit(to_float(draft[(t.first_row + parent) * V + x]), t.temperature);
+      st.p_x = scaled_logit(to_float(target[(t.first_row + parent) * V + x]), inv_t);
+      st.q_x = scaled_logit(to_float(draft[(t.first_row + parent) * V + x]), inv_t);
     }
   }
   if (threadIdx.x == 0) out[t.first_row + i] = st;
@@ -223,6 +224,7 @@ __global__ void __launch_bounds__(kThreads)
   SoftmaxStats* shared_pq = reinterpret_cast<SoftmaxStats*>(state_raw + sizeof(TreeWalk));
   const int64_t r = blockIdx.x, V = p.shard_vocab;
   const TreeView t = tree_view(p, r, block_first_row(p.counts, r, 0, p.width, sh));
+  const float inv_t = inverse_temperature(t.temperature);
   const ShardRowStats* gathered = reinterpret_cast<const ShardRowStats*>(p.stats);
   if (threadIdx.x == 0) {
     TreeWalk w = fresh ? tree_walk_start() : walks[r];
@@ -251,8 +253,8 @@ __global__ void __launch_bounds__(kThreads)
     const TT* row = static_cast<const TT*>(p.target) + (t.first_row + w.node) * V;
     const TD* qrow = static_cast<const TD*>(p.draft) + (t.first_row + w.node) * V;
     for (int64_t v = threadIdx.x; v < V; v += blockDim.x) {
-      const float rv = tree_residual(ps.prob(scaled_logit(to_float(row[v]), t.temperature)), w.c,
-                                     qs.prob(scaled_logit(to_float(qrow[v]), t.temperature)));
+      const float rv = tree_residual(ps.prob(scaled_logit(to_float(row[v]), inv_t)), w.c,
+                                     qs.prob(scaled_logit(to_float(qrow[v]), inv_t)));
       if (rv > 0.0f) sum += rv;
     }
     sum = block_sum(sum, sh.as<float>());
@@ -266,6 +268,7 @@ __global__ void __launch_bounds__(kThreads) tree_race_kernel(ShardParams p, cons
   __shared__ SharedBytes sh;
   const int64_t r = blockIdx.x, V = p.shard_vocab;
   const TreeView t = tree_view(p, r, block_first_row(p.counts, r, 0, p.width, sh));
+  const float inv_t = inverse_temperature(t.temperature);
   const TreeWalk w = walks[r];
   const bool race = w.status == kWalkNeedRace || w.status == kWalkNeedMass;
   uint64_t k2[2] = {!race && w.token >= 0 ? known_token_key(w.token) : 0, 0};
@@ -274,10 +277,10 @@ __global__ void __launch_bounds__(kThreads) tree_race_kernel(ShardParams p, cons
                                   t.first_row + w.node);
     const TT* row = static_cast<const TT*>(p.target) + (t.first_row + w.node) * V;
     const TD* qrow = static_cast<const TD*>(p.draft) + (t.first_row + w.node) * V;
-    block_two_races(row, V, p.vocab_start, t.temperature, t.seed, t.offset, Purpose::kTreeResample,
+    block_two_races(row, V, p.vocab_start, inv_t, t.seed, t.offset, Purpose::kTreeResample,
                     static_cast<uint32_t>(w.node), true, sh, k2, [&](int64_t v, int64_t, float xs) {
                       const float rv = tree_residual(m.p.prob(xs), w.c,
-                                                     m.q.prob(scaled_logit(to_float(qrow[v]), t.temperature)));
+                                                     m.q.prob(scaled_logit(to_float(qrow[v]), inv_t)));
                       return rv > 0.0f ? logf(rv) : -INFINITY;
                     });
   }

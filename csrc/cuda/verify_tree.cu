@@ -205,16 +205,16 @@ __device__ int64_t row_argmax(const TT* __restrict__ row, int64_t vocab, Scratch
   return block_merge(a, sh.argmax).result();  // exact total order: every thread agrees
 }
 
-// Gumbel race over filtered(row / T, θ) (noise: kTreeResample at `node`): a sample of p.
+// Gumbel race over filtered(row * (1/T), θ) (noise: kTreeResample at `node`): a sample of p.
 template <typename TT>
-__device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, float theta, int64_t seed,
+__device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float inv_t, float theta, int64_t seed,
                             int64_t offset, uint32_t node, Scratch& sh) {
   BoundedRace race;  // per-thread winner; entries that cannot beat it skip their noise's logs
   for_groups<4>(RowReader<TT>(row, vocab), [&](int64_t g, const float (&x)[4], int n) {
     const Philox4 bits = random_block(seed, offset, Purpose::kTreeResample, node, static_cast<uint64_t>(4 * g));
 #pragma unroll
     for (int k = 0; k < 4; ++k)
-      if (k < n) race.add_bits(filtered(scaled_logit(x[k], T), theta), bits.v[k], 4 * g + k);
+      if (k < n) race.add_bits(filtered(scaled_logit(x[k], inv_t), theta), bits.v[k], 4 * g + k);
   });
   return race_index(block_max_u64(race.race.best, sh.keys));
 }
@@ -225,7 +225,7 @@ __device__ int64_t row_race(const TT* __restrict__ row, int64_t vocab, float T, 
 // token or -1).
 template <typename TT, typename TD>
 __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __restrict__ qrow, bool probs, int64_t vocab,
-                                    float T, float theta, int64_t seed, int64_t offset, const int64_t* tok,
+                                    float inv_t, float theta, int64_t seed, int64_t offset, const int64_t* tok,
                                     const int64_t* par, int64_t n, int64_t node, int64_t first, Scratch& sh,
                                     int64_t* next, int64_t* emitted) {
   const RowReader<TT> P(prow, vocab);
@@ -236,14 +236,14 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
   for_groups2<2>(P, Q, [&](int64_t, const float (&x)[4], const float (&y)[4], int) {
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
-      ps.add(filtered(scaled_logit(x[k], T), theta));
-      if (!probs) qs.add(scaled_logit(y[k], T));
+      ps.add(filtered(scaled_logit(x[k], inv_t), theta));
+      if (!probs) qs.add(scaled_logit(y[k], inv_t));
     }
   });
   ps = block_stats(ps, sh, 0);
   qs = block_stats(qs, sh, 1);
-  auto p_of = [&](float x) { return ps.prob(filtered(scaled_logit(x, T), theta)); };
-  auto q_of = [&](float y) { return probs ? draft_prob(y) : qs.prob(scaled_logit(y, T)); };
+  auto p_of = [&](float x) { return ps.prob(filtered(scaled_logit(x, inv_t), theta)); };
+  auto q_of = [&](float y) { return probs ? draft_prob(y) : qs.prob(scaled_logit(y, inv_t)); };
   float c = 0.0f, D = 1.0f;  // p' = max(0, p - c q) / D
   for (int64_t j = first; j >= 0;) {
     const int64_t x = tok[j];
@@ -279,7 +279,7 @@ __device__ void recursive_rejection(const TT* __restrict__ prow, const TD* __res
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       if (k >= cnt) break;
-      const float xv = filtered(scaled_logit(xp[k], T), theta);
+      const float xv = filtered(scaled_logit(xp[k], inv_t), theta);
       const float r = tree_residual(ps.prob(xv), c, q_of(xq[k]));
       const float lr = r > 0.0f ? logf(r) : -INFINITY;
       const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
@@ -332,7 +332,7 @@ __global__ void __launch_bounds__(kThreads) verify_tree_kernel(const TreeKernelA
 
   const int64_t* tok = p.tokens + r * M;
   const int64_t* par = p.parents + r * M;
-  const float T = p.temperature[r];
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
   const bool greedy = is_greedy(T);
   const int64_t seed = p.seed[r], offset = p.offset[r];
   const RowFilter filter = make_row_filter(p.top_k ? p.top_k[r] : 0, p.top_p ? p.top_p[r] : 1.0f,
@@ -351,18 +351,18 @@ __global__ void __launch_bounds__(kThreads) verify_tree_kernel(const TreeKernelA
       if (next < 0) emitted = best;
     } else {
       // Scalar loads: the tree kernel has no host-chosen width (its RowReader vectorises per row).
-      const float theta = block_filter_threshold<1>(prow, V, T, filter, sh.filter);
+      const float theta = block_filter_threshold<1>(prow, V, inv_t, filter, sh.filter);
       if (first >= 0) {
         const int64_t qrow = (first_row + node) * V;
         if (p.draft_probs) {
-          recursive_rejection(prow, p.draft_probs + qrow, true, V, T, theta, seed, offset, tok, par, n, node, first, sh,
+          recursive_rejection(prow, p.draft_probs + qrow, true, V, inv_t, theta, seed, offset, tok, par, n, node, first, sh,
                               &next, &emitted);
         } else {
-          recursive_rejection(prow, a.draft + qrow, false, V, T, theta, seed, offset, tok, par, n, node, first, sh,
+          recursive_rejection(prow, a.draft + qrow, false, V, inv_t, theta, seed, offset, tok, par, n, node, first, sh,
                               &next, &emitted);
         }
       } else {
-        const int64_t y = row_race(prow, V, T, theta, seed, offset, static_cast<uint32_t>(node), sh);
+        const int64_t y = row_race(prow, V, inv_t, theta, seed, offset, static_cast<uint32_t>(node), sh);
         next = has_q ? -1 : child_with_token(tok, par, n, node, y);
         if (next < 0) emitted = y;
       }

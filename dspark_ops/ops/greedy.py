@@ -1,4 +1,4 @@
-"""The one greedy test of the package: a request with ``temperature <= GREEDY_TEMPERATURE``
+"""The one greedy test of the package, and the one temperature scaling: a request with ``temperature <= GREEDY_TEMPERATURE``
 decodes by argmax. Written as ``not (T > GREEDY_TEMPERATURE)`` so that a NaN temperature is
 greedy, exactly as ``dspark::is_greedy`` in ``csrc/include/dspark/sampling.h`` decides it in
 every CPU and CUDA kernel; the references, proposers and ``generate`` use this module."""
@@ -18,3 +18,13 @@ def is_greedy(temperature: Union[torch.Tensor, float]) -> Union[torch.Tensor, bo
     if isinstance(temperature, torch.Tensor):
         return ~(temperature > GREEDY_TEMPERATURE)
     return not (temperature > GREEDY_TEMPERATURE)
+
+
+def inverse_temperature(temperature: Union[torch.Tensor, float]) -> Union[torch.Tensor, float]:
+    """``1 / T`` rounded to float32, as ``dspark::inverse_temperature``: every kernel, CPU twin
+    and reference scales a logit as ``L * (1/T)`` in float32 (never ``L / T``), so that they all
+    round identically. A tensor gives a float32 tensor of its shape; a float gives the float32
+    value as a Python float (exact, so multiplying a float32 tensor by it rounds once)."""
+    if isinstance(temperature, torch.Tensor):
+        return torch.reciprocal(temperature.float())
+    return torch.tensor(temperature, dtype=torch.float32).reciprocal().item()

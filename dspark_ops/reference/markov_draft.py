@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..ops.greedy import is_greedy
+from ..ops.greedy import inverse_temperature, is_greedy
 from ..ops.random_bits import Purpose
 from .filters import filter_threshold
 from .rng import gumbel, random_bits
@@ -83,7 +83,7 @@ def _draft(base_logits, anchor, w1, w2, temperature, seed, offset, candidates, h
         # Greedy: the largest rounded logit, lowest vocabulary id on ties.
         top = lr_clean.amax(-1, keepdim=True)
         arg = torch.where(lr_clean == top, ids, torch.full_like(ids, vocab)).amin(-1)
-        scaled = lr_clean / safe_t
+        scaled = lr_clean * inverse_temperature(safe_t)
         if top_k is not None or top_p is not None or min_p is not None:
             theta = filter_threshold(scaled, top_k, top_p, min_p)
             out = ~greedy[:, None] & ~(scaled >= theta[:, None])

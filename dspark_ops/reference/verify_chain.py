@@ -11,15 +11,15 @@ from typing import Optional
 
 import torch
 
-from ..ops.greedy import is_greedy
+from ..ops.greedy import inverse_temperature, is_greedy
 from ..ops.random_bits import Purpose
 from .filters import apply_filter, filter_threshold
 from .rng import random_bits, random_uniform, vocab_gumbel
 
 
 def scaled_logits(logits: torch.Tensor, temperature: torch.Tensor) -> torch.Tensor:
-    """logits / T in float32 with NaN read as -inf (probability 0), like ``scaled_logit``."""
-    x = logits.float() / temperature
+    """logits * (1/T) in float32 with NaN read as -inf (probability 0), like ``scaled_logit``."""
+    x = logits.float() * inverse_temperature(temperature)
     return torch.where(torch.isnan(x), torch.full_like(x, float("-inf")), x)
 
 

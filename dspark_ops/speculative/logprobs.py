@@ -14,6 +14,8 @@ from typing import Optional
 
 import torch
 
+from ..ops.greedy import inverse_temperature
+
 
 def chain_rows(lengths: torch.Tensor, width: int) -> torch.Tensor:
     """``rows [R, width]``: the ``target_logits`` row each ``verify_chain`` output position was
@@ -52,6 +54,6 @@ def token_logprobs(
     picked = target_logits[rows.clamp(0, target_logits.shape[0] - 1)].float()  # [R, W, V]
     if temperature is not None:
         scale = torch.where(temperature > 1e-5, temperature, torch.ones_like(temperature))
-        picked = picked / scale[:, None, None]
+        picked = picked * inverse_temperature(scale)[:, None, None]
     logp = torch.log_softmax(picked, -1).gather(-1, tokens.clamp_min(0)[..., None]).squeeze(-1)
     return torch.where(tokens >= 0, logp, torch.zeros_like(logp))

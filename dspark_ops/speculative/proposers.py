@@ -40,7 +40,7 @@ from typing import Optional, Protocol
 
 import torch
 
-from ..ops.greedy import is_greedy
+from ..ops.greedy import inverse_temperature, is_greedy
 from ..ops.random_bits import Purpose, gumbel, random_bits
 from .dspark_drafter import DrafterCache, DSparkDrafter
 from .targets import pad_ragged, ragged_index
@@ -80,7 +80,7 @@ def sample_logits(logits: torch.Tensor, temperature: torch.Tensor, seed: torch.T
     greedy = is_greedy(temperature)
     t = torch.where(greedy, torch.ones_like(temperature), temperature)[:, None]
     noise = gumbel(random_bits(seed, offset, Purpose.DRAFT_SAMPLE, position, vocab))
-    score = torch.where(greedy[:, None], x, x / t + noise)
+    score = torch.where(greedy[:, None], x, x * inverse_temperature(t) + noise)
     return score.argmax(-1)  # torch.argmax returns the first maximal index
 
 

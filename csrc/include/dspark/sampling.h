@@ -25,9 +25,20 @@ DSPARK_HD bool is_greedy(float temperature) { return !(temperature > kGreedyTemp
 
 DSPARK_HD float gumbel_from_bits(uint32_t bits) { return -logf(-logf(bits_to_open_uniform(bits))); }
 
-// A logit scaled by 1/T, with NaN read as -inf: a NaN entry has probability 0.
-DSPARK_HD float scaled_logit(float logit, float temperature) {
-  const float x = logit / temperature;
+// 1/T, computed once per request. Every kernel, CPU twin and reference scales a logit as
+// L * (1/T) in float32 (never L / T): the hot loops multiply instead of dividing, and all of
+// them round the same way, so CPU and CUDA draw identical numbers.
+DSPARK_HD float inverse_temperature(float temperature) { return 1.0f / temperature; }
+
+// A logit scaled by 1/T, with NaN read as -inf: a NaN entry has probability 0. On the device
+// __fmul_rn keeps nvcc from contracting the product with a following add into an FMA, which
+// would round differently from the CPU (built with -ffp-contract=off for the same reason).
+DSPARK_HD float scaled_logit(float logit, float inv_temperature) {
+#ifdef __CUDA_ARCH__
+  const float x = __fmul_rn(logit, inv_temperature);
+#else
+  const float x = logit * inv_temperature;
+#endif
   return x == x ? x : -INFINITY;
 }
 
