@@ -33,8 +33,8 @@ struct FilterScratch {
 // θ of row [V] (logits of type T, read VEC at a time: vec_size on the host) scaled by
 // inv_temperature = 1/T, for filter f; all threads of the block call it and get the same value.
 template <int VEC, typename T>
-__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float inv_temperature, const RowFilter& f,
-                                        FilterScratch& sh) {
+__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float inv_temperature,
+                                        const RowFilter& f, FilterScratch& sh) {
   if (f.off()) return -INFINITY;
   auto fmax_op = [](float a, float b) { return a > b ? a : b; };
   auto fmin_op = [](float a, float b) { return a < b ? a : b; };

@@ -355,8 +355,8 @@ __global__ void __launch_bounds__(kThreads) verify_tree_kernel(const TreeKernelA
       if (first >= 0) {
         const int64_t qrow = (first_row + node) * V;
         if (p.draft_probs) {
-          recursive_rejection(prow, p.draft_probs + qrow, true, V, inv_t, theta, seed, offset, tok, par, n, node, first, sh,
-                              &next, &emitted);
+          recursive_rejection(prow, p.draft_probs + qrow, true, V, inv_t, theta, seed, offset, tok, par, n, node, first,
+                              sh, &next, &emitted);
         } else {
           recursive_rejection(prow, a.draft + qrow, false, V, inv_t, theta, seed, offset, tok, par, n, node, first, sh,
                               &next, &emitted);
