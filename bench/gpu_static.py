@@ -131,7 +131,7 @@ def parse_ptxas(report: str) -> dict[str, dict]:
 SASS_FUNCTION = re.compile(r"^\s+Function : (\S+)")
 SASS_INSTRUCTION = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?);")
 SASS_BRANCH = re.compile(r"\bBRA\b.*?(0x[0-9a-f]+)")
-SASS_GLOBAL_LOAD = re.compile(r"\bLDG\S*")
+SASS_GLOBAL_LOAD = re.compile(r"\bLDG(?!DEPBAR)\S*")  # LDG, LDGSTS (cp.async); LDGDEPBAR loads nothing
 
 
 def load_bytes(opcode: str) -> int:
@@ -209,7 +209,9 @@ def estimate_shapes() -> list[tuple[str, str, float, float]]:
     tree = ("verify_tree R=64 M=16 V=151936 bf16 (node rows)", r"verify_tree_kernel<__nv_bfloat16, __nv_bfloat16>",
             2 * tree_rows * V, 2 * tree_rows * V * 2.0)
     L, Hkv, Dh = 4096, 8, 128
-    attn = ("block_attention R=64 ctx=4096 Hkv=8 Dh=128 bf16 (KV read)", r"block_attention.*__nv_bfloat16",
+    # The kernel that serves this shape by default (DSPARK_BLOCK_ATTENTION_KERNEL unset).
+    attn = ("block_attention R=64 ctx=4096 Hkv=8 Dh=128 bf16 (KV read)",
+            r"block_attention_pipelined_kernel<__nv_bfloat16, 128>",
             2 * R * (L + G) * Hkv * Dh, 2 * R * (L + G) * Hkv * Dh * 2.0)
     r = 256
     markov = ("markov_draft R=1 γ=7 V=151936 r=256 bf16 (w2 per position)", r"markov_draft_kernel",

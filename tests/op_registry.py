@@ -73,7 +73,15 @@ def _random_bits(device, R, variant):
 _G, _V, _RANK, _D = 3, 37, 8, 5
 
 
-def _markov_draft(head: str, conf: str, dtype: torch.dtype):
+def _markov_filters(device, R, variant, top):
+    """SPEC §9 filters of R requests: top_k in [0, top] (0 and top off for top = V), top_p in
+    [0.5, 1), min_p in [0, 0.2)."""
+    g = _gen(variant, 3)
+    return _to(device, torch.randint(0, top + 1, (R,), generator=g), torch.rand(R, generator=g) * 0.5 + 0.5,
+               torch.rand(R, generator=g) * 0.2)
+
+
+def _markov_draft(head: str, conf: str, dtype: torch.dtype, filters: bool = False):
     def build(device, R, variant):
         g = _gen(variant, 2)
 
@@ -90,7 +98,8 @@ def _markov_draft(head: str, conf: str, dtype: torch.dtype):
         if conf != "none":
             width = _D if conf == "h" else _D + _RANK
             confidence = (rnd(width, scale=0.3), rnd(1), torch.rand(_G, generator=g) + 0.5)
-        return _to(device, base, anchor, w1, w2, _temperature(R, g), seed, offset, hidden, *gate, *rnn, *confidence)
+        args = _to(device, base, anchor, w1, w2, _temperature(R, g), seed, offset, hidden, *gate, *rnn, *confidence)
+        return (*args, *_markov_filters(device, R, variant, _V)) if filters else args
 
     return build
 
@@ -98,11 +107,7 @@ def _markov_draft(head: str, conf: str, dtype: torch.dtype):
 def _markov_draft_topk(head: str, conf: str, dtype: torch.dtype, K: int, filters: bool = False):
     def build(device, R, variant):
         args = _markov_draft(head, conf, dtype)(device, R, variant)
-        extra = ()
-        if filters:
-            g = _gen(variant, 3)
-            extra = _to(device, torch.randint(0, K + 1, (R,), generator=g), torch.rand(R, generator=g) * 0.5 + 0.5,
-                        torch.rand(R, generator=g) * 0.2)
+        extra = _markov_filters(device, R, variant, K) if filters else ()
         return (*args[:7], K, *args[7:], *extra)
 
     return build
@@ -343,6 +348,8 @@ SAMPLES: list[Sample] = [
     Sample("markov_draft", "vanilla", _markov_draft("vanilla", "none", _F32), atol=1e-5, rtol=1e-5),
     Sample("markov_draft", "gated-conf_he-bf16", _markov_draft("gated", "he", _BF16), atol=1e-2, rtol=1e-2),
     Sample("markov_draft", "rnn-conf_h", _markov_draft("rnn", "h", _F32), atol=1e-5, rtol=1e-5),
+    Sample("markov_draft", "gated-conf_h-bf16-filters", _markov_draft("gated", "h", _BF16, True), atol=1e-2,
+           rtol=1e-2),
     Sample("markov_draft_topk", "vanilla", _markov_draft_topk("vanilla", "none", _F32, 9), atol=1e-5, rtol=1e-5),
     Sample("markov_draft_topk", "rnn-conf_he-bf16-filters", _markov_draft_topk("rnn", "he", _BF16, 6, True),
            atol=1e-2, rtol=1e-2),

@@ -331,16 +331,14 @@ def test_append_context_kv_bad_inputs():
 
 
 @requires_cuda
-@pytest.mark.parametrize("simt", [False, True])
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("dh", [64, 128, 256])
 @pytest.mark.parametrize("R,lmax", [(1, 4100), (16, 700), (64, 96)])
-def test_cuda_block_attention_agrees_with_cpu(monkeypatch, simt, dtype, dh, R, lmax):
+def test_cuda_block_attention_agrees_with_cpu(dtype, dh, R, lmax):
     # Long contexts use many key splits (the combine kernel); R = 64 a single split. 16-bit
-    # inputs run the tensor-core kernel unless DSPARK_BLOCK_ATTENTION_SIMT=1 (read per call);
-    # it rounds the probabilities to the input dtype before P V, as FlashAttention does.
-    if simt:
-        monkeypatch.setenv("DSPARK_BLOCK_ATTENTION_SIMT", "1")
+    # inputs run the default tensor-core kernel, which rounds the probabilities to the input
+    # dtype before P V, as FlashAttention does. The other kernels (DSPARK_BLOCK_ATTENTION_KERNEL,
+    # read once per process): test_block_draft_cuda.py.
     g = torch.Generator().manual_seed(R + dh)
     lens = torch.randint(0, lmax + 1, (R,), generator=g)
     lens[0] = lmax

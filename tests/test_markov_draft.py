@@ -271,6 +271,42 @@ def test_cuda_resident_and_streaming_w2_agree(tmp_path, resident):
     check_against_reference(got, dspark_ops.markov_draft(**args), torch.bfloat16, args["temperature"])
 
 
+_KERNEL_SCRIPT = """
+import sys, torch, dspark_ops
+sys.path.insert(0, {tests!r})
+from test_markov_draft import make_inputs, to_device
+outs = []
+for head, conf, R, V in [("vanilla", "none", 3, 151936), ("gated", "he", 40, 32003), ("rnn", "h", 70, 20011)]:
+    args = to_device(make_inputs(R=R, G=4, V=V, r=256 if V > 100000 else 64, d=32, dtype=torch.bfloat16,
+                                 head=head, conf=conf, seed=5), "cuda")
+    outs.append([t.cpu() for t in dspark_ops.markov_draft(**args)])
+    f = dict(top_k=torch.full((R,), 20, device="cuda"), top_p=torch.full((R,), 0.9, device="cuda"))
+    outs.append([t.cpu() for t in dspark_ops.markov_draft(**args, **f)])
+torch.save(outs, {out!r})
+"""
+
+
+@requires_cuda
+def test_cuda_kernel_and_legacy_kernel_agree_bitwise(tmp_path):
+    # DSPARK_MARKOV_DRAFT_KERNEL=legacy (read once per process) runs the previous kernel: one
+    # Philox call per element instead of one per four ids shared by shuffles. Same numbers, same
+    # bits, with and without filters, at R <= 4 (one warp per tile) and over several chunks.
+    import os
+    import subprocess
+    import sys
+
+    got = {}
+    for kernel in ["legacy", "default"]:
+        out = tmp_path / f"{kernel}.pt"
+        env = dict(os.environ, DSPARK_MARKOV_DRAFT_KERNEL=kernel)
+        script = _KERNEL_SCRIPT.format(tests=os.path.dirname(__file__), out=str(out))
+        subprocess.run([sys.executable, "-c", script], env=env, check=True)
+        got[kernel] = torch.load(out)
+    for new, old in zip(got["default"], got["legacy"]):
+        for a, b in zip(new, old):
+            assert torch.equal(a, b)
+
+
 def test_anchor_out_of_range(device):
     args = make_inputs(R=3, V=100, device=device)
     args["anchor"] = torch.tensor([1, 100, 2], device=device)

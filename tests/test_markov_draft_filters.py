@@ -161,26 +161,76 @@ def test_opcheck_with_filters(op):
     torch.library.opcheck(fn.default, positional)
 
 
+def filter_tensors(filters, R):
+    return {name: torch.full((R,), v, dtype=torch.int64 if name == "top_k" else torch.float32)
+            for name, v in filters.items()}
+
+
+def assert_dense_cuda_matches_cpu(args, f):
+    assert_cuda_matches_cpu(run("dense", to_device({**args, **f}, "cuda")), run("dense", args, **f))
+
+
+def assert_cuda_matches_cpu(gpu, cpu):
+    """Same tokens, same kept sets, kept logits and log q close (dot products in another order)."""
+    assert torch.equal(gpu[0].cpu(), cpu[0])  # tokens
+    g, c = gpu[1].cpu().float(), cpu[1].float()
+    assert torch.equal(torch.isinf(g), torch.isinf(c))  # the same kept sets
+    kept = ~torch.isinf(c)
+    torch.testing.assert_close(g[kept], c[kept], atol=4e-2, rtol=1e-2)
+    torch.testing.assert_close(gpu[2].cpu(), cpu[2], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(gpu[3].cpu(), cpu[3], atol=1e-5, rtol=1e-5)  # confidence
+
+
 @requires_cuda
 @pytest.mark.parametrize("filters", FILTERS)
 def test_cuda_topk_filters_agree_with_cpu(filters):
     R, K = 9, 300
     args = make_inputs(R=R, G=4, V=20011, r=32, dtype=torch.bfloat16, head="gated", conf="he", seed=7)
-    f = {name: torch.full((R,), v, dtype=torch.int64 if name == "top_k" else torch.float32)
-         for name, v in filters.items()}
+    f = filter_tensors(filters, R)
     cpu = run("topk", args, K, **f)
     gpu = run("topk", to_device({**args, **f}, "cuda"), K)
     assert torch.equal(gpu[4].cpu(), cpu[4])  # draft_ids
-    assert torch.equal(gpu[0].cpu(), cpu[0])  # tokens
-    g, c = gpu[1].cpu().float(), cpu[1].float()
-    assert torch.equal(torch.isinf(g), torch.isinf(c))  # the same kept sets
-    kept = ~torch.isinf(c)
-    torch.testing.assert_close(g[kept], c[kept], atol=4e-2, rtol=1e-2)  # dot products in another order
-    torch.testing.assert_close(gpu[2].cpu(), cpu[2], atol=1e-4, rtol=1e-4)
+    assert_cuda_matches_cpu(gpu, cpu)
+
+
+HEADS = [("vanilla", "none"), ("gated", "he"), ("rnn", "h")]
 
 
 @requires_cuda
-def test_cuda_dense_filters_raise():
-    args = to_device(make_inputs(R=2, G=2, V=50, r=8), "cuda")
-    with pytest.raises(RuntimeError, match="top_k"):
-        dspark_ops.markov_draft(**args, top_p=0.9)
+@pytest.mark.parametrize("filters", FILTERS)
+@pytest.mark.parametrize("head,conf", HEADS)
+def test_cuda_dense_filters_agree_with_cpu(filters, head, conf):
+    # Mixed rows: greedy (filters ignored), filtered, and request 5 (sampled) with every filter off.
+    R = 9
+    args = make_inputs(R=R, G=4, V=20011, r=32, dtype=torch.bfloat16, head=head, conf=conf, seed=7)
+    f = filter_tensors(filters, R)
+    for name, t in f.items():
+        t[5] = 0 if name == "top_k" else (1.0 if name == "top_p" else 0.0)
+    assert_dense_cuda_matches_cpu(args, f)
+
+
+@requires_cuda
+def test_cuda_dense_filters_at_full_vocabulary():
+    # V = 151936, r = 256: the vectorised threshold passes (rows are 16-byte multiples).
+    R = 4
+    args = make_inputs(R=R, G=2, V=151936, r=256, d=16, dtype=torch.bfloat16, seed=3,
+                       temperature=torch.tensor([1.0, 0.7, 0.0, 1.3]))
+    assert_dense_cuda_matches_cpu(args, dict(top_k=torch.tensor([50, 0, 5, 0]),
+                                             top_p=torch.tensor([1.0, 0.9, 0.9, 0.8])))
+
+
+@requires_cuda
+def test_cuda_dense_filters_in_a_cuda_graph():
+    R = 5
+    args = to_device(make_inputs(R=R, G=3, V=5003, r=64, d=16, dtype=torch.bfloat16, head="gated", conf="he", seed=2),
+                     "cuda")
+    f = dict(top_k=torch.tensor([7, 0, 3, 9, 0], device="cuda"), top_p=torch.full((R,), 0.85, device="cuda"))
+    eager = run("dense", args, **f)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = run("dense", args, **f)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(captured, eager):
+        assert torch.equal(a, b)

@@ -19,6 +19,24 @@ namespace {
 // A cache read or written through its strides needs a contiguous head dimension.
 at::Tensor with_contiguous_rows(const at::Tensor& t) { return t.stride(3) == 1 ? t : t.contiguous(); }
 
+// The [R, Lmax, Hkv, Dh] caches of a BlockAttentionArgs or AppendContextArgs: pointers, strides
+// (elements) and the sizes both ops share (`s` from their argument checks).
+template <typename Args, typename Sizes>
+void set_cache(Args& a, const at::Tensor& k_cache, const at::Tensor& v_cache, const Sizes& s) {
+  a.k_cache = k_cache.data_ptr();
+  a.v_cache = v_cache.data_ptr();
+  a.requests = s.requests;
+  a.max_len = s.max_len;
+  a.kv_heads = s.kv_heads;
+  a.head_dim = s.head_dim;
+  a.k_stride_r = k_cache.stride(0);
+  a.k_stride_l = k_cache.stride(1);
+  a.k_stride_h = k_cache.stride(2);
+  a.v_stride_r = v_cache.stride(0);
+  a.v_stride_l = v_cache.stride(1);
+  a.v_stride_h = v_cache.stride(2);
+}
+
 // Head dimensions without a specialised kernel (the kernels cover 64, 128 and 256): the same
 // attention in float32 with ATen ops, the keys past cache_lens masked on the device (no host
 // sync, so still capturable). Without it every other Dh raised on CUDA although the op is
@@ -66,24 +84,13 @@ at::Tensor block_attention(const at::Tensor& q, const at::Tensor& k_cache, const
   const auto kc = with_contiguous_rows(k_cache), vc = with_contiguous_rows(v_cache);
   BlockAttentionArgs a{};
   a.q = qc.data_ptr();
-  a.k_cache = kc.data_ptr();
-  a.v_cache = vc.data_ptr();
-  a.k_stride_r = kc.stride(0);
-  a.k_stride_l = kc.stride(1);
-  a.k_stride_h = kc.stride(2);
-  a.v_stride_r = vc.stride(0);
-  a.v_stride_l = vc.stride(1);
-  a.v_stride_h = vc.stride(2);
+  set_cache(a, kc, vc, s);
   a.cache_lens = lens.data_ptr<int64_t>();
   a.k_block = kb.data_ptr();
   a.v_block = vb.data_ptr();
   a.out = out.data_ptr();
-  a.requests = s.requests;
   a.gamma = s.gamma;
   a.q_heads = s.q_heads;
-  a.kv_heads = s.kv_heads;
-  a.head_dim = s.head_dim;
-  a.max_len = s.max_len;
   a.scale = static_cast<float>(scale);
   a.splits = block_attention_splits(a, to_dtype(q, "dspark::block_attention", "q"), q.get_device());
   at::Tensor partial_o, partial_ml;
@@ -144,23 +151,12 @@ void append_context_kv(const at::Tensor& k_cache, const at::Tensor& v_cache, con
   const auto kn = k_new.contiguous(), vn = v_new.contiguous(), kw = k_norm_weight.contiguous();
   const auto st = start.contiguous(), nn = num_new.contiguous();
   AppendContextArgs a{};
-  a.k_cache = k_cache.data_ptr();
-  a.v_cache = v_cache.data_ptr();
-  a.k_stride_r = k_cache.stride(0);
-  a.k_stride_l = k_cache.stride(1);
-  a.k_stride_h = k_cache.stride(2);
-  a.v_stride_r = v_cache.stride(0);
-  a.v_stride_l = v_cache.stride(1);
-  a.v_stride_h = v_cache.stride(2);
+  set_cache(a, k_cache, v_cache, s);
   a.k_new = kn.data_ptr();
   a.v_new = vn.data_ptr();
   a.k_norm_weight = kw.data_ptr();
   a.start = st.data_ptr<int64_t>();
   a.num_new = nn.data_ptr<int64_t>();
-  a.requests = s.requests;
-  a.max_len = s.max_len;
-  a.kv_heads = s.kv_heads;
-  a.head_dim = s.head_dim;
   a.chunk = s.chunk;
   a.eps = static_cast<float>(eps);
   at::Tensor table;

@@ -55,17 +55,22 @@ __device__ __forceinline__ __half from_float<__half>(float x) {
 // threads, reading vec_t<T, VEC> vectors (VEC from vec_size on the host: `row + begin` is
 // then aligned to VEC elements) so that HBM sees wide loads; the tail past the last whole
 // vector one element at a time. The per-thread order depends only on VEC, i.e. on the tensor.
-template <int VEC, typename T, typename F>
+// L = Load::kL2 for a row written earlier in the same launch (see vec.cuh).
+template <int VEC, Load L = Load::kReadOnly, typename T, typename F>
 __device__ __forceinline__ void block_for_each(const T* __restrict__ row, int64_t begin, int64_t end, F&& f) {
   const int64_t vectors = (end - begin) / VEC;
 #pragma unroll 4
   for (int64_t i = threadIdx.x; i < vectors; i += blockDim.x) {
     vec_t<T, VEC> vals;
-    vals.load(row + begin + i * VEC);
+    vals.template load<L>(row + begin + i * VEC);
 #pragma unroll
     for (int j = 0; j < VEC; ++j) f(to_float(vals[j]), begin + i * VEC + j);
   }
-  for (int64_t v = begin + vectors * VEC + threadIdx.x; v < end; v += blockDim.x) f(to_float(row[v]), v);
+  for (int64_t v = begin + vectors * VEC + threadIdx.x; v < end; v += blockDim.x) {
+    vec_t<T, 1> val;
+    val.template load<L>(row + v);
+    f(to_float(val[0]), v);
+  }
 }
 
 }  // namespace dspark::cuda

@@ -32,7 +32,8 @@ struct FilterScratch {
 
 // θ of row [V] (logits of type T, read VEC at a time: vec_size on the host) scaled by
 // inv_temperature = 1/T, for filter f; all threads of the block call it and get the same value.
-template <int VEC, typename T>
+// L = Load::kL2 for a row written earlier in the same launch (markov_draft's own draft logits).
+template <int VEC, Load L = Load::kReadOnly, typename T>
 __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float inv_temperature,
                                         const RowFilter& f, FilterScratch& sh) {
   if (f.off()) return -INFINITY;
@@ -40,7 +41,7 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
   auto fmin_op = [](float a, float b) { return a < b ? a : b; };
   auto umin_op = [](uint32_t a, uint32_t b) { return a < b ? a : b; };
   auto umax_op = [](uint32_t a, uint32_t b) { return a > b ? a : b; };
-  auto each = [&](auto&& fn) { block_for_each<VEC>(row, 0, vocab, fn); };
+  auto each = [&](auto&& fn) { block_for_each<VEC, L>(row, 0, vocab, fn); };
 
   float m = -INFINITY;
   each([&](float z, int64_t) { m = fmaxf(m, scaled_logit(z, inv_temperature)); });

@@ -2,16 +2,17 @@
 // cooperative launch. The grid (all blocks co-resident, sized by occupancy) alternates two
 // phases per position k, separated by grid-wide barriers:
 //
-//   A(k)  one block per request (request q -> block q mod grid): merge the per-block partial
-//         statistics of position k-1 into x_{k-1} and log q_{k-1}(x_{k-1}) (written to the
-//         outputs), gather e_k = w1[x_{k-1}], run the head (vanilla / gated / RNN) into the
-//         [R, r] head-vector scratch, and the confidence c_k.
-//   B(k)  every block owns V-tiles of 32 vocabulary rows: it stages the w2 tile in shared
-//         memory ONCE per position, then for every request (32 per pass, 4 per warp) computes
+//   A(k)  one block per request (request q -> block q mod grid): merge the partial statistics
+//         of position k-1 into x_{k-1} and log q_{k-1}(x_{k-1}) (written to the outputs), or,
+//         for a sampled request with a SPEC §9 filter on, find the row's threshold and race over
+//         the filtered row (filtered_position); gather e_k = w1[x_{k-1}], run the head
+//         (vanilla / gated / RNN) into the [R, r] head-vector scratch, and the confidence c_k.
+//   B(k)  every block owns V-tiles of 32 vocabulary rows: it stages w2 tiles in shared memory
+//         ONCE per position, then for every request (32 per pass, 4 per warp) computes
 //         L = U_k + w2_tile · P_q,
 //         rounds it to the storage dtype, writes draft_logits, and folds the rounded value
 //         into that request's softmax max/sum and Gumbel-max race (argmax for greedy), kept
-//         as one partial per (block, request).
+//         as one partial per (slot, request); filtered requests only store here.
 //
 // w2 is therefore read once per position for the whole batch; nothing float32 of size
 // [R, γ, V] is ever written. Every dot product of a request runs in one fixed order inside
@@ -19,17 +20,30 @@
 // never depend on its batch. Mirrors csrc/cpu/markov_draft.cpp, whose tests validate the
 // algorithm; cross-block data is read with __ldcg (L2) after the barriers.
 //
+// Two phase-B variants, chosen on the host once per process (DSPARK_MARKOV_DRAFT_KERNEL):
+// - default (logits_step_tiled): cp.async double-buffered, swizzled tiles; a block computes
+//   m = 8 / ceil(min(R, 32) / 4) tiles at once so every warp works at small R (partial slot
+//   per sub-tile); one Philox call per four vocabulary ids, shared by warp shuffles.
+// - legacy (logits_step_legacy): the previous kernel, one tile at a time staged synchronously
+//   into padded rows, one Philox call per element; also used when w2 rows are not a multiple
+//   of 16 bytes. Both give the same bits (tests compare them).
+//
 // Resident w2 (when it fits): each block always owns the same tiles (tile = block + i·grid), so
 // when a block's tiles fit in its shared memory they are staged at position 1 and reused at
 // positions 2..γ: HBM sees w2 once per round instead of γ times (V·r ≤ ~ (SMs · 200 KB) / 2
-// bytes in bf16, e.g. V = 32000, r = 256). Otherwise one tile slot is re-staged per tile.
+// bytes in bf16, e.g. V = 32000, r = 256). Otherwise tiles are re-staged per position.
 //
 // Left for later: tensor cores for the [R, r] x [r, V] product (here CUDA-core FMAs from
-// shared memory, four requests per w2 value), and double-buffered (cp.async) tile staging.
+// shared memory, four requests per w2 value), and spreading the filtered draw (one block per
+// request) over the grid.
 #include <cooperative_groups.h>
+#include <cuda.h>
+
+#include <utility>
 
 #include "common/markov_draft_kinds.h"
 #include "cuda/common.cuh"
+#include "cuda/filters.cuh"
 #include "cuda/markov_draft.h"
 #include "cuda/markov_head.cuh"
 
@@ -57,37 +71,96 @@ template <typename T>
 __host__ __device__ inline int64_t tile_slot_bytes(int64_t rank) {
   return (kTileV * staged_stride<T>(rank) * static_cast<int64_t>(sizeof(T)) + 15) / 16 * 16;
 }
-// Scratch: phase B's head vectors of a request chunk, or phase A's [e_k ; s_{k-1} ; e_k].
+// The default kernel's tiles are unpadded (swizzled instead, see logits_step_tiled).
+template <typename T>
+__host__ __device__ inline int64_t swizzled_tile_bytes(int64_t rank) {
+  return kTileV * rank * static_cast<int64_t>(sizeof(T));
+}
+// Bytes of the w2 tiles in front of the scratch: the legacy kernel's padded slot (or its
+// resident tiles); the default kernel's resident tiles, or two buffers of `subtiles` tiles.
+template <typename T>
+__host__ __device__ inline int64_t tile_region_bytes(int64_t rank, int resident_tiles, int subtiles, bool legacy) {
+  if (legacy) return (resident_tiles > 0 ? resident_tiles : 1) * tile_slot_bytes<T>(rank);
+  return (resident_tiles > 0 ? resident_tiles : 2 * subtiles) * swizzled_tile_bytes<T>(rank);
+}
+// Scratch: phase B's head vectors of a request chunk and their 1/T, or phase A's
+// [e_k ; s_{k-1} ; e_k].
 __host__ __device__ inline int64_t scratch_bytes(int64_t rank) {
-  const int64_t b = kReqChunk * rank, a = 3 * rank;
+  const int64_t b = kReqChunk * rank + kReqChunk, a = 3 * rank;
   return (a > b ? a : b) * static_cast<int64_t>(sizeof(float));
 }
 
-// Phase A, first half: merge the partials of position k (1-based) for request q; writes
-// tokens[q, k-1] and token_logprob[q, k-1]; returns x_k to every thread of the block.
+// SPEC §9 filter of a sampled request on its draft-logit row at position k, run by the block that
+// owns request q in phase A (the threshold needs the whole row, which every block's phase B
+// wrote): θ over the rounded row (read through L2: written in this launch), then one pass that
+// sets the filtered-out entries to -inf and folds the kept ones into the block's softmax
+// statistics and Gumbel-max race. One Philox call per four vocabulary ids (SPEC §2: ids 4g..4g+3
+// share a counter). Returns the block-reduced statistics and race key.
+template <typename T>
+__device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t k, const RowFilter& filter,
+                                  float inv_t, SoftmaxStats* stats, uint64_t* key, unsigned char* red,
+                                  FilterScratch& fsh) {
+  const int64_t V = p.vocab;
+  T* row = static_cast<T*>(p.draft_logits) + (q * p.gamma + k - 1) * V;
+  // 16-byte loads for 16-bit logits; 8-byte loads for float32 (four float4 loads in flight per
+  // thread pushed the float kernel past its 128 registers).
+  constexpr int kVec = sizeof(T) == 4 ? 2 : 16 / sizeof(T);
+  const float theta = (V * static_cast<int64_t>(sizeof(T))) % (kVec * sizeof(T)) == 0  // aligned rows: wide loads
+                          ? block_filter_threshold<kVec, Load::kL2>(row, V, inv_t, filter, fsh)
+                          : block_filter_threshold<1, Load::kL2>(row, V, inv_t, filter, fsh);
+  const int64_t seed = p.seed[q], offset = p.offset[q];
+  SoftmaxStats st;
+  Race race;
+  for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * static_cast<int64_t>(blockDim.x)) {
+    const Philox4 noise = random_block(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k),
+                                       static_cast<uint64_t>(v0));
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
+      const int64_t v = v0 + e;
+      if (v >= V) break;
+      const float s = scaled_logit(to_float(__ldcg(row + v)), inv_t);
+      if (!(s >= theta)) row[v] = from_float<T>(-INFINITY);
+      const float x = filtered(s, theta);
+      st.add(x);
+      race.add(x, gumbel_from_bits(noise.v[e]), v);
+    }
+  }
+  *key = block_max_u64(race.best, reinterpret_cast<uint64_t*>(red));
+  *stats = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));
+}
+
+// Phase A, first half: the draw of position k (1-based) for request q, from the per-block
+// partials of phase B, or, for a sampled request with a SPEC §9 filter on, from
+// filtered_position; writes tokens[q, k-1] and token_logprob[q, k-1]; returns x_k to every
+// thread of the block.
 template <typename T>
 __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_t k, int64_t* x_shared,
-                                   unsigned char* red) {
-  const int nb = gridDim.x;
+                                   unsigned char* red, FilterScratch& fsh) {
+  const int nb = gridDim.x * p.subtiles;  // partial slots
   const int64_t R = p.requests;
+  const float temp = p.temperature[q], inv_t = inverse_temperature(temp);
+  const RowFilter filter = markov::request_filter(p, q, p.vocab);
   SoftmaxStats st;
   uint64_t key = 0;
-  for (int j = threadIdx.x; j < nb; j += blockDim.x) {
-    SoftmaxStats o;
-    o.max = __ldcg(p.part_max + j * R + q);
-    o.sum = __ldcg(p.part_sum + j * R + q);
-    st.merge(o);
-    const uint64_t kj = __ldcg(p.part_key + j * R + q);
-    key = kj > key ? kj : key;
+  if (!is_greedy(temp) && !filter.off()) {  // block-uniform
+    filtered_position<T>(p, q, k, filter, inv_t, &st, &key, red, fsh);
+  } else {
+    for (int j = threadIdx.x; j < nb; j += blockDim.x) {
+      SoftmaxStats o;
+      o.max = __ldcg(p.part_max + j * R + q);
+      o.sum = __ldcg(p.part_sum + j * R + q);
+      st.merge(o);
+      const uint64_t kj = __ldcg(p.part_key + j * R + q);
+      key = kj > key ? kj : key;
+    }
+    st = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));
+    key = block_max_u64(key, reinterpret_cast<uint64_t*>(red));
   }
-  st = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));
-  key = block_max_u64(key, reinterpret_cast<uint64_t*>(red));
   if (threadIdx.x == 0) {
     int64_t x = race_index(key);
     x = x < 0 ? 0 : (x >= p.vocab ? p.vocab - 1 : x);
-    const float temp = p.temperature[q], inv_t = inverse_temperature(temp);
     float logprob = 0.0f;
-    if (!is_greedy(temp)) {
+    if (!is_greedy(temp)) {  // the row holds the filtered logits by now (block barrier above)
       const T* row = static_cast<const T*>(p.draft_logits) + (q * p.gamma + k - 1) * p.vocab;
       const float xt = scaled_logit(to_float(__ldcg(row + x)), inv_t);
       logprob = (st.sum > 0.0f && xt > -INFINITY) ? (xt - st.max) - logf(st.sum) : -INFINITY;
@@ -123,37 +196,43 @@ __device__ __forceinline__ void load4(const __half* p, float* w) {
 
 constexpr int kStageBatch = 4;  // 16-byte loads in flight per thread while staging
 
+// Copies `total` 16-byte words with kStageBatch loads in flight per thread: load(c) reads word
+// c, store(c, word) writes it (staging w2 tiles and head vectors share it).
+template <typename Load16, typename Store16>
+__device__ __forceinline__ void batched_copy(int64_t total, Load16 load, Store16 store) {
+  const int64_t step = static_cast<int64_t>(blockDim.x);
+  for (int64_t base = threadIdx.x; base < total; base += kStageBatch * step) {
+    uint4 buf[kStageBatch];
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u)
+      if (base + u * step < total) buf[u] = load(base + u * step);
+#pragma unroll
+    for (int u = 0; u < kStageBatch; ++u)
+      if (base + u * step < total) store(base + u * step, buf[u]);
+  }
+}
+
 // Copies a [rows, r] tile of w2 (global, row-major) into shared memory rows of
-// staged_stride<T>(r) elements. 16-byte loads, kStageBatch in flight per thread, when rows are
-// 16-byte multiples and the source is aligned; element copies otherwise.
+// staged_stride<T>(r) elements. 16-byte loads when rows are 16-byte multiples and the source
+// is aligned; element copies otherwise.
 template <typename T>
 __device__ __forceinline__ void stage_tile(const T* src, T* dst, int64_t rows, int64_t r) {
   const int64_t row_bytes = r * static_cast<int64_t>(sizeof(T));
   if (row_bytes % 16 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    const int64_t per_row = row_bytes / 16, total = rows * per_row;
+    const int64_t per_row = row_bytes / 16;
     const int64_t stride_words = staged_stride<T>(r) * static_cast<int64_t>(sizeof(T)) / 4;
     const uint4* s4 = reinterpret_cast<const uint4*>(src);
     uint32_t* d = reinterpret_cast<uint32_t*>(dst);
-    for (int64_t base = threadIdx.x; base < total; base += kStageBatch * static_cast<int64_t>(blockDim.x)) {
-      uint4 buf[kStageBatch];
-#pragma unroll
-      for (int u = 0; u < kStageBatch; ++u) {
-        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
-        if (c < total) buf[u] = __ldg(s4 + c);
-      }
-#pragma unroll
-      for (int u = 0; u < kStageBatch; ++u) {
-        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
-        if (c < total) {
+    batched_copy(
+        rows * per_row, [&](int64_t c) { return __ldg(s4 + c); },
+        [&](int64_t c, const uint4& w) {
           const int64_t row = c / per_row, col = c - row * per_row;
-          uint32_t* w = d + row * stride_words + col * 4;  // rows padded by one word: 4-byte stores
-          w[0] = buf[u].x;
-          w[1] = buf[u].y;
-          w[2] = buf[u].z;
-          w[3] = buf[u].w;
-        }
-      }
-    }
+          uint32_t* out = d + row * stride_words + col * 4;  // rows padded by one word: 4-byte stores
+          out[0] = w.x;
+          out[1] = w.y;
+          out[2] = w.z;
+          out[3] = w.w;
+        });
   } else {
     const int64_t stride = staged_stride<T>(r);
     for (int64_t idx = threadIdx.x; idx < rows * r; idx += blockDim.x) {
@@ -167,39 +246,153 @@ __device__ __forceinline__ void stage_tile(const T* src, T* dst, int64_t rows, i
 // read through L2 with __ldcg) into shared memory.
 __device__ __forceinline__ void load_head_vectors(const float* src, float* dst, int64_t n) {
   if (n % 4 == 0 && reinterpret_cast<uintptr_t>(src) % 16 == 0) {
-    const float4* s4 = reinterpret_cast<const float4*>(src);
-    float4* d4 = reinterpret_cast<float4*>(dst);
-    const int64_t n4 = n / 4;
-    for (int64_t base = threadIdx.x; base < n4; base += kStageBatch * static_cast<int64_t>(blockDim.x)) {
-      float4 buf[kStageBatch];
-#pragma unroll
-      for (int u = 0; u < kStageBatch; ++u) {
-        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
-        if (c < n4) buf[u] = __ldcg(s4 + c);
-      }
-#pragma unroll
-      for (int u = 0; u < kStageBatch; ++u) {
-        const int64_t c = base + u * static_cast<int64_t>(blockDim.x);
-        if (c < n4) d4[c] = buf[u];
-      }
-    }
+    const uint4* s4 = reinterpret_cast<const uint4*>(src);
+    uint4* d4 = reinterpret_cast<uint4*>(dst);
+    batched_copy(n / 4, [&](int64_t c) { return __ldcg(s4 + c); }, [&](int64_t c, const uint4& w) { d4[c] = w; });
   } else {
     for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __ldcg(src + i);
   }
 }
 
-// Phase B at position k: this block's V-tiles against every request.
+// Loads the chunk of requests c0 .. c0 + nreq - 1 into ps: their head vectors [nreq, r], then at
+// ps + kReqChunk * r their 1/T (one division per request and position, none per element).
+__device__ __forceinline__ void load_chunk(const MarkovDraftParams& p, int64_t c0, int64_t nreq, float* ps) {
+  load_head_vectors(p.head_vector + c0 * p.rank, ps, nreq * p.rank);
+  for (int64_t i = threadIdx.x; i < nreq; i += blockDim.x)
+    ps[kReqChunk * p.rank + i] = inverse_temperature(p.temperature[c0 + i]);
+}
+
+// Folds a warp's statistics and race key of request q over one tile into partial `slot`'s entry
+// for q (only this warp touches it); `first`: the slot's first tile of the position, which
+// overwrites the previous position's values.
+__device__ __forceinline__ void fold_partial(const MarkovDraftParams& p, int64_t slot, bool first, int64_t q,
+                                             const SoftmaxStats& st, uint64_t key, int lane) {
+  if (lane != 0) return;
+  const int64_t at = slot * p.requests + q;
+  if (first) {
+    p.part_max[at] = st.max;
+    p.part_sum[at] = st.sum;
+    p.part_key[at] = key;
+  } else {
+    SoftmaxStats old;
+    old.max = p.part_max[at];
+    old.sum = p.part_sum[at];
+    old.merge(st);
+    p.part_max[at] = old.max;
+    p.part_sum[at] = old.sum;
+    const unsigned long long prev = p.part_key[at];
+    p.part_key[at] = key > prev ? key : prev;
+  }
+}
+
+// The end of a warp's tile for its requests c0 + local0 + i (i < kReqPerWarp, < nreq; their 1/T
+// at inv_ts[local0 + i]): rounds
+// U + acc[i] to T, writes draft_logits, and folds the rounded values (lane = vocabulary row
+// v0 + lane, valid lanes only) into partial `slot`: the argmax for greedy requests, softmax
+// statistics and the Gumbel race for sampled ones; a sampled request with a SPEC §9 filter on
+// only stores (its draw needs the whole row's threshold and runs in phase A). Every lane of
+// the warp calls it. LEGACY: one Philox call per element (the previous kernel); otherwise lane
+// l computes the block of request local0 + l / 8 for ids v0 + 4 (l % 8) .. + 3 (SPEC §2: one
+// call per four ids) and every lane takes its word by shuffles.
+template <typename T, bool LEGACY>
+__device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k, int64_t c0, int64_t local0,
+                                          int64_t nreq, int64_t v0, bool valid, const float* acc, const float* inv_ts,
+                                          int64_t slot, bool first, int lane) {
+  const int64_t V = p.vocab, G = p.gamma;
+  const T* U = static_cast<const T*>(p.base_logits);
+  T* out = static_cast<T*>(p.draft_logits);
+  const bool has_filters = p.top_k != nullptr || p.top_p != nullptr || p.min_p != nullptr;
+  auto draws_here = [&](int64_t q) {  // sampled, and no filter on: the race runs in this phase
+    return !is_greedy(p.temperature[q]) && !(has_filters && !markov::request_filter(p, q, V).off());
+  };
+  Philox4 mine{};
+  if (!LEGACY) {
+    const int64_t q = c0 + local0 + lane / 8;
+    if (local0 + lane / 8 < nreq && draws_here(q))
+      mine = random_block(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                          static_cast<uint64_t>(v0 + 4 * (lane % 8)));
+  }
+  const int64_t v = v0 + lane;
+#pragma unroll
+  for (int i = 0; i < kReqPerWarp; ++i) {
+    if (local0 + i >= nreq) break;  // warp-uniform
+    const int64_t q = c0 + local0 + i;
+    const float temp = p.temperature[q];
+    const int64_t o = (q * G + k - 1) * V + v;
+    if (!draws_here(q)) {  // warp-uniform (one request): greedy, or filtered (store only)
+      Race race;
+      if (valid) {
+        const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
+        out[o] = rounded;
+        race.add(to_float(rounded), 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
+      }
+      if (is_greedy(temp)) fold_partial(p, slot, first, q, SoftmaxStats{}, warp_max_u64(race.best), lane);
+      continue;
+    }
+    uint32_t bits = 0;
+    if (!LEGACY) {  // word lane % 4 of lane i * 8 + lane / 4's block (every lane shuffles)
+      const int src = i * 8 + lane / 4;
+      Philox4 b;
+#pragma unroll
+      for (int w = 0; w < 4; ++w) b.v[w] = __shfl_sync(kFullMask, mine.v[w], src);
+      bits = philox_word(b, static_cast<uint32_t>(lane % 4));
+    }
+    SoftmaxStats st;
+    Race race;
+    if (valid) {
+      const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
+      out[o] = rounded;
+      if (LEGACY)
+        bits = random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                           static_cast<uint64_t>(v));
+      const float x = scaled_logit(to_float(rounded), inv_ts[local0 + i]);
+      st.add(x);
+      race.add(x, gumbel_from_bits(bits), v);
+    }
+    st = warp_merge(st);
+    fold_partial(p, slot, first, q, st, warp_max_u64(race.best), lane);
+  }
+}
+
+// Dot products w2[v] . P_q of the padded (legacy) layout for the warp's four requests (rows of
+// ps past nreq hold stale values; their results are never used). Each output is one sequential
+// fmaf chain over j, whatever the batch: batch-invariant.
 template <typename T>
-__device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
-  const int64_t R = p.requests, V = p.vocab, r = p.rank, G = p.gamma;
+__device__ __forceinline__ void dot4_padded(const T* wrow, const float* prow, int64_t r, float* acc) {
+  int64_t j = 0;
+  if (r % 4 == 0) {  // four columns per step: paired w2 loads, 16-byte broadcast P loads
+    for (; j < r; j += 4) {
+      float w[4];
+      load4(wrow + j, w);
+#pragma unroll
+      for (int i = 0; i < kReqPerWarp; ++i) {
+        const float4 pv = *reinterpret_cast<const float4*>(prow + i * r + j);
+        acc[i] = fmaf(w[0], pv.x, acc[i]);  // same j order as the scalar loop
+        acc[i] = fmaf(w[1], pv.y, acc[i]);
+        acc[i] = fmaf(w[2], pv.z, acc[i]);
+        acc[i] = fmaf(w[3], pv.w, acc[i]);
+      }
+    }
+  }
+  for (; j < r; ++j) {
+    const float w = to_float(wrow[j]);
+#pragma unroll
+    for (int i = 0; i < kReqPerWarp; ++i) acc[i] = fmaf(w, prow[i * r + j], acc[i]);
+  }
+}
+
+// Phase B of the legacy kernel at position k: this block's V-tiles against every request, one
+// tile at a time, staged synchronously into padded rows; warp w takes requests 4w..4w+3 of
+// each 32-request chunk (at R <= 4 only warp 0 computes).
+template <typename T>
+__device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
+  const int64_t R = p.requests, V = p.vocab, r = p.rank;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
   const int64_t stride = staged_stride<T>(r);
   const int64_t slots = p.resident_tiles > 0 ? p.resident_tiles : 1;
   T* slot0 = reinterpret_cast<T*>(smem_raw);                                    // [slots][kTileV, stride]
   float* ps = reinterpret_cast<float*>(smem_raw + slots * tile_slot_bytes<T>(r));  // [kReqChunk, r]
   const T* w2 = static_cast<const T*>(p.w2);
-  const T* U = static_cast<const T*>(p.base_logits);
-  T* out = static_cast<T*>(p.draft_logits);
   const int64_t tiles = (V + kTileV - 1) / kTileV;
   int64_t local = 0;  // this block's tile counter: the tile's slot in resident mode
   for (int64_t tile = blockIdx.x; tile < tiles; tile += gridDim.x, ++local) {
@@ -217,95 +410,188 @@ __device__ void logits_step(const MarkovDraftParams& p, int64_t k, unsigned char
       const int64_t nreq = R - c0 < kReqChunk ? R - c0 : kReqChunk;
       if (R > kReqChunk || first) {  // with one chunk, ps keeps its requests across tiles
         __syncthreads();             // previous chunk's readers are done with ps
-        load_head_vectors(p.head_vector + c0 * r, ps, nreq * r);
+        load_chunk(p, c0, nreq, ps);
       }
       __syncthreads();  // ps and the staged tile are visible to every warp
       const int64_t local0 = static_cast<int64_t>(warp) * kReqPerWarp;  // this warp's first request
       if (local0 >= nreq) continue;                                      // warp-uniform
-      const int64_t v = v0 + lane;
       const bool valid = lane < rows;
-      // Dot products w2[v] . P_q for the warp's four requests (rows of ps past nreq hold
-      // stale values; their results are never used). Each output is one sequential fmaf
-      // chain over j, whatever the batch: batch-invariant.
       float acc[kReqPerWarp] = {};
-      if (valid) {
-        const T* wrow = w2s + lane * stride;
-        const float* prow = ps + local0 * r;
-        int64_t j = 0;
-        if (r % 4 == 0) {  // four columns per step: paired w2 loads, 16-byte broadcast P loads
-          for (; j < r; j += 4) {
-            float w[4];
-            load4(wrow + j, w);
+      if (valid) dot4_padded(w2s + lane * stride, ps + local0 * r, r, acc);
+      fold_tile<T, true>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r, blockIdx.x, first, lane);
+    }
+  }
+}
+
+// ---- phase B of the default kernel ------------------------------------------------------
+// Tiles are staged with cp.async (16-byte copies, no register round trip) into unpadded rows
+// whose 16-byte chunk c of row `row` sits at chunk c ^ (row & mask): the 8 lanes of a quarter
+// warp reading chunk c of 8 consecutive rows hit 8 different bank groups, conflict-free.
+// A block takes its tiles in groups of m = p.subtiles: warp w computes sub-tile w / (8 / m) for
+// requests 4 (w % (8 / m)) .. + 3, so at small R every warp works (m = 8 / ceil(R / 4), capped
+// by shared memory); streaming w2, group j + 1 is copied while group j is computed (two
+// buffers). Partial slot of sub-tile t: blockIdx.x * m + t.
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// XOR mask of the swizzle: the largest power of two <= 8 dividing the chunks per row, minus 1.
+__device__ __forceinline__ int swizzle_mask(int chunks) {
+  const int low = chunks & -chunks;
+  return (low < 8 ? low : 8) - 1;
+}
+
+// Issues the copies of one [rows, r] tile of w2 into the swizzled layout (rows of r * sizeof(T)
+// bytes, a multiple of 16: the host picks the legacy kernel otherwise): cp.async when the
+// source is 16-byte aligned, element copies otherwise (then complete on return).
+template <typename T>
+__device__ __forceinline__ void stage_tile_swizzled(const T* src, unsigned char* dst, int rows, int64_t r) {
+  constexpr int kElems = 16 / sizeof(T);
+  const int chunks = static_cast<int>(r / kElems), mask = swizzle_mask(chunks);
+  if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
+    for (int c = threadIdx.x; c < rows * chunks; c += blockDim.x) {
+      const int row = c / chunks, col = c - row * chunks;
+      cp_async16(dst + (row * chunks + (col ^ (row & mask))) * 16, src + static_cast<int64_t>(c) * kElems);
+    }
+  } else {
+    T* d = reinterpret_cast<T*>(dst);
+    for (int64_t idx = threadIdx.x; idx < rows * r; idx += blockDim.x) {
+      const int row = static_cast<int>(idx / r), col = static_cast<int>(idx - row * r);
+      d[(row * chunks + ((col / kElems) ^ (row & mask))) * kElems + col % kElems] = src[idx];
+    }
+  }
+}
+
+// 16 bytes of staged w2 as floats.
+__device__ __forceinline__ void unpack16(const uint4& raw, float* w, const float*) {
+  w[0] = __uint_as_float(raw.x), w[1] = __uint_as_float(raw.y), w[2] = __uint_as_float(raw.z),
+  w[3] = __uint_as_float(raw.w);
+}
+template <typename H>
+__device__ __forceinline__ void unpack16(const uint4& raw, float* w, const H*) {  // 8 x bf16 / half
+  const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-            for (int i = 0; i < kReqPerWarp; ++i) {
-              const float4 pv = *reinterpret_cast<const float4*>(prow + i * r + j);
-              acc[i] = fmaf(w[0], pv.x, acc[i]);  // same j order as the scalar loop
-              acc[i] = fmaf(w[1], pv.y, acc[i]);
-              acc[i] = fmaf(w[2], pv.z, acc[i]);
-              acc[i] = fmaf(w[3], pv.w, acc[i]);
-            }
-          }
-        }
-        for (; j < r; ++j) {
-          const float w = to_float(wrow[j]);
+  for (int i = 0; i < 4; ++i) {
+    H two[2];
+    memcpy(two, &words[i], sizeof(two));
+    w[2 * i] = to_float(two[0]);
+    w[2 * i + 1] = to_float(two[1]);
+  }
+}
+
+// A 16-byte shared-memory load (p 16-byte aligned: r is a multiple of 4). Written out because
+// nvcc split the float4 loads of requests 1..3 (offsets i * r) into four 32-bit loads each.
+__device__ __forceinline__ float4 lds128(const float* p) {
+  float4 v;
+  asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+               : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+               : "r"(static_cast<unsigned>(__cvta_generic_to_shared(p))));
+  return v;
+}
+
+// dot4_padded's arithmetic (one sequential fmaf chain per output in column order, so the same
+// bits) on the swizzled row `lane` of a tile: one 16-byte shared load feeds 16 / sizeof(T)
+// columns of four requests.
+template <typename T>
+__device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lane, const float* prow, int64_t r,
+                                              float* acc) {
+  constexpr int kElems = 16 / sizeof(T);
+  const int chunks = static_cast<int>(r / kElems), mask = swizzle_mask(chunks);
+  const uint4* row = reinterpret_cast<const uint4*>(tile) + lane * chunks;
+  for (int c = 0; c < chunks; ++c) {
+    float w[kElems];
+    unpack16(row[c ^ (lane & mask)], w, static_cast<const T*>(nullptr));
 #pragma unroll
-          for (int i = 0; i < kReqPerWarp; ++i) acc[i] = fmaf(w, prow[i * r + j], acc[i]);
-        }
-      }
+    for (int i = 0; i < kReqPerWarp; ++i) {
 #pragma unroll
-      for (int i = 0; i < kReqPerWarp; ++i) {
-        if (local0 + i >= nreq) break;  // warp-uniform
-        const int64_t q = c0 + local0 + i;
-        const float temp = p.temperature[q], inv_t = inverse_temperature(temp);
-        const bool greedy = is_greedy(temp);
-        SoftmaxStats st;
-        Race race;
-        if (valid) {
-          const int64_t o = (q * G + k - 1) * V + v;
-          const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
-          out[o] = rounded;
-          const float lr = to_float(rounded);
-          if (greedy) {
-            race.add(lr, 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
-          } else {
-            const float x = scaled_logit(lr, inv_t);
-            st.add(x);
-            race.add(x,
-                     gumbel_from_bits(random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
-                                                  static_cast<uint32_t>(k), static_cast<uint64_t>(v))),
-                     v);
-          }
-        }
-        if (!greedy) st = warp_merge(st);  // `greedy` is uniform over the warp (one request)
-        const uint64_t key = warp_max_u64(race.best);
-        if (lane == 0) {
-          const int64_t slot = static_cast<int64_t>(blockIdx.x) * R + q;  // only this warp touches it
-          if (first) {
-            p.part_max[slot] = st.max;
-            p.part_sum[slot] = st.sum;
-            p.part_key[slot] = key;
-          } else {
-            SoftmaxStats old;
-            old.max = p.part_max[slot];
-            old.sum = p.part_sum[slot];
-            old.merge(st);
-            p.part_max[slot] = old.max;
-            p.part_sum[slot] = old.sum;
-            const unsigned long long prev = p.part_key[slot];
-            p.part_key[slot] = key > prev ? key : prev;
-          }
-        }
+      for (int e = 0; e < kElems; e += 4) {
+        const float4 pv = lds128(prow + i * r + c * kElems + e);
+        acc[i] = fmaf(w[e], pv.x, acc[i]);
+        acc[i] = fmaf(w[e + 1], pv.y, acc[i]);
+        acc[i] = fmaf(w[e + 2], pv.z, acc[i]);
+        acc[i] = fmaf(w[e + 3], pv.w, acc[i]);
       }
     }
   }
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftParams p) {
+__device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
+  const int64_t R = p.requests, V = p.vocab, r = p.rank;
+  const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
+  const int m = p.subtiles, per_tile = kWarps / m;  // sub-tiles per group, warps per sub-tile
+  const int t = warp / per_tile;                      // this warp's sub-tile
+  const int64_t local0 = static_cast<int64_t>(warp % per_tile) * kReqPerWarp;  // its first request in a chunk
+  const bool resident = p.resident_tiles > 0;
+  const int64_t tile_bytes = swizzled_tile_bytes<T>(r);
+  float* ps = reinterpret_cast<float*>(smem_raw + (resident ? p.resident_tiles : 2 * m) * tile_bytes);
+  const T* w2 = static_cast<const T*>(p.w2);
+  const int64_t tiles = (V + kTileV - 1) / kTileV, grid = gridDim.x;
+  const int64_t mine = (tiles - blockIdx.x + grid - 1) / grid;  // this block's tiles
+  const int64_t groups = (mine + m - 1) / m;
+  auto tile_of = [&](int64_t j, int s) { return blockIdx.x + (j * m + s) * grid; };
+  auto buffer = [&](int64_t j, int s) { return smem_raw + (resident ? j * m + s : (j & 1) * m + s) * tile_bytes; };
+  auto stage_group = [&](int64_t j) {
+    for (int s = 0; s < m; ++s) {
+      const int64_t tile = tile_of(j, s);
+      if (tile < tiles)
+        stage_tile_swizzled(w2 + tile * kTileV * r, buffer(j, s),
+                            static_cast<int>(V - tile * kTileV < kTileV ? V - tile * kTileV : kTileV), r);
+    }
+    cp_async_commit();
+  };
+  if (resident && k == 1) {  // every tile of the block, once per round
+    for (int64_t j = 0; j < groups; ++j) stage_group(j);
+    cp_async_wait<0>();
+  }
+  if (!resident) stage_group(0);
+  for (int64_t j = 0; j < groups; ++j) {
+    if (!resident) {
+      if (j + 1 < groups) {
+        stage_group(j + 1);  // the other buffer: its readers passed the barrier ending group j - 1
+        cp_async_wait<1>();  // group j has landed (this thread's copies)
+      } else {
+        cp_async_wait<0>();
+      }
+    }
+    const int64_t tile = tile_of(j, t);
+    const int64_t v0 = tile * kTileV;
+    for (int64_t c0 = 0; c0 < R; c0 += kReqChunk) {
+      const int64_t nreq = R - c0 < kReqChunk ? R - c0 : kReqChunk;
+      if (R > kReqChunk || j == 0) {  // with one chunk, ps keeps its requests across groups
+        __syncthreads();              // previous chunk's readers are done with ps
+        load_chunk(p, c0, nreq, ps);
+      }
+      __syncthreads();  // ps and every thread's staged copies are visible to every warp
+      // A sub-tile past the block's last tile computes nothing, but at j = 0 it still writes its
+      // (empty) partial, which phase A merges.
+      if (local0 >= nreq || (tile >= tiles && j > 0)) continue;  // warp-uniform
+      const bool valid = tile < tiles && lane < V - v0;
+      float acc[kReqPerWarp] = {};
+      if (valid) dot4_swizzled<T>(buffer(j, t), lane, ps + local0 * r, r, acc);
+      fold_tile<T, false>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r,
+                          static_cast<int64_t>(blockIdx.x) * m + t, j == 0, lane);
+    }
+    __syncthreads();  // every warp is done with group j's buffer before it is refilled
+  }
+}
+
+// The legacy kernel: two blocks per SM (128 registers). The default kernel: one block per SM, which
+// its double-buffered sub-tiles ask for at small R anyway (e.g. 160 KB at R <= 4, r = 256, bf16);
+// at 128 registers it spilled (the unpacked 16-byte chunks and 16-byte P loads live together).
+template <typename T, bool LEGACY>
+__global__ void __launch_bounds__(kThreads, LEGACY ? 2 : 1) markov_draft_kernel(MarkovDraftParams p) {
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(16) unsigned char red[kWarps * 16];  // block reductions (raw: no ctors)
   __shared__ int64_t x_shared;
-  cg::grid_group grid = cg::this_grid();
+  __shared__ FilterScratch fsh;
   const int64_t R = p.requests, G = p.gamma;
   for (int64_t k = 1; k <= G + 1; ++k) {
     for (int64_t q = blockIdx.x; q < R; q += gridDim.x) {
@@ -314,54 +600,101 @@ __global__ void __launch_bounds__(kThreads, 2) markov_draft_kernel(MarkovDraftPa
         prev = p.anchor[q];
         prev = prev < 0 ? 0 : (prev >= p.vocab ? p.vocab - 1 : prev);  // SPEC §2: never read out of bounds
       } else {
-        prev = finish_position<T>(p, q, k - 1, &x_shared, red);
+        prev = finish_position<T>(p, q, k - 1, &x_shared, red, fsh);
       }
-      // Phase A's scratch lies after the w2 slots: resident tiles survive it.
-      const int64_t slots = p.resident_tiles > 0 ? p.resident_tiles : 1;
-      if (k <= G) head_step<T>(p, q, k, prev, reinterpret_cast<float*>(smem + slots * tile_slot_bytes<T>(p.rank)));
+      // Phase A's scratch lies after the w2 tiles: resident tiles survive it.
+      if (k <= G)
+        head_step<T>(
+            p, q, k, prev,
+            reinterpret_cast<float*>(smem + tile_region_bytes<T>(p.rank, p.resident_tiles, p.subtiles, LEGACY)));
     }
     if (k > G) break;
     __threadfence();
-    grid.sync();
-    logits_step<T>(p, k, smem);
+    cg::this_grid().sync();
+    if (LEGACY) {
+      logits_step_legacy<T>(p, k, smem);
+    } else {
+      logits_step_tiled<T>(p, k, smem);
+    }
     __threadfence();
-    grid.sync();
+    cg::this_grid().sync();
   }
 }
 
 }  // namespace
 
-MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, bool allow_resident,
-                                    cudaError_t* err) {
+int available_sms(int device, cudaError_t* err) {
+  int sms = 0;
+  if ((*err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return 0;
+  // A green context (an SM partition of the device) owns fewer SMs than the device attribute
+  // says; its SM resource gives the real count. Through the runtime's driver entry points (no
+  // link against libcuda); drivers without them keep the device count.
+  using GetCurrent = CUresult (*)(CUcontext*);
+  using GetResource = CUresult (*)(CUcontext, CUdevResource*, CUdevResourceType);
+  static const auto entries = [] {
+    void* current = nullptr;
+    void* resource = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &current, 12040, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      current = nullptr;
+    if (cudaGetDriverEntryPointByVersion("cuCtxGetDevResource", &resource, 12040, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
+      resource = nullptr;
+    cudaGetLastError();  // a missing entry point is not an error of this op
+    return std::make_pair(reinterpret_cast<GetCurrent>(current), reinterpret_cast<GetResource>(resource));
+  }();
+  CUcontext ctx = nullptr;
+  CUdevResource res{};
+  if (entries.first && entries.second && entries.first(&ctx) == CUDA_SUCCESS && ctx != nullptr &&
+      entries.second(ctx, &res, CU_DEV_RESOURCE_TYPE_SM) == CUDA_SUCCESS && res.sm.smCount > 0 &&
+      static_cast<int>(res.sm.smCount) < sms)
+    sms = static_cast<int>(res.sm.smCount);
+  return sms;
+}
+
+MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int64_t requests, int device, int sms,
+                                    bool allow_resident, bool legacy, cudaError_t* err) {
   return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> MarkovDraftLaunch {
     MarkovDraftLaunch plan;
-    int sms = 0, optin = 0, per_sm_bytes = 0;
-    if ((*err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return plan;
+    plan.legacy = legacy || (rank * static_cast<int64_t>(sizeof(T))) % 16 != 0;
+    const auto kernel = plan.legacy ? markov_draft_kernel<T, true> : markov_draft_kernel<T, false>;
+    int optin = 0, per_sm_bytes = 0;
     if ((*err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess)
       return plan;
     if ((*err = cudaDeviceGetAttribute(&per_sm_bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device)) !=
         cudaSuccess)
       return plan;
     // Allow up to the opt-in maximum; each launch asks only for what it needs. The cap on
-    // DYNAMIC shared memory is the opt-in maximum minus the kernel's static shared memory
-    // (`red`, `x_shared`: 144 bytes): asking for the full opt-in value fails with
-    // cudaErrorInvalidValue (dynamic + static may not exceed the opt-in maximum), which made
-    // every call fail.
+    // DYNAMIC shared memory is the opt-in maximum minus the kernel's static shared memory:
+    // asking for the full opt-in value fails with cudaErrorInvalidValue (dynamic + static may
+    // not exceed the opt-in maximum), which made every call fail.
     cudaFuncAttributes attr{};
-    if ((*err = cudaFuncGetAttributes(&attr, markov_draft_kernel<T>)) != cudaSuccess) return plan;
+    if ((*err = cudaFuncGetAttributes(&attr, kernel)) != cudaSuccess) return plan;
     const int64_t max_dynamic = static_cast<int64_t>(optin) - static_cast<int64_t>(attr.sharedSizeBytes);
     if (max_dynamic <= 0) {
       *err = cudaErrorInvalidConfiguration;
       return plan;
     }
-    if ((*err = cudaFuncSetAttribute(markov_draft_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+    if ((*err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                      static_cast<int>(max_dynamic))) != cudaSuccess)
       return plan;
     const int64_t tiles = (vocab + kTileV - 1) / kTileV;
-    const int64_t slot = tile_slot_bytes<T>(rank), scratch = scratch_bytes(rank);
+    const int64_t scratch = scratch_bytes(rank);
+    // Default kernel: m sub-tiles per group so that the request groups of one chunk fill the
+    // block's warps (m = 8 / ceil(R / 4), 1 from R = 17 on), fewer if two buffers do not fit.
+    int m = 1;
+    if (!plan.legacy) {
+      const int64_t chunk = requests < kReqChunk ? requests : kReqChunk;
+      m = kWarps / static_cast<int>((chunk + kReqPerWarp - 1) / kReqPerWarp);
+      while (m > 1 && tile_region_bytes<T>(rank, 0, m, false) + scratch > max_dynamic) m /= 2;
+    }
+    plan.subtiles = m;
     auto fits = [&](size_t smem, int64_t want_per_sm, int64_t* blocks) {
       int per_sm = 0;
-      *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, markov_draft_kernel<T>, kThreads, smem);
+      *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, smem);
       if (*err != cudaSuccess || per_sm < want_per_sm || per_sm <= 0) return false;
       const int64_t resident = static_cast<int64_t>(sms) * (want_per_sm > 0 ? want_per_sm : per_sm);
       *blocks = tiles < resident ? tiles : resident;
@@ -371,7 +704,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
       for (int64_t per_sm = 2; per_sm >= 1; --per_sm) {
         const int64_t blocks = tiles < sms * per_sm ? tiles : sms * per_sm;
         const int64_t share = (tiles + blocks - 1) / blocks;  // tiles per block
-        const int64_t smem = share * slot + scratch;
+        const int64_t smem = tile_region_bytes<T>(rank, static_cast<int>(share), m, plan.legacy) + scratch;
         const int64_t budget = per_sm_bytes / per_sm - 2048;  // leave room for static smem / reserve
         int64_t got = 0;
         if (smem <= max_dynamic && smem <= budget && fits(static_cast<size_t>(smem), per_sm, &got) && got == blocks) {
@@ -383,7 +716,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
         if (*err != cudaSuccess) return plan;
       }
     }
-    const size_t smem = static_cast<size_t>(slot + scratch);
+    const size_t smem = static_cast<size_t>(tile_region_bytes<T>(rank, 0, m, plan.legacy) + scratch);
     int64_t blocks = 0;
     if (static_cast<int64_t>(smem) > max_dynamic || !fits(smem, 0, &blocks)) {
       if (*err == cudaSuccess) *err = cudaErrorInvalidConfiguration;  // rank too large for shared memory
@@ -395,14 +728,31 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
   });
 }
 
-cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch, cudaStream_t stream) {
-  if (params.requests == 0 || params.gamma == 0 || launch.blocks <= 0) return cudaSuccess;
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaunch* launch, cudaStream_t stream) {
+  if (params.requests == 0 || params.gamma == 0 || launch->blocks <= 0) return cudaSuccess;
   return DSPARK_DISPATCH_FLOAT(params.dtype, T, [&]() -> cudaError_t {
+    const auto kernel = launch->legacy ? markov_draft_kernel<T, true> : markov_draft_kernel<T, false>;
     MarkovDraftParams p = params;
-    p.resident_tiles = launch.resident_tiles;
     void* args[] = {&p};
-    return cudaLaunchCooperativeKernel(reinterpret_cast<void*>(markov_draft_kernel<T>), dim3(launch.blocks),
-                                       dim3(kThreads), args, launch.smem, stream);
+    for (;;) {
+      p.resident_tiles = launch->resident_tiles;
+      p.subtiles = launch->subtiles;
+      const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(launch->blocks),
+                                                          dim3(kThreads), args, launch->smem, stream);
+      // Fewer SMs than planned (an MPS thread limit the queries do not show): halve the grid
+      // (the part_* scratch, sized for the planned grid, is then larger than needed) and stream
+      // w2 (one buffer pair of sub-tiles: never larger than the resident tiles it replaces, so
+      // it fits), whose resident tiles assumed the planned grid. The caller keeps the reduced plan.
+      if (err != cudaErrorCooperativeLaunchTooLarge || launch->blocks == 1) return err;
+      cudaGetLastError();  // clear the launch error before the retry
+      launch->blocks = (launch->blocks + 1) / 2;
+      if (launch->resident_tiles > 0) {
+        while (launch->subtiles > 1 && 2 * launch->subtiles > launch->resident_tiles) launch->subtiles /= 2;
+        launch->resident_tiles = 0;
+        launch->smem = static_cast<size_t>(tile_region_bytes<T>(params.rank, 0, launch->subtiles, launch->legacy) +
+                                           scratch_bytes(params.rank));
+      }
+    }
   });
 }
 

@@ -39,11 +39,12 @@ struct MarkovDraftParams {
   float* confidence_out;       // [R, γ] out (pre-filled with ones)
   float* head_vector;          // [R, r] scratch: the vector multiplied by w2 at this position
   float* state;                // [R, r] scratch: RNN state, zero on entry (RNN head only)
-  float* part_max;             // [blocks, R] scratch: per-block softmax max
-  float* part_sum;             // [blocks, R] scratch: per-block softmax sum
-  unsigned long long* part_key;  // [blocks, R] scratch: per-block race / argmax key
+  float* part_max;             // [blocks * subtiles, R] scratch: per-slot softmax max
+  float* part_sum;             // [blocks * subtiles, R] scratch: per-slot softmax sum
+  unsigned long long* part_key;  // [blocks * subtiles, R] scratch: per-slot race / argmax key
   int resident_tiles;          // > 0: each block keeps its w2 tiles in shared memory for the
                        // whole round (read from HBM once per round); 0: re-staged per position
+  int subtiles;        // tiles a block computes at once (1 in the legacy kernel)
 };
 
 // How the cooperative kernel is launched: blocks (all co-resident), dynamic shared memory,
@@ -52,14 +53,25 @@ struct MarkovDraftLaunch {
   int blocks = 0;
   size_t smem = 0;
   int resident_tiles = 0;
+  int subtiles = 1;     // tiles per group (default kernel: every warp busy at small R)
+  bool legacy = false;  // the previous kernel (DSPARK_MARKOV_DRAFT_KERNEL=legacy), kept as the reference
 };
 
-// Plans the launch on `device` (the block count sizes the part_* scratch). With
+// SMs the current context may use on `device`: the device's count, or fewer in a green context
+// (SM partition). Sets *err on failure.
+int available_sms(int device, cudaError_t* err);
+
+// Plans the launch of `requests` requests on `device` with `sms` SMs (blocks * subtiles sizes
+// the part_* scratch); the legacy kernel when asked, or when rows of w2 are not a multiple of
+// 16 bytes (the default kernel copies 16-byte chunks). With
 // allow_resident, picks the resident-w2 kernel when every block's share of w2 fits in its
 // shared memory (e.g. V = 32000, r = 256 in bf16 on an H100). Sets *err on failure.
-MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int device, bool allow_resident,
-                                    cudaError_t* err);
+MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int64_t requests, int device, int sms,
+                                    bool allow_resident, bool legacy, cudaError_t* err);
 
-cudaError_t launch_markov_draft(const MarkovDraftParams& params, const MarkovDraftLaunch& launch, cudaStream_t stream);
+// Launches the cooperative kernel. If the grid does not fit (fewer SMs than planned, e.g. an MPS
+// thread limit), retries with half the blocks, streaming w2, and leaves the smaller plan in
+// *launch for the caller to keep.
+cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaunch* launch, cudaStream_t stream);
 
 }  // namespace dspark::cuda

@@ -12,6 +12,7 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <utility>
 
 #include "common/markov_draft_args.h"
 #include "cuda/launch_check.h"
@@ -32,29 +33,52 @@ bool allow_resident_w2() {
   return allow;
 }
 
-// Launch plans depend only on (dtype, V, r, device): computed once (device queries and the
-// shared-memory attribute stay out of later calls, including CUDA-graph captures).
-MarkovDraftLaunch cached_plan(DType dtype, int64_t vocab, int64_t rank, int device) {
-  static std::mutex mutex;
-  static std::map<std::tuple<int, int64_t, int64_t, int>, MarkovDraftLaunch> plans;
-  const auto key = std::make_tuple(static_cast<int>(dtype), vocab, rank, device);
-  const std::lock_guard<std::mutex> lock(mutex);
-  auto it = plans.find(key);
-  if (it != plans.end()) return it->second;
+// DSPARK_MARKOV_DRAFT_KERNEL=legacy selects the previous kernel (one Philox call per element),
+// kept as the reference the tests compare against; read once.
+bool legacy_kernel() {
+  static const bool legacy = [] {
+    const char* env = std::getenv("DSPARK_MARKOV_DRAFT_KERNEL");
+    return env != nullptr && std::string(env) == "legacy";
+  }();
+  return legacy;
+}
+
+// dtype, V, r, requests in a chunk (min(R, 32): the sub-tiles), device, SMs of the context
+using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int, int>;
+
+std::mutex plans_mutex;
+std::map<PlanKey, MarkovDraftLaunch> plans;
+
+// Launch plans depend only on (dtype, V, r, min(R, 32), device, SMs the current context may use): computed
+// once per key (the shared-memory attribute and occupancy queries stay out of later calls,
+// including CUDA-graph captures); a green context with fewer SMs gets its own plan.
+std::pair<PlanKey, MarkovDraftLaunch> cached_plan(DType dtype, int64_t vocab, int64_t rank, int64_t requests,
+                                                  int device) {
   cudaError_t err = cudaSuccess;
-  const MarkovDraftLaunch plan = plan_markov_draft(dtype, vocab, rank, device, allow_resident_w2(), &err);
+  const int sms = available_sms(device, &err);
+  DSPARK_CUDA_CHECK(err);
+  const int64_t chunk = requests < 32 ? requests : 32;
+  const PlanKey key = std::make_tuple(static_cast<int>(dtype), vocab, rank, chunk, device, sms);
+  const std::lock_guard<std::mutex> lock(plans_mutex);
+  auto it = plans.find(key);
+  if (it != plans.end()) return {key, it->second};
+  const MarkovDraftLaunch plan = plan_markov_draft(dtype, vocab, rank, chunk, device, sms, allow_resident_w2(),
+                                                   legacy_kernel(), &err);
   DSPARK_CUDA_CHECK(err);
   plans.emplace(key, plan);
-  return plan;
+  return {key, plan};
+}
+
+// Keeps the plan the launch fell back to (fewer blocks than planned did not fit).
+void keep_plan(const PlanKey& key, const MarkovDraftLaunch& plan) {
+  const std::lock_guard<std::mutex> lock(plans_mutex);
+  plans[key] = plan;
 }
 
 // Arguments checked by markov_draft_op (common/markov_draft_args.h).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(const MarkovDraftArgs& a,
                                                                         const MarkovDraftSizes& s) {
   const c10::cuda::CUDAGuard guard(a.base_logits.device());
-  DSPARK_CHECK(!s.filters, "dspark::markov_draft", "top_k",
-               "and top_p / min_p (SPEC §9 filters) are not implemented by the dense CUDA kernel yet: use "
-               "markov_draft_topk (filters supported on CUDA) or filter on CPU");
   // The logits phase stages a [32, r] w2 tile and [32, r] head vectors in shared memory.
   DSPARK_CHECK(s.rank <= 512, "dspark::markov_draft", "w1",
                "must have rank r <= 512 on CUDA (shared-memory tiles), got r = ", s.rank);
@@ -68,8 +92,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(const Ma
 
   const MarkovDraftInputs in(a, s);
   const DType dtype = to_dtype(in.base_logits, "dspark::markov_draft", "base_logits");
-  const MarkovDraftLaunch plan = cached_plan(dtype, V, r, a.base_logits.get_device());
-  const int64_t blocks = plan.blocks;
+  auto [plan_key, plan] = cached_plan(dtype, V, r, R, a.base_logits.get_device());
+  const int64_t blocks = static_cast<int64_t>(plan.blocks) * plan.subtiles;  // partial slots
   auto head_vector = at::empty({R, r}, fopts);
   auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;
   auto part_max = at::empty({blocks, R}, fopts), part_sum = at::empty({blocks, R}, fopts);
@@ -81,7 +105,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(const Ma
   p.part_max = part_max.data_ptr<float>();
   p.part_sum = part_sum.data_ptr<float>();
   p.part_key = reinterpret_cast<unsigned long long*>(part_key.data_ptr<int64_t>());
-  DSPARK_CUDA_CHECK(launch_markov_draft(p, plan, c10::cuda::getCurrentCUDAStream()));
+  const int planned = plan.blocks;
+  DSPARK_CUDA_CHECK(launch_markov_draft(p, &plan, c10::cuda::getCurrentCUDAStream()));
+  if (plan.blocks != planned) keep_plan(plan_key, plan);
   return {tokens, draft_logits, token_logprob, confidence};
 }
 

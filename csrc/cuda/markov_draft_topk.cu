@@ -233,7 +233,9 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
   const float temp = p.temperature[q], inv_t = inverse_temperature(temp);
   const bool greedy = is_greedy(temp);  // block-uniform
   const int64_t seed = p.seed[q], offset = p.offset[q];
-  const RowFilter row_filter = markov::request_filter(p, q, K);
+  // Whether a sampled request filters; the filter itself is re-read where it is used, so that
+  // no register holds it across the whole kernel (it was spilled around the division calls).
+  const bool filter = !greedy && !markov::request_filter(p, q, K).off();  // block-uniform
   __shared__ FilterScratch fsh;
   int64_t prev = p.anchor[q];
   prev = prev < 0 ? 0 : (prev >= V ? V - 1 : prev);  // SPEC §2: never read out of bounds
@@ -264,7 +266,6 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
       const int64_t c = ids[j];
       return c < 0 ? 0 : (c >= V ? V - 1 : c);
     };
-    const bool filter = !greedy && !row_filter.off();  // block-uniform
     for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
       const int64_t c = candidate(j);
       const T rounded = from_float<T>(to_float(U[row * V + c]) + candidate_dot(w2 + c * r, Ps, r));
@@ -274,7 +275,8 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
     }
     if (filter) {  // SPEC §9: the threshold needs the whole row, then the race over the kept
       __syncthreads();  // the row's rounded logits are visible to the block
-      const float theta = block_filter_threshold<1>(out + row * K, K, inv_t, row_filter, fsh);
+      const float theta = block_filter_threshold<1, Load::kL2>(out + row * K, K, inv_t, markov::request_filter(p, q, K),
+                                                               fsh);
       for (int64_t j = threadIdx.x; j < K; j += blockDim.x) {
         const float s = scaled_logit(to_float(out[row * K + j]), inv_t);
         if (!(s >= theta)) out[row * K + j] = from_float<T>(-INFINITY);

@@ -36,14 +36,23 @@ struct load_word<16> {
   using type = uint4;
 };
 
+// Where a kernel's loads go: the read-only (non-coherent) cache for inputs that no thread of the
+// launch writes, or L2 only (__ldcg) for data written earlier in the same launch, by another
+// block (before a grid barrier) or by the same block (before a block barrier).
+enum class Load { kReadOnly, kL2 };
+
 template <typename T, int VEC>
 struct vec_t {
   static_assert(VEC >= 1 && VEC * sizeof(T) <= 16 && (VEC & (VEC - 1)) == 0, "VEC: a power of two, <= 16 bytes");
   T data[VEC];
 
-  // Loads VEC elements at p (aligned to VEC * sizeof(T)) through the read-only cache.
+  // Loads VEC elements at p (aligned to VEC * sizeof(T)) through the cache L says.
+  template <Load L = Load::kReadOnly>
   __device__ __forceinline__ void load(const T* p) {
-    if constexpr (VEC * sizeof(T) == sizeof(T)) {
+    if constexpr (L == Load::kL2) {
+      using W = typename load_word<VEC * sizeof(T)>::type;
+      *this = bit_cast<vec_t>(__ldcg(reinterpret_cast<const W*>(p)));
+    } else if constexpr (VEC * sizeof(T) == sizeof(T)) {
       data[0] = p[0];
     } else {
       using W = typename load_word<VEC * sizeof(T)>::type;

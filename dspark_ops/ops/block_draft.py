@@ -75,8 +75,10 @@ def block_attention(
     and can be captured in a CUDA graph. Head dims 64, 128 and 256 have kernels; any other
     head dim runs the same masked attention as float32 ATen ops (still sync-free). Aligned
     bf16/fp16 inputs use tensor cores (float32 accumulation; the softmax probabilities are
-    rounded to the input dtype before ``P V``, as in FlashAttention);
-    ``DSPARK_BLOCK_ATTENTION_SIMT=1`` forces the CUDA-core kernel (all float32).
+    rounded to the input dtype before ``P V``, as in FlashAttention), K/V tiles prefetched
+    with ``cp.async`` into double-buffered shared memory. ``DSPARK_BLOCK_ATTENTION_KERNEL``
+    (read once per process) selects ``pipelined`` (default), ``legacy`` (the previous WMMA
+    kernel) or ``simt`` (CUDA cores, all float32; float32 and unaligned inputs always use it).
     """
     return torch.ops.dspark.block_attention(q, k_cache, v_cache, cache_lens, k_block, v_block, scale)
 
