@@ -203,7 +203,7 @@ def analyse(source: str, arch: str, nvcc: str, cuobjdump: str, tmp: str) -> list
 def estimate_shapes() -> list[tuple[str, str, float, float]]:
     R, G, V = 64, 7, 151936
     rows = R * (G + 1) + R * G  # target rows + draft rows, each read once (floor)
-    verify = ("verify_chain R=64 γ=7 V=151936 bf16 (row pass)", r"row_stats_kernel<__nv_bfloat16, __nv_bfloat16\b",
+    verify = ("verify_chain R=64 γ=7 V=151936 bf16 (row pass)", r"row_pass_kernel<__nv_bfloat16, __nv_bfloat16>",
               rows * V, rows * V * 2.0)
     tree_rows = 64 * 16
     tree = ("verify_tree R=64 M=16 V=151936 bf16 (node rows)", r"verify_tree_kernel<__nv_bfloat16, __nv_bfloat16>",

@@ -30,18 +30,18 @@ struct FilterScratch {
   unsigned long long n[32];
 };
 
-// θ of row [V] (logits of type T, read VEC at a time: vec_size on the host) scaled by
-// inv_temperature = 1/T, for filter f; all threads of the block call it and get the same value.
-// L = Load::kL2 for a row written earlier in the same launch (markov_draft's own draft logits).
-template <int VEC, Load L = Load::kReadOnly, typename T>
-__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float inv_temperature,
-                                        const RowFilter& f, FilterScratch& sh) {
+// θ of one row scaled by inv_temperature = 1/T, for filter f, the row read through each(fn),
+// which calls fn(z, index) for every raw logit z of the row (extra entries must be NaN: they
+// read as -inf and count nowhere), each thread in an order that depends only on the row's
+// length. All threads of the block call it and get the same value.
+template <typename Each>
+__device__ float block_filter_threshold_each(Each&& each, float inv_temperature, const RowFilter& f,
+                                             FilterScratch& sh) {
   if (f.off()) return -INFINITY;
   auto fmax_op = [](float a, float b) { return a > b ? a : b; };
   auto fmin_op = [](float a, float b) { return a < b ? a : b; };
   auto umin_op = [](uint32_t a, uint32_t b) { return a < b ? a : b; };
   auto umax_op = [](uint32_t a, uint32_t b) { return a > b ? a : b; };
-  auto each = [&](auto&& fn) { block_for_each<VEC, L>(row, 0, vocab, fn); };
 
   float m = -INFINITY;
   each([&](float z, int64_t) { m = fmaxf(m, scaled_logit(z, inv_temperature)); });
@@ -107,6 +107,15 @@ __device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab
     search([&](float s) { return filter_weight(s, m); }, f.top_p * total, Sum{}, sh.f);
   }
   return theta;
+}
+
+// θ of row [V] (logits of type T, read VEC at a time: vec_size on the host). L = Load::kL2 for
+// a row written earlier in the same launch (markov_draft's own draft logits).
+template <int VEC, Load L = Load::kReadOnly, typename T>
+__device__ float block_filter_threshold(const T* __restrict__ row, int64_t vocab, float inv_temperature,
+                                        const RowFilter& f, FilterScratch& sh) {
+  auto each = [&](auto&& fn) { block_for_each<VEC, L>(row, 0, vocab, fn); };
+  return block_filter_threshold_each(each, inv_temperature, f, sh);
 }
 
 }  // namespace dspark::cuda

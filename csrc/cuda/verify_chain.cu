@@ -1,25 +1,33 @@
-// CUDA pipeline of dspark::verify_chain (SPEC §4, §9, §10), five or six launches, no host sync:
-//   1. first_rows: exclusive scan of (ℓ_r + 1), so each request knows where its rows start.
-//   1b. thresholds (only when top_k / top_p / min_p are given): one block per sampling target
-//                  row whose request has a filter on finds its θ sort-free (cuda/filters.cuh);
-//                  every later read of that row sees filtered(s, θ). Rows whose filter is off
-//                  keep θ = -inf, which filters nothing (bit-identical to no filter).
-//   2. row_stats:  every needed row (target rows 0..ℓ_r, draft rows 0..ℓ_r-1 of sampling
-//                  requests) split into chunks of kChunk entries, one block per chunk, all rows
-//                  of the batch at once, so HBM sees the whole batch in parallel. Each block
-//                  writes softmax statistics and the argmax of its chunk.
-//   3. decide:     one warp per request merges the chunk partials and walks k = 1..ℓ reading
+// CUDA pipeline of dspark::verify_chain (SPEC §4, §9, §10), no host sync. Three launches:
+//   1. row_pass:   every needed row (target rows 0..ℓ_r; draft rows 0..ℓ_r-1 of sampling requests
+//                  with draft_logits) split into chunks of kChunk entries, one block per chunk, all
+//                  rows of the batch at once, so HBM sees the whole batch in parallel. Rows are
+//                  read as logical 16-byte groups whatever their alignment (cuda/row_groups.cuh).
+//                  Sampling rows: branch-free online softmax, one max and one rescale per group;
+//                  greedy target rows: the argmax only. Every block finds its request's first
+//                  row itself (a block sum of ℓ + 1 over the requests before it). A target row
+//                  whose request samples with a filter on (SPEC §9) is done by its chunk-0 block
+//                  alone: the sort-free threshold search (cuda/filters.cuh), then the filtered
+//                  statistics; its other chunks leave empty partials.
+//   2. decide:     one warp per request merges the chunk partials and walks k = 1..ℓ reading
 //                  single logits p(x_k), q(x_k); it writes the accepted tokens and, where a
 //                  token must still be drawn (rejection residual or bonus), the row to draw from.
-//   4. resample:   one block per chunk of each drawing row runs the Gumbel race; blocks combine
-//                  with atomicMax on packed (score, index) keys.
-//   5. finalize:   writes the drawn token and num_emitted.
+//   3. resample:   one block per chunk of each drawing row runs the Gumbel race; blocks combine
+//                  with atomicMax on packed (score, index) keys, and the last block of a request
+//                  to finish writes the drawn token and num_emitted.
+// DSPARK_VERIFY_CHAIN_KERNEL=legacy selects the previous pipeline (kept as the reference the
+// CUDA tests compare against): first_rows, thresholds, row_stats (vec_size loads, scalar for the
+// whole tensor when rows are not 16-byte aligned), decide, resample, finalize.
 // Each target row is read once (the drawing row twice); no [N, V] probabilities are formed.
 #include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 
 #include "cuda/common.cuh"
 #include "cuda/filters.cuh"
+#include "cuda/row_groups.cuh"
 #include "cuda/verify_chain.h"
 #include "dspark/eos.h"
 
@@ -66,6 +74,7 @@ struct Workspace {
   Decision* decision;        // [R]
   unsigned long long* keys;  // [R, 2]: residual race, plain race
   float* theta;              // [R, γ + 1] filter thresholds of the target rows
+  unsigned* done;            // [R] resample blocks finished (the last one writes the token)
 };
 
 size_t align_up(size_t n) { return (n + 255) / 256 * 256; }
@@ -85,6 +94,8 @@ Workspace carve(void* base, int64_t requests, int64_t gamma, int64_t vocab) {
   w.keys = reinterpret_cast<unsigned long long*>(p);
   p += align_up(sizeof(unsigned long long) * requests * 2);
   w.theta = reinterpret_cast<float*>(p);
+  p += align_up(sizeof(float) * requests * (gamma + 1));
+  w.done = reinterpret_cast<unsigned*>(p);
   return w;
 }
 
@@ -167,6 +178,22 @@ __global__ void first_rows_kernel(const int64_t* __restrict__ lengths, int64_t r
   }
 }
 
+// Merges the block's partials of chunk `chunk` of slot `slot` and stores them (target slots
+// first, then draft slots); all threads of the block call it.
+__device__ void store_partial(const Workspace& w, int64_t slot, int64_t chunk, int64_t chunks, int64_t target_slots,
+                              RowPartial acc) {
+  __shared__ SoftmaxStats scratch_stats[kThreads / kWarpSize];
+  __shared__ ArgMax scratch_argmax[kThreads / kWarpSize];
+  acc.stats = block_merge(acc.stats, scratch_stats);
+  acc.argmax = block_merge(acc.argmax, scratch_argmax);
+  if (threadIdx.x != 0) return;
+  if (slot < target_slots) {
+    w.target_part[slot * chunks + chunk] = acc;
+  } else {
+    w.draft_part[(slot - target_slots) * chunks + chunk] = acc.stats;
+  }
+}
+
 // VEC: the vector width of both rows, chosen on the host (vec_size; each row type reads
 // min(VEC, 16 / sizeof(T)) elements per load).
 template <typename TT, typename TD, int VEC>
@@ -205,16 +232,183 @@ __global__ void row_stats_kernel(VerifyChainParams p, Workspace w, int64_t chunk
       if (!ids || listed_id(ids[j], p.vocab)) acc.stats.add(scaled_logit(logit, inv_t));
     });
   }
-  __shared__ SoftmaxStats scratch_stats[kThreads / kWarpSize];
-  __shared__ ArgMax scratch_argmax[kThreads / kWarpSize];
-  acc.stats = block_merge(acc.stats, scratch_stats);
-  acc.argmax = block_merge(acc.argmax, scratch_argmax);
-  if (threadIdx.x != 0) return;
-  if (is_target) {
-    w.target_part[slot * chunks + chunk] = acc;
-  } else {
-    w.draft_part[(slot - target_slots) * chunks + chunk] = acc.stats;
+  store_partial(w, slot, chunk, chunks, target_slots, acc);
+}
+
+// exp(x) as 2^(x log2 e) with one ex2.approx.ftz: results below 2^-126 flush to 0, which no
+// normaliser notices (its largest term is 1). Plain __expf would add three instructions per
+// term to keep denormal results.
+__device__ __forceinline__ float exp_ftz(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * 1.4426950408889634f));
+  return y;
+}
+
+// One logical group s [G] of scaled (filtered) logits into running statistics: the group max,
+// one rescale of the running sum, then the group's terms, with no branch. The normaliser's
+// terms use exp_ftz (a few ulp on the terms that carry the sum, which only moves near-ties,
+// like any float rounding: SPEC §2 (c)); single probabilities still use expf.
+template <int G>
+__device__ __forceinline__ void add_group(SoftmaxStats& st, const float (&s)[G]) {
+  float group_max = s[0];
+#pragma unroll
+  for (int j = 1; j < G; ++j) group_max = fmaxf(group_max, s[j]);
+  const float m = fmaxf(st.max, group_max);
+  const float base = m > -INFINITY ? m : 0.0f;  // all -inf so far: every term is exp(-inf) = 0
+  float sum = st.sum * exp_ftz(st.max - base);
+#pragma unroll
+  for (int j = 0; j < G; ++j) sum += exp_ftz(s[j] - base);
+  st.max = m;
+  st.sum = sum;
+}
+
+// One logical group x [G] of raw logits (entries first..first+G-1) into a running argmax: the
+// same winner as ArgMax::add on each entry in order (largest value, lowest index, NaN never),
+// with one compare per group unless the group holds a new winner.
+template <int G>
+__device__ __forceinline__ void add_group(ArgMax& a, const float (&x)[G], int64_t first) {
+  float group_max = x[0];
+#pragma unroll
+  for (int j = 1; j < G; ++j) group_max = fmaxf(group_max, x[j]);  // NaN only if all are NaN
+  if (group_max > a.value || (a.index < 0 && group_max == group_max)) {
+    int at = G - 1;
+#pragma unroll
+    for (int j = G - 1; j >= 0; --j) at = x[j] == group_max ? j : at;
+    a.value = group_max;
+    a.index = first + at;
   }
+}
+
+// Statistics of the scaled logits (filtered at θ when FILTER) of the groups that
+// groups(visit) visits (a for_each_group call over one row).
+template <bool FILTER, int G, typename Groups>
+__device__ __forceinline__ void add_stats(SoftmaxStats& st, Groups&& groups, float inv_t, float theta) {
+  groups([&](const float (&x)[G], int64_t) {
+    float s[G];
+#pragma unroll
+    for (int j = 0; j < G; ++j) {
+      s[j] = scaled_logit(x[j], inv_t);
+      if constexpr (FILTER) s[j] = filtered(s[j], theta);
+    }
+    add_group(st, s);
+  });
+}
+
+// A target row [V] whose request samples with a filter on, by one block: θ (cuda/filters.cuh's
+// search, a dozen or more passes over the row), then the filtered statistics into st; returns θ.
+// Aligned rows (V * sizeof a multiple of 16, as for V = 151936) are read as 16-byte groups, the
+// other phases entry by entry: one copy of the large search per phase class, not per SHIFT.
+template <typename T>
+__device__ __forceinline__ float filtered_row_stats(const T* row, int64_t vocab, float inv_t, const RowFilter& f,
+                                                    FilterScratch& scratch, SoftmaxStats& st) {
+  constexpr int G = kGroup<T>;
+  auto run = [&](auto&& groups) {
+    auto each = [&](auto&& fn) {
+      groups([&fn](const float (&x)[G], int64_t at) {
+#pragma unroll
+        for (int j = 0; j < G; ++j) fn(x[j], at + j);
+      });
+    };
+    const float theta = block_filter_threshold_each(each, inv_t, f, scratch);
+    add_stats<true, G>(st, groups, inv_t, theta);
+    return theta;
+  };
+  if (row_shift(row) == 0) return run([&](auto&& visit) { for_each_group<0>(row, vocab, 0, vocab, visit); });
+  return run([&](auto&& visit) { for_each_group_scalar(row, 0, vocab, visit); });
+}
+
+// Requests before r own Σ (ℓ + 1) target rows: every thread of the block gets the sum.
+__device__ __forceinline__ int64_t block_first_row(const VerifyChainParams& p, int64_t r, int64_t* scratch) {
+  int64_t rows = 0;
+  for (int64_t i = threadIdx.x; i < r; i += blockDim.x) rows += clamped_length(p.lengths, i, p.gamma) + 1;
+  return block_sum(rows, scratch);
+}
+
+// Target slot (r, k), chunk `chunk`: the row's partial (argmax for greedy requests, softmax
+// statistics otherwise) and, in theta, the row's filter threshold (-inf: none); writes first_row[r].
+template <typename TT>
+__device__ __forceinline__ RowPartial target_chunk(const VerifyChainParams& p, const Workspace& w, uint32_t r,
+                                                   uint32_t k, uint32_t chunk, float T, float inv_t, bool& needed,
+                                                   float& theta) {
+  __shared__ int64_t rows_scratch[kThreads / kWarpSize];
+  __shared__ FilterScratch filter_scratch;
+  constexpr int G = kGroup<TT>;
+  const int64_t first = block_first_row(p, r, rows_scratch), row = first + k;
+  if (k == 0 && chunk == 0 && threadIdx.x == 0) w.first_row[r] = first;
+  RowPartial acc;
+  needed = k <= clamped_length(p.lengths, r, p.gamma) && row < p.rows;
+  if (!needed) return acc;  // uniform across the block
+  const TT* src = static_cast<const TT*>(p.target_logits) + row * p.vocab;
+  const int64_t begin = chunk * kChunk, end = begin + kChunk < p.vocab ? begin + kChunk : p.vocab;
+  const RowFilter f = (p.top_k || p.top_p || p.min_p) && !is_greedy(T) ? request_filter(p, r) : RowFilter{};
+  if (!f.off()) {  // the whole row in chunk 0; the other chunks leave empty partials
+    if (chunk == 0) theta = filtered_row_stats(src, p.vocab, inv_t, f, filter_scratch, acc.stats);
+    return acc;
+  }
+  dispatch_shift<TT>(row_shift(src), [&](auto shift) {
+    auto groups = [&](auto&& visit) { for_each_group<decltype(shift)::value>(src, p.vocab, begin, end, visit); };
+    if (is_greedy(T)) {
+      groups([&](const float (&x)[G], int64_t at) { add_group(acc.argmax, x, at); });
+    } else {
+      add_stats<false, G>(acc.stats, groups, inv_t, -INFINITY);
+    }
+  });
+  return acc;
+}
+
+// Draft slot (r, k), chunk `chunk`: softmax statistics of the chunk of draft row r * γ + k.
+template <typename TD>
+__device__ __forceinline__ SoftmaxStats draft_chunk(const VerifyChainParams& p, uint32_t r, uint32_t k, uint32_t chunk,
+                                                    float T, float inv_t, bool& needed) {
+  constexpr int G = kGroup<TD>;
+  SoftmaxStats acc;
+  needed = p.draft_logits != nullptr && !is_greedy(T) && k < clamped_length(p.lengths, r, p.gamma);
+  const int64_t begin = chunk * kChunk, end = begin + kChunk < p.draft_width ? begin + kChunk : p.draft_width;
+  if (!needed || begin >= end) return acc;
+  const int64_t draft_row = static_cast<int64_t>(r) * p.gamma + k;
+  const TD* src = static_cast<const TD*>(p.draft_logits) + draft_row * p.draft_width;
+  if (p.draft_ids) {  // sparse rows hold K << V entries: one entry at a time
+    const int64_t* ids = p.draft_ids + draft_row * p.draft_width;
+    for_each_group_scalar(src, begin, end, [&](const float (&x)[G], int64_t at) {
+      float s[G];
+#pragma unroll
+      for (int j = 0; j < G; ++j)
+        s[j] = at + j < end && listed_id(ids[at + j], p.vocab) ? scaled_logit(x[j], inv_t) : -INFINITY;
+      add_group(acc, s);
+    });
+    return acc;
+  }
+  dispatch_shift<TD>(row_shift(src), [&](auto shift) {
+    auto groups = [&](auto&& visit) { for_each_group<decltype(shift)::value>(src, p.draft_width, begin, end, visit); };
+    add_stats<false, G>(acc, groups, inv_t, -INFINITY);
+  });
+  return acc;
+}
+
+// One block per chunk of each (target or draft) slot; see the pipeline at the top.
+template <typename TT, typename TD>
+__global__ void __launch_bounds__(kThreads) row_pass_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
+  // 32-bit index arithmetic: the grid has < 2^31 blocks and γ < 65535 (no 64-bit division calls).
+  const uint32_t n = static_cast<uint32_t>(chunks), slot = blockIdx.x / n, chunk = blockIdx.x % n;
+  const uint32_t target_slots = static_cast<uint32_t>(p.requests * (p.gamma + 1));
+  const uint32_t per_target = static_cast<uint32_t>(p.gamma + 1), per_draft = static_cast<uint32_t>(p.gamma);
+  const bool is_target = slot < target_slots;
+  const uint32_t r = is_target ? slot / per_target : (slot - target_slots) / per_draft;
+  const uint32_t k = is_target ? slot % per_target : (slot - target_slots) % per_draft;
+  // 1/T first, while few values are live: its IEEE slow path is a call that would otherwise
+  // make ptxas save live registers to the stack.
+  const float T = p.temperature[r], inv_t = inverse_temperature(T);
+  bool needed;
+  float theta = -INFINITY;
+  RowPartial acc;
+  if (is_target) {
+    acc = target_chunk<TT>(p, w, r, k, chunk, T, inv_t, needed, theta);
+  } else {
+    acc.stats = draft_chunk<TD>(p, r, k, chunk, T, inv_t, needed);
+  }
+  if (!needed) return;  // uniform across the block
+  if (is_target && chunk == 0 && threadIdx.x == 0 && (p.top_k || p.top_p || p.min_p)) w.theta[slot] = theta;
+  store_partial(w, slot, chunk, chunks, target_slots, acc);
 }
 
 // Merge the chunk partials of one row across a warp; every lane gets the result.
@@ -249,11 +443,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
   const TT* target = static_cast<const TT*>(p.target_logits);
   const bool has_q = p.draft_logits != nullptr || p.draft_probs != nullptr;
 
-  Decision d;
-  d.mode = kNothingToDraw;
-  d.target_row = d.draft_row = d.rejected = -1;
-  d.position = 0;
-  d.theta = -INFINITY;
+  Decision d{SoftmaxStats{}, SoftmaxStats{}, -1, -1, -1, -INFINITY, kNothingToDraw, 0};
   int64_t accepted = 0, emitted = -1;
   bool finished = false;  // a rejection, an accepted EOS, or a missing row ended the walk
   for (int64_t k = 1; k <= len && !finished; ++k) {
@@ -275,11 +465,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
     } else {
       const float theta = slot_theta(p, w, r * (p.gamma + 1) + k - 1);
       if (!valid) {  // not drawn from q_k: draw from p_k itself, as if ℓ were k - 1
-        d.p = t.stats;
-        d.target_row = row;
-        d.theta = theta;
-        d.mode = kFromP;
-        d.position = static_cast<uint32_t>(k);
+        d = Decision{t.stats, SoftmaxStats{}, row, -1, -1, theta, kFromP, static_cast<uint32_t>(k)};
         finished = true;
         break;
       }
@@ -303,14 +489,7 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
       }
       const float coin = random_uniform(p.seed[r], p.offset[r], Purpose::kChainCoin, static_cast<uint32_t>(k), 0);
       if (!(coin * q_x < p_x)) {
-        d.p = t.stats;
-        d.q = qs;
-        d.target_row = row;
-        d.draft_row = draft_row;
-        d.rejected = x;
-        d.theta = theta;
-        d.mode = kResidual;
-        d.position = static_cast<uint32_t>(k);
+        d = Decision{t.stats, qs, row, draft_row, x, theta, kResidual, static_cast<uint32_t>(k)};
         finished = true;
         break;
       }
@@ -324,11 +503,8 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
     if (greedy) {
       emitted = t.argmax.result();
     } else {
-      d.p = t.stats;
-      d.target_row = first + len;
-      d.theta = slot_theta(p, w, r * (p.gamma + 1) + len);
-      d.mode = kFromP;
-      d.position = static_cast<uint32_t>(len + 1);
+      const float theta = slot_theta(p, w, r * (p.gamma + 1) + len);
+      d = Decision{t.stats, SoftmaxStats{}, first + len, -1, -1, theta, kFromP, static_cast<uint32_t>(len + 1)};
     }
   }
   if (!leader) return;
@@ -338,9 +514,21 @@ __global__ void decide_kernel(VerifyChainParams p, Workspace w, int64_t chunks) 
   w.decision[r] = d;
   w.keys[2 * r] = 0;
   w.keys[2 * r + 1] = 0;
+  w.done[r] = 0;
 }
 
-template <typename TT, typename TD>
+// Writes request r's drawn token from the race keys (all resample blocks of r have finished).
+__device__ void emit_drawn(const VerifyChainParams& p, const Workspace& w, int64_t r, const Decision& d) {
+  // L2 reads: the keys were last written by other blocks' atomics.
+  const uint64_t residual = __ldcg(&w.keys[2 * r]), plain = __ldcg(&w.keys[2 * r + 1]);
+  const uint64_t key = (d.mode == kResidual && residual != 0) ? residual : plain;
+  const int64_t accepted = p.num_accepted[r];
+  p.out_tokens[r * (p.gamma + 1) + accepted] = race_index(key);
+  p.num_emitted[r] = accepted + 1;
+}
+
+// FINALIZE: the last block of a request to finish calls emit_drawn (no finalize launch).
+template <typename TT, typename TD, bool FINALIZE>
 __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
   const int64_t r = blockIdx.x / chunks, chunk = blockIdx.x % chunks;
   const Decision d = w.decision[r];
@@ -410,6 +598,13 @@ __global__ void resample_kernel(VerifyChainParams p, Workspace w, int64_t chunks
   if (threadIdx.x == 0) {
     if (best_residual) atomicMax(&w.keys[2 * r], static_cast<unsigned long long>(best_residual));
     if (best_plain) atomicMax(&w.keys[2 * r + 1], static_cast<unsigned long long>(best_plain));
+    if constexpr (FINALIZE) {
+      __threadfence();  // this block's keys are visible before its ticket
+      if (atomicAdd(&w.done[r], 1u) == static_cast<unsigned>(chunks - 1)) {
+        __threadfence();  // and every other block's keys before the read
+        emit_drawn(p, w, r, d);
+      }
+    }
   }
 }
 
@@ -417,12 +612,7 @@ __global__ void finalize_kernel(VerifyChainParams p, Workspace w) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= p.requests) return;
   const Decision d = w.decision[r];
-  if (d.mode == kNothingToDraw) return;
-  const uint64_t residual = w.keys[2 * r], plain = w.keys[2 * r + 1];
-  const uint64_t key = (d.mode == kResidual && residual != 0) ? residual : plain;
-  const int64_t accepted = p.num_accepted[r];
-  p.out_tokens[r * (p.gamma + 1) + accepted] = race_index(key);
-  p.num_emitted[r] = accepted + 1;
+  if (d.mode != kNothingToDraw) emit_drawn(p, w, r, d);
 }
 
 }  // namespace
@@ -431,18 +621,30 @@ size_t verify_chain_workspace_bytes(int64_t requests, int64_t gamma, int64_t voc
   const int64_t chunks = num_chunks(vocab);
   return align_up(sizeof(int64_t) * requests) + align_up(sizeof(RowPartial) * requests * (gamma + 1) * chunks) +
          align_up(sizeof(SoftmaxStats) * requests * gamma * chunks) + align_up(sizeof(Decision) * requests) +
-         align_up(sizeof(unsigned long long) * requests * 2) + align_up(sizeof(float) * requests * (gamma + 1));
+         align_up(sizeof(unsigned long long) * requests * 2) + align_up(sizeof(float) * requests * (gamma + 1)) +
+         align_up(sizeof(unsigned) * requests);
 }
 
-cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cudaStream_t stream) {
-  if (p.requests == 0) return cudaSuccess;
-  const int64_t chunks = num_chunks(p.vocab);
-  const Workspace w = carve(workspace, p.requests, p.gamma, p.vocab);
+namespace {
+
+// DSPARK_VERIFY_CHAIN_KERNEL, read once: "legacy" selects the previous six-launch pipeline;
+// unset or "default" the three-launch one. Anything else is refused, so a typo never runs
+// silently with the kernel the caller did not ask for.
+bool legacy_pipeline() {
+  static const bool legacy = [] {
+    const char* env = std::getenv("DSPARK_VERIFY_CHAIN_KERNEL");
+    const std::string value = env ? env : "";
+    if (value != "" && value != "default" && value != "legacy")
+      throw std::runtime_error("dspark: DSPARK_VERIFY_CHAIN_KERNEL must be unset, 'default' or 'legacy', got '" +
+                               value + "'");
+    return value == "legacy";
+  }();
+  return legacy;
+}
+
+void launch_legacy(const VerifyChainParams& p, const Workspace& w, int64_t chunks, cudaStream_t stream) {
   const int64_t slots = p.requests * (2 * p.gamma + 1);
   const int64_t decide_blocks = (p.requests + kWarpsPerDecideBlock - 1) / kWarpsPerDecideBlock;
-  // gridDim.x is at most 2^31 - 1: refuse rather than let the unsigned casts below wrap to a
-  // smaller grid that would silently skip rows. (slots * chunks is the largest grid.)
-  if (slots * chunks > 0x7FFFFFFF) return cudaErrorInvalidValue;
   first_rows_kernel<<<1, 1024, 0, stream>>>(p.lengths, p.requests, p.gamma, w.first_row);
   DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
     const int vt = vec_size<TT>(p.target_logits, p.vocab);
@@ -463,10 +665,35 @@ cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cud
       });
       decide_kernel<TT, TD>
           <<<static_cast<unsigned>(decide_blocks), kWarpsPerDecideBlock * kWarpSize, 0, stream>>>(p, w, chunks);
-      resample_kernel<TT, TD><<<static_cast<unsigned>(p.requests * chunks), kThreads, 0, stream>>>(p, w, chunks);
+      resample_kernel<TT, TD, false><<<static_cast<unsigned>(p.requests * chunks), kThreads, 0, stream>>>(p, w, chunks);
     });
   });
   finalize_kernel<<<static_cast<unsigned>((p.requests + 255) / 256), 256, 0, stream>>>(p, w);
+}
+
+}  // namespace
+
+cudaError_t launch_verify_chain(const VerifyChainParams& p, void* workspace, cudaStream_t stream) {
+  if (p.requests == 0) return cudaSuccess;
+  const int64_t chunks = num_chunks(p.vocab);
+  const Workspace w = carve(workspace, p.requests, p.gamma, p.vocab);
+  const int64_t slots = p.requests * (2 * p.gamma + 1);
+  // gridDim.x is at most 2^31 - 1: refuse rather than let the unsigned casts below wrap to a
+  // smaller grid that would silently skip rows. (slots * chunks is the largest grid.)
+  if (slots * chunks > 0x7FFFFFFF) return cudaErrorInvalidValue;
+  if (legacy_pipeline()) {
+    launch_legacy(p, w, chunks, stream);
+    return cudaGetLastError();
+  }
+  const int64_t decide_blocks = (p.requests + kWarpsPerDecideBlock - 1) / kWarpsPerDecideBlock;
+  DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
+    DSPARK_DISPATCH_FLOAT(p.draft_dtype, TD, [&] {
+      row_pass_kernel<TT, TD><<<static_cast<unsigned>(slots * chunks), kThreads, 0, stream>>>(p, w, chunks);
+      decide_kernel<TT, TD>
+          <<<static_cast<unsigned>(decide_blocks), kWarpsPerDecideBlock * kWarpSize, 0, stream>>>(p, w, chunks);
+      resample_kernel<TT, TD, true><<<static_cast<unsigned>(p.requests * chunks), kThreads, 0, stream>>>(p, w, chunks);
+    });
+  });
   return cudaGetLastError();
 }
 

@@ -24,7 +24,8 @@ def inverse_temperature(temperature: Union[torch.Tensor, float]) -> Union[torch.
     """``1 / T`` rounded to float32, as ``dspark::inverse_temperature``: every kernel, CPU twin
     and reference scales a logit as ``L * (1/T)`` in float32 (never ``L / T``), so that they all
     round identically. A tensor gives a float32 tensor of its shape; a float gives the float32
-    value as a Python float (exact, so multiplying a float32 tensor by it rounds once)."""
-    if isinstance(temperature, torch.Tensor):
-        return torch.reciprocal(temperature.float())
-    return torch.tensor(temperature, dtype=torch.float32).reciprocal().item()
+    value as a Python float (exact, so multiplying a float32 tensor by it rounds once).
+    ``T >= 2**126`` gives 0 (uniform sampling, as ``T = inf``), as in the kernels."""
+    t = temperature.float() if isinstance(temperature, torch.Tensor) else torch.tensor(temperature, dtype=torch.float32)
+    inv = torch.where(t >= 2.0**126, torch.zeros_like(t), torch.reciprocal(t))
+    return inv if isinstance(temperature, torch.Tensor) else inv.item()

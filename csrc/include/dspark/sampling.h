@@ -28,7 +28,23 @@ DSPARK_HD float gumbel_from_bits(uint32_t bits) { return -logf(-logf(bits_to_ope
 // 1/T, computed once per request. Every kernel, CPU twin and reference scales a logit as
 // L * (1/T) in float32 (never L / T): the hot loops multiply instead of dividing, and all of
 // them round the same way, so CPU and CUDA draw identical numbers.
-DSPARK_HD float inverse_temperature(float temperature) { return 1.0f / temperature; }
+// For T in [2^-126, 2^126) (every sampling temperature: T > 1e-5) this is the IEEE reciprocal.
+// T >= 2^126 gives 0 (sampling uniform over the finite logits, as T = inf) instead of a
+// subnormal; greedy temperatures (T <= 1e-5, NaN) give a value nobody reads. On the device the
+// IEEE reciprocal is nvcc's own fast path (approximate reciprocal + one Newton step, exact in
+// that range) without its slow-path subroutine: a CALL anywhere in a kernel makes ptxas save
+// live registers around it, which spilled the verify_chain row pass.
+DSPARK_HD float inverse_temperature(float temperature) {
+  constexpr float kLargest = 0x1p126f;
+#ifdef __CUDA_ARCH__
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(temperature));
+  r = __fmaf_rn(r, __fmaf_rn(-temperature, r, 1.0f), r);
+#else
+  const float r = 1.0f / temperature;
+#endif
+  return temperature >= kLargest ? 0.0f : r;
+}
 
 // A logit scaled by 1/T, with NaN read as -inf: a NaN entry has probability 0. On the device
 // __fmul_rn keeps nvcc from contracting the product with a following add into an FMA, which
