@@ -78,8 +78,9 @@ dev-cuda: $(DEPS)
 	$(DEV_CMAKE) --build build/dev-cuda
 	cp build/dev-cuda/_C.so build/dev-cuda/_C.torch_version dspark_ops/
 
-# `sanitize`: the CPU kernels built with AddressSanitizer + UBSan (build/sanitize, option
-# DSPARK_SANITIZE), then pytest against that library: a copy of the package in
+# `sanitize`: the CPU kernels built with AddressSanitizer + UBSan at -O1 (build/sanitize, option
+# DSPARK_SANITIZE; -O2's inlining made the instrumented build too slow for a 2-core CI), then
+# pytest against that library: a copy of the package in
 # build/sanitize/pkg holds the instrumented _C.so, so the in-place build is untouched. Python
 # and torch are not instrumented, hence libasan is preloaded. Any UBSan report is fatal.
 #   make sanitize PY=/path/to/python SANITIZE_TESTS="tests/test_bad_inputs.py tests/test_verify_tree.py"

@@ -49,6 +49,23 @@ def make_config(markov="vanilla", rank=8, confidence=True, with_markov=True, **o
     return cfg
 
 
+def head_shapes(cfg, V, d, r):
+    """Shapes of the Markov head (rank r, vanilla / gated / RNN) and the confidence head under
+    DeepSpec's parameter names, in the order the random state dicts draw them."""
+    shapes = {}
+    if r > 0:
+        shapes["markov_head.markov_w1.weight"] = (V, r)
+        shapes["markov_head.markov_w2.weight"] = (V, r)
+        if cfg["markov_head_type"] == "gated":
+            shapes.update({"markov_head.gate_proj.weight": (r, d + r), "markov_head.gate_proj.bias": (r,)})
+        if cfg["markov_head_type"] == "rnn":
+            shapes.update({"markov_head.joint_proj.weight": (3 * r, 2 * r + d), "markov_head.joint_proj.bias": (3 * r,)})
+    if cfg["enable_confidence_head"]:
+        shapes["confidence_head.proj.weight"] = (1, d + (r if cfg["confidence_head_with_markov"] else 0))
+        shapes["confidence_head.proj.bias"] = (1,)
+    return shapes
+
+
 def deepspec_state_dict(cfg, seed=0, dtype=torch.float32, std=0.15):
     """Random tensors under DeepSpec's own parameter names (Qwen3DSparkModel.state_dict())."""
     g = torch.Generator().manual_seed(seed)
@@ -77,18 +94,7 @@ def deepspec_state_dict(cfg, seed=0, dtype=torch.float32, std=0.15):
             p + "input_layernorm.weight": (d,),
             p + "post_attention_layernorm.weight": (d,),
         })
-    if r > 0:
-        shapes["markov_head.markov_w1.weight"] = (V, r)
-        shapes["markov_head.markov_w2.weight"] = (V, r)
-        if cfg["markov_head_type"] == "gated":
-            shapes["markov_head.gate_proj.weight"] = (r, d + r)
-            shapes["markov_head.gate_proj.bias"] = (r,)
-        if cfg["markov_head_type"] == "rnn":
-            shapes["markov_head.joint_proj.weight"] = (3 * r, 2 * r + d)
-            shapes["markov_head.joint_proj.bias"] = (3 * r,)
-    if cfg["enable_confidence_head"]:
-        shapes["confidence_head.proj.weight"] = (1, d + (r if cfg["confidence_head_with_markov"] else 0))
-        shapes["confidence_head.proj.bias"] = (1,)
+    shapes.update(head_shapes(cfg, V, d, r))
     sd = {}
     for k, s in shapes.items():
         t = torch.randn(*s, generator=g) * std

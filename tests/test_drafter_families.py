@@ -14,7 +14,7 @@ import torch
 from dspark_ops import DSparkConfig, DSparkDrafter
 from dspark_ops import reference as ref
 
-from test_drafter import build_context, fill_cache, save_checkpoint
+from test_drafter import build_context, fill_cache, head_shapes, save_checkpoint
 
 HEADS = [dict(rank=0, confidence=False), dict(rank=0, confidence=True, with_markov=False),
          dict(markov="vanilla", confidence=False), dict(markov="vanilla"),
@@ -82,16 +82,7 @@ def state_dict(cfg, seed=0, std=0.2):
         if gemma:
             shapes.update({p + "pre_feedforward_layernorm.weight": (d,), p + "post_feedforward_layernorm.weight": (d,),
                            p + "layer_scalar": (1,)})
-    if r > 0:
-        shapes["markov_head.markov_w1.weight"] = (V, r)
-        shapes["markov_head.markov_w2.weight"] = (V, r)
-        if cfg["markov_head_type"] == "gated":
-            shapes.update({"markov_head.gate_proj.weight": (r, d + r), "markov_head.gate_proj.bias": (r,)})
-        if cfg["markov_head_type"] == "rnn":
-            shapes.update({"markov_head.joint_proj.weight": (3 * r, 2 * r + d), "markov_head.joint_proj.bias": (3 * r,)})
-    if cfg["enable_confidence_head"]:
-        shapes["confidence_head.proj.weight"] = (1, d + (r if cfg["confidence_head_with_markov"] else 0))
-        shapes["confidence_head.proj.bias"] = (1,)
+    shapes.update(head_shapes(cfg, V, d, r))
     sd = {}
     for k, s in shapes.items():
         t = torch.randn(*s, generator=g) * std

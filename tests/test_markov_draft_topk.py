@@ -241,6 +241,17 @@ def _pair_setup(head, n, V=10, K=4, T=0.9, seed=21):
     return args, P1, P2
 
 
+def _assert_first_two_tokens(out, emitted, P1, P2, T, seed, label):
+    """The first emitted token follows P1 and the first two follow P1(y1) P2(y2 | y1)."""
+    V = P1.numel()
+    y1 = out[:, 0]
+    assert_distribution(torch.bincount(y1, minlength=V).numpy(), P1.numpy(), f"{label}: first token")
+    y2 = _second_tokens(y1, emitted, out, P2, T, seed)
+    joint = torch.zeros(V, V, dtype=torch.int64)
+    joint.index_put_((y1, y2), torch.ones_like(y1), accumulate=True)
+    assert_distribution(joint.numpy(), (P1[:, None] * P2).numpy(), f"{label}: first two tokens")
+
+
 def _second_tokens(y1, emitted, out, P2, T, seeds):
     """The second generated token: from the round where two were emitted, else one more
     target step (a length-0 verify round drawing from P2[y1])."""
@@ -269,12 +280,7 @@ def test_pruned_draft_and_sparse_chain_verify_are_lossless(head):
     out, acc, emitted = dspark_ops.verify_chain(target, tokens, torch.full((n,), 2), T, args["seed"], 23,
                                                 draft_logits=logits, draft_ids=ids)
     assert (acc > 0).any() and (acc < 2).any()  # both paths are exercised
-    y1 = out[:, 0]
-    assert_distribution(torch.bincount(y1, minlength=V).numpy(), P1.numpy(), f"{head}: first token")
-    y2 = _second_tokens(y1, emitted, out, P2, T, args["seed"])
-    joint = torch.zeros(V, V, dtype=torch.int64)
-    joint.index_put_((y1, y2), torch.ones_like(y1), accumulate=True)
-    assert_distribution(joint.numpy(), (P1[:, None] * P2).numpy(), f"{head}: first two tokens")
+    _assert_first_two_tokens(out, emitted, P1, P2, T, args["seed"], head)
 
 
 @needs_sparse_verify
@@ -299,12 +305,7 @@ def test_pruned_draft_and_sparse_tree_verify_are_lossless(head):
     out, _, acc, emitted = dspark_ops.verify_tree(target, tree_tokens, parents, num_nodes, T, args["seed"], 31,
                                                   draft_logits=node_logits, draft_ids=node_ids)
     assert (acc > 0).any() and (acc == 0).any()
-    y1 = out[:, 0]
-    assert_distribution(torch.bincount(y1, minlength=V).numpy(), P1.numpy(), f"{head}: tree first token")
-    y2 = _second_tokens(y1, emitted, out, P2, T, args["seed"])
-    joint = torch.zeros(V, V, dtype=torch.int64)
-    joint.index_put_((y1, y2), torch.ones_like(y1), accumulate=True)
-    assert_distribution(joint.numpy(), (P1[:, None] * P2).numpy(), f"{head}: tree first two tokens")
+    _assert_first_two_tokens(out, emitted, P1, P2, T, args["seed"], f"{head}: tree")
 
 
 @needs_sparse_verify

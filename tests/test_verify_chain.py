@@ -661,3 +661,20 @@ def test_filtered_chi_square_at_32000(device):
     counts = np.bincount(out[:, 0].cpu().numpy(), minlength=V)
     assert counts.sum() == counts[support.numpy()].sum(), "a filtered-out token was emitted"
     assert_distribution(counts[support.numpy()], want[support].numpy(), "top-k 50 + top-p 0.9 at V = 32000")
+
+
+def test_race_noise_bound_covers_every_uniform():
+    """The CPU races (cpu/row_dist.h) skip an entry's two logarithms when
+    log_weight + gumbel_upper_bound(u) < best. That never changes a winner only if the bound is
+    at least the noise -log(-log u) for every open uniform u = (k + 0.5) 2^-23 (all 2^23 of
+    them, here), with room for the rounding of logf. The bound below is the C++ one, step for
+    step in float32."""
+    u = ((np.arange(1 << 23, dtype=np.float64) + 0.5) / (1 << 23)).astype(np.float32)
+    chord = (np.float32(1.0) - u).view(np.int32).astype(np.float32) * np.float32(1.0 / 8388608.0)
+    bound = np.float32(0.6931472) * (np.float32(127.0) - chord) + np.float32(1e-3)
+    exact = -np.log(-np.log(u.astype(np.float64)))
+    rounded = -np.log(-np.log(u))  # float32 logs, as the kernels' logf
+    assert (bound.astype(np.float64) >= exact + 5e-4).all()
+    assert (bound >= rounded).all()
+    # It must also prune: for most uniforms it lies within 1.5 of the noise itself.
+    assert np.mean(bound - exact < 1.5) > 0.9

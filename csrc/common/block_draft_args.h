@@ -6,11 +6,25 @@
 
 #include <cmath>
 #include <optional>
+#include <string>
 
 #include "dspark/checks.h"
 #include "dspark/rope.h"
 
 namespace dspark {
+
+// A K/V tensor [R, L, Hkv, Dh] beside `ref` (named ref_name in messages): ref's device and
+// dtype, R and Dh from ref, Hkv from k_cache; L is each argument's own (checked by the caller).
+inline void check_kv_like(const at::Tensor& t, const char* op, const char* name, const at::Tensor& ref,
+                          const char* ref_name, int64_t requests, int64_t kv_heads, int64_t head_dim) {
+  check_device(t, op, name, ref);
+  DSPARK_CHECK(t.scalar_type() == ref.scalar_type(), op, name, "must have the dtype of ", ref_name, " (",
+               ref.scalar_type(), "), got ", t.scalar_type());
+  check_dim(t, op, name, 4);
+  check_size(t, op, name, 0, requests, (std::string("R, from ") + ref_name).c_str());
+  check_size(t, op, name, 2, kv_heads, "Hkv, from k_cache");
+  check_size(t, op, name, 3, head_dim, (std::string("Dh, from ") + ref_name).c_str());
+}
 
 struct BlockAttentionSizes {
   int64_t requests;  // R
@@ -36,13 +50,7 @@ inline BlockAttentionSizes check_block_attention_args(const at::Tensor& q, const
   s.max_len = k_cache.size(1);
   for (auto [t, name] : {std::pair{&k_cache, "k_cache"}, std::pair{&v_cache, "v_cache"}, std::pair{&k_block, "k_block"},
                          std::pair{&v_block, "v_block"}}) {
-    check_device(*t, op, name, q);
-    DSPARK_CHECK(t->scalar_type() == q.scalar_type(), op, name, "must have the dtype of q (", q.scalar_type(),
-                 "), got ", t->scalar_type());
-    check_dim(*t, op, name, 4);
-    check_size(*t, op, name, 0, s.requests, "R, from q");
-    check_size(*t, op, name, 2, s.kv_heads, "Hkv, from k_cache");
-    check_size(*t, op, name, 3, s.head_dim, "Dh, from q");
+    check_kv_like(*t, op, name, q, "q", s.requests, s.kv_heads, s.head_dim);
   }
   check_size(v_cache, op, "v_cache", 1, s.max_len, "Lmax, from k_cache");
   check_size(k_block, op, "k_block", 1, s.gamma, "gamma, from q");
@@ -153,13 +161,7 @@ inline AppendSizes check_append_context_kv_args(const at::Tensor& k_cache, const
   check_dim(k_new, op, "k_new", 4);
   s.chunk = k_new.size(1);
   for (auto [t, name] : {std::pair{&v_cache, "v_cache"}, std::pair{&k_new, "k_new"}, std::pair{&v_new, "v_new"}}) {
-    check_device(*t, op, name, k_cache);
-    DSPARK_CHECK(t->scalar_type() == k_cache.scalar_type(), op, name, "must have the dtype of k_cache (",
-                 k_cache.scalar_type(), "), got ", t->scalar_type());
-    check_dim(*t, op, name, 4);
-    check_size(*t, op, name, 0, s.requests, "R, from k_cache");
-    check_size(*t, op, name, 2, s.kv_heads, "Hkv, from k_cache");
-    check_size(*t, op, name, 3, s.head_dim, "Dh, from k_cache");
+    check_kv_like(*t, op, name, k_cache, "k_cache", s.requests, s.kv_heads, s.head_dim);
   }
   check_size(v_cache, op, "v_cache", 1, s.max_len, "Lmax, from k_cache");
   check_size(v_new, op, "v_new", 1, s.chunk, "C, from k_new");

@@ -5,6 +5,7 @@
 #include <ATen/ATen.h>
 
 #include <optional>
+#include <tuple>
 
 #include "common/markov_draft_kinds.h"
 #include "common/verify_q_args.h"
@@ -24,21 +25,39 @@ struct MarkovDraftSizes {
   bool filters = false;  // any of top_k / top_p / min_p given (SPEC §9)
 };
 
+// The tensor arguments of one markov_draft / markov_draft_topk call in schema order (the topk
+// op's num_candidates travels apart): what the shared checks, the CPU head and the CUDA
+// parameter block read. References to the caller's arguments, alive for the call.
+struct MarkovDraftArgs {
+  const at::Tensor& base_logits;                 // [R, γ, V]
+  const at::Tensor& anchor;                      // [R] int64
+  const at::Tensor& w1;                          // [V, r]
+  const at::Tensor& w2;                          // [V, r]
+  const at::Tensor& temperature;                 // [R] float32
+  const at::Tensor& seed;                        // [R] int64
+  const at::Tensor& offset;                      // [R] int64
+  const std::optional<at::Tensor>& hidden;       // [R, γ, d]
+  const std::optional<at::Tensor>& gate_weight;  // [r, d+r]
+  const std::optional<at::Tensor>& gate_bias;    // [r]
+  const std::optional<at::Tensor>& rnn_weight;   // [3r, 2r+d]
+  const std::optional<at::Tensor>& rnn_bias;     // [3r]
+  const std::optional<at::Tensor>& conf_weight;  // [d] or [d+r]
+  const std::optional<at::Tensor>& conf_bias;    // [1]
+  const std::optional<at::Tensor>& conf_scale;   // [γ] float32
+  const std::optional<at::Tensor>& top_k;        // [R] int64
+  const std::optional<at::Tensor>& top_p;        // [R] float32
+  const std::optional<at::Tensor>& min_p;        // [R] float32
+};
+
 // base_logits [R, γ, V]; anchor, seed, offset [R] int64; w1, w2 [V, r]; temperature [R]
 // float32; hidden [R, γ, d]; gate_weight [r, d+r], gate_bias [r]; rnn_weight [3r, 2r+d],
 // rnn_bias [3r]; conf_weight [d] or [d+r], conf_bias [1]; conf_scale [γ] float32;
 // top_k [R] int64, top_p / min_p [R] float32 (values checked on CPU, or with DSPARK_CHECK=1).
 // Every logits/weight/activation argument shares the dtype of base_logits.
 // `op` names the op in messages (markov_draft or markov_draft_topk: same arguments).
-inline MarkovDraftSizes check_markov_draft_args(
-    const char* op, const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
-    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
-    const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
-    const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
-    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
-    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
-    const std::optional<at::Tensor>& min_p) {
+inline MarkovDraftSizes check_markov_draft_args(const char* op, const MarkovDraftArgs& a) {
+  const auto& [base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight, gate_bias, rnn_weight,
+               rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p] = a;
   check_float_dtype(base_logits, op, "base_logits");
   check_dim(base_logits, op, "base_logits", 3);
   MarkovDraftSizes s{base_logits.size(0),  base_logits.size(1),   base_logits.size(2), 0, 0,
@@ -129,6 +148,43 @@ inline MarkovDraftSizes check_markov_draft_args(
 inline void check_num_candidates(int64_t num_candidates, const MarkovDraftSizes& s) {
   DSPARK_CHECK(num_candidates >= 1 && num_candidates <= s.vocab, "dspark::markov_draft_topk", "num_candidates",
                "must be in [1, V=", s.vocab, "], got ", num_candidates);
+}
+
+// The registered functions of markov_draft and markov_draft_topk, one for both devices: the
+// schema's argument list, the shared checks, then the device's kernel
+// Kernel(args, sizes) (topk: Kernel(args, sizes, num_candidates)).
+template <auto Kernel>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft_op(
+    const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
+    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
+    const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
+    const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
+    const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
+    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p) {
+  const MarkovDraftArgs a{base_logits, anchor,    w1,          w2,        temperature, seed,
+                          offset,      hidden,    gate_weight, gate_bias, rnn_weight,  rnn_bias,
+                          conf_weight, conf_bias, conf_scale,  top_k,     top_p,       min_p};
+  return Kernel(a, check_markov_draft_args("dspark::markov_draft", a));
+}
+
+template <auto Kernel>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft_topk_op(
+    const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
+    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset, int64_t num_candidates,
+    const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
+    const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
+    const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
+    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p) {
+  const MarkovDraftArgs a{base_logits, anchor,    w1,          w2,        temperature, seed,
+                          offset,      hidden,    gate_weight, gate_bias, rnn_weight,  rnn_bias,
+                          conf_weight, conf_bias, conf_scale,  top_k,     top_p,       min_p};
+  const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft_topk", a);
+  check_num_candidates(num_candidates, s);
+  return Kernel(a, s, num_candidates);
 }
 
 }  // namespace dspark

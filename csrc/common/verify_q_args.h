@@ -107,6 +107,20 @@ inline DraftQ check_draft_q(const char* op, const std::optional<at::Tensor>& dra
   return q;
 }
 
+// The layout both verify ops start from: target_logits [N, V] of a float dtype with
+// 1 <= V < 2^32 (ids fit in 32 bits), and the drafted tokens [R, W] int64 on its device.
+inline void check_verify_layout(const char* op, const at::Tensor& target_logits, const at::Tensor& tokens,
+                                const char* tokens_name) {
+  check_float_dtype(target_logits, op, "target_logits");
+  check_dim(target_logits, op, "target_logits", 2);
+  check_device(tokens, op, tokens_name, target_logits);
+  check_dtype(tokens, op, tokens_name, {at::kLong});
+  check_dim(tokens, op, tokens_name, 2);
+  const int64_t vocab = target_logits.size(1);
+  DSPARK_CHECK(vocab > 0 && vocab < (int64_t{1} << 32), op, "target_logits",
+               "must have a vocabulary size in [1, 2^32), got ", vocab);
+}
+
 // Helpers of the bindings for optional tensors.
 inline std::optional<at::Tensor> contiguous_or_none(const std::optional<at::Tensor>& t) {
   return t ? std::optional<at::Tensor>(t->contiguous()) : std::nullopt;

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <optional>
 #include <tuple>
@@ -80,38 +81,69 @@ inline std::tuple<at::Tensor, at::Tensor, at::Tensor, bool> check_walk_state(
   return {walk->contiguous().clone(), out_tokens->contiguous().clone(), accepted_nodes->contiguous().clone(), false};
 }
 
+// The arguments of one phase op, in the order the schemas share. Chains: tokens =
+// draft_tokens [R, γ], counts = lengths [R], no parents; trees: tokens = tree_tokens [R, M],
+// counts = num_nodes [R], parents [R, M]. References to the caller's arguments.
+struct ShardArgs {
+  const at::Tensor& target_logits;                // [N, V_i], the shard's columns
+  const at::Tensor& tokens;                       // [R, γ] or [R, M] int64
+  const at::Tensor* parents;                      // [R, M] int64, trees only
+  const at::Tensor& counts;                       // [R] int64
+  const at::Tensor& temperature;                  // [R] float32
+  const at::Tensor& seed;                         // [R] int64
+  const at::Tensor& offset;                       // [R] int64
+  const at::Tensor* stats;                        // [W, N, 5] gathered; null in the stats phase
+  const std::optional<at::Tensor>& draft_logits;  // chain [R, γ, V_i], tree [N, V_i]
+  const std::optional<at::Tensor>& eos_ids;       // [E] int64
+  int64_t vocab_start, vocab_size;
+};
+
+// An absent optional argument (phases without eos_ids; the single-device checks' filters).
+inline const std::optional<at::Tensor> kNoTensor{};
+
+// Contiguous copies of a phase op's inputs (parents and stats undefined when absent, eos [0]
+// when None), shared by the CPU loops and the CUDA parameter block.
+struct ShardTensors {
+  at::Tensor target, tokens, parents, counts, temperature, seed, offset, stats, eos;
+  std::optional<at::Tensor> draft;
+
+  explicit ShardTensors(const ShardArgs& a)
+      : target(a.target_logits.contiguous()),
+        tokens(a.tokens.contiguous()),
+        parents(a.parents ? a.parents->contiguous() : at::Tensor()),
+        counts(a.counts.contiguous()),
+        temperature(a.temperature.contiguous()),
+        seed(a.seed.contiguous()),
+        offset(a.offset.contiguous()),
+        stats(a.stats ? a.stats->contiguous() : at::Tensor()),
+        eos(a.eos_ids ? a.eos_ids->contiguous() : at::empty({0}, a.tokens.options())),
+        draft(contiguous_or_none(a.draft_logits)) {}
+};
+
 // Every check of a chain phase op: the single-device verify_chain checks on the shard, the
 // shard's range and, for the phases after the first, the gathered stats [W, N, 5].
 // Returns (sizes, W) (W = 0 without stats).
-inline std::pair<VerifyChainSizes, int64_t> check_chain_shard_args(
-    const char* op, const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& lengths,
-    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
-    int64_t vocab_size, const at::Tensor* stats) {
-  const VerifyChainSizes s = check_verify_chain_args(target_logits, draft_tokens, lengths, temperature, seed, offset,
-                                                     draft_logits, eos_ids, std::nullopt, std::nullopt, std::nullopt,
-                                                     std::nullopt, std::nullopt);
-  check_shard_range(op, vocab_start, s.vocab, vocab_size);
-  const int64_t world = stats ? check_gathered(*stats, op, "stats", s.rows, "N, the rows of target_logits",
-                                               kShardStatsWords, target_logits)
-                              : 0;
+inline std::pair<VerifyChainSizes, int64_t> check_chain_shard_args(const char* op, const ShardArgs& a) {
+  const VerifyChainSizes s = check_verify_chain_args({a.target_logits, a.tokens, a.counts, a.temperature, a.seed,
+                                                      a.offset, a.draft_logits, a.eos_ids, kNoTensor, kNoTensor,
+                                                      kNoTensor, kNoTensor, kNoTensor});
+  check_shard_range(op, a.vocab_start, s.vocab, a.vocab_size);
+  const int64_t world = a.stats ? check_gathered(*a.stats, op, "stats", s.rows, "N, the rows of target_logits",
+                                                 kShardStatsWords, a.target_logits)
+                                : 0;
   return {s, world};
 }
 
 // The tree twin of check_chain_shard_args.
-inline std::pair<TreeSizes, int64_t> check_tree_shard_args(
-    const char* op, const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
-    const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
-    int64_t vocab_size, const at::Tensor* stats) {
-  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset,
-                                             draft_logits, eos_ids, std::nullopt, std::nullopt, std::nullopt,
-                                             std::nullopt, std::nullopt);
-  check_shard_range(op, vocab_start, s.vocab, vocab_size);
+inline std::pair<TreeSizes, int64_t> check_tree_shard_args(const char* op, const ShardArgs& a) {
+  const TreeSizes s = check_verify_tree_args({a.target_logits, a.tokens, *a.parents, a.counts, a.temperature, a.seed,
+                                              a.offset, a.draft_logits, a.eos_ids, kNoTensor, kNoTensor, kNoTensor,
+                                              kNoTensor, kNoTensor});
+  check_shard_range(op, a.vocab_start, s.vocab, a.vocab_size);
   DSPARK_CHECK(s.width < 65536, op, "tree_tokens", "must have fewer than 65536 columns (M), got ", s.width);
-  const int64_t world = stats ? check_gathered(*stats, op, "stats", s.rows, "N, the rows of target_logits",
-                                               kShardStatsWords, target_logits)
-                              : 0;
+  const int64_t world = a.stats ? check_gathered(*a.stats, op, "stats", s.rows, "N, the rows of target_logits",
+                                                 kShardStatsWords, a.target_logits)
+                                : 0;
   return {s, world};
 }
 
@@ -127,5 +159,91 @@ inline int64_t check_finish_args(const at::Tensor& out_tokens, const at::Tensor&
   check_index_vector(num_emitted, op, "num_emitted", R, "R, the rows of out_tokens", out_tokens);
   return check_gathered(race_keys, op, "race_keys", R, "R, the rows of out_tokens", kRaceKeyWords, out_tokens);
 }
+
+// The six registered phase ops, one definition for both devices: the schemas' argument
+// lists and the shared checks, then the device's kernels:
+//   ChainStats(args, sizes), ChainDecide(args, sizes, W), TreeStats(args, sizes),
+//   TreeWalk(args, sizes, W, state from check_walk_state, masses), TreeRace(args, sizes, W, walk),
+//   Finish(out, num_accepted, num_emitted, race_keys, W) placing the winners in out, a
+//   contiguous copy of out_tokens; its other arguments contiguous.
+template <auto ChainStats, auto ChainDecide, auto TreeStats, auto TreeWalk, auto TreeRace, auto Finish>
+struct ShardOps {
+  static at::Tensor chain_stats(const at::Tensor& target_logits, const at::Tensor& draft_tokens,
+                                const at::Tensor& lengths, const at::Tensor& temperature, const at::Tensor& seed,
+                                const at::Tensor& offset, const std::optional<at::Tensor>& draft_logits,
+                                int64_t vocab_start, int64_t vocab_size) {
+    const ShardArgs a{target_logits, draft_tokens, nullptr,      lengths,   temperature, seed,
+                      offset,        nullptr,      draft_logits, kNoTensor, vocab_start, vocab_size};
+    return ChainStats(a, check_chain_shard_args("dspark::verify_chain_shard_stats", a).first);
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> chain_decide(
+      const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& lengths,
+      const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset, const at::Tensor& stats,
+      const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
+      int64_t vocab_size) {
+    const ShardArgs a{target_logits, draft_tokens, nullptr,      lengths, temperature, seed,
+                      offset,        &stats,       draft_logits, eos_ids, vocab_start, vocab_size};
+    const auto [s, world] = check_chain_shard_args("dspark::verify_chain_shard_decide", a);
+    return ChainDecide(a, s, world);
+  }
+
+  static at::Tensor tree_stats(const at::Tensor& target_logits, const at::Tensor& tree_tokens,
+                               const at::Tensor& parents, const at::Tensor& num_nodes, const at::Tensor& temperature,
+                               const at::Tensor& seed, const at::Tensor& offset,
+                               const std::optional<at::Tensor>& draft_logits, int64_t vocab_start, int64_t vocab_size) {
+    const ShardArgs a{target_logits, tree_tokens, &parents,     num_nodes, temperature, seed,
+                      offset,        nullptr,     draft_logits, kNoTensor, vocab_start, vocab_size};
+    return TreeStats(a, check_tree_shard_args("dspark::verify_tree_shard_stats", a).first);
+  }
+
+  // walk, out_tokens, accepted_nodes: None on the first step (a fresh walk), else the previous
+  // step's outputs; masses [W, R] float32: the gathered partial masses of the previous step.
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> tree_walk(
+      const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
+      const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
+      const at::Tensor& stats, const std::optional<at::Tensor>& walk, const std::optional<at::Tensor>& out_tokens,
+      const std::optional<at::Tensor>& accepted_nodes, const std::optional<at::Tensor>& masses,
+      const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
+      int64_t vocab_size) {
+    constexpr const char* op = "dspark::verify_tree_shard_walk";
+    const ShardArgs a{target_logits, tree_tokens, &parents,     num_nodes, temperature, seed,
+                      offset,        &stats,      draft_logits, eos_ids,   vocab_start, vocab_size};
+    const auto [s, world] = check_tree_shard_args(op, a);
+    auto state = check_walk_state(op, walk, out_tokens, accepted_nodes, masses, s.requests, s.width, world,
+                                  target_logits);
+    return TreeWalk(a, s, world, state, masses);
+  }
+
+  static std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_race(
+      const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
+      const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
+      const at::Tensor& stats, const at::Tensor& walk, const std::optional<at::Tensor>& draft_logits,
+      int64_t vocab_start, int64_t vocab_size) {
+    constexpr const char* op = "dspark::verify_tree_shard_race";
+    const ShardArgs a{target_logits, tree_tokens, &parents,     num_nodes, temperature, seed,
+                      offset,        &stats,      draft_logits, kNoTensor, vocab_start, vocab_size};
+    const auto [s, world] = check_tree_shard_args(op, a);
+    check_walk(op, walk, s.requests, target_logits);
+    return TreeRace(a, s, world, walk);
+  }
+
+  static at::Tensor finish(const at::Tensor& out_tokens, const at::Tensor& num_accepted, const at::Tensor& num_emitted,
+                           const at::Tensor& race_keys) {
+    const int64_t world = check_finish_args(out_tokens, num_accepted, num_emitted, race_keys);
+    auto out = out_tokens.contiguous().clone();
+    Finish(out, num_accepted.contiguous(), num_emitted.contiguous(), race_keys.contiguous(), world);
+    return out;
+  }
+
+  static void register_all(torch::Library& m) {
+    m.impl("verify_chain_shard_stats", &chain_stats);
+    m.impl("verify_chain_shard_decide", &chain_decide);
+    m.impl("verify_tree_shard_stats", &tree_stats);
+    m.impl("verify_tree_shard_walk", &tree_walk);
+    m.impl("verify_tree_shard_race", &tree_race);
+    m.impl("verify_shard_finish", &finish);
+  }
+};
 
 }  // namespace dspark

@@ -5,8 +5,10 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <torch/library.h>
 
 #include <optional>
+#include <tuple>
 
 #include "common/verify_q_args.h"
 #include "dspark/checks.h"
@@ -87,29 +89,35 @@ inline TreeSizes check_tree_metadata_args(const at::Tensor& parents, const at::T
   return s;
 }
 
+// The arguments of one verify_tree call in schema order (references to the caller's).
+struct VerifyTreeArgs {
+  const at::Tensor& target_logits;                // [N, V]
+  const at::Tensor& tree_tokens;                  // [R, M] int64
+  const at::Tensor& parents;                      // [R, M] int64
+  const at::Tensor& num_nodes;                    // [R] int64
+  const at::Tensor& temperature;                  // [R] float32
+  const at::Tensor& seed;                         // [R] int64
+  const at::Tensor& offset;                       // [R] int64
+  const std::optional<at::Tensor>& draft_logits;  // [N, V] or [N, K]
+  const std::optional<at::Tensor>& eos_ids;       // [E] int64
+  const std::optional<at::Tensor>& top_k;         // [R] int64
+  const std::optional<at::Tensor>& top_p;         // [R] float32
+  const std::optional<at::Tensor>& min_p;         // [R] float32
+  const std::optional<at::Tensor>& draft_probs;   // [N, V] or [N, K] float32
+  const std::optional<at::Tensor>& draft_ids;     // [N, K] int64
+};
+
 // target_logits [N, V]; tree_tokens, parents [R, M] int64; num_nodes, seed, offset [R] int64;
 // temperature [R] float32; draft_logits [N, V] or None; eos_ids [E] or None; top_k [R] int64,
 // top_p / min_p [R] float32 or None; draft_probs [N, V] float32 or None; draft_ids [N, K] int64
 // or None (then draft_logits / draft_probs are [N, K]).
-inline TreeSizes check_verify_tree_args(const at::Tensor& target_logits, const at::Tensor& tree_tokens,
-                                        const at::Tensor& parents, const at::Tensor& num_nodes,
-                                        const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-                                        const std::optional<at::Tensor>& draft_logits,
-                                        const std::optional<at::Tensor>& eos_ids,
-                                        const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
-                                        const std::optional<at::Tensor>& min_p,
-                                        const std::optional<at::Tensor>& draft_probs,
-                                        const std::optional<at::Tensor>& draft_ids) {
+inline TreeSizes check_verify_tree_args(const VerifyTreeArgs& a) {
+  const auto& [target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset, draft_logits, eos_ids, top_k,
+               top_p, min_p, draft_probs, draft_ids] = a;
   constexpr const char* op = "dspark::verify_tree";
-  check_float_dtype(target_logits, op, "target_logits");
-  check_dim(target_logits, op, "target_logits", 2);
-  check_device(tree_tokens, op, "tree_tokens", target_logits);
-  check_dtype(tree_tokens, op, "tree_tokens", {at::kLong});
-  check_dim(tree_tokens, op, "tree_tokens", 2);
+  check_verify_layout(op, target_logits, tree_tokens, "tree_tokens");
   TreeSizes s{
       tree_tokens.size(0), tree_tokens.size(1), target_logits.size(1), target_logits.size(0), 0, DraftQ{}, false};
-  DSPARK_CHECK(s.vocab > 0 && s.vocab < (int64_t{1} << 32), op, "target_logits",
-               "must have a vocabulary size in [1, 2^32), got ", s.vocab);
   check_tree_layout(op, parents, num_nodes, s.requests, s.width, "R, the rows of tree_tokens", target_logits);
   s.num_eos = check_sampling_args(op, temperature, seed, offset, eos_ids, s.requests, target_logits);
   s.q = check_draft_q(op, draft_logits, draft_probs, draft_ids, {{s.rows, "N, the rows of target_logits"}}, s.vocab,
@@ -121,6 +129,29 @@ inline TreeSizes check_verify_tree_args(const at::Tensor& target_logits, const a
                  " rows (one per tree node), got ", s.rows);
   }
   return s;
+}
+
+// The registered verify_tree, one for both devices: the schema's argument list, the shared
+// checks, then the device's kernel Kernel(args, sizes).
+template <auto Kernel>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_op(
+    const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
+    const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
+    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids,
+    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
+    const std::optional<at::Tensor>& min_p, const std::optional<at::Tensor>& draft_probs,
+    const std::optional<at::Tensor>& draft_ids) {
+  const VerifyTreeArgs a{target_logits, tree_tokens, parents, num_nodes, temperature, seed,        offset,
+                         draft_logits,  eos_ids,     top_k,   top_p,     min_p,       draft_probs, draft_ids};
+  return Kernel(a, check_verify_tree_args(a));
+}
+
+// Registers the tree family with one device's kernels: tree_metadata as it is, verify_tree
+// through verify_tree_op.
+template <auto TreeMetadata, auto VerifyTree>
+void register_tree_ops(torch::Library& m) {
+  m.impl("tree_metadata", TreeMetadata);
+  m.impl("verify_tree", &verify_tree_op<VerifyTree>);
 }
 
 }  // namespace dspark

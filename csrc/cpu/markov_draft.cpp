@@ -26,36 +26,27 @@
 namespace dspark::cpu {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
-    const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
-    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
-    const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
-    const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
-    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
-    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
-    const std::optional<at::Tensor>& min_p) {
-  const MarkovDraftSizes s = check_markov_draft_args("dspark::markov_draft", base_logits, anchor, w1, w2, temperature,
-                                                     seed, offset, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias,
-                                                     conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
+// Arguments checked by markov_draft_op (common/markov_draft_args.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(const MarkovDraftArgs& a,
+                                                                        const MarkovDraftSizes& s) {
   const int64_t R = s.requests, G = s.gamma, V = s.vocab;
-  const auto fopts = base_logits.options().dtype(at::kFloat);
-  auto tokens = at::empty({R, G}, anchor.options());
-  auto draft_logits = at::empty({R, G, V}, base_logits.options());
+  const auto fopts = a.base_logits.options().dtype(at::kFloat);
+  auto tokens = at::empty({R, G}, a.anchor.options());
+  auto draft_logits = at::empty({R, G, V}, a.base_logits.options());
   auto token_logprob = at::zeros({R, G}, fopts);
   auto confidence = at::ones({R, G}, fopts);
   if (R == 0 || G == 0) return {tokens, draft_logits, token_logprob, confidence};
 
-  const auto U = base_logits.contiguous();
-  const auto w2c = w2.contiguous();  // [V, r]: storage dtype, converted inside the product
-  const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
+  const auto U = a.base_logits.contiguous();
+  const auto w2c = a.w2.contiguous();  // [V, r]: storage dtype, converted inside the product
+  const auto temp = a.temperature.contiguous(), sd = a.seed.contiguous(), off = a.offset.contiguous();
   const float* tp = temp.data_ptr<float>();
   const int64_t* sp = sd.data_ptr<int64_t>();
   const int64_t* op = off.data_ptr<int64_t>();
-  const auto filters = markov::row_filters(top_k, top_p, min_p, R, V);
-  MarkovHeadCpu head(s, w1, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale);
+  const auto filters = markov::row_filters(a.top_k, a.top_p, a.min_p, R, V);
+  MarkovHeadCpu head(s, a);
 
-  auto x = anchor.contiguous();  // x_{k-1}, [R]
+  auto x = a.anchor.contiguous();  // x_{k-1}, [R]
   auto noise = at::empty({R, V}, fopts);  // per-request scratch: Gumbel noise, then the scaled row
   int64_t* tok = tokens.data_ptr<int64_t>();
   float* lp = token_logprob.data_ptr<float>();
@@ -88,6 +79,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dspark, CPU, m) { m.impl("markov_draft", &markov_draft); }
+TORCH_LIBRARY_IMPL(dspark, CPU, m) { m.impl("markov_draft", &markov_draft_op<markov_draft>); }
 
 }  // namespace dspark::cpu

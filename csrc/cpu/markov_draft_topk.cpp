@@ -75,37 +75,28 @@ void select_candidates(const T* row, int64_t V, int64_t K, int64_t* ids, std::ve
   for (int64_t j = 0; j < K; ++j) ids[j] = race_index(buffer[j]);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft_topk(
-    const at::Tensor& base_logits, const at::Tensor& anchor, const at::Tensor& w1, const at::Tensor& w2,
-    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset, int64_t num_candidates,
-    const std::optional<at::Tensor>& hidden, const std::optional<at::Tensor>& gate_weight,
-    const std::optional<at::Tensor>& gate_bias, const std::optional<at::Tensor>& rnn_weight,
-    const std::optional<at::Tensor>& rnn_bias, const std::optional<at::Tensor>& conf_weight,
-    const std::optional<at::Tensor>& conf_bias, const std::optional<at::Tensor>& conf_scale,
-    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
-    const std::optional<at::Tensor>& min_p) {
-  const MarkovDraftSizes s = check_markov_draft_args(
-      "dspark::markov_draft_topk", base_logits, anchor, w1, w2, temperature, seed, offset, hidden, gate_weight,
-      gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale, top_k, top_p, min_p);
-  check_num_candidates(num_candidates, s);
+// Arguments checked by markov_draft_topk_op (common/markov_draft_args.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft_topk(const MarkovDraftArgs& a,
+                                                                                         const MarkovDraftSizes& s,
+                                                                                         int64_t num_candidates) {
   const int64_t R = s.requests, G = s.gamma, V = s.vocab, r = s.rank, K = num_candidates;
-  const auto fopts = base_logits.options().dtype(at::kFloat);
-  auto tokens = at::empty({R, G}, anchor.options());
-  auto draft_ids = at::empty({R, G, K}, anchor.options());
-  auto draft_logits = at::empty({R, G, K}, base_logits.options());
+  const auto fopts = a.base_logits.options().dtype(at::kFloat);
+  auto tokens = at::empty({R, G}, a.anchor.options());
+  auto draft_ids = at::empty({R, G, K}, a.anchor.options());
+  auto draft_logits = at::empty({R, G, K}, a.base_logits.options());
   auto token_logprob = at::zeros({R, G}, fopts);
   auto confidence = at::ones({R, G}, fopts);
   if (R == 0 || G == 0) return {tokens, draft_ids, draft_logits, token_logprob, confidence};
 
-  const auto U = base_logits.contiguous();
-  const auto w2c = w2.contiguous();
-  const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
+  const auto U = a.base_logits.contiguous();
+  const auto w2c = a.w2.contiguous();
+  const auto temp = a.temperature.contiguous(), sd = a.seed.contiguous(), off = a.offset.contiguous();
   const float* tp = temp.data_ptr<float>();
   const int64_t* sp = sd.data_ptr<int64_t>();
   const int64_t* op = off.data_ptr<int64_t>();
   int64_t* idp = draft_ids.data_ptr<int64_t>();
-  const auto filters = markov::row_filters(top_k, top_p, min_p, R, K);
-  MarkovHeadCpu head(s, w1, hidden, gate_weight, gate_bias, rnn_weight, rnn_bias, conf_weight, conf_bias, conf_scale);
+  const auto filters = markov::row_filters(a.top_k, a.top_p, a.min_p, R, K);
+  MarkovHeadCpu head(s, a);
 
   DSPARK_CPU_DISPATCH_FLOAT(U.scalar_type(), "dspark::markov_draft_topk", "base_logits", [&] {
     const scalar_t* up = U.data_ptr<scalar_t>();
@@ -116,7 +107,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
     });
   });
 
-  auto x = anchor.contiguous();  // x_{k-1}, [R]
+  auto x = a.anchor.contiguous();  // x_{k-1}, [R]
   auto product = at::empty({R, K}, fopts);  // P_k . w2[c] per candidate
   auto noise = at::empty({R, K}, fopts);    // Gumbel noise, then the scaled row
   int64_t* tok = tokens.data_ptr<int64_t>();
@@ -152,6 +143,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_dr
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dspark, CPU, m) { m.impl("markov_draft_topk", &markov_draft_topk); }
+TORCH_LIBRARY_IMPL(dspark, CPU, m) { m.impl("markov_draft_topk", &markov_draft_topk_op<markov_draft_topk>); }
 
 }  // namespace dspark::cpu

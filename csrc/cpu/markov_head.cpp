@@ -15,26 +15,21 @@ inline float sigmoid(float x) { return 1.0f / (1.0f + std::exp(-x)); }
 
 }  // namespace
 
-MarkovHeadCpu::MarkovHeadCpu(const MarkovDraftSizes& s, const at::Tensor& w1, const std::optional<at::Tensor>& hidden,
-                             const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
-                             const std::optional<at::Tensor>& rnn_weight, const std::optional<at::Tensor>& rnn_bias,
-                             const std::optional<at::Tensor>& conf_weight, const std::optional<at::Tensor>& conf_bias,
-                             const std::optional<at::Tensor>& conf_scale)
-    : s_(s), w1_(w1.contiguous()) {
-  const auto fopts = w1.options().dtype(at::kFloat);
-  if (hidden) hidden_ = hidden->to(at::kFloat);
+MarkovHeadCpu::MarkovHeadCpu(const MarkovDraftSizes& s, const MarkovDraftArgs& a) : s_(s), w1_(a.w1.contiguous()) {
+  const auto fopts = a.w1.options().dtype(at::kFloat);
+  if (a.hidden) hidden_ = a.hidden->to(at::kFloat);
   if (s.head == MarkovHead::kGated) {
-    head_w_ = gate_weight->to(at::kFloat);  // input [h_k ; e_k]
-    head_b_ = gate_bias->to(at::kFloat).contiguous();
+    head_w_ = a.gate_weight->to(at::kFloat);  // input [h_k ; e_k]
+    head_b_ = a.gate_bias->to(at::kFloat).contiguous();
   } else if (s.head == MarkovHead::kRnn) {
-    head_w_ = rnn_weight->to(at::kFloat);  // input [s_{k-1} ; e_k ; h_k]
-    head_b_ = rnn_bias->to(at::kFloat).contiguous();
+    head_w_ = a.rnn_weight->to(at::kFloat);  // input [s_{k-1} ; e_k ; h_k]
+    head_b_ = a.rnn_bias->to(at::kFloat).contiguous();
     state_ = at::zeros({s.requests, s.rank}, fopts);  // s_0 = 0
   }
   if (s.confidence != ConfidenceInput::kNone) {
-    conf_w_ = conf_weight->to(at::kFloat).reshape({1, -1});
-    conf_b_ = conf_bias->to(at::kFloat).contiguous();
-    conf_scale_ = conf_scale ? conf_scale->contiguous() : at::ones({s.gamma}, fopts);
+    conf_w_ = a.conf_weight->to(at::kFloat).reshape({1, -1});
+    conf_b_ = a.conf_bias->to(at::kFloat).contiguous();
+    conf_scale_ = a.conf_scale ? a.conf_scale->contiguous() : at::ones({s.gamma}, fopts);
   }
 }
 

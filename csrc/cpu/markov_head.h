@@ -14,12 +14,8 @@ namespace dspark::cpu {
 class MarkovHeadCpu {
  public:
   // The head and confidence weights of one call, converted once to float32 (arithmetic is
-  // float32 whatever the storage dtype). Arguments as check_markov_draft_args.
-  MarkovHeadCpu(const MarkovDraftSizes& s, const at::Tensor& w1, const std::optional<at::Tensor>& hidden,
-                const std::optional<at::Tensor>& gate_weight, const std::optional<at::Tensor>& gate_bias,
-                const std::optional<at::Tensor>& rnn_weight, const std::optional<at::Tensor>& rnn_bias,
-                const std::optional<at::Tensor>& conf_weight, const std::optional<at::Tensor>& conf_bias,
-                const std::optional<at::Tensor>& conf_scale);
+  // float32 whatever the storage dtype). Arguments checked by check_markov_draft_args.
+  MarkovHeadCpu(const MarkovDraftSizes& s, const MarkovDraftArgs& a);
 
   // e_k = w1[x_{k-1}] in float32: prev [R] int64 (in range) -> [R, r].
   at::Tensor embed(const at::Tensor& prev) const;

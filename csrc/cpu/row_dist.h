@@ -15,6 +15,7 @@
 #include "cpu/philox_batch.h"
 #include "cpu/row_ops.h"
 #include "dspark/filters.h"
+#include "dspark/host_device.h"
 #include "dspark/philox.h"
 #include "dspark/sampling.h"
 
@@ -23,6 +24,7 @@ namespace dspark::cpu {
 // Per-thread buffers, reused across rows and requests.
 struct RowScratch {
   std::vector<float> scaled;                         // [V] the target row's filtered scaled logits
+  std::vector<float> draft_scaled;                   // [W] a draft row's scaled logits, -inf if not listed
   std::vector<float> work;                           // filter_threshold's buffer
   std::vector<std::pair<int64_t, float>> listed;     // [K] a sparse q row as (id, q) by id
   std::vector<float> uniforms;                       // [V] the open uniforms of one race
@@ -101,9 +103,11 @@ struct DraftRow {
   }
 };
 
+// Logit rows get their softmax statistics as target rows do (row_stats: vectorised from
+// kVectorisedRow entries on), from scaled logits in the scratch.
 template <typename TD>
 DraftRow<TD> draft_row(const TD* logits, const float* probs, const int64_t* ids, int64_t width, int64_t vocab,
-                       float inv_temperature) {
+                       float inv_temperature, RowScratch& sc) {
   DraftRow<TD> q;
   q.logits = logits;
   q.probs = probs;
@@ -111,9 +115,12 @@ DraftRow<TD> draft_row(const TD* logits, const float* probs, const int64_t* ids,
   q.width = width;
   q.vocab = vocab;
   q.inv_temperature = inv_temperature;
-  if (logits)
-    for (int64_t j = 0; j < width; ++j)
-      if (q.listed(j)) q.stats.add(scaled_logit(load(logits, j), inv_temperature));
+  if (logits) {
+    sc.draft_scaled.resize(width);
+    float* s = sc.draft_scaled.data();
+    for (int64_t j = 0; j < width; ++j) s[j] = q.listed(j) ? scaled_logit(load(logits, j), inv_temperature) : -INFINITY;
+    q.stats = row_stats(s, width);
+  }
   return q;
 }
 
@@ -163,9 +170,26 @@ void for_each_uniform(int64_t vocab, int64_t seed, int64_t offset, Purpose purpo
   for (int64_t v = 0; v < vocab; ++v) visit(v, sc.uniforms[v]);
 }
 
+// An upper bound of gumbel_from_uniform(u) without a logarithm, so that a race skips the two
+// logarithms of every entry that cannot win, not only of those below kGumbelBound:
+// -log(-log u) <= -log(1 - u) (as -log u >= 1 - u), and for a normal float y,
+// -log(y) <= ln 2 * (127 - bits(y) / 2^23) (log2 lies above its chords between powers of two,
+// and bits(y) / 2^23 - 127 is that chord). 1 - u is exact (open uniforms are odd multiples of
+// 2^-24); the margin covers the rounding of logf in the exact noise and of this bound (< 1e-5).
+inline float gumbel_upper_bound(float u) {
+  const float chord = static_cast<float>(bit_cast<int32_t>(1.0f - u)) * (1.0f / 8388608.0f);
+  return 0.6931472f * (127.0f - chord) + 1e-3f;
+}
+
+// True when an entry of this log-weight and uniform cannot win the race: its exact score
+// log_weight + gumbel_from_uniform(u) rounds to at most fl(log_weight + bound) < best.
+inline bool cannot_win(const BoundedRace& race, float log_weight, float u) {
+  return race.hopeless(log_weight) || log_weight + gumbel_upper_bound(u) < race.best;
+}
+
 // BoundedRace::add_bits for an open uniform.
 inline void race_add(BoundedRace& race, float log_weight, float u, int64_t v) {
-  if (!race.hopeless(log_weight)) race.add(log_weight, gumbel_from_uniform(u), v);
+  if (!cannot_win(race, log_weight, u)) race.add(log_weight, gumbel_from_uniform(u), v);
 }
 
 }  // namespace dspark::cpu

@@ -38,10 +38,10 @@ struct ChainDrafts {
   int64_t width, gamma, vocab;
 
   bool given() const { return logits || probs; }
-  DraftRow<TD> row(int64_t request, int64_t k, float inv_temperature) const {
+  DraftRow<TD> row(int64_t request, int64_t k, float inv_temperature, RowScratch& sc) const {
     const int64_t at = (request * gamma + k - 1) * width;
     return draft_row(logits ? logits + at : nullptr, probs ? probs + at : nullptr, ids ? ids + at : nullptr, width,
-                     vocab, inv_temperature);
+                     vocab, inv_temperature, sc);
   }
 };
 
@@ -57,7 +57,7 @@ int64_t draw(const TargetRow& p, const DraftRow<TD>* q, const ChainRequest& c, u
   for_each_uniform(vocab, c.seed, c.offset, Purpose::kChainResample, position, sc, [&](int64_t v, float u) {
     const float xv = p.s[v];
     race_add(plain, xv, u, v);
-    if (q && !residual.hopeless(xv - log_norm)) {  // log p_v bounds log(p_v - q_v)
+    if (q && !cannot_win(residual, xv - log_norm, u)) {  // log p_v bounds log(p_v - q_v)
       const float pv = p.prob(v), qv = sweep->at(v);
       race_add(residual, pv > qv ? logf(pv - qv) : -INFINITY, u, v);
     }
@@ -87,7 +87,7 @@ std::pair<int64_t, int64_t> verify_one(const ChainRequest& c, const TT* target, 
         // Not drawn from q_k: the chain ends here with a draw from p_k, as if ℓ were k - 1.
         emitted = draw<TD>(p, nullptr, c, static_cast<uint32_t>(k), vocab, sc);
       } else {
-        const DraftRow<TD> q = drafts.given() ? drafts.row(request, k, inv_t) : one_hot_row<TD>(x);
+        const DraftRow<TD> q = drafts.given() ? drafts.row(request, k, inv_t, sc) : one_hot_row<TD>(x);
         const float coin = random_uniform(c.seed, c.offset, Purpose::kChainCoin, static_cast<uint32_t>(k), 0);
         if (!(coin * q.prob(x) < p.prob(x))) emitted = draw(p, &q, c, static_cast<uint32_t>(k), vocab, sc);
       }
@@ -107,20 +107,12 @@ std::pair<int64_t, int64_t> verify_one(const ChainRequest& c, const TT* target, 
   return {accepted, accepted + 1};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
-    const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& lengths,
-    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids,
-    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
-    const std::optional<at::Tensor>& min_p, const std::optional<at::Tensor>& draft_probs,
-    const std::optional<at::Tensor>& draft_ids) {
-  const VerifyChainSizes s = check_verify_chain_args(target_logits, draft_tokens, lengths, temperature, seed, offset,
-                                                     draft_logits, eos_ids, top_k, top_p, min_p, draft_probs,
-                                                     draft_ids);
+// Arguments checked by verify_chain_op (common/verify_chain_args.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(const VerifyChainArgs& a, const VerifyChainSizes& s) {
+  const auto& [target_logits, draft_tokens, lengths, temperature, seed, offset, draft_logits, eos_ids, top_k, top_p,
+               min_p, draft_probs, draft_ids] = a;
   const auto opts = draft_tokens.options();
-  auto out_tokens = at::full({s.requests, s.gamma + 1}, -1, opts);
-  auto num_accepted = at::zeros({s.requests}, opts);
-  auto num_emitted = at::zeros({s.requests}, opts);
+  auto [out_tokens, num_accepted, num_emitted] = initial_chain_outputs(s, opts);
   if (s.requests == 0) return {out_tokens, num_accepted, num_emitted};
 
   const auto target = target_logits.contiguous();
@@ -147,27 +139,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
   int64_t *outp = out_tokens.data_ptr<int64_t>(), *accp = num_accepted.data_ptr<int64_t>();
   int64_t* emitp = num_emitted.data_ptr<int64_t>();
 
-  DSPARK_CPU_DISPATCH_FLOAT(target.scalar_type(), "dspark::verify_chain", "target_logits", [&] {
-    using TT = scalar_t;
-    const auto draft_type = dlogits ? dlogits->scalar_type() : target.scalar_type();
-    DSPARK_CPU_DISPATCH_FLOAT(draft_type, "dspark::verify_chain", "draft_logits", [&] {
-      using TD = scalar_t;
-      const TT* tgt = target.data_ptr<TT>();
-      const ChainDrafts<TD> dr{data_or_null<TD>(dlogits),
-                               data_or_null<float>(dprobs),
-                               data_or_null<int64_t>(dids),
-                               s.q.width,
-                               s.gamma,
-                               s.vocab};
-      at::parallel_for(0, s.requests, 1, [&](int64_t begin, int64_t end) {
-        RowScratch sc;
-        for (int64_t r = begin; r < end; ++r) {
-          const RowFilter f = make_row_filter(kp ? kp[r] : 0, pp ? pp[r] : 1.0f, mpp ? mpp[r] : 0.0f, s.vocab);
-          const ChainRequest c{tok + r * s.gamma,       lp[r], first_row[r], tmp[r], sdp[r], offp[r], f,
-                               outp + r * (s.gamma + 1)};
-          std::tie(accp[r], emitp[r]) = verify_one(c, tgt, dr, r, s.vocab, eosp, s.num_eos, sc);
-        }
-      });
+  dispatch_target_draft("dspark::verify_chain", target, dlogits, [&]<typename TT, typename TD>() {
+    const TT* tgt = target.data_ptr<TT>();
+    const ChainDrafts<TD> dr{data_or_null<TD>(dlogits),
+                             data_or_null<float>(dprobs),
+                             data_or_null<int64_t>(dids),
+                             s.q.width,
+                             s.gamma,
+                             s.vocab};
+    at::parallel_for(0, s.requests, 1, [&](int64_t begin, int64_t end) {
+      RowScratch sc;
+      for (int64_t r = begin; r < end; ++r) {
+        const RowFilter f = make_row_filter(kp ? kp[r] : 0, pp ? pp[r] : 1.0f, mpp ? mpp[r] : 0.0f, s.vocab);
+        const ChainRequest c{tok + r * s.gamma,       lp[r], first_row[r], tmp[r], sdp[r], offp[r], f,
+                             outp + r * (s.gamma + 1)};
+        std::tie(accp[r], emitp[r]) = verify_one(c, tgt, dr, r, s.vocab, eosp, s.num_eos, sc);
+      }
     });
   });
   return {out_tokens, num_accepted, num_emitted};
@@ -175,6 +162,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dspark, CPU, m) { m.impl("verify_chain", &verify_chain); }
+TORCH_LIBRARY_IMPL(dspark, CPU, m) { m.impl("verify_chain", &verify_chain_op<verify_chain>); }
 
 }  // namespace dspark::cpu

@@ -20,18 +20,26 @@
 namespace dspark::cpu {
 namespace {
 
-// Runs f(const TT*, const TD*) (null pointers that carry the types) with the storage types
-// of target and draft (draft defaults to the target's type when absent).
-template <typename F>
-void dispatch_pair(const char* op, const at::Tensor& target, const std::optional<at::Tensor>& draft, F&& f) {
-  DSPARK_CPU_DISPATCH_FLOAT(target.scalar_type(), op, "target_logits", [&] {
-    using TT = scalar_t;
-    const auto draft_type = draft ? draft->scalar_type() : target.scalar_type();
-    DSPARK_CPU_DISPATCH_FLOAT(draft_type, op, "draft_logits", [&] {
-      using TD = scalar_t;
-      f(static_cast<const TT*>(nullptr), static_cast<const TD*>(nullptr));
+// Runs body(r, tp, dp) for every request r in parallel, with tp / dp the target / draft
+// logits typed by their storage dtypes (dp null without draft logits; its type then defaults
+// to the target's).
+template <typename Body>
+void for_each_request(const char* op, const ShardTensors& in, int64_t requests, Body&& body) {
+  dispatch_target_draft(op, in.target, in.draft, [&]<typename TT, typename TD>() {
+    const TT* tp = in.target.data_ptr<TT>();
+    const TD* dp = in.draft ? in.draft->data_ptr<TD>() : nullptr;
+    at::parallel_for(0, requests, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) body(r, tp, dp);
     });
   });
+}
+
+// An int64 [rows, kShardStatsWords] tensor of empty ShardRowStats records, and its records.
+std::pair<at::Tensor, ShardRowStats*> empty_stats(int64_t rows, const at::TensorOptions& opts) {
+  auto stats = at::empty({rows, kShardStatsWords}, opts);
+  ShardRowStats* out = reinterpret_cast<ShardRowStats*>(stats.data_ptr<int64_t>());
+  for (int64_t i = 0; i < rows; ++i) out[i] = empty_row_stats();
+  return {stats, out};
 }
 
 // Index of each request's first row: Σ_{r' < r} (count[r'] + extra), count clamped to [0, hi].
@@ -124,112 +132,77 @@ std::pair<uint64_t, uint64_t> shard_two_races(const T* row, int64_t count, int64
 // ---------------------------------------------------------------------------------------
 // verify_chain
 
-at::Tensor verify_chain_shard_stats(const at::Tensor& target_logits, const at::Tensor& draft_tokens,
-                                    const at::Tensor& lengths, const at::Tensor& temperature, const at::Tensor& seed,
-                                    const at::Tensor& offset, const std::optional<at::Tensor>& draft_logits,
-                                    int64_t vocab_start, int64_t vocab_size) {
-  const auto [s, world] = check_chain_shard_args("dspark::verify_chain_shard_stats", target_logits, draft_tokens,
-                                                 lengths, temperature, seed, offset, draft_logits, std::nullopt,
-                                                 vocab_start, vocab_size, nullptr);
-  auto stats = at::empty({s.rows, kShardStatsWords}, draft_tokens.options());
-  ShardRowStats* out = reinterpret_cast<ShardRowStats*>(stats.data_ptr<int64_t>());
-  for (int64_t i = 0; i < s.rows; ++i) out[i] = empty_row_stats();
+at::Tensor verify_chain_shard_stats(const ShardArgs& a, const VerifyChainSizes& s) {
+  auto [stats, out] = empty_stats(s.rows, a.tokens.options());
   if (s.requests == 0) return stats;
-  const auto target = target_logits.contiguous(), drafts = draft_tokens.contiguous();
-  const auto draft = draft_logits ? std::optional<at::Tensor>(draft_logits->contiguous()) : std::nullopt;
-  const auto len = lengths.contiguous(), temp = temperature.contiguous();
-  const std::vector<int64_t> first = first_rows(len, 1, s.gamma);
-  const int64_t V = s.vocab, start = vocab_start;
-  dispatch_pair("dspark::verify_chain_shard_stats", target, draft, [&](auto tt, auto td) {
-    using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
-    using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
-    const TT* tp = target.data_ptr<TT>();
-    const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;
-    at::parallel_for(0, s.requests, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t length = std::min(std::max<int64_t>(len.data_ptr<int64_t>()[r], 0), s.gamma);
-        if (!rows_exist(first[r], length + 1, s.rows)) continue;
-        const float T = temp.data_ptr<float>()[r], inv_t = inverse_temperature(T);
-        for (int64_t k = 0; k <= length; ++k) {
-          const TT* row = tp + (first[r] + k) * V;
-          ShardRowStats& st = out[first[r] + k];
-          if (is_greedy(T)) {
-            st.argmax_key = shard_argmax(row, V, start);
-            continue;
-          }
-          const SoftmaxStats ps = shard_softmax(row, V, inv_t);
-          st.p_max = ps.max;
-          st.p_sum = ps.sum;
-          if (k == length) continue;  // the bonus row has no draft token
-          const TD* qrow = dp ? dp + (r * s.gamma + k) * V : nullptr;
-          if (qrow) {
-            const SoftmaxStats qs = shard_softmax(qrow, V, inv_t);
-            st.q_max = qs.max;
-            st.q_sum = qs.sum;
-          }
-          const int64_t x = drafts.data_ptr<int64_t>()[r * s.gamma + k] - start;
-          if (x >= 0 && x < V) {
-            st.p_x = scaled_logit(load(row, x), inv_t);
-            if (qrow) st.q_x = scaled_logit(load(qrow, x), inv_t);
-          }
-        }
+  const ShardTensors in(a);
+  const std::vector<int64_t> first = first_rows(in.counts, 1, s.gamma);
+  const int64_t V = s.vocab, start = a.vocab_start;
+  for_each_request("dspark::verify_chain_shard_stats", in, s.requests, [&](int64_t r, auto tp, auto dp) {
+    const int64_t length = std::min(std::max<int64_t>(in.counts.data_ptr<int64_t>()[r], 0), s.gamma);
+    if (!rows_exist(first[r], length + 1, s.rows)) return;
+    const float T = in.temperature.data_ptr<float>()[r], inv_t = inverse_temperature(T);
+    for (int64_t k = 0; k <= length; ++k) {
+      const auto* row = tp + (first[r] + k) * V;
+      ShardRowStats& st = out[first[r] + k];
+      if (is_greedy(T)) {
+        st.argmax_key = shard_argmax(row, V, start);
+        continue;
       }
-    });
+      const SoftmaxStats ps = shard_softmax(row, V, inv_t);
+      st.p_max = ps.max;
+      st.p_sum = ps.sum;
+      if (k == length) continue;  // the bonus row has no draft token
+      const auto* qrow = dp ? dp + (r * s.gamma + k) * V : nullptr;
+      if (qrow) {
+        const SoftmaxStats qs = shard_softmax(qrow, V, inv_t);
+        st.q_max = qs.max;
+        st.q_sum = qs.sum;
+      }
+      const int64_t x = in.tokens.data_ptr<int64_t>()[r * s.gamma + k] - start;
+      if (x >= 0 && x < V) {
+        st.p_x = scaled_logit(load(row, x), inv_t);
+        if (qrow) st.q_x = scaled_logit(load(qrow, x), inv_t);
+      }
+    }
   });
   return stats;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_chain_shard_decide(
-    const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& lengths,
-    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset, const at::Tensor& stats,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
-    int64_t vocab_size) {
-  const auto [s, world] = check_chain_shard_args("dspark::verify_chain_shard_decide", target_logits, draft_tokens,
-                                                 lengths, temperature, seed, offset, draft_logits, eos_ids, vocab_start,
-                                                 vocab_size, &stats);
-  const auto opts = draft_tokens.options();
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_chain_shard_decide(const ShardArgs& a,
+                                                                                     const VerifyChainSizes& s,
+                                                                                     int64_t world) {
+  const auto opts = a.tokens.options();
   auto out_tokens = at::full({s.requests, s.gamma + 1}, -1, opts);
   auto num_accepted = at::zeros({s.requests}, opts);
   auto num_emitted = at::zeros({s.requests}, opts);
   auto keys = at::zeros({s.requests, kRaceKeyWords}, opts);
   if (s.requests == 0) return {out_tokens, num_accepted, num_emitted, keys};
-  const auto target = target_logits.contiguous(), drafts = draft_tokens.contiguous(), st = stats.contiguous();
-  const auto draft = draft_logits ? std::optional<at::Tensor>(draft_logits->contiguous()) : std::nullopt;
-  const auto eos = eos_ids ? eos_ids->contiguous() : at::empty({0}, opts);
-  const auto len = lengths.contiguous(), temp = temperature.contiguous();
-  const auto sd = seed.contiguous(), off = offset.contiguous();
-  const std::vector<int64_t> first = first_rows(len, 1, s.gamma);
-  const ShardRowStats* gathered = stats_ptr(st);
-  const int64_t V = s.vocab, start = vocab_start;
-  dispatch_pair("dspark::verify_chain_shard_decide", target, draft, [&](auto tt, auto td) {
-    using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
-    using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
-    const TT* tp = target.data_ptr<TT>();
-    const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;
-    at::parallel_for(0, s.requests, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t length = std::min(std::max<int64_t>(len.data_ptr<int64_t>()[r], 0), s.gamma);
-        if (!rows_exist(first[r], length + 1, s.rows)) continue;
-        const float T = temp.data_ptr<float>()[r], inv_t = inverse_temperature(T);
-        const int64_t sr = sd.data_ptr<int64_t>()[r], orr = off.data_ptr<int64_t>()[r];
-        const ChainDecision d = chain_decide(drafts.data_ptr<int64_t>() + r * s.gamma, length, first[r], T, sr, orr,
-                                             gathered, world, s.rows, dp != nullptr, vocab_size,
-                                             eos.data_ptr<int64_t>(), s.num_eos,
-                                             out_tokens.data_ptr<int64_t>() + r * (s.gamma + 1));
-        num_accepted.data_ptr<int64_t>()[r] = d.accepted;
-        num_emitted.data_ptr<int64_t>()[r] = d.accepted + (d.emit != kEmitNone ? 1 : 0);
-        uint64_t* key = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()) + r * kRaceKeyWords;
-        if (d.emit == kEmitKnown) key[0] = known_token_key(d.token);
-        if (d.emit < kEmitFromP) continue;
-        const TT* row = tp + d.row * V;
-        const TD* qrow = dp && d.emit == kEmitPMinusQ ? dp + (r * s.gamma + d.position - 1) * V : nullptr;
-        std::tie(key[0], key[1]) = shard_two_races(
-            row, V, start, inv_t, sr, orr, Purpose::kChainResample, d.position, [&](int64_t v, int64_t id, float xs) {
-              if (d.emit == kEmitFromP) return -INFINITY;
-              return chain_residual_log_weight(d, xs, qrow ? scaled_logit(load(qrow, v), inv_t) : -INFINITY, id);
-            });
-      }
-    });
+  const ShardTensors in(a);
+  const std::vector<int64_t> first = first_rows(in.counts, 1, s.gamma);
+  const ShardRowStats* gathered = stats_ptr(in.stats);
+  const int64_t V = s.vocab, start = a.vocab_start;
+  for_each_request("dspark::verify_chain_shard_decide", in, s.requests, [&](int64_t r, auto tp, auto dp) {
+    const int64_t length = std::min(std::max<int64_t>(in.counts.data_ptr<int64_t>()[r], 0), s.gamma);
+    if (!rows_exist(first[r], length + 1, s.rows)) return;
+    const float T = in.temperature.data_ptr<float>()[r], inv_t = inverse_temperature(T);
+    const int64_t sr = in.seed.data_ptr<int64_t>()[r], orr = in.offset.data_ptr<int64_t>()[r];
+    const ChainDecision d = chain_decide(in.tokens.data_ptr<int64_t>() + r * s.gamma, length, first[r], T, sr, orr,
+                                         gathered, world, s.rows, dp != nullptr, a.vocab_size,
+                                         in.eos.data_ptr<int64_t>(), s.num_eos,
+                                         out_tokens.data_ptr<int64_t>() + r * (s.gamma + 1));
+    num_accepted.data_ptr<int64_t>()[r] = d.accepted;
+    num_emitted.data_ptr<int64_t>()[r] = d.accepted + (d.emit != kEmitNone ? 1 : 0);
+    uint64_t* key = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()) + r * kRaceKeyWords;
+    if (d.emit == kEmitKnown) key[0] = known_token_key(d.token);
+    if (d.emit < kEmitFromP) return;
+    const auto* row = tp + d.row * V;
+    const auto* qrow = dp && d.emit == kEmitPMinusQ ? dp + (r * s.gamma + d.position - 1) * V : nullptr;
+    std::tie(key[0], key[1]) = shard_two_races(
+        row, V, start, inv_t, sr, orr, Purpose::kChainResample, d.position, [&](int64_t v, int64_t id, float xs) {
+          if (d.emit == kEmitFromP) return -INFINITY;
+          return chain_residual_log_weight(d, xs, qrow ? scaled_logit(load(qrow, v), inv_t) : -INFINITY, id);
+        });
   });
   return {out_tokens, num_accepted, num_emitted, keys};
 }
@@ -237,197 +210,136 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_chain_shard_de
 // ---------------------------------------------------------------------------------------
 // verify_tree
 
-TreeView tree_view(const at::Tensor& tokens, const at::Tensor& parents, const at::Tensor& num_nodes,
-                   const std::vector<int64_t>& first, const at::Tensor& temp, const at::Tensor& sd,
-                   const at::Tensor& off, int64_t r, int64_t M, bool has_draft, int64_t vocab_size) {
-  return TreeView{tokens.data_ptr<int64_t>() + r * M,
-                  parents.data_ptr<int64_t>() + r * M,
-                  std::min(std::max<int64_t>(num_nodes.data_ptr<int64_t>()[r], 0), M),
+TreeView tree_view(const ShardTensors& in, const std::vector<int64_t>& first, int64_t r, int64_t M, bool has_draft,
+                   int64_t vocab_size) {
+  return TreeView{in.tokens.data_ptr<int64_t>() + r * M,
+                  in.parents.data_ptr<int64_t>() + r * M,
+                  std::min(std::max<int64_t>(in.counts.data_ptr<int64_t>()[r], 0), M),
                   first[r],
-                  temp.data_ptr<float>()[r],
-                  sd.data_ptr<int64_t>()[r],
-                  off.data_ptr<int64_t>()[r],
+                  in.temperature.data_ptr<float>()[r],
+                  in.seed.data_ptr<int64_t>()[r],
+                  in.offset.data_ptr<int64_t>()[r],
                   has_draft,
                   vocab_size};
 }
 
-at::Tensor verify_tree_shard_stats(const at::Tensor& target_logits, const at::Tensor& tree_tokens,
-                                   const at::Tensor& parents, const at::Tensor& num_nodes,
-                                   const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-                                   const std::optional<at::Tensor>& draft_logits, int64_t vocab_start,
-                                   int64_t vocab_size) {
-  const auto [s, world] = check_tree_shard_args("dspark::verify_tree_shard_stats", target_logits, tree_tokens, parents,
-                                                num_nodes, temperature, seed, offset, draft_logits, std::nullopt,
-                                                vocab_start, vocab_size, nullptr);
-  auto stats = at::empty({s.rows, kShardStatsWords}, tree_tokens.options());
-  ShardRowStats* out = reinterpret_cast<ShardRowStats*>(stats.data_ptr<int64_t>());
-  for (int64_t i = 0; i < s.rows; ++i) out[i] = empty_row_stats();
+at::Tensor verify_tree_shard_stats(const ShardArgs& a, const TreeSizes& s) {
+  auto [stats, out] = empty_stats(s.rows, a.tokens.options());
   if (s.requests == 0 || s.width == 0) return stats;
-  const auto target = target_logits.contiguous();
-  const auto tokens = tree_tokens.contiguous(), par = parents.contiguous(), cnt = num_nodes.contiguous();
-  const auto draft = draft_logits ? std::optional<at::Tensor>(draft_logits->contiguous()) : std::nullopt;
-  const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
-  const std::vector<int64_t> first = first_rows(cnt, 0, s.width);
-  const int64_t V = s.vocab, start = vocab_start;
-  dispatch_pair("dspark::verify_tree_shard_stats", target, draft, [&](auto tt, auto td) {
-    using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
-    using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
-    const TT* tp = target.data_ptr<TT>();
-    const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;
-    at::parallel_for(0, s.requests, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const TreeView t = tree_view(tokens, par, cnt, first, temp, sd, off, r, s.width, dp != nullptr, vocab_size);
-        const float inv_t = inverse_temperature(t.temperature);
-        if (!rows_exist(t.first_row, t.nodes, s.rows)) continue;
-        for (int64_t i = 0; i < t.nodes; ++i) {
-          const TT* row = tp + (t.first_row + i) * V;
-          ShardRowStats& st = out[t.first_row + i];
-          if (is_greedy(t.temperature)) {
-            st.argmax_key = shard_argmax(row, V, start);
-            continue;
-          }
-          if (dp && tree_next_valid_child(t, i, i + 1) >= 0) {
-            // Recursive rejection at node i: p_i and q_i statistics.
-            const SoftmaxStats ps = shard_softmax(row, V, inv_t);
-            const SoftmaxStats qs = shard_softmax(dp + (t.first_row + i) * V, V, inv_t);
-            st.p_max = ps.max;
-            st.p_sum = ps.sum;
-            st.q_max = qs.max;
-            st.q_sum = qs.sum;
-          } else {
-            st.race_key = shard_p_race(row, V, start, inv_t, t.seed, t.offset, Purpose::kTreeResample,
-                                       static_cast<uint32_t>(i));
-          }
-          // p_{parent}(x_i), q_{parent}(x_i) for the acceptance test of node i.
-          const int64_t parent = t.parents[i], x = t.tokens[i] - start;
-          if (dp && i > 0 && parent >= 0 && parent < i && x >= 0 && x < V) {
-            st.p_x = scaled_logit(load(tp + (t.first_row + parent) * V, x), inv_t);
-            st.q_x = scaled_logit(load(dp + (t.first_row + parent) * V, x), inv_t);
-          }
-        }
+  const ShardTensors in(a);
+  const std::vector<int64_t> first = first_rows(in.counts, 0, s.width);
+  const int64_t V = s.vocab, start = a.vocab_start;
+  for_each_request("dspark::verify_tree_shard_stats", in, s.requests, [&](int64_t r, auto tp, auto dp) {
+    const TreeView t = tree_view(in, first, r, s.width, dp != nullptr, a.vocab_size);
+    const float inv_t = inverse_temperature(t.temperature);
+    if (!rows_exist(t.first_row, t.nodes, s.rows)) return;
+    for (int64_t i = 0; i < t.nodes; ++i) {
+      const auto* row = tp + (t.first_row + i) * V;
+      ShardRowStats& st = out[t.first_row + i];
+      if (is_greedy(t.temperature)) {
+        st.argmax_key = shard_argmax(row, V, start);
+        continue;
       }
-    });
+      if (dp && tree_next_valid_child(t, i, i + 1) >= 0) {
+        // Recursive rejection at node i: p_i and q_i statistics.
+        const SoftmaxStats ps = shard_softmax(row, V, inv_t);
+        const SoftmaxStats qs = shard_softmax(dp + (t.first_row + i) * V, V, inv_t);
+        st.p_max = ps.max;
+        st.p_sum = ps.sum;
+        st.q_max = qs.max;
+        st.q_sum = qs.sum;
+      } else {
+        st.race_key = shard_p_race(row, V, start, inv_t, t.seed, t.offset, Purpose::kTreeResample,
+                                   static_cast<uint32_t>(i));
+      }
+      // p_{parent}(x_i), q_{parent}(x_i) for the acceptance test of node i.
+      const int64_t parent = t.parents[i], x = t.tokens[i] - start;
+      if (dp && i > 0 && parent >= 0 && parent < i && x >= 0 && x < V) {
+        st.p_x = scaled_logit(load(tp + (t.first_row + parent) * V, x), inv_t);
+        st.q_x = scaled_logit(load(dp + (t.first_row + parent) * V, x), inv_t);
+      }
+    }
   });
   return stats;
 }
 
-// walk, out_tokens, accepted_nodes: None on the first step (a fresh walk), else the previous
-// step's outputs; masses [W, R] float32: the gathered partial masses of the previous step.
+// state: (walk, out_tokens, accepted_nodes, fresh) from check_walk_state; masses [W, R].
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_walk(
-    const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
-    const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const at::Tensor& stats, const std::optional<at::Tensor>& walk, const std::optional<at::Tensor>& out_tokens,
-    const std::optional<at::Tensor>& accepted_nodes, const std::optional<at::Tensor>& masses,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids, int64_t vocab_start,
-    int64_t vocab_size) {
-  constexpr const char* op = "dspark::verify_tree_shard_walk";
-  const auto [s, world] = check_tree_shard_args(op, target_logits, tree_tokens, parents, num_nodes, temperature, seed,
-                                                offset, draft_logits, eos_ids, vocab_start, vocab_size, &stats);
+    const ShardArgs& a, const TreeSizes& s, int64_t world, std::tuple<at::Tensor, at::Tensor, at::Tensor, bool>& state,
+    const std::optional<at::Tensor>& masses) {
   const int64_t R = s.requests, M = s.width;
-  const auto opts = tree_tokens.options();
-  auto state = check_walk_state(op, walk, out_tokens, accepted_nodes, masses, R, M, world, target_logits);
   auto& [w_t, out_t, nodes_t, fresh] = state;
-  auto partial = at::zeros({R}, opts.dtype(at::kFloat));
+  auto partial = at::zeros({R}, a.tokens.options().dtype(at::kFloat));
   if (R == 0 || M == 0) return {w_t, out_t, nodes_t, partial};
-  const auto target = target_logits.contiguous(), st = stats.contiguous();
-  const auto tokens = tree_tokens.contiguous(), par = parents.contiguous(), cnt = num_nodes.contiguous();
-  const auto draft = draft_logits ? std::optional<at::Tensor>(draft_logits->contiguous()) : std::nullopt;
-  const auto eos = eos_ids ? eos_ids->contiguous() : at::empty({0}, opts);
-  const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
-  const auto mass = masses ? masses->contiguous() : at::zeros({1, R}, opts.dtype(at::kFloat));
-  const std::vector<int64_t> first = first_rows(cnt, 0, M);
-  const ShardRowStats* gathered = stats_ptr(st);
+  const ShardTensors in(a);
+  const auto mass = masses ? masses->contiguous() : at::zeros({1, R}, a.tokens.options().dtype(at::kFloat));
+  const std::vector<int64_t> first = first_rows(in.counts, 0, M);
+  const ShardRowStats* gathered = stats_ptr(in.stats);
   TreeWalk* walks = reinterpret_cast<TreeWalk*>(w_t.data_ptr<int64_t>());
   const int64_t V = s.vocab;
-  dispatch_pair("dspark::verify_tree_shard_walk", target, draft, [&](auto tt, auto td) {
-    using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
-    using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
-    const TT* tp = target.data_ptr<TT>();
-    const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;
-    at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const TreeView t = tree_view(tokens, par, cnt, first, temp, sd, off, r, M, dp != nullptr, vocab_size);
-        const float inv_t = inverse_temperature(t.temperature);
-        TreeWalk& w = walks[r];
-        if (fresh) w = tree_walk_start();
-        if (t.nodes == 0 || !rows_exist(t.first_row, t.nodes, s.rows)) {
-          w.status = kWalkDone;  // an empty (or absent) tree emits nothing
-          w.token = -1;
-          continue;
-        }
-        // D = Σ over ranks of the partial masses, in rank order (the same bits everywhere).
-        float D = 0.0f;
-        for (int64_t k = 0; k < mass.size(0); ++k) D += mass.data_ptr<float>()[k * R + r];
-        tree_advance(w, t, gathered, world, s.rows, D, eos.data_ptr<int64_t>(), s.num_eos,
-                     out_t.data_ptr<int64_t>() + r * M, nodes_t.data_ptr<int64_t>() + r * M);
-        if (w.status != kWalkNeedMass) continue;
-        const MergedRow m = merge_row(gathered, world, s.rows, t.first_row + w.node);
-        const TT* row = tp + (t.first_row + w.node) * V;
-        const TD* qrow = dp + (t.first_row + w.node) * V;
-        // Σ_v max(0, tree_residual(p(v), c, q(v))) as two separate ops (no fused multiply-add).
-        const at::Tensor p = probs_under(scaled_row(row, V, inv_t), m.p);
-        const at::Tensor cq = probs_under(scaled_row(qrow, V, inv_t), m.q).mul_(w.c);
-        const float sum = V > 0 ? p.sub_(cq).clamp_min_(0.0f).sum().item<float>() : 0.0f;
-        partial.data_ptr<float>()[r] = sum;
-      }
-    });
+  for_each_request("dspark::verify_tree_shard_walk", in, R, [&](int64_t r, auto tp, auto dp) {
+    const TreeView t = tree_view(in, first, r, M, dp != nullptr, a.vocab_size);
+    const float inv_t = inverse_temperature(t.temperature);
+    TreeWalk& w = walks[r];
+    if (fresh) w = tree_walk_start();
+    if (t.nodes == 0 || !rows_exist(t.first_row, t.nodes, s.rows)) {
+      w.status = kWalkDone;  // an empty (or absent) tree emits nothing
+      w.token = -1;
+      return;
+    }
+    // D = Σ over ranks of the partial masses, in rank order (the same bits everywhere).
+    float D = 0.0f;
+    for (int64_t k = 0; k < mass.size(0); ++k) D += mass.data_ptr<float>()[k * R + r];
+    tree_advance(w, t, gathered, world, s.rows, D, in.eos.data_ptr<int64_t>(), s.num_eos,
+                 out_t.data_ptr<int64_t>() + r * M, nodes_t.data_ptr<int64_t>() + r * M);
+    if (w.status != kWalkNeedMass) return;
+    const MergedRow m = merge_row(gathered, world, s.rows, t.first_row + w.node);
+    const auto* row = tp + (t.first_row + w.node) * V;
+    const auto* qrow = dp + (t.first_row + w.node) * V;
+    // Σ_v max(0, tree_residual(p(v), c, q(v))) as two separate ops (no fused multiply-add).
+    const at::Tensor p = probs_under(scaled_row(row, V, inv_t), m.p);
+    const at::Tensor cq = probs_under(scaled_row(qrow, V, inv_t), m.q).mul_(w.c);
+    const float sum = V > 0 ? p.sub_(cq).clamp_min_(0.0f).sum().item<float>() : 0.0f;
+    partial.data_ptr<float>()[r] = sum;
   });
   return {w_t, out_t, nodes_t, partial};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_race(
-    const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
-    const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const at::Tensor& stats, const at::Tensor& walk, const std::optional<at::Tensor>& draft_logits, int64_t vocab_start,
-    int64_t vocab_size) {
-  constexpr const char* op = "dspark::verify_tree_shard_race";
-  const auto [s, world] = check_tree_shard_args(op, target_logits, tree_tokens, parents, num_nodes, temperature, seed,
-                                                offset, draft_logits, std::nullopt, vocab_start, vocab_size, &stats);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_race(const ShardArgs& a, const TreeSizes& s,
+                                                                      int64_t world, const at::Tensor& walk) {
   const int64_t R = s.requests, M = s.width;
-  check_walk(op, walk, R, target_logits);
-  const auto opts = tree_tokens.options();
+  const auto opts = a.tokens.options();
   auto keys = at::zeros({R, kRaceKeyWords}, opts);
   auto num_accepted = at::zeros({R}, opts);
   auto num_emitted = at::zeros({R}, opts);
   if (R == 0 || M == 0) return {keys, num_accepted, num_emitted};
-  const auto target = target_logits.contiguous(), st = stats.contiguous(), wk = walk.contiguous();
-  const auto tokens = tree_tokens.contiguous(), par = parents.contiguous(), cnt = num_nodes.contiguous();
-  const auto draft = draft_logits ? std::optional<at::Tensor>(draft_logits->contiguous()) : std::nullopt;
-  const auto temp = temperature.contiguous(), sd = seed.contiguous(), off = offset.contiguous();
-  const std::vector<int64_t> first = first_rows(cnt, 0, M);
-  const ShardRowStats* gathered = stats_ptr(st);
+  const ShardTensors in(a);
+  const auto wk = walk.contiguous();
+  const std::vector<int64_t> first = first_rows(in.counts, 0, M);
+  const ShardRowStats* gathered = stats_ptr(in.stats);
   const TreeWalk* walks = reinterpret_cast<const TreeWalk*>(wk.data_ptr<int64_t>());
-  const int64_t V = s.vocab, start = vocab_start;
-  dispatch_pair("dspark::verify_tree_shard_race", target, draft, [&](auto tt, auto td) {
-    using TT = std::remove_const_t<std::remove_pointer_t<decltype(tt)>>;
-    using TD = std::remove_const_t<std::remove_pointer_t<decltype(td)>>;
-    const TT* tp = target.data_ptr<TT>();
-    const TD* dp = draft ? draft->data_ptr<TD>() : nullptr;
-    at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const TreeWalk& w = walks[r];
-        const bool race = w.status == kWalkNeedRace || w.status == kWalkNeedMass;
-        num_accepted.data_ptr<int64_t>()[r] = w.accepted;
-        num_emitted.data_ptr<int64_t>()[r] = w.accepted + (race || w.token >= 0 ? 1 : 0);
-        uint64_t* key = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()) + r * kRaceKeyWords;
-        if (!race) {
-          if (w.token >= 0) key[0] = known_token_key(w.token);
-          continue;
-        }
-        const TreeView t = tree_view(tokens, par, cnt, first, temp, sd, off, r, M, dp != nullptr, vocab_size);
-        const float inv_t = inverse_temperature(t.temperature);
-        const MergedRow m = merge_row(gathered, world, s.rows, t.first_row + w.node);
-        const TT* row = tp + (t.first_row + w.node) * V;
-        const TD* qrow = dp ? dp + (t.first_row + w.node) * V : nullptr;  // null: no race reaches here
-        std::tie(key[0], key[1]) = shard_two_races(
-            row, V, start, inv_t, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(w.node),
-            [&](int64_t v, int64_t, float xs) {
-              const float rv = tree_residual(m.p.prob(xs), w.c,
-                                             qrow ? m.q.prob(scaled_logit(load(qrow, v), inv_t)) : 0.0f);
-              return rv > 0.0f ? logf(rv) : -INFINITY;
-            });
-      }
-    });
+  const int64_t V = s.vocab, start = a.vocab_start;
+  for_each_request("dspark::verify_tree_shard_race", in, R, [&](int64_t r, auto tp, auto dp) {
+    const TreeWalk& w = walks[r];
+    const bool race = w.status == kWalkNeedRace || w.status == kWalkNeedMass;
+    num_accepted.data_ptr<int64_t>()[r] = w.accepted;
+    num_emitted.data_ptr<int64_t>()[r] = w.accepted + (race || w.token >= 0 ? 1 : 0);
+    uint64_t* key = reinterpret_cast<uint64_t*>(keys.data_ptr<int64_t>()) + r * kRaceKeyWords;
+    if (!race) {
+      if (w.token >= 0) key[0] = known_token_key(w.token);
+      return;
+    }
+    const TreeView t = tree_view(in, first, r, M, dp != nullptr, a.vocab_size);
+    const float inv_t = inverse_temperature(t.temperature);
+    const MergedRow m = merge_row(gathered, world, s.rows, t.first_row + w.node);
+    const auto* row = tp + (t.first_row + w.node) * V;
+    const auto* qrow = dp ? dp + (t.first_row + w.node) * V : nullptr;  // null: no race reaches here
+    std::tie(key[0], key[1]) = shard_two_races(
+        row, V, start, inv_t, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(w.node),
+        [&](int64_t v, int64_t, float xs) {
+          const float rv = tree_residual(m.p.prob(xs), w.c, qrow ? m.q.prob(scaled_logit(load(qrow, v), inv_t)) : 0.0f);
+          return rv > 0.0f ? logf(rv) : -INFINITY;
+        });
   });
   return {keys, num_accepted, num_emitted};
 }
@@ -435,30 +347,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_tree_shard_race(
 // ---------------------------------------------------------------------------------------
 // Both families: place the gathered race winner.
 
-at::Tensor verify_shard_finish(const at::Tensor& out_tokens, const at::Tensor& num_accepted,
-                               const at::Tensor& num_emitted, const at::Tensor& race_keys) {
-  const int64_t world = check_finish_args(out_tokens, num_accepted, num_emitted, race_keys);
-  const int64_t R = out_tokens.size(0), C = out_tokens.size(1);
-  auto out = out_tokens.contiguous().clone();
-  const auto acc = num_accepted.contiguous(), emit = num_emitted.contiguous(), k = race_keys.contiguous();
-  const uint64_t* keys = reinterpret_cast<const uint64_t*>(k.data_ptr<int64_t>());
+void verify_shard_finish(at::Tensor& out, const at::Tensor& num_accepted, const at::Tensor& num_emitted,
+                         const at::Tensor& race_keys, int64_t world) {
+  const int64_t R = out.size(0), C = out.size(1);
+  const uint64_t* keys = reinterpret_cast<const uint64_t*>(race_keys.data_ptr<int64_t>());
   for (int64_t r = 0; r < R; ++r) {
-    const int64_t a = acc.data_ptr<int64_t>()[r];
-    if (emit.data_ptr<int64_t>()[r] <= a || a < 0 || a >= C) continue;
+    const int64_t a = num_accepted.data_ptr<int64_t>()[r];
+    if (num_emitted.data_ptr<int64_t>()[r] <= a || a < 0 || a >= C) continue;
     out.data_ptr<int64_t>()[r * C + a] = gathered_race_token(keys, world, R, r);
   }
-  return out;
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(dspark, CPU, m) {
-  m.impl("verify_chain_shard_stats", &verify_chain_shard_stats);
-  m.impl("verify_chain_shard_decide", &verify_chain_shard_decide);
-  m.impl("verify_tree_shard_stats", &verify_tree_shard_stats);
-  m.impl("verify_tree_shard_walk", &verify_tree_shard_walk);
-  m.impl("verify_tree_shard_race", &verify_tree_shard_race);
-  m.impl("verify_shard_finish", &verify_shard_finish);
+  ShardOps<&verify_chain_shard_stats, &verify_chain_shard_decide, &verify_tree_shard_stats, &verify_tree_shard_walk,
+           &verify_tree_shard_race, &verify_shard_finish>::register_all(m);
 }
 
 }  // namespace dspark::cpu

@@ -95,10 +95,10 @@ struct TreeDrafts {
   int64_t width, vocab;
 
   bool given() const { return logits || probs; }
-  DraftRow<TD> row(int64_t row, float inv_temperature) const {
+  DraftRow<TD> row(int64_t row, float inv_temperature, RowScratch& sc) const {
     const int64_t at = row * width;
     return draft_row(logits ? logits + at : nullptr, probs ? probs + at : nullptr, ids ? ids + at : nullptr, width,
-                     vocab, inv_temperature);
+                     vocab, inv_temperature, sc);
   }
 };
 
@@ -180,7 +180,7 @@ std::pair<int64_t, int64_t> verify_one(const TreeRequest& t, const TT* target, c
       const TargetRow p = target_row(prow, vocab, inv_t, t.filter, sc);
       const int64_t first = drafts.given() ? next_valid_child(t, node, node + 1, vocab) : -1;
       if (first >= 0) {
-        const DraftRow<TD> q = drafts.row(t.first_row + node, inv_t);
+        const DraftRow<TD> q = drafts.row(t.first_row + node, inv_t, sc);
         std::tie(next, emitted) = recursive_rejection(t, node, first, p, q, vocab, sc);
       } else {
         // y ~ p_node; with a draft q this node has no valid child and y is the bonus token.
@@ -203,15 +203,10 @@ std::pair<int64_t, int64_t> verify_one(const TreeRequest& t, const TT* target, c
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
-    const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
-    const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids,
-    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
-    const std::optional<at::Tensor>& min_p, const std::optional<at::Tensor>& draft_probs,
-    const std::optional<at::Tensor>& draft_ids) {
-  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset,
-                                             draft_logits, eos_ids, top_k, top_p, min_p, draft_probs, draft_ids);
+// Arguments checked by verify_tree_op (common/verify_tree_args.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(const VerifyTreeArgs& a, const TreeSizes& s) {
+  const auto& [target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset, draft_logits, eos_ids, top_k,
+               top_p, min_p, draft_probs, draft_ids] = a;
   const int64_t R = s.requests, M = s.width;
   const auto opts = tree_tokens.options();
   auto out_tokens = at::full({R, M}, -1, opts);
@@ -238,32 +233,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
   const int64_t* kp = data_or_null<int64_t>(tk);
   const float *pp = data_or_null<float>(tp), *mpp = data_or_null<float>(mp);
 
-  DSPARK_CPU_DISPATCH_FLOAT(target.scalar_type(), "dspark::verify_tree", "target_logits", [&] {
-    using TT = scalar_t;
-    const auto draft_type = dlogits ? dlogits->scalar_type() : target.scalar_type();
-    DSPARK_CPU_DISPATCH_FLOAT(draft_type, "dspark::verify_tree", "draft_logits", [&] {
-      using TD = scalar_t;
-      const TT* tgt = target.data_ptr<TT>();
-      const TreeDrafts<TD> dr{data_or_null<TD>(dlogits), data_or_null<float>(dprobs), data_or_null<int64_t>(dids),
-                              s.q.width, s.vocab};
-      at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
-        RowScratch sc;
-        for (int64_t r = begin; r < end; ++r) {
-          const RowFilter f = make_row_filter(kp ? kp[r] : 0, pp ? pp[r] : 1.0f, mpp ? mpp[r] : 0.0f, s.vocab);
-          TreeRequest t{tokens.data_ptr<int64_t>() + r * M,
-                        par.data_ptr<int64_t>() + r * M,
-                        np[r],
-                        first_row[r],
-                        temp.data_ptr<float>()[r],
-                        sd.data_ptr<int64_t>()[r],
-                        off.data_ptr<int64_t>()[r],
-                        f,
-                        out_tokens.data_ptr<int64_t>() + r * M,
-                        accepted_nodes.data_ptr<int64_t>() + r * M};
-          std::tie(num_accepted.data_ptr<int64_t>()[r], num_emitted.data_ptr<int64_t>()[r]) = verify_one(
-              t, tgt, dr, s.vocab, eos.data_ptr<int64_t>(), s.num_eos, sc);
-        }
-      });
+  dispatch_target_draft("dspark::verify_tree", target, dlogits, [&]<typename TT, typename TD>() {
+    const TT* tgt = target.data_ptr<TT>();
+    const TreeDrafts<TD> dr{data_or_null<TD>(dlogits), data_or_null<float>(dprobs), data_or_null<int64_t>(dids),
+                            s.q.width, s.vocab};
+    at::parallel_for(0, R, 1, [&](int64_t begin, int64_t end) {
+      RowScratch sc;
+      for (int64_t r = begin; r < end; ++r) {
+        const RowFilter f = make_row_filter(kp ? kp[r] : 0, pp ? pp[r] : 1.0f, mpp ? mpp[r] : 0.0f, s.vocab);
+        TreeRequest t{tokens.data_ptr<int64_t>() + r * M,
+                      par.data_ptr<int64_t>() + r * M,
+                      np[r],
+                      first_row[r],
+                      temp.data_ptr<float>()[r],
+                      sd.data_ptr<int64_t>()[r],
+                      off.data_ptr<int64_t>()[r],
+                      f,
+                      out_tokens.data_ptr<int64_t>() + r * M,
+                      accepted_nodes.data_ptr<int64_t>() + r * M};
+        std::tie(num_accepted.data_ptr<int64_t>()[r], num_emitted.data_ptr<int64_t>()[r]) = verify_one(
+            t, tgt, dr, s.vocab, eos.data_ptr<int64_t>(), s.num_eos, sc);
+      }
     });
   });
   return {out_tokens, accepted_nodes, num_accepted, num_emitted};
@@ -271,9 +261,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dspark, CPU, m) {
-  m.impl("tree_metadata", &tree_metadata);
-  m.impl("verify_tree", &verify_tree);
-}
+TORCH_LIBRARY_IMPL(dspark, CPU, m) { register_tree_ops<&tree_metadata, &verify_tree>(m); }
 
 }  // namespace dspark::cpu

@@ -43,18 +43,9 @@ __device__ __forceinline__ __half from_float<__half>(float x) {
 #define DSPARK_DISPATCH_FLOAT(dtype, T, ...)                                                                          \
   [&] {                                                                                                               \
     switch (dtype) {                                                                                                  \
-      case ::dspark::DType::kBFloat16: {                                                                              \
-        using T = __nv_bfloat16;                                                                                      \
-        return __VA_ARGS__();                                                                                         \
-      }                                                                                                               \
-      case ::dspark::DType::kFloat16: {                                                                               \
-        using T = __half;                                                                                             \
-        return __VA_ARGS__();                                                                                         \
-      }                                                                                                               \
-      case ::dspark::DType::kFloat32: {                                                                               \
-        using T = float;                                                                                              \
-        return __VA_ARGS__();                                                                                         \
-      }                                                                                                               \
+      DSPARK_DISPATCH_CASE(::dspark::DType::kBFloat16, T, __nv_bfloat16, __VA_ARGS__)                                 \
+      DSPARK_DISPATCH_CASE(::dspark::DType::kFloat16, T, __half, __VA_ARGS__)                                         \
+      DSPARK_DISPATCH_CASE(::dspark::DType::kFloat32, T, float, __VA_ARGS__)                                          \
       default:                                                                                                        \
         throw std::runtime_error("dspark: no CUDA kernel for dtype code " + std::to_string(static_cast<int>(dtype))); \
     }                                                                                                                 \

@@ -25,17 +25,11 @@ __device__ __forceinline__ V shfl_xor(V v, int lane_mask) {
 }
 template <>
 __device__ __forceinline__ SoftmaxStats shfl_xor(SoftmaxStats s, int lane_mask) {
-  SoftmaxStats o;
-  o.max = __shfl_xor_sync(kFullMask, s.max, lane_mask);
-  o.sum = __shfl_xor_sync(kFullMask, s.sum, lane_mask);
-  return o;
+  return {shfl_xor(s.max, lane_mask), shfl_xor(s.sum, lane_mask)};
 }
 template <>
 __device__ __forceinline__ ArgMax shfl_xor(ArgMax a, int lane_mask) {
-  ArgMax o;
-  o.value = __shfl_xor_sync(kFullMask, a.value, lane_mask);
-  o.index = __shfl_xor_sync(kFullMask, a.index, lane_mask);
-  return o;
+  return {shfl_xor(a.value, lane_mask), shfl_xor(a.index, lane_mask)};
 }
 
 template <typename V, typename Op>

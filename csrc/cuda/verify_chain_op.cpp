@@ -15,21 +15,13 @@
 namespace dspark::cuda {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
-    const at::Tensor& target_logits, const at::Tensor& draft_tokens, const at::Tensor& lengths,
-    const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids,
-    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
-    const std::optional<at::Tensor>& min_p, const std::optional<at::Tensor>& draft_probs,
-    const std::optional<at::Tensor>& draft_ids) {
-  const VerifyChainSizes s = check_verify_chain_args(target_logits, draft_tokens, lengths, temperature, seed, offset,
-                                                     draft_logits, eos_ids, top_k, top_p, min_p, draft_probs,
-                                                     draft_ids);
+// Arguments checked by verify_chain_op (common/verify_chain_args.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(const VerifyChainArgs& a, const VerifyChainSizes& s) {
+  const auto& [target_logits, draft_tokens, lengths, temperature, seed, offset, draft_logits, eos_ids, top_k, top_p,
+               min_p, draft_probs, draft_ids] = a;
   const c10::cuda::CUDAGuard guard(target_logits.device());
   const auto opts = draft_tokens.options();
-  auto out_tokens = at::full({s.requests, s.gamma + 1}, -1, opts);
-  auto num_accepted = at::zeros({s.requests}, opts);
-  auto num_emitted = at::zeros({s.requests}, opts);
+  auto [out_tokens, num_accepted, num_emitted] = initial_chain_outputs(s, opts);
   if (s.requests == 0) return {out_tokens, num_accepted, num_emitted};
 
   const auto target = target_logits.contiguous();
@@ -74,6 +66,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify_chain(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dspark, CUDA, m) { m.impl("verify_chain", &verify_chain); }
+TORCH_LIBRARY_IMPL(dspark, CUDA, m) { m.impl("verify_chain", &verify_chain_op<verify_chain>); }
 
 }  // namespace dspark::cuda

@@ -152,8 +152,8 @@ __global__ void __launch_bounds__(kThreads)
     const TD* qrow = p.draft && d.emit == kEmitPMinusQ
                          ? static_cast<const TD*>(p.draft) + (r * p.width + d.position - 1) * V
                          : nullptr;
-    block_two_races(row, V, p.vocab_start, inv_t, seed, offset, Purpose::kChainResample, d.position, d.emit != kEmitFromP,
-                    sh, k2, [&](int64_t v, int64_t id, float xs) {
+    block_two_races(row, V, p.vocab_start, inv_t, seed, offset, Purpose::kChainResample, d.position,
+                    d.emit != kEmitFromP, sh, k2, [&](int64_t v, int64_t id, float xs) {
                       return chain_residual_log_weight(d, xs, qrow ? scaled_logit(to_float(qrow[v]), inv_t) : -INFINITY,
                                                        id);
                     });

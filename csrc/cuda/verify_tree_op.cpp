@@ -57,15 +57,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> tree_metadata(const at::Tensor& p
   return {attn_mask, positions, depth};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
-    const at::Tensor& target_logits, const at::Tensor& tree_tokens, const at::Tensor& parents,
-    const at::Tensor& num_nodes, const at::Tensor& temperature, const at::Tensor& seed, const at::Tensor& offset,
-    const std::optional<at::Tensor>& draft_logits, const std::optional<at::Tensor>& eos_ids,
-    const std::optional<at::Tensor>& top_k, const std::optional<at::Tensor>& top_p,
-    const std::optional<at::Tensor>& min_p, const std::optional<at::Tensor>& draft_probs,
-    const std::optional<at::Tensor>& draft_ids) {
-  const TreeSizes s = check_verify_tree_args(target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset,
-                                             draft_logits, eos_ids, top_k, top_p, min_p, draft_probs, draft_ids);
+// Arguments checked by verify_tree_op (common/verify_tree_args.h).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(const VerifyTreeArgs& a, const TreeSizes& s) {
+  const auto& [target_logits, tree_tokens, parents, num_nodes, temperature, seed, offset, draft_logits, eos_ids, top_k,
+               top_p, min_p, draft_probs, draft_ids] = a;
   const bool legacy = legacy_kernel();
   TORCH_CHECK(!(legacy && draft_ids), "dspark::verify_tree: argument 'draft_ids' (sparse q) needs the default ",
               "kernel; unset DSPARK_VERIFY_TREE_KERNEL=legacy (the legacy kernel reads dense q rows only)");
@@ -130,9 +125,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(dspark, CUDA, m) {
-  m.impl("tree_metadata", &tree_metadata);
-  m.impl("verify_tree", &verify_tree);
-}
+TORCH_LIBRARY_IMPL(dspark, CUDA, m) { register_tree_ops<&tree_metadata, &verify_tree>(m); }
 
 }  // namespace dspark::cuda

@@ -52,23 +52,33 @@ def _pyplot():
     return plt
 
 
+def _axes(ax):
+    """The axes to draw on: ``ax``, or those of a new 6x4 figure."""
+    if ax is None:
+        _, ax = _pyplot().subplots(figsize=(6, 4))
+    return ax
+
+
+def _finish(ax, path: Optional[str]):
+    """Adds the legend, saves the figure to ``path`` when given, returns the axes."""
+    ax.legend()
+    if path is not None:
+        ax.figure.savefig(path, bbox_inches="tight")
+    return ax
+
+
 def plot_sps(table, ax=None, path: Optional[str] = None):
     """The SPS curve of an :class:`~dspark_ops.speculative.sps_profile.SPSTable`: measured
     steps per second (points) and the monotone envelope the scheduler reads (line), against
     the verify batch size. Returns the axes; saves the figure to ``path`` when given."""
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+    ax = _axes(ax)
     measured = [1.0 / s for s in table.step_seconds]
     ax.plot(range(1, len(table.sps)), table.sps[1:], label="envelope (schedule_lengths)")
     ax.scatter(table.batch_sizes, measured, s=12, color="C1", label="measured")
     ax.set_xlabel("verify batch size B (tokens)")
     ax.set_ylabel("steps per second")
     ax.set_title(f"SPS profile ({table.meta.get('device', '?')})")
-    ax.legend()
-    if path is not None:
-        ax.figure.savefig(path, bbox_inches="tight")
-    return ax
+    return _finish(ax, path)
 
 
 def plot_acceptance(result, ax=None, path: Optional[str] = None):
@@ -76,9 +86,7 @@ def plot_acceptance(result, ax=None, path: Optional[str] = None):
     the conditional acceptance ``P(x_k accepted | x_1..x_{k-1} accepted)`` (bars) and the
     survival ``P(x_1..x_k all accepted)`` (line), over every verified request-round.
     Returns the axes; saves the figure to ``path`` when given."""
-    plt = _pyplot()
-    if ax is None:
-        _, ax = plt.subplots(figsize=(6, 4))
+    ax = _axes(ax)
     cond = result.acceptance_by_position()
     surv = result.survival_by_position()
     k = list(range(1, result.gamma + 1))
@@ -89,7 +97,4 @@ def plot_acceptance(result, ax=None, path: Optional[str] = None):
     ax.set_xlabel("draft position k")
     ax.set_ylabel("probability")
     ax.set_title(f"acceptance by position ({result.num_rounds} rounds, τ = {result.tokens_per_round():.2f})")
-    ax.legend()
-    if path is not None:
-        ax.figure.savefig(path, bbox_inches="tight")
-    return ax
+    return _finish(ax, path)

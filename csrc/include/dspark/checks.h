@@ -70,22 +70,25 @@ inline void check_no_overlap(const at::Tensor& written, const char* op, const ch
                "must not share memory with '", arg, "', which the op writes in place");
 }
 
+// A vector [n] of `dtype` on the reference device.
+inline void check_vector(const at::Tensor& t, const char* op, const char* arg, at::ScalarType dtype, int64_t n,
+                         const char* what, const at::Tensor& ref) {
+  check_device(t, op, arg, ref);
+  check_dtype(t, op, arg, {dtype});
+  check_dim(t, op, arg, 1);
+  check_size(t, op, arg, 0, n, what);
+}
+
 // An int64 vector [n] on the reference device.
 inline void check_index_vector(const at::Tensor& t, const char* op, const char* arg, int64_t n, const char* what,
                                const at::Tensor& ref) {
-  check_device(t, op, arg, ref);
-  check_dtype(t, op, arg, {at::kLong});
-  check_dim(t, op, arg, 1);
-  check_size(t, op, arg, 0, n, what);
+  check_vector(t, op, arg, at::kLong, n, what, ref);
 }
 
 // A float32 vector [n] on the reference device.
 inline void check_float_vector(const at::Tensor& t, const char* op, const char* arg, int64_t n, const char* what,
                                const at::Tensor& ref) {
-  check_device(t, op, arg, ref);
-  check_dtype(t, op, arg, {at::kFloat});
-  check_dim(t, op, arg, 1);
-  check_size(t, op, arg, 0, n, what);
+  check_vector(t, op, arg, at::kFloat, n, what, ref);
 }
 
 // The per-request sampling arguments shared by the verify ops: temperature [R] float32,
