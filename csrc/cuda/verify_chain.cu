@@ -124,7 +124,8 @@ __device__ __forceinline__ float draft_entry(const VerifyChainParams& p, int64_t
 
 // One block per target slot (r, k): θ of the row when the request samples with a filter on.
 template <typename TT, int VEC>
-__global__ void __launch_bounds__(kThresholdThreads) thresholds_kernel(VerifyChainParams p, Workspace w) {
+// __maxnreg__(64) for the same reason as row_pass_kernel (the float, VEC = 2 copy spilled at 40).
+__global__ void __maxnreg__(64) thresholds_kernel(VerifyChainParams p, Workspace w) {
   const int64_t slot = blockIdx.x, r = slot / (p.gamma + 1), k = slot % (p.gamma + 1);
   const int64_t row = w.first_row[r] + k;
   const float T = p.temperature[r], inv_t = inverse_temperature(T);
@@ -384,7 +385,10 @@ __device__ __forceinline__ SoftmaxStats draft_chunk(const VerifyChainParams& p, 
 
 // One block per chunk of each (target or draft) slot; see the pipeline at the top.
 template <typename TT, typename TD>
-__global__ void __launch_bounds__(kThreads) row_pass_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
+// __maxnreg__(64) rather than __launch_bounds__: with launch bounds alone ptxas settled on 48
+// registers and spilled 16-28 bytes for 16-bit targets; 64 registers x 256 threads still allow
+// 4 blocks (32 warps) per SM.
+__global__ void __maxnreg__(64) row_pass_kernel(VerifyChainParams p, Workspace w, int64_t chunks) {
   // 32-bit index arithmetic: the grid has < 2^31 blocks and γ < 65535 (no 64-bit division calls).
   const uint32_t n = static_cast<uint32_t>(chunks), slot = blockIdx.x / n, chunk = blockIdx.x % n;
   const uint32_t target_slots = static_cast<uint32_t>(p.requests * (p.gamma + 1));
@@ -392,8 +396,6 @@ __global__ void __launch_bounds__(kThreads) row_pass_kernel(VerifyChainParams p,
   const bool is_target = slot < target_slots;
   const uint32_t r = is_target ? slot / per_target : (slot - target_slots) / per_draft;
   const uint32_t k = is_target ? slot % per_target : (slot - target_slots) % per_draft;
-  // 1/T first, while few values are live: its IEEE slow path is a call that would otherwise
-  // make ptxas save live registers to the stack.
   const float T = p.temperature[r], inv_t = inverse_temperature(T);
   bool needed;
   float theta = -INFINITY;
