@@ -18,6 +18,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference
+from dspark_ops.ops.arguments import request_args
 
 from harness import Case
 
@@ -48,10 +49,16 @@ def compiled_reference():
 SPARSE_K = 256
 VARIANTS = {  # name -> (extra arguments from the inputs, note)
     "plain": (lambda a: {}, "sampling path, T=1, drafts ~ q"),
-    "top-p 0.9": (lambda a: {"top_p": 0.9}, "top-p 0.9 on every request"),
-    "top-k 50": (lambda a: {"top_k": 50}, "top-k 50 on every request"),
+    # Per-request tensors (the reference, unlike the wrappers, takes no Python scalars).
+    "top-p 0.9": (lambda a: filters(a, top_p=0.9), "top-p 0.9 on every request"),
+    "top-k 50": (lambda a: filters(a, top_k=50), "top-k 50 on every request"),
     f"sparse q K={SPARSE_K}": (lambda a: sparse_q(a["draft_logits"], SPARSE_K), "draft_ids: K largest draft logits"),
 }
+
+
+def filters(args, **values):
+    """SPEC §9 filter values as [R] tensors on the logits' device."""
+    return request_args(args["lengths"].shape[0], args["target_logits"].device, **values)
 
 
 def sparse_q(draft_logits, K):

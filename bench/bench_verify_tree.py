@@ -17,6 +17,7 @@ import torch
 
 import dspark_ops
 from dspark_ops import reference
+from dspark_ops.ops.arguments import request_args
 
 from harness import Case
 
@@ -66,7 +67,8 @@ def floor_bytes(args, elem: int, greedy: bool) -> float:
 
 def case(R, M, V, dtype_name, device, greedy=False, filters=None):
     """filters: SPEC §9 arguments applied to every request (e.g. {"top_p": 0.9}), or None."""
-    args = {**make_inputs(R, M, V, DTYPES[dtype_name], device, greedy), **(filters or {})}
+    # Per-request tensors (the reference, unlike the wrappers, takes no Python scalars).
+    args = {**make_inputs(R, M, V, DTYPES[dtype_name], device, greedy), **request_args(R, device, **(filters or {}))}
     providers = {
         "ours": lambda: dspark_ops.verify_tree(**args),
         "eager": lambda: reference.verify_tree(**args),
