@@ -82,7 +82,9 @@ dev-cuda: $(DEPS)
 # DSPARK_SANITIZE; -O2's inlining made the instrumented build too slow for a 2-core CI), then
 # pytest against that library: a copy of the package in
 # build/sanitize/pkg holds the instrumented _C.so, so the in-place build is untouched. Python
-# and torch are not instrumented, hence libasan is preloaded. Any UBSan report is fatal.
+# and torch are not instrumented, hence libasan is preloaded, with libstdc++ beside it: without
+# it ASan's __cxa_throw interceptor finds no real __cxa_throw and aborts at the first C++
+# exception (every argument check throws one). Any UBSan report is fatal.
 #   make sanitize PY=/path/to/python SANITIZE_TESTS="tests/test_bad_inputs.py tests/test_verify_tree.py"
 SANITIZE_TESTS ?= tests
 SANITIZE_DIR := build/sanitize
@@ -92,7 +94,7 @@ sanitize: $(DEPS)
 	$(DEV_CMAKE) --build $(SANITIZE_DIR)
 	rm -rf $(SANITIZE_DIR)/pkg && mkdir -p $(SANITIZE_DIR)/pkg
 	cp -r dspark_ops $(SANITIZE_DIR)/pkg/ && cp $(SANITIZE_DIR)/_C.so $(SANITIZE_DIR)/pkg/dspark_ops/_C.so
-	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so)" \
+	LD_PRELOAD="$$($(CXX) -print-file-name=libasan.so) $$($(CXX) -print-file-name=libstdc++.so.6)" \
 	ASAN_OPTIONS=detect_leaks=0 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 	PYTHONPATH="$(abspath $(SANITIZE_DIR)/pkg)" $(PY) -P -m pytest -q -p no:cacheprovider $(SANITIZE_TESTS)
 

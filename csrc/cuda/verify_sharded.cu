@@ -120,10 +120,11 @@ __global__ void __launch_bounds__(kThreads) chain_stats_kernel(ShardParams p, Sh
   if (threadIdx.x == 0) out[first + k] = st;
 }
 
+// __maxnreg__(80) rather than __launch_bounds__: with launch bounds alone ptxas settled on 64
+// registers on sm_80 and spilled 4 bytes; 80 x 256 threads still allow 3 blocks per SM.
 template <typename TT, typename TD>
-__global__ void __launch_bounds__(kThreads)
-    chain_decide_kernel(ShardParams p, int64_t* out_tokens, int64_t* num_accepted, int64_t* num_emitted,
-                        uint64_t* keys) {
+__global__ void __maxnreg__(80) chain_decide_kernel(ShardParams p, int64_t* out_tokens, int64_t* num_accepted,
+                                                    int64_t* num_emitted, uint64_t* keys) {
   __shared__ SharedBytes sh;
   __shared__ alignas(16) unsigned char decision_raw[sizeof(ChainDecision)];
   ChainDecision& shared_d = *reinterpret_cast<ChainDecision*>(decision_raw);
