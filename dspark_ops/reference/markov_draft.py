@@ -44,7 +44,7 @@ def _draft(base_logits, anchor, w1, w2, temperature, seed, offset, candidates, h
     d = hf.shape[-1] if hf is not None else 0
     temp = temperature.to(f32)
     greedy = is_greedy(temp)
-    safe_t = torch.where(greedy, torch.ones_like(temp), temp)[:, None]
+    inv_t = inverse_temperature(torch.where(greedy, torch.ones_like(temp), temp))[:, None]  # 1/T once
     entries = vocab if candidates is None else candidates.shape[-1]
 
     tokens = torch.empty(requests, gamma, dtype=torch.int64, device=device)
@@ -83,7 +83,7 @@ def _draft(base_logits, anchor, w1, w2, temperature, seed, offset, candidates, h
         # Greedy: the largest rounded logit, lowest vocabulary id on ties.
         top = lr_clean.amax(-1, keepdim=True)
         arg = torch.where(lr_clean == top, ids, torch.full_like(ids, vocab)).amin(-1)
-        scaled = lr_clean * inverse_temperature(safe_t)
+        scaled = lr_clean * inv_t
         if top_k is not None or top_p is not None or min_p is not None:
             theta = filter_threshold(scaled, top_k, top_p, min_p)
             out = ~greedy[:, None] & ~(scaled >= theta[:, None])
