@@ -276,35 +276,74 @@ import sys, torch, dspark_ops
 sys.path.insert(0, {tests!r})
 from test_markov_draft import make_inputs, to_device
 outs = []
-for head, conf, R, V in [("vanilla", "none", 3, 151936), ("gated", "he", 40, 32003), ("rnn", "h", 70, 20011)]:
-    args = to_device(make_inputs(R=R, G=4, V=V, r=256 if V > 100000 else 64, d=32, dtype=torch.bfloat16,
-                                 head=head, conf=conf, seed=5), "cuda")
+for case in {cases!r}:
+    head, conf, R, V, r, dtype = case
+    args = to_device(make_inputs(R=R, G=4, V=V, r=r, d=32, dtype=getattr(torch, dtype), head=head, conf=conf,
+                                 seed=5), "cuda")
     outs.append([t.cpu() for t in dspark_ops.markov_draft(**args)])
     f = dict(top_k=torch.full((R,), 20, device="cuda"), top_p=torch.full((R,), 0.9, device="cuda"))
     outs.append([t.cpu() for t in dspark_ops.markov_draft(**args, **f)])
 torch.save(outs, {out!r})
 """
 
+# (head, conf, R, V, r, dtype): R <= 4 (sub-tiles), 9 (a padded n8 block of the tensor-core
+# product), 40 and 70 (several 32-request chunks, the last one partial); r = 16 (one k-step)
+# to 256; both 16-bit dtypes.
+_KERNEL_CASES = [("vanilla", "none", 3, 151936, 256, "bfloat16"), ("gated", "he", 40, 32003, 64, "bfloat16"),
+                 ("rnn", "h", 70, 20011, 64, "bfloat16"), ("gated", "h", 9, 5003, 16, "float16"),
+                 ("vanilla", "he", 1, 32003, 256, "float16"), ("rnn", "he", 17, 4099, 32, "bfloat16")]
 
-@requires_cuda
-def test_cuda_kernel_and_legacy_kernel_agree_bitwise(tmp_path):
-    # DSPARK_MARKOV_DRAFT_KERNEL=legacy (read once per process) runs the previous kernel: one
-    # Philox call per element instead of one per four ids shared by shuffles. Same numbers, same
-    # bits, with and without filters, at R <= 4 (one warp per tile) and over several chunks.
+
+def run_markov_kernel(tmp_path, kernel):
+    """Every _KERNEL_CASES call, without and with filters, in a process with
+    DSPARK_MARKOV_DRAFT_KERNEL=kernel (read once per process)."""
     import os
     import subprocess
     import sys
 
-    got = {}
-    for kernel in ["legacy", "default"]:
-        out = tmp_path / f"{kernel}.pt"
-        env = dict(os.environ, DSPARK_MARKOV_DRAFT_KERNEL=kernel)
-        script = _KERNEL_SCRIPT.format(tests=os.path.dirname(__file__), out=str(out))
-        subprocess.run([sys.executable, "-c", script], env=env, check=True)
-        got[kernel] = torch.load(out)
-    for new, old in zip(got["default"], got["legacy"]):
+    out = tmp_path / f"{kernel}.pt"
+    env = dict(os.environ, DSPARK_MARKOV_DRAFT_KERNEL=kernel)
+    script = _KERNEL_SCRIPT.format(tests=os.path.dirname(__file__), cases=_KERNEL_CASES, out=str(out))
+    subprocess.run([sys.executable, "-c", script], env=env, check=True)
+    return torch.load(out)
+
+
+@requires_cuda
+def test_cuda_fma_kernel_and_legacy_kernel_agree_bitwise(tmp_path):
+    # "fma" (cp.async sub-tiles, one Philox call per four ids shared by shuffles) and "legacy"
+    # (one Philox call per element): same numbers, same bits, with and without filters.
+    for new, old in zip(run_markov_kernel(tmp_path, "fma"), run_markov_kernel(tmp_path, "legacy")):
         for a, b in zip(new, old):
             assert torch.equal(a, b)
+
+
+@requires_cuda
+def test_cuda_tensor_core_kernel_matches_fma_kernel(tmp_path):
+    # The default kernel's tensor-core product sums 16 products at a time and splits P into two
+    # 16-bit halves: a logit may round one unit apart, nothing more (check_against_reference),
+    # and the tokens are the same (no near-ties in these inputs).
+    got, ref = run_markov_kernel(tmp_path, "default"), run_markov_kernel(tmp_path, "fma")
+    cases = [c for c in _KERNEL_CASES for _ in range(2)]  # each case without, then with filters
+    assert len(got) == len(ref) == len(cases)
+    for (head, conf, R, V, r, dtype), new, old in zip(cases, got, ref):
+        args = make_inputs(R=R, G=4, V=V, r=r, d=32, dtype=getattr(torch, dtype), head=head, conf=conf, seed=5)
+        check_against_reference(new, old, getattr(torch, dtype), args["temperature"])
+
+
+@requires_cuda
+def test_cuda_unknown_kernel_name_is_an_error():
+    # A typo in DSPARK_MARKOV_DRAFT_KERNEL must not silently run the default kernel (the CUDA
+    # binding reads it; the CPU has one kernel).
+    import os
+    import subprocess
+    import sys
+
+    script = ("import sys, torch, dspark_ops; sys.path.insert(0, %r)\n"
+              "from test_markov_draft import make_inputs, to_device\n"
+              "dspark_ops.markov_draft(**to_device(make_inputs(dtype=torch.bfloat16), 'cuda'))") % os.path.dirname(__file__)
+    env = dict(os.environ, DSPARK_MARKOV_DRAFT_KERNEL="tensorcore")
+    res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert res.returncode != 0 and "DSPARK_MARKOV_DRAFT_KERNEL" in res.stderr
 
 
 def test_anchor_out_of_range(device):

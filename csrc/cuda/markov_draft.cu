@@ -20,22 +20,26 @@
 // never depend on its batch. Mirrors csrc/cpu/markov_draft.cpp, whose tests validate the
 // algorithm; cross-block data is read with __ldcg (L2) after the barriers.
 //
-// Two phase-B variants, chosen on the host once per process (DSPARK_MARKOV_DRAFT_KERNEL):
-// - default (logits_step_tiled): cp.async double-buffered, swizzled tiles; a block computes
-//   m = 8 / ceil(min(R, 32) / 4) tiles at once so every warp works at small R (partial slot
-//   per sub-tile); one Philox call per four vocabulary ids, shared by warp shuffles.
-// - legacy (logits_step_legacy): the previous kernel, one tile at a time staged synchronously
+// Three phase-B variants, chosen on the host once per process (DSPARK_MARKOV_DRAFT_KERNEL):
+// - default (logits_step_tiled<T, true>, bf16 / fp16 with r % 16 == 0): the [R, r] x [r, V]
+//   product on the tensor cores (mma.sync m16n8k16 from ldmatrix, P split into two 16-bit
+//   halves, see mma_product) into shared memory, then the FMA kernel's epilogue; a logit may
+//   round one unit of T apart from the FMA kernel's (SPEC §2 (c)).
+// - fma (logits_step_tiled<T, false>; the default for float32): cp.async double-buffered,
+//   swizzled tiles; CUDA-core FMAs, four requests per w2 value; a block computes
+//   m = 8 / ceil(min(R, 32) / 4) tiles at once so every warp works at small R (partial slot per
+//   sub-tile); one Philox call per four vocabulary ids, shared by warp shuffles.
+// - legacy (logits_step_legacy): the first kernel, one tile at a time staged synchronously
 //   into padded rows, one Philox call per element; also used when w2 rows are not a multiple
-//   of 16 bytes. Both give the same bits (tests compare them).
+//   of 16 bytes. fma and legacy give the same bits (tests compare them).
+// The variant never depends on R, so a request's results never depend on its batch.
 //
 // Resident w2 (when it fits): each block always owns the same tiles (tile = block + i·grid), so
 // when a block's tiles fit in its shared memory they are staged at position 1 and reused at
 // positions 2..γ: HBM sees w2 once per round instead of γ times (V·r ≤ ~ (SMs · 200 KB) / 2
 // bytes in bf16, e.g. V = 32000, r = 256). Otherwise tiles are re-staged per position.
 //
-// Left for later: tensor cores for the [R, r] x [r, V] product (here CUDA-core FMAs from
-// shared memory, four requests per w2 value), and spreading the filtered draw (one block per
-// request) over the grid.
+// Left for later: spreading the filtered draw (one block per request) over the grid.
 #include <cooperative_groups.h>
 #include <cuda.h>
 
@@ -46,6 +50,7 @@
 #include "cuda/filters.cuh"
 #include "cuda/markov_draft.h"
 #include "cuda/markov_head.cuh"
+#include "cuda/tensor_core.cuh"
 
 namespace cg = cooperative_groups;
 
@@ -432,16 +437,6 @@ __device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsign
 // by shared memory); streaming w2, group j + 1 is copied while group j is computed (two
 // buffers). Partial slot of sub-tile t: blockIdx.x * m + t.
 
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 // XOR mask of the swizzle: the largest power of two <= 8 dividing the chunks per row, minus 1.
 __device__ __forceinline__ int swizzle_mask(int chunks) {
   const int low = chunks & -chunks;
@@ -458,7 +453,8 @@ __device__ __forceinline__ void stage_tile_swizzled(const T* src, unsigned char*
   if (reinterpret_cast<uintptr_t>(src) % 16 == 0) {
     for (int c = threadIdx.x; c < rows * chunks; c += blockDim.x) {
       const int row = c / chunks, col = c - row * chunks;
-      cp_async16(dst + (row * chunks + (col ^ (row & mask))) * 16, src + static_cast<int64_t>(c) * kElems);
+      cp_async_16(shared_address(dst + (row * chunks + (col ^ (row & mask))) * 16),
+                  src + static_cast<int64_t>(c) * kElems, true);
     }
   } else {
     T* d = reinterpret_cast<T*>(dst);
@@ -522,7 +518,106 @@ __device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lan
   }
 }
 
+// ---- the tensor-core product (MarkovKernel::kTensorCore, bf16 / fp16, r % 16 == 0) -------------
+// w2 is exact in T, but the head vectors P are float32 (gated / RNN heads; the vanilla head's
+// P = w1[x] is exact in T). Each P is split into hi = T(P) and lo = T(P - hi), and the mma
+// accumulates w2 . hi + w2 . lo in float32: about 16 (bf16) or 22 (fp16) significant bits of P
+// instead of 24, far below the one unit of T that the rounded logits carry. Every output element
+// is a fixed function of its w2 row and its request's P (the same k order and mma sequence
+// whatever the batch, the grid or the warp that computes it): batch-invariant, but not the FMA
+// kernel's bits (the tensor cores sum 16 products at a time); a logit may round one unit apart,
+// which SPEC §2 (c) allows. The fp32 dtype keeps the FMA kernel (tf32 would lose bits of w2).
+//
+// Shared layout of a request chunk (the FMA kernel's float [kReqChunk, r] region, same size):
+// hi [kReqChunk, r] T, then lo [kReqChunk, r] T, rows swizzled like the w2 tiles, then the 1/T
+// of the chunk at float offset kReqChunk * r as before; after the scratch, the product
+// C [kReqChunk, m * kTileV + kCPad] float, read back by fold_tile's lanes.
+
+constexpr int kCPad = 4;  // C row padding: the fragment stores (8 rows x 4 request pairs) hit 32 banks
+
+__host__ __device__ inline int64_t mma_product_bytes(int subtiles) {
+  return static_cast<int64_t>(kReqChunk) * (subtiles * kTileV + kCPad) * static_cast<int64_t>(sizeof(float));
+}
+
+// Loads the chunk c0 .. c0 + nreq - 1: P split into hi / lo (16-byte chunks, swizzled rows), the
+// rows up to the next multiple of 8 zero (their n8 block is computed, its columns unused), and
+// the requests' 1/T.
 template <typename T>
+__device__ __forceinline__ void load_chunk_split(const MarkovDraftParams& p, int64_t c0, int64_t nreq,
+                                                 unsigned char* ps) {
+  const int64_t r = p.rank;
+  const int chunks = static_cast<int>(r / 8), mask = swizzle_mask(chunks);  // 8 values of T per chunk
+  const int64_t rows = (nreq + 7) / 8 * 8;
+  uint4* hi = reinterpret_cast<uint4*>(ps);
+  uint4* lo = hi + kReqChunk * chunks;
+  const float4* src = reinterpret_cast<const float4*>(p.head_vector + c0 * r);  // [nreq, r], 16-byte aligned
+  for (int c = threadIdx.x; c < rows * chunks; c += blockDim.x) {
+    const int row = c / chunks, col = c - row * chunks;
+    uint4 h{}, l{};
+    if (row < nreq) {
+      const float4 a = __ldcg(src + 2 * c), b = __ldcg(src + 2 * c + 1);  // written by phase A of this launch
+      const float v[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+      uint32_t hw[4], lw[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        hw[e] = pack2<T>(v[2 * e], v[2 * e + 1]);
+        const float2 back = unpack2<T>(hw[e]);  // exact: T -> float
+        lw[e] = pack2<T>(v[2 * e] - back.x, v[2 * e + 1] - back.y);
+      }
+      h = make_uint4(hw[0], hw[1], hw[2], hw[3]);
+      l = make_uint4(lw[0], lw[1], lw[2], lw[3]);
+    }
+    const int at = row * chunks + (col ^ (row & mask));
+    hi[at] = h;
+    lo[at] = l;
+  }
+  float* inv_ts = reinterpret_cast<float*>(ps) + kReqChunk * r;
+  for (int64_t i = threadIdx.x; i < nreq; i += blockDim.x) inv_ts[i] = inverse_temperature(p.temperature[c0 + i]);
+}
+
+// C[n, row] = w2[row] . P_n for the group's first `live` of m tiles (rows t * kTileV + 0..31 of
+// buffer(t); the others do not exist) and the chunk's requests n < 8 * ceil(nreq / 8): units of
+// 16 rows x 8 requests, spread over the warps; each unit runs r / 16 k-steps of two mma (hi, lo)
+// into one float32 accumulator.
+template <typename T, typename Buffer>
+__device__ __forceinline__ void mma_product(const unsigned char* ps, int64_t r, int m, int live, int64_t nreq,
+                                            Buffer buffer, float* C, int warp, int lane) {
+  const int chunks = static_cast<int>(r / 8), mask = swizzle_mask(chunks);
+  const int units = 2 * live * static_cast<int>((nreq + 7) / 8);
+  const int cstride = m * kTileV + kCPad;
+  const int g = lane / 4, t4 = lane % 4;    // fragment coordinates (PTX ISA, mma.m16n8k16)
+  const int mi = lane / 8, mrow = lane % 8;  // this lane's ldmatrix matrix and row address
+  const uint32_t hi = shared_address(ps), lo = hi + static_cast<uint32_t>(kReqChunk * chunks * 16);
+  for (int u = warp; u < units; u += kWarps) {
+    const int rb = u % (2 * live), nb = u / (2 * live);  // 16-row block of the group, 8-request block
+    const int tile = rb / 2;
+    // A: matrices (rows 0-7 | 8-15) x (k 0-7 | 8-15) of the unit's 16 rows: a0..a3 of the fragment.
+    const int arow = (rb % 2) * 16 + (mi & 1) * 8 + mrow, acol = mi >> 1;
+    const uint32_t abase = shared_address(buffer(tile)) + static_cast<uint32_t>(arow * chunks * 16);
+    // B: matrices hi k 0-7, hi k 8-15, lo k 0-7, lo k 8-15 of requests 8 nb + 0..7 (rows of P are
+    // the columns of B, so the untransposed load gives the .col fragment).
+    const int brow = nb * 8 + mrow, bcol = mi & 1;
+    const uint32_t bbase = ((mi >> 1) ? lo : hi) + static_cast<uint32_t>(brow * chunks * 16);
+    float acc[4] = {};
+    for (int ks = 0; ks < chunks / 2; ++ks) {
+      uint32_t a[4], b[4];
+      ldmatrix_x4<false>(abase + static_cast<uint32_t>(((2 * ks + acol) ^ (arow & mask)) * 16), a);
+      ldmatrix_x4<false>(bbase + static_cast<uint32_t>(((2 * ks + bcol) ^ (brow & mask)) * 16), b);
+      mma_16816<T>(acc, a, b[0], b[1]);
+      mma_16816<T>(acc, a, b[2], b[3]);
+    }
+    // acc: rows g, g + 8 of the unit; requests 2 t4, 2 t4 + 1 of the block.
+    const int row0 = tile * kTileV + (rb % 2) * 16 + g, n0 = nb * 8 + 2 * t4;
+    C[n0 * cstride + row0] = acc[0];
+    C[(n0 + 1) * cstride + row0] = acc[1];
+    C[n0 * cstride + row0 + 8] = acc[2];
+    C[(n0 + 1) * cstride + row0 + 8] = acc[3];
+  }
+}
+
+// MMA: the product by the tensor cores (mma_product) into C, which the warps then read in
+// fold_tile's layout; otherwise dot4_swizzled's FMAs.
+template <typename T, bool MMA>
 __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigned char* smem_raw) {
   const int64_t R = p.requests, V = p.vocab, r = p.rank;
   const int lane = threadIdx.x % kWarpSize, warp = threadIdx.x / kWarpSize;
@@ -531,7 +626,9 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
   const int64_t local0 = static_cast<int64_t>(warp % per_tile) * kReqPerWarp;  // its first request in a chunk
   const bool resident = p.resident_tiles > 0;
   const int64_t tile_bytes = swizzled_tile_bytes<T>(r);
-  float* ps = reinterpret_cast<float*>(smem_raw + (resident ? p.resident_tiles : 2 * m) * tile_bytes);
+  unsigned char* chunk_raw = smem_raw + (resident ? p.resident_tiles : 2 * m) * tile_bytes;
+  float* ps = reinterpret_cast<float*>(chunk_raw);     // [kReqChunk, r] head vectors (MMA: hi, lo), then 1/T
+  float* C = reinterpret_cast<float*>(chunk_raw + scratch_bytes(r));  // MMA: [kReqChunk, m * kTileV + kCPad]
   const T* w2 = static_cast<const T*>(p.w2);
   const int64_t tiles = (V + kTileV - 1) / kTileV, grid = gridDim.x;
   const int64_t mine = (tiles - blockIdx.x + grid - 1) / grid;  // this block's tiles
@@ -563,19 +660,36 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
     }
     const int64_t tile = tile_of(j, t);
     const int64_t v0 = tile * kTileV;
+    int live = 0;  // sub-tiles of group j that exist (a prefix): the product reads only their buffers
+    while (live < m && tile_of(j, live) < tiles) ++live;
     for (int64_t c0 = 0; c0 < R; c0 += kReqChunk) {
       const int64_t nreq = R - c0 < kReqChunk ? R - c0 : kReqChunk;
       if (R > kReqChunk || j == 0) {  // with one chunk, ps keeps its requests across groups
-        __syncthreads();              // previous chunk's readers are done with ps
-        load_chunk(p, c0, nreq, ps);
+        __syncthreads();              // previous chunk's readers are done with ps (and C)
+        if constexpr (MMA) {
+          load_chunk_split<T>(p, c0, nreq, chunk_raw);
+        } else {
+          load_chunk(p, c0, nreq, ps);
+        }
       }
       __syncthreads();  // ps and every thread's staged copies are visible to every warp
+      if constexpr (MMA) {
+        mma_product<T>(chunk_raw, r, m, live, nreq, [&](int s) { return buffer(j, s); }, C, warp, lane);
+        __syncthreads();  // C is complete
+      }
       // A sub-tile past the block's last tile computes nothing, but at j = 0 it still writes its
       // (empty) partial, which phase A merges.
       if (local0 >= nreq || (tile >= tiles && j > 0)) continue;  // warp-uniform
       const bool valid = tile < tiles && lane < V - v0;
       float acc[kReqPerWarp] = {};
-      if (valid) dot4_swizzled<T>(buffer(j, t), lane, ps + local0 * r, r, acc);
+      if constexpr (MMA) {
+        const int cstride = m * kTileV + kCPad;  // mma_product's layout, with m sub-tiles per row
+#pragma unroll
+        for (int i = 0; i < kReqPerWarp; ++i)
+          if (valid && local0 + i < nreq) acc[i] = C[(local0 + i) * cstride + t * kTileV + lane];
+      } else if (valid) {
+        dot4_swizzled<T>(buffer(j, t), lane, ps + local0 * r, r, acc);
+      }
       fold_tile<T, false>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r,
                           static_cast<int64_t>(blockIdx.x) * m + t, j == 0, lane);
     }
@@ -586,8 +700,10 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
 // The legacy kernel: two blocks per SM (128 registers). The default kernel: one block per SM, which
 // its double-buffered sub-tiles ask for at small R anyway (e.g. 160 KB at R <= 4, r = 256, bf16);
 // at 128 registers it spilled (the unpacked 16-byte chunks and 16-byte P loads live together).
-template <typename T, bool LEGACY>
-__global__ void __launch_bounds__(kThreads, LEGACY ? 2 : 1) markov_draft_kernel(MarkovDraftParams p) {
+template <typename T, MarkovKernel KIND>
+__global__ void __launch_bounds__(kThreads, KIND == MarkovKernel::kLegacy ? 2 : 1)
+    markov_draft_kernel(MarkovDraftParams p) {
+  constexpr bool LEGACY = KIND == MarkovKernel::kLegacy;
   extern __shared__ __align__(16) unsigned char smem[];
   __shared__ __align__(16) unsigned char red[kWarps * 16];  // block reductions (raw: no ctors)
   __shared__ int64_t x_shared;
@@ -614,11 +730,28 @@ __global__ void __launch_bounds__(kThreads, LEGACY ? 2 : 1) markov_draft_kernel(
     if (LEGACY) {
       logits_step_legacy<T>(p, k, smem);
     } else {
-      logits_step_tiled<T>(p, k, smem);
+      logits_step_tiled<T, KIND == MarkovKernel::kTensorCore>(p, k, smem);
     }
     __threadfence();
     cg::this_grid().sync();
   }
+}
+
+// The kernel of a variant; the plan never asks for tensor cores with float32 (no instantiation).
+template <typename T>
+auto kernel_of(MarkovKernel kind) {
+  if constexpr (sizeof(T) == 2) {
+    if (kind == MarkovKernel::kTensorCore) return markov_draft_kernel<T, MarkovKernel::kTensorCore>;
+  }
+  return kind == MarkovKernel::kLegacy ? markov_draft_kernel<T, MarkovKernel::kLegacy>
+                                       : markov_draft_kernel<T, MarkovKernel::kFma>;
+}
+
+// Dynamic shared memory of a launch: w2 tiles, scratch, and the tensor-core product's C.
+template <typename T>
+int64_t launch_smem(int64_t rank, int resident_tiles, int subtiles, MarkovKernel kind) {
+  return tile_region_bytes<T>(rank, resident_tiles, subtiles, kind == MarkovKernel::kLegacy) + scratch_bytes(rank) +
+         (kind == MarkovKernel::kTensorCore ? mma_product_bytes(subtiles) : 0);
 }
 
 }  // namespace
@@ -656,11 +789,14 @@ int available_sms(int device, cudaError_t* err) {
 }
 
 MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int64_t requests, int device, int sms,
-                                    bool allow_resident, bool legacy, cudaError_t* err) {
+                                    bool allow_resident, MarkovKernel asked, cudaError_t* err) {
   return DSPARK_DISPATCH_FLOAT(dtype, T, [&]() -> MarkovDraftLaunch {
     MarkovDraftLaunch plan;
-    plan.legacy = legacy || (rank * static_cast<int64_t>(sizeof(T))) % 16 != 0;
-    const auto kernel = plan.legacy ? markov_draft_kernel<T, true> : markov_draft_kernel<T, false>;
+    plan.kind = asked;
+    if (plan.kind == MarkovKernel::kTensorCore && (sizeof(T) != 2 || rank % 16 != 0)) plan.kind = MarkovKernel::kFma;
+    if ((rank * static_cast<int64_t>(sizeof(T))) % 16 != 0) plan.kind = MarkovKernel::kLegacy;
+    const bool legacy = plan.kind == MarkovKernel::kLegacy;
+    const auto kernel = kernel_of<T>(plan.kind);
     int optin = 0, per_sm_bytes = 0;
     if ((*err = cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device)) != cudaSuccess)
       return plan;
@@ -682,14 +818,13 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
                                      static_cast<int>(max_dynamic))) != cudaSuccess)
       return plan;
     const int64_t tiles = (vocab + kTileV - 1) / kTileV;
-    const int64_t scratch = scratch_bytes(rank);
-    // Default kernel: m sub-tiles per group so that the request groups of one chunk fill the
+    // Tiled kernels: m sub-tiles per group so that the request groups of one chunk fill the
     // block's warps (m = 8 / ceil(R / 4), 1 from R = 17 on), fewer if two buffers do not fit.
     int m = 1;
-    if (!plan.legacy) {
+    if (!legacy) {
       const int64_t chunk = requests < kReqChunk ? requests : kReqChunk;
       m = kWarps / static_cast<int>((chunk + kReqPerWarp - 1) / kReqPerWarp);
-      while (m > 1 && tile_region_bytes<T>(rank, 0, m, false) + scratch > max_dynamic) m /= 2;
+      while (m > 1 && launch_smem<T>(rank, 0, m, plan.kind) > max_dynamic) m /= 2;
     }
     plan.subtiles = m;
     auto fits = [&](size_t smem, int64_t want_per_sm, int64_t* blocks) {
@@ -704,7 +839,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
       for (int64_t per_sm = 2; per_sm >= 1; --per_sm) {
         const int64_t blocks = tiles < sms * per_sm ? tiles : sms * per_sm;
         const int64_t share = (tiles + blocks - 1) / blocks;  // tiles per block
-        const int64_t smem = tile_region_bytes<T>(rank, static_cast<int>(share), m, plan.legacy) + scratch;
+        const int64_t smem = launch_smem<T>(rank, static_cast<int>(share), m, plan.kind);
         const int64_t budget = per_sm_bytes / per_sm - 2048;  // leave room for static smem / reserve
         int64_t got = 0;
         if (smem <= max_dynamic && smem <= budget && fits(static_cast<size_t>(smem), per_sm, &got) && got == blocks) {
@@ -716,7 +851,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
         if (*err != cudaSuccess) return plan;
       }
     }
-    const size_t smem = static_cast<size_t>(tile_region_bytes<T>(rank, 0, m, plan.legacy) + scratch);
+    const size_t smem = static_cast<size_t>(launch_smem<T>(rank, 0, m, plan.kind));
     int64_t blocks = 0;
     if (static_cast<int64_t>(smem) > max_dynamic || !fits(smem, 0, &blocks)) {
       if (*err == cudaSuccess) *err = cudaErrorInvalidConfiguration;  // rank too large for shared memory
@@ -731,7 +866,7 @@ MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, in
 cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaunch* launch, cudaStream_t stream) {
   if (params.requests == 0 || params.gamma == 0 || launch->blocks <= 0) return cudaSuccess;
   return DSPARK_DISPATCH_FLOAT(params.dtype, T, [&]() -> cudaError_t {
-    const auto kernel = launch->legacy ? markov_draft_kernel<T, true> : markov_draft_kernel<T, false>;
+    const auto kernel = kernel_of<T>(launch->kind);
     MarkovDraftParams p = params;
     void* args[] = {&p};
     for (;;) {
@@ -749,8 +884,7 @@ cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaun
       if (launch->resident_tiles > 0) {
         while (launch->subtiles > 1 && 2 * launch->subtiles > launch->resident_tiles) launch->subtiles /= 2;
         launch->resident_tiles = 0;
-        launch->smem = static_cast<size_t>(tile_region_bytes<T>(params.rank, 0, launch->subtiles, launch->legacy) +
-                                           scratch_bytes(params.rank));
+        launch->smem = static_cast<size_t>(launch_smem<T>(params.rank, 0, launch->subtiles, launch->kind));
       }
     }
   });

@@ -47,14 +47,21 @@ struct MarkovDraftParams {
   int subtiles;        // tiles a block computes at once (1 in the legacy kernel)
 };
 
+// The phase-B variants of the kernel (DSPARK_MARKOV_DRAFT_KERNEL, read once per process).
+enum class MarkovKernel : int {
+  kTensorCore = 0,  // default for bf16/fp16 with r % 16 == 0: the [R, r] x [r, V] product by mma.sync
+  kFma = 1,         // CUDA-core FMAs from the same staged tiles ("fma"; the default for float32)
+  kLegacy = 2,      // the first kernel ("legacy"), kept as the reference the tests compare against
+};
+
 // How the cooperative kernel is launched: blocks (all co-resident), dynamic shared memory,
 // and the resident-w2 tiles per block (0 for the streaming kernel).
 struct MarkovDraftLaunch {
   int blocks = 0;
   size_t smem = 0;
   int resident_tiles = 0;
-  int subtiles = 1;     // tiles per group (default kernel: every warp busy at small R)
-  bool legacy = false;  // the previous kernel (DSPARK_MARKOV_DRAFT_KERNEL=legacy), kept as the reference
+  int subtiles = 1;  // tiles per group (default kernel: every warp busy at small R)
+  MarkovKernel kind = MarkovKernel::kTensorCore;  // what runs (may differ from what was asked, see plan)
 };
 
 // SMs the current context may use on `device`: the device's count, or fewer in a green context
@@ -62,12 +69,13 @@ struct MarkovDraftLaunch {
 int available_sms(int device, cudaError_t* err);
 
 // Plans the launch of `requests` requests on `device` with `sms` SMs (blocks * subtiles sizes
-// the part_* scratch); the legacy kernel when asked, or when rows of w2 are not a multiple of
-// 16 bytes (the default kernel copies 16-byte chunks). With
+// the part_* scratch) for the kernel `asked`: the tensor-core kernel only for bf16/fp16 with
+// r % 16 == 0 (else the FMA kernel), the FMA kernel only when rows of w2 are a multiple of 16
+// bytes (it copies 16-byte chunks; else the legacy kernel). With
 // allow_resident, picks the resident-w2 kernel when every block's share of w2 fits in its
 // shared memory (e.g. V = 32000, r = 256 in bf16 on an H100). Sets *err on failure.
 MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int64_t requests, int device, int sms,
-                                    bool allow_resident, bool legacy, cudaError_t* err);
+                                    bool allow_resident, MarkovKernel asked, cudaError_t* err);
 
 // Launches the cooperative kernel. If the grid does not fit (fewer SMs than planned, e.g. an MPS
 // thread limit), retries with half the blocks, streaming w2, and leaves the smaller plan in

@@ -33,14 +33,20 @@ bool allow_resident_w2() {
   return allow;
 }
 
-// DSPARK_MARKOV_DRAFT_KERNEL=legacy selects the previous kernel (one Philox call per element),
-// kept as the reference the tests compare against; read once.
-bool legacy_kernel() {
-  static const bool legacy = [] {
+// DSPARK_MARKOV_DRAFT_KERNEL selects the phase-B variant, read once: unset or "default" (tensor
+// cores where the dtype allows), "fma" (CUDA-core FMAs: the same bits as "legacy") or "legacy"
+// (the first kernel, one Philox call per element), kept as the references the tests compare against.
+MarkovKernel asked_kernel() {
+  static const MarkovKernel kind = [] {
     const char* env = std::getenv("DSPARK_MARKOV_DRAFT_KERNEL");
-    return env != nullptr && std::string(env) == "legacy";
+    const std::string v = env == nullptr ? "default" : env;
+    TORCH_CHECK(
+        v == "default" || v == "fma" || v == "legacy",
+        "dspark::markov_draft: environment variable DSPARK_MARKOV_DRAFT_KERNEL must be default, fma or legacy, got '",
+        v, "'");
+    return v == "legacy" ? MarkovKernel::kLegacy : v == "fma" ? MarkovKernel::kFma : MarkovKernel::kTensorCore;
   }();
-  return legacy;
+  return kind;
 }
 
 // dtype, V, r, requests in a chunk (min(R, 32): the sub-tiles), device, SMs of the context
@@ -63,7 +69,7 @@ std::pair<PlanKey, MarkovDraftLaunch> cached_plan(DType dtype, int64_t vocab, in
   auto it = plans.find(key);
   if (it != plans.end()) return {key, it->second};
   const MarkovDraftLaunch plan = plan_markov_draft(dtype, vocab, rank, chunk, device, sms, allow_resident_w2(),
-                                                   legacy_kernel(), &err);
+                                                   asked_kernel(), &err);
   DSPARK_CUDA_CHECK(err);
   plans.emplace(key, plan);
   return {key, plan};
