@@ -520,13 +520,13 @@ __device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lan
 
 // ---- the tensor-core product (MarkovKernel::kTensorCore, bf16 / fp16, r % 16 == 0) -------------
 // w2 is exact in T, but the head vectors P are float32 (gated / RNN heads; the vanilla head's
-// P = w1[x] is exact in T). Each P is split into hi = T(P) and lo = T(P - hi), and the mma
-// accumulates w2 . hi + w2 . lo in float32: about 16 (bf16) or 22 (fp16) significant bits of P
-// instead of 24, far below the one unit of T that the rounded logits carry. Every output element
-// is a fixed function of its w2 row and its request's P (the same k order and mma sequence
-// whatever the batch, the grid or the warp that computes it): batch-invariant, but not the FMA
-// kernel's bits (the tensor cores sum 16 products at a time); a logit may round one unit apart,
-// which SPEC §2 (c) allows. The fp32 dtype keeps the FMA kernel (tf32 would lose bits of w2).
+// P = w1[x] is exact in T, and runs the hi product only). Each P is split into hi = T(P) and
+// lo = T(P - hi), and the mma accumulates w2 . hi + w2 . lo in float32: about 16 (bf16) or 22 (fp16) significant bits
+// of P instead of 24, far below the one unit of T that the rounded logits carry. Every output element is a fixed
+// function of its w2 row and its request's P (the same k order and mma sequence whatever the batch, the grid or the
+// warp that computes it): batch-invariant, but not the FMA kernel's bits (the tensor cores sum 16 products at a time);
+// a logit may round one unit apart, which SPEC §2 (c) allows. The fp32 dtype keeps the FMA kernel (tf32 would lose bits
+// of w2).
 //
 // Shared layout of a request chunk (the FMA kernel's float [kReqChunk, r] region, same size):
 // hi [kReqChunk, r] T, then lo [kReqChunk, r] T, rows swizzled like the w2 tiles, then the 1/T
@@ -578,10 +578,12 @@ __device__ __forceinline__ void load_chunk_split(const MarkovDraftParams& p, int
 // C[n, row] = w2[row] . P_n for the group's first `live` of m tiles (rows t * kTileV + 0..31 of
 // buffer(t); the others do not exist) and the chunk's requests n < 8 * ceil(nreq / 8): units of
 // 16 rows x 8 requests, spread over the warps; each unit runs r / 16 k-steps of two mma (hi, lo)
-// into one float32 accumulator.
+// into one float32 accumulator, or of one (hi) when `split` is false: the vanilla head's
+// P = w1[x] is exact in T, so lo is zero for every request (a property of the call, not of the
+// batch, so batch invariance holds).
 template <typename T, typename Buffer>
 __device__ __forceinline__ void mma_product(const unsigned char* ps, int64_t r, int m, int live, int64_t nreq,
-                                            Buffer buffer, float* C, int warp, int lane) {
+                                            bool split, Buffer buffer, float* C, int warp, int lane) {
   const int chunks = static_cast<int>(r / 8), mask = swizzle_mask(chunks);
   const int units = 2 * live * static_cast<int>((nreq + 7) / 8);
   const int cstride = m * kTileV + kCPad;
@@ -604,7 +606,7 @@ __device__ __forceinline__ void mma_product(const unsigned char* ps, int64_t r, 
       ldmatrix_x4<false>(abase + static_cast<uint32_t>(((2 * ks + acol) ^ (arow & mask)) * 16), a);
       ldmatrix_x4<false>(bbase + static_cast<uint32_t>(((2 * ks + bcol) ^ (brow & mask)) * 16), b);
       mma_16816<T>(acc, a, b[0], b[1]);
-      mma_16816<T>(acc, a, b[2], b[3]);
+      if (split) mma_16816<T>(acc, a, b[2], b[3]);  // warp-uniform
     }
     // acc: rows g, g + 8 of the unit; requests 2 t4, 2 t4 + 1 of the block.
     const int row0 = tile * kTileV + (rb % 2) * 16 + g, n0 = nb * 8 + 2 * t4;
@@ -674,7 +676,9 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
       }
       __syncthreads();  // ps and every thread's staged copies are visible to every warp
       if constexpr (MMA) {
-        mma_product<T>(chunk_raw, r, m, live, nreq, [&](int s) { return buffer(j, s); }, C, warp, lane);
+        mma_product<T>(
+            chunk_raw, r, m, live, nreq, p.head != static_cast<int>(MarkovHead::kVanilla),
+            [&](int s) { return buffer(j, s); }, C, warp, lane);
         __syncthreads();  // C is complete
       }
       // A sub-tile past the block's last tile computes nothing, but at j = 0 it still writes its
