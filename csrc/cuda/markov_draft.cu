@@ -601,13 +601,33 @@ __device__ __forceinline__ void mma_product(const unsigned char* ps, int64_t r, 
     const int brow = nb * 8 + mrow, bcol = mi & 1;
     const uint32_t bbase = ((mi >> 1) ? lo : hi) + static_cast<uint32_t>(brow * chunks * 16);
     float acc[4] = {};
-    for (int ks = 0; ks < chunks / 2; ++ks) {
+    auto step = [&](uint32_t a_at, uint32_t b_at) {  // one k-step from this lane's two matrix rows
       uint32_t a[4], b[4];
-      ldmatrix_x4<false>(abase + static_cast<uint32_t>(((2 * ks + acol) ^ (arow & mask)) * 16), a);
-      ldmatrix_x4<false>(bbase + static_cast<uint32_t>(((2 * ks + bcol) ^ (brow & mask)) * 16), b);
+      ldmatrix_x4<false>(a_at, a);
+      ldmatrix_x4<false>(b_at, b);
       mma_16816<T>(acc, a, b[0], b[1]);
       if (split) mma_16816<T>(acc, a, b[2], b[3]);  // warp-uniform
+    };
+    // The swizzle XORs only the low 3 bits of a chunk index (mask <= 7): over 8 chunks (4 k-steps)
+    // starting at a multiple of 8 the lane's 4 offsets are fixed, so the loop adds 128 bytes per
+    // 4 k-steps instead of recomputing each address; the k-steps left (r % 64 != 0) take the
+    // general formula. Same k order either way.
+    const int sa = arow & mask, sb = brow & mask;
+    uint32_t aoff[4], boff[4];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      aoff[i] = abase + static_cast<uint32_t>(((2 * i + acol) ^ sa) * 16);
+      boff[i] = bbase + static_cast<uint32_t>(((2 * i + bcol) ^ sb) * 16);
     }
+    int ks = 0;
+    for (; ks + 4 <= chunks / 2; ks += 4) {
+      const uint32_t at = static_cast<uint32_t>(ks) * 32;  // chunk 2 ks, a multiple of 8
+#pragma unroll
+      for (int i = 0; i < 4; ++i) step(aoff[i] + at, boff[i] + at);
+    }
+    for (; ks < chunks / 2; ++ks)
+      step(abase + static_cast<uint32_t>(((2 * ks + acol) ^ sa) * 16),
+           bbase + static_cast<uint32_t>(((2 * ks + bcol) ^ sb) * 16));
     // acc: rows g, g + 8 of the unit; requests 2 t4, 2 t4 + 1 of the block.
     const int row0 = tile * kTileV + (rb % 2) * 16 + g, n0 = nb * 8 + 2 * t4;
     C[n0 * cstride + row0] = acc[0];
