@@ -2,8 +2,8 @@
 // cooperative launch. The grid (all blocks co-resident, sized by occupancy) alternates two
 // phases per position k, separated by grid-wide barriers:
 //
-//   A(k)  one block per request (request q -> block q mod grid): merge the partial statistics
-//         of position k-1 into x_{k-1} and log q_{k-1}(x_{k-1}) (written to the outputs), or,
+//   A(k)  one block per request (request q -> block q mod grid): merge the per-tile partials
+//         of position k-1, in tile order, into x_{k-1} and log q_{k-1}(x_{k-1}) (written to the outputs), or,
 //         for a sampled request with a SPEC §9 filter on, find the row's threshold and race over
 //         the filtered row (filtered_position); gather e_k = w1[x_{k-1}], run the head
 //         (vanilla / gated / RNN) into the [R, r] head-vector scratch, and the confidence c_k.
@@ -12,13 +12,15 @@
 //         L = U_k + w2_tile · P_q,
 //         rounds it to the storage dtype, writes draft_logits, and folds the rounded value
 //         into that request's softmax max/sum and Gumbel-max race (argmax for greedy), kept
-//         as one partial per (slot, request); filtered requests only store here.
+//         as one partial per (tile, request); filtered requests only store here.
 //
 // w2 is therefore read once per position for the whole batch; nothing float32 of size
 // [R, γ, V] is ever written. Every dot product of a request runs in one fixed order inside
 // the kernel (no cuBLAS pre-pass whose algorithm could change with R), so a request's results
-// never depend on its batch. Mirrors csrc/cpu/markov_draft.cpp, whose tests validate the
-// algorithm; cross-block data is read with __ldcg (L2) after the barriers.
+// never depend on its batch; nor does the shape of the reduction of its softmax statistics
+// (per 32-row tile, then in tile order), so token_logprob is batch-invariant to the bit too. Mirrors
+// csrc/cpu/markov_draft.cpp, whose tests validate the algorithm; cross-block data is read with __ldcg (L2) after the
+// barriers.
 //
 // Three phase-B variants, chosen on the host once per process (DSPARK_MARKOV_DRAFT_KERNEL):
 // - default (logits_step_tiled<T, true>, bf16 / fp16 with r % 16 == 0): the [R, r] x [r, V]
@@ -27,8 +29,8 @@
 //   round one unit of T apart from the FMA kernel's (SPEC §2 (c)).
 // - fma (logits_step_tiled<T, false>; the default for float32): cp.async double-buffered,
 //   swizzled tiles; CUDA-core FMAs, four requests per w2 value; a block computes
-//   m = 8 / ceil(min(R, 32) / 4) tiles at once so every warp works at small R (partial slot per
-//   sub-tile); one Philox call per four vocabulary ids, shared by warp shuffles.
+//   m = 8 / ceil(min(R, 32) / 4) tiles at once so every warp works at small R; one Philox call
+//   per four vocabulary ids, shared by warp shuffles.
 // - legacy (logits_step_legacy): the first kernel, one tile at a time staged synchronously
 //   into padded rows, one Philox call per element; also used when w2 rows are not a multiple
 //   of 16 bytes. fma and legacy give the same bits (tests compare them).
@@ -61,7 +63,8 @@ using markov::head_step;
 using markov::kThreads;
 using markov::kWarps;
 
-constexpr int kTileV = kWarpSize;             // vocabulary rows per tile: one per lane
+constexpr int kTileV = kMarkovTileRows;  // vocabulary rows per tile: one per lane
+static_assert(kTileV == kWarpSize, "a tile row per lane");
 constexpr int kReqPerWarp = 4;                // requests per warp: each w2 value read from
                                               // shared memory feeds four FMAs
 constexpr int kReqChunk = kWarps * kReqPerWarp;  // requests per pass over a tile (32)
@@ -141,8 +144,7 @@ __device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t
 template <typename T>
 __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_t k, int64_t* x_shared,
                                    unsigned char* red, FilterScratch& fsh) {
-  const int nb = gridDim.x * p.subtiles;  // partial slots
-  const int64_t R = p.requests;
+  const int64_t tiles = (p.vocab + kTileV - 1) / kTileV;  // partials of the request, one per tile
   const float temp = p.temperature[q], inv_t = inverse_temperature(temp);
   const RowFilter filter = markov::request_filter(p, q, p.vocab);
   SoftmaxStats st;
@@ -150,12 +152,12 @@ __device__ int64_t finish_position(const MarkovDraftParams& p, int64_t q, int64_
   if (!is_greedy(temp) && !filter.off()) {  // block-uniform
     filtered_position<T>(p, q, k, filter, inv_t, &st, &key, red, fsh);
   } else {
-    for (int j = threadIdx.x; j < nb; j += blockDim.x) {
+    for (int64_t j = threadIdx.x; j < tiles; j += blockDim.x) {  // a fixed order: tiles and blockDim only
       SoftmaxStats o;
-      o.max = __ldcg(p.part_max + j * R + q);
-      o.sum = __ldcg(p.part_sum + j * R + q);
+      o.max = __ldcg(p.part_max + q * tiles + j);
+      o.sum = __ldcg(p.part_sum + q * tiles + j);
       st.merge(o);
-      const uint64_t kj = __ldcg(p.part_key + j * R + q);
+      const uint64_t kj = __ldcg(p.part_key + q * tiles + j);
       key = kj > key ? kj : key;
     }
     st = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));
@@ -267,33 +269,23 @@ __device__ __forceinline__ void load_chunk(const MarkovDraftParams& p, int64_t c
     ps[kReqChunk * p.rank + i] = inverse_temperature(p.temperature[c0 + i]);
 }
 
-// Folds a warp's statistics and race key of request q over one tile into partial `slot`'s entry
-// for q (only this warp touches it); `first`: the slot's first tile of the position, which
-// overwrites the previous position's values.
-__device__ __forceinline__ void fold_partial(const MarkovDraftParams& p, int64_t slot, bool first, int64_t q,
-                                             const SoftmaxStats& st, uint64_t key, int lane) {
+// Stores a warp's statistics and race key of request q over tile `tile` (32 vocabulary rows) as
+// that tile's partial (lane 0; each (tile, request) has one writer per position). Partials per
+// tile, merged by phase A in tile order, make the reduction's shape depend on V alone: never on
+// R, the grid or the sub-tiles, so token_logprob is batch-invariant to the bit.
+__device__ __forceinline__ void store_partial(const MarkovDraftParams& p, int64_t tile, int64_t q,
+                                              const SoftmaxStats& st, uint64_t key, int lane) {
   if (lane != 0) return;
-  const int64_t at = slot * p.requests + q;
-  if (first) {
-    p.part_max[at] = st.max;
-    p.part_sum[at] = st.sum;
-    p.part_key[at] = key;
-  } else {
-    SoftmaxStats old;
-    old.max = p.part_max[at];
-    old.sum = p.part_sum[at];
-    old.merge(st);
-    p.part_max[at] = old.max;
-    p.part_sum[at] = old.sum;
-    const unsigned long long prev = p.part_key[at];
-    p.part_key[at] = key > prev ? key : prev;
-  }
+  const int64_t at = q * ((p.vocab + kTileV - 1) / kTileV) + tile;
+  p.part_max[at] = st.max;
+  p.part_sum[at] = st.sum;
+  p.part_key[at] = key;
 }
 
 // The end of a warp's tile for its requests c0 + local0 + i (i < kReqPerWarp, < nreq; their 1/T
 // at inv_ts[local0 + i]): rounds
 // U + acc[i] to T, writes draft_logits, and folds the rounded values (lane = vocabulary row
-// v0 + lane, valid lanes only) into partial `slot`: the argmax for greedy requests, softmax
+// v0 + lane, valid lanes only) into tile v0 / 32's partial: the argmax for greedy requests, softmax
 // statistics and the Gumbel race for sampled ones; a sampled request with a SPEC §9 filter on
 // only stores (its draw needs the whole row's threshold and runs in phase A). Every lane of
 // the warp calls it. LEGACY: one Philox call per element (the previous kernel); otherwise lane
@@ -302,7 +294,7 @@ __device__ __forceinline__ void fold_partial(const MarkovDraftParams& p, int64_t
 template <typename T, bool LEGACY>
 __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k, int64_t c0, int64_t local0,
                                           int64_t nreq, int64_t v0, bool valid, const float* acc, const float* inv_ts,
-                                          int64_t slot, bool first, int lane) {
+                                          int lane) {
   const int64_t V = p.vocab, G = p.gamma;
   const T* U = static_cast<const T*>(p.base_logits);
   T* out = static_cast<T*>(p.draft_logits);
@@ -331,7 +323,7 @@ __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k,
         out[o] = rounded;
         race.add(to_float(rounded), 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
       }
-      if (is_greedy(temp)) fold_partial(p, slot, first, q, SoftmaxStats{}, warp_max_u64(race.best), lane);
+      if (is_greedy(temp)) store_partial(p, v0 / kTileV, q, SoftmaxStats{}, warp_max_u64(race.best), lane);
       continue;
     }
     uint32_t bits = 0;
@@ -342,7 +334,7 @@ __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k,
       for (int w = 0; w < 4; ++w) b.v[w] = __shfl_sync(kFullMask, mine.v[w], src);
       bits = philox_word(b, static_cast<uint32_t>(lane % 4));
     }
-    SoftmaxStats st;
+    float x = -INFINITY;  // no entry on invalid lanes
     Race race;
     if (valid) {
       const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
@@ -350,12 +342,10 @@ __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k,
       if (LEGACY)
         bits = random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
                            static_cast<uint64_t>(v));
-      const float x = scaled_logit(to_float(rounded), inv_ts[local0 + i]);
-      st.add(x);
+      x = scaled_logit(to_float(rounded), inv_ts[local0 + i]);
       race.add(x, gumbel_from_bits(bits), v);
     }
-    st = warp_merge(st);
-    fold_partial(p, slot, first, q, st, warp_max_u64(race.best), lane);
+    store_partial(p, v0 / kTileV, q, warp_stats(x), warp_max_u64(race.best), lane);
   }
 }
 
@@ -423,7 +413,7 @@ __device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsign
       const bool valid = lane < rows;
       float acc[kReqPerWarp] = {};
       if (valid) dot4_padded(w2s + lane * stride, ps + local0 * r, r, acc);
-      fold_tile<T, true>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r, blockIdx.x, first, lane);
+      fold_tile<T, true>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r, lane);
     }
   }
 }
@@ -435,7 +425,7 @@ __device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsign
 // A block takes its tiles in groups of m = p.subtiles: warp w computes sub-tile w / (8 / m) for
 // requests 4 (w % (8 / m)) .. + 3, so at small R every warp works (m = 8 / ceil(R / 4), capped
 // by shared memory); streaming w2, group j + 1 is copied while group j is computed (two
-// buffers). Partial slot of sub-tile t: blockIdx.x * m + t.
+// buffers).
 
 // XOR mask of the swizzle: the largest power of two <= 8 dividing the chunks per row, minus 1.
 __device__ __forceinline__ int swizzle_mask(int chunks) {
@@ -701,10 +691,8 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
             [&](int s) { return buffer(j, s); }, C, warp, lane);
         __syncthreads();  // C is complete
       }
-      // A sub-tile past the block's last tile computes nothing, but at j = 0 it still writes its
-      // (empty) partial, which phase A merges.
-      if (local0 >= nreq || (tile >= tiles && j > 0)) continue;  // warp-uniform
-      const bool valid = tile < tiles && lane < V - v0;
+      if (local0 >= nreq || tile >= tiles) continue;  // warp-uniform; past the last tile: nothing
+      const bool valid = lane < V - v0;
       float acc[kReqPerWarp] = {};
       if constexpr (MMA) {
         const int cstride = m * kTileV + kCPad;  // mma_product's layout, with m sub-tiles per row
@@ -714,8 +702,7 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
       } else if (valid) {
         dot4_swizzled<T>(buffer(j, t), lane, ps + local0 * r, r, acc);
       }
-      fold_tile<T, false>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r,
-                          static_cast<int64_t>(blockIdx.x) * m + t, j == 0, lane);
+      fold_tile<T, false>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r, lane);
     }
     __syncthreads();  // every warp is done with group j's buffer before it is refilled
   }
@@ -899,9 +886,9 @@ cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaun
       const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(launch->blocks),
                                                           dim3(kThreads), args, launch->smem, stream);
       // Fewer SMs than planned (an MPS thread limit the queries do not show): halve the grid
-      // (the part_* scratch, sized for the planned grid, is then larger than needed) and stream
-      // w2 (one buffer pair of sub-tiles: never larger than the resident tiles it replaces, so
-      // it fits), whose resident tiles assumed the planned grid. The caller keeps the reduced plan.
+      // (the per-tile partials do not depend on it) and stream w2 (one buffer pair of sub-tiles: never larger than the
+      // resident tiles it replaces, so it fits), whose resident tiles assumed the planned grid. The caller keeps the
+      // reduced plan.
       if (err != cudaErrorCooperativeLaunchTooLarge || launch->blocks == 1) return err;
       cudaGetLastError();  // clear the launch error before the retry
       launch->blocks = (launch->blocks + 1) / 2;

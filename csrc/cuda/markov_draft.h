@@ -9,6 +9,9 @@
 
 namespace dspark::cuda {
 
+// Vocabulary rows per tile of the logits phase; its partials are per tile: [R, ceil(V / 32)].
+constexpr int kMarkovTileRows = 32;
+
 // Raw pointers of one markov_draft call. "T" below is the storage dtype of base_logits (and
 // of every weight); float buffers are float32. Buffers written by one block and read by
 // another inside the kernel are not const.
@@ -39,9 +42,9 @@ struct MarkovDraftParams {
   float* confidence_out;       // [R, γ] out (pre-filled with ones)
   float* head_vector;          // [R, r] scratch: the vector multiplied by w2 at this position
   float* state;                // [R, r] scratch: RNN state, zero on entry (RNN head only)
-  float* part_max;             // [blocks * subtiles, R] scratch: per-slot softmax max
-  float* part_sum;             // [blocks * subtiles, R] scratch: per-slot softmax sum
-  unsigned long long* part_key;  // [blocks * subtiles, R] scratch: per-slot race / argmax key
+  float* part_max;             // [R, ceil(V / 32)] scratch: per-tile softmax max
+  float* part_sum;             // [R, ceil(V / 32)] scratch: per-tile softmax sum
+  unsigned long long* part_key;  // [R, ceil(V / 32)] scratch: per-tile race / argmax key
   int resident_tiles;          // > 0: each block keeps its w2 tiles in shared memory for the
                        // whole round (read from HBM once per round); 0: re-staged per position
   int subtiles;        // tiles a block computes at once (1 in the legacy kernel)
@@ -68,9 +71,8 @@ struct MarkovDraftLaunch {
 // (SM partition). Sets *err on failure.
 int available_sms(int device, cudaError_t* err);
 
-// Plans the launch of `requests` requests on `device` with `sms` SMs (blocks * subtiles sizes
-// the part_* scratch) for the kernel `asked`: the tensor-core kernel only for bf16/fp16 with
-// r % 16 == 0 (else the FMA kernel), the FMA kernel only when rows of w2 are a multiple of 16
+// Plans the launch of `requests` requests on `device` with `sms` SMs for the kernel `asked`: the tensor-core kernel
+// only for bf16/fp16 with r % 16 == 0 (else the FMA kernel), the FMA kernel only when rows of w2 are a multiple of 16
 // bytes (it copies 16-byte chunks; else the legacy kernel). With
 // allow_resident, picks the resident-w2 kernel when every block's share of w2 fits in its
 // shared memory (e.g. V = 32000, r = 256 in bf16 on an H100). Sets *err on failure.

@@ -99,11 +99,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(const Ma
   const MarkovDraftInputs in(a, s);
   const DType dtype = to_dtype(in.base_logits, "dspark::markov_draft", "base_logits");
   auto [plan_key, plan] = cached_plan(dtype, V, r, R, a.base_logits.get_device());
-  const int64_t blocks = static_cast<int64_t>(plan.blocks) * plan.subtiles;  // partial slots
+  const int64_t tiles = (V + kMarkovTileRows - 1) / kMarkovTileRows;  // phase B's partials, per tile and request
   auto head_vector = at::empty({R, r}, fopts);
   auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;
-  auto part_max = at::empty({blocks, R}, fopts), part_sum = at::empty({blocks, R}, fopts);
-  auto part_key = at::empty({blocks, R}, a.anchor.options());
+  auto part_max = at::empty({R, tiles}, fopts), part_sum = at::empty({R, tiles}, fopts);
+  auto part_key = at::empty({R, tiles}, a.anchor.options());
 
   MarkovDraftParams p{};
   in.fill(p, dtype, s);

@@ -89,7 +89,15 @@ __device__ __forceinline__ V warp_sum(V v) {
   return warp_reduce(v, Sum{});
 }
 __device__ __forceinline__ float warp_max(float v) { return warp_reduce(v, Max{}); }
-__device__ __forceinline__ uint64_t warp_max_u64(uint64_t v) { return warp_reduce(v, Max{}); }
+// The exact 64-bit maximum with two redux.sync (sm_80+) instead of a 64-bit butterfly (five
+// rounds of two shuffles and a 64-bit compare): the largest high word, then the largest low
+// word among the lanes that hold it.
+__device__ __forceinline__ uint64_t warp_max_u64(uint64_t v) {
+  const unsigned hi = __reduce_max_sync(kFullMask, static_cast<unsigned>(v >> 32));
+  const unsigned lo = __reduce_max_sync(kFullMask,
+                                        static_cast<unsigned>(v >> 32) == hi ? static_cast<unsigned>(v) : 0u);
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
 __device__ __forceinline__ int warp_min(int v) { return warp_reduce(v, Min{}); }
 
 __device__ __forceinline__ SoftmaxStats warp_merge(SoftmaxStats s) {
@@ -102,6 +110,17 @@ __device__ __forceinline__ SoftmaxStats warp_merge(SoftmaxStats s) {
   // Through block_merge (every warp reduces the same scratch) this makes it block-uniform too.
   s.max = __shfl_sync(kFullMask, s.max, 0);
   s.sum = __shfl_sync(kFullMask, s.sum, 0);
+  return s;
+}
+
+// Softmax statistics of one value per lane (-inf or NaN: no entry), the same on every lane:
+// (M, sum of exp(x - M)) from a max butterfly and a sum butterfly, instead of warp_merge's five
+// rescaling merges (two exponentials each). x = M counts 1, so lanes at M = +inf count 1 each.
+__device__ __forceinline__ SoftmaxStats warp_stats(float x) {
+  const bool entry = x > -INFINITY;
+  SoftmaxStats s;
+  s.max = warp_max(entry ? x : -INFINITY);
+  s.sum = warp_sum(entry ? (x == s.max ? 1.0f : expf(x - s.max)) : 0.0f);
   return s;
 }
 
