@@ -98,6 +98,16 @@ __host__ __device__ inline int64_t scratch_bytes(int64_t rank) {
   return (a > b ? a : b) * static_cast<int64_t>(sizeof(float));
 }
 
+// After the scratch, the products w2[v] . P of a request chunk and a group of `subtiles` tiles,
+// C [kReqChunk, subtiles * kTileV + kCPad] float: written by mma_product (tensor cores) or
+// stage_products (FMA kernels), read by fold_tile. Rows padded by 4 floats: the fragment stores
+// of mma_product (8 rows x 4 request pairs) hit 32 banks, and rows stay 16-byte aligned for
+// fold_tile's 16-byte loads.
+constexpr int kCPad = 4;
+__host__ __device__ inline int64_t product_bytes(int subtiles) {
+  return static_cast<int64_t>(kReqChunk) * (subtiles * kTileV + kCPad) * static_cast<int64_t>(sizeof(float));
+}
+
 // SPEC §9 filter of a sampled request on its draft-logit row at position k, run by the block that
 // owns request q in phase A (the threshold needs the whole row, which every block's phase B
 // wrote): θ over the rounded row (read through L2: written in this launch), then one pass that
@@ -269,84 +279,93 @@ __device__ __forceinline__ void load_chunk(const MarkovDraftParams& p, int64_t c
     ps[kReqChunk * p.rank + i] = inverse_temperature(p.temperature[c0 + i]);
 }
 
-// Stores a warp's statistics and race key of request q over tile `tile` (32 vocabulary rows) as
-// that tile's partial (lane 0; each (tile, request) has one writer per position). Partials per
+// Stores the statistics and race key of request q over tile `tile` (32 vocabulary rows) as that
+// tile's partial (one lane; each (tile, request) has one writer per position). Partials per
 // tile, merged by phase A in tile order, make the reduction's shape depend on V alone: never on
 // R, the grid or the sub-tiles, so token_logprob is batch-invariant to the bit.
 __device__ __forceinline__ void store_partial(const MarkovDraftParams& p, int64_t tile, int64_t q,
-                                              const SoftmaxStats& st, uint64_t key, int lane) {
-  if (lane != 0) return;
+                                              const SoftmaxStats& st, uint64_t key) {
   const int64_t at = q * ((p.vocab + kTileV - 1) / kTileV) + tile;
   p.part_max[at] = st.max;
   p.part_sum[at] = st.sum;
   p.part_key[at] = key;
 }
 
-// The end of a warp's tile for its requests c0 + local0 + i (i < kReqPerWarp, < nreq; their 1/T
-// at inv_ts[local0 + i]): rounds
-// U + acc[i] to T, writes draft_logits, and folds the rounded values (lane = vocabulary row
-// v0 + lane, valid lanes only) into tile v0 / 32's partial: the argmax for greedy requests, softmax
-// statistics and the Gumbel race for sampled ones; a sampled request with a SPEC §9 filter on
-// only stores (its draw needs the whole row's threshold and runs in phase A). Every lane of
-// the warp calls it. LEGACY: one Philox call per element (the previous kernel); otherwise lane
-// l computes the block of request local0 + l / 8 for ids v0 + 4 (l % 8) .. + 3 (SPEC §2: one
-// call per four ids) and every lane takes its word by shuffles.
+// The end of a warp's tile (rows v0 .. v0 + 31) for its four requests c0 + local0 + i (i <
+// kReqPerWarp; those >= nreq idle; 1/T at inv_ts[local0 + i]), with the products w2[v] . P at
+// products[i * stride + v - v0] (shared memory). Lane l takes request i = l / 8 and rows
+// v0 + 4 (l % 8) .. + 3: it rounds U + product to T, writes draft_logits, and the 8 lanes of a
+// request reduce the rounded values into tile v0 / 32's partial: the argmax for greedy requests,
+// softmax statistics and the Gumbel race for sampled ones; a sampled request with a SPEC §9
+// filter on only stores (its draw needs the whole row's threshold and runs in phase A). A
+// lane's four ids share one Philox call (SPEC §2: ids 4g..4g+3 share a counter), no shuffles;
+// LEGACY: one call per id (the first kernel; the same numbers). Four values per lane and an
+// 8-lane butterfly: a quarter of the reductions of one value per lane. Every lane calls it.
+//
+// `best`: the best race score this lane has seen for its request at this position (-inf to
+// start; the caller keeps it across the tiles of a position while the lane keeps its request).
+// An entry whose scaled logit is below best - kGumbelBound cannot win whatever its noise
+// (dspark/sampling.h), so its two logarithms are skipped: the tile's partial key may then be
+// lower than its own maximum, but never than the position's winner, which lies in the partial
+// of the tile where `best` was scored. Every output is unchanged; most of a peaked row skips.
 template <typename T, bool LEGACY>
 __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k, int64_t c0, int64_t local0,
-                                          int64_t nreq, int64_t v0, bool valid, const float* acc, const float* inv_ts,
-                                          int lane) {
+                                          int64_t nreq, int64_t v0, const float* products, int stride,
+                                          const float* inv_ts, float& best, int lane) {
   const int64_t V = p.vocab, G = p.gamma;
+  const int i = lane / 8, part = lane % 8;
+  const int64_t q = c0 + local0 + i, first = v0 + 4 * part;  // this lane's request and first row
   const T* U = static_cast<const T*>(p.base_logits);
   T* out = static_cast<T*>(p.draft_logits);
+  const bool active = local0 + i < nreq;
+  const bool greedy = active && is_greedy(p.temperature[q]);
   const bool has_filters = p.top_k != nullptr || p.top_p != nullptr || p.min_p != nullptr;
-  auto draws_here = [&](int64_t q) {  // sampled, and no filter on: the race runs in this phase
-    return !is_greedy(p.temperature[q]) && !(has_filters && !markov::request_filter(p, q, V).off());
-  };
-  Philox4 mine{};
-  if (!LEGACY) {
-    const int64_t q = c0 + local0 + lane / 8;
-    if (local0 + lane / 8 < nreq && draws_here(q))
-      mine = random_block(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
-                          static_cast<uint64_t>(v0 + 4 * (lane % 8)));
-  }
-  const int64_t v = v0 + lane;
+  // Sampled with every filter off: the race runs here.
+  const bool draws = active && !greedy && !(has_filters && !markov::request_filter(p, q, V).off());
+  Philox4 noise{};
+  if (!LEGACY && draws)
+    noise = random_block(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                         static_cast<uint64_t>(first));
+  const float inv_t = draws ? inv_ts[local0 + i] : 0.0f;
+  float x[4];  // scaled rounded logits of a sampled request; -inf: no entry
+  const float4 pv = *reinterpret_cast<const float4*>(products + i * stride + 4 * part);  // 16-byte aligned
+  const float prod[4] = {pv.x, pv.y, pv.z, pv.w};
+  Race race;
 #pragma unroll
-  for (int i = 0; i < kReqPerWarp; ++i) {
-    if (local0 + i >= nreq) break;  // warp-uniform
-    const int64_t q = c0 + local0 + i;
-    const float temp = p.temperature[q];
+  for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
+    x[e] = -INFINITY;
+    const int64_t v = first + e;
+    if (!active || v >= V) continue;
     const int64_t o = (q * G + k - 1) * V + v;
-    if (!draws_here(q)) {  // warp-uniform (one request): greedy, or filtered (store only)
-      Race race;
-      if (valid) {
-        const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
-        out[o] = rounded;
-        race.add(to_float(rounded), 0.0f, v);  // argmax of the rounded logits: NaN/-inf never win, ties -> lowest
-      }
-      if (is_greedy(temp)) store_partial(p, v0 / kTileV, q, SoftmaxStats{}, warp_max_u64(race.best), lane);
-      continue;
-    }
-    uint32_t bits = 0;
-    if (!LEGACY) {  // word lane % 4 of lane i * 8 + lane / 4's block (every lane shuffles)
-      const int src = i * 8 + lane / 4;
-      Philox4 b;
-#pragma unroll
-      for (int w = 0; w < 4; ++w) b.v[w] = __shfl_sync(kFullMask, mine.v[w], src);
-      bits = philox_word(b, static_cast<uint32_t>(lane % 4));
-    }
-    float x = -INFINITY;  // no entry on invalid lanes
-    Race race;
-    if (valid) {
-      const T rounded = from_float<T>(to_float(U[o]) + acc[i]);
-      out[o] = rounded;
-      if (LEGACY)
-        bits = random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
-                           static_cast<uint64_t>(v));
-      x = scaled_logit(to_float(rounded), inv_ts[local0 + i]);
-      race.add(x, gumbel_from_bits(bits), v);
-    }
-    store_partial(p, v0 / kTileV, q, warp_stats(x), warp_max_u64(race.best), lane);
+    const T rounded = from_float<T>(to_float(U[o]) + prod[e]);
+    out[o] = rounded;
+    if (greedy) race.add(to_float(rounded), 0.0f, v);  // argmax: NaN/-inf never win, ties -> lowest
+    if (!draws) continue;
+    x[e] = scaled_logit(to_float(rounded), inv_t);
+    if (!race_candidate(x[e]) || x[e] + kGumbelBound < best) continue;  // cannot win: no logarithms
+    const uint32_t bits = LEGACY ? random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                                               static_cast<uint64_t>(v))
+                                 : noise.v[e];
+    const float g = gumbel_from_bits(bits);
+    race.add(x[e], g, v);
+    const float score = x[e] + g;  // the score race.add compared
+    best = race_candidate(score) && score > best ? score : best;
   }
+  // Every lane takes part in the butterflies (full-mask shuffles), whatever its request.
+  const SoftmaxStats st = group_stats<8>(x);
+  const uint64_t key = warp_reduce<8>(race.best, Max{});
+  if (part == 0 && (greedy || draws)) store_partial(p, v0 / kTileV, q, st, key);
+}
+
+// A warp's products of one tile, acc[i] of request local0 + i for row `lane` (registers of the
+// FMA kernels), into products[(local0 + i) * stride + lane], where fold_tile reads them
+// transposed: only this warp touches these entries, so warp barriers suffice.
+__device__ __forceinline__ void stage_products(const float (&acc)[kReqPerWarp], float* products, int stride,
+                                               int64_t local0, int lane) {
+  __syncwarp();  // the warp's previous fold_tile has read its entries
+#pragma unroll
+  for (int i = 0; i < kReqPerWarp; ++i) products[(local0 + i) * stride + lane] = acc[i];
+  __syncwarp();
 }
 
 // Dot products w2[v] . P_q of the padded (legacy) layout for the warp's four requests (rows of
@@ -387,6 +406,8 @@ __device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsign
   const int64_t slots = p.resident_tiles > 0 ? p.resident_tiles : 1;
   T* slot0 = reinterpret_cast<T*>(smem_raw);                                    // [slots][kTileV, stride]
   float* ps = reinterpret_cast<float*>(smem_raw + slots * tile_slot_bytes<T>(r));  // [kReqChunk, r]
+  float* products = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(ps) + scratch_bytes(r));
+  float best = -INFINITY;  // fold_tile's race bound, across this position's tiles
   const T* w2 = static_cast<const T*>(p.w2);
   const int64_t tiles = (V + kTileV - 1) / kTileV;
   int64_t local = 0;  // this block's tile counter: the tile's slot in resident mode
@@ -410,10 +431,12 @@ __device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsign
       __syncthreads();  // ps and the staged tile are visible to every warp
       const int64_t local0 = static_cast<int64_t>(warp) * kReqPerWarp;  // this warp's first request
       if (local0 >= nreq) continue;                                      // warp-uniform
-      const bool valid = lane < rows;
       float acc[kReqPerWarp] = {};
-      if (valid) dot4_padded(w2s + lane * stride, ps + local0 * r, r, acc);
-      fold_tile<T, true>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r, lane);
+      if (lane < rows) dot4_padded(w2s + lane * stride, ps + local0 * r, r, acc);
+      stage_products(acc, products, kTileV + kCPad, local0, lane);
+      if (R > kReqChunk) best = -INFINITY;  // the lane's request changes with the chunk
+      fold_tile<T, true>(p, k, c0, local0, nreq, v0, products + local0 * (kTileV + kCPad), kTileV + kCPad,
+                         ps + kReqChunk * r, best, lane);
     }
   }
 }
@@ -522,12 +545,6 @@ __device__ __forceinline__ void dot4_swizzled(const unsigned char* tile, int lan
 // hi [kReqChunk, r] T, then lo [kReqChunk, r] T, rows swizzled like the w2 tiles, then the 1/T
 // of the chunk at float offset kReqChunk * r as before; after the scratch, the product
 // C [kReqChunk, m * kTileV + kCPad] float, read back by fold_tile's lanes.
-
-constexpr int kCPad = 4;  // C row padding: the fragment stores (8 rows x 4 request pairs) hit 32 banks
-
-__host__ __device__ inline int64_t mma_product_bytes(int subtiles) {
-  return static_cast<int64_t>(kReqChunk) * (subtiles * kTileV + kCPad) * static_cast<int64_t>(sizeof(float));
-}
 
 // Loads the chunk c0 .. c0 + nreq - 1: P split into hi / lo (16-byte chunks, swizzled rows), the
 // rows up to the next multiple of 8 zero (their n8 block is computed, its columns unused), and
@@ -640,9 +657,10 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
   const int64_t tile_bytes = swizzled_tile_bytes<T>(r);
   unsigned char* chunk_raw = smem_raw + (resident ? p.resident_tiles : 2 * m) * tile_bytes;
   float* ps = reinterpret_cast<float*>(chunk_raw);     // [kReqChunk, r] head vectors (MMA: hi, lo), then 1/T
-  float* C = reinterpret_cast<float*>(chunk_raw + scratch_bytes(r));  // MMA: [kReqChunk, m * kTileV + kCPad]
+  float* C = reinterpret_cast<float*>(chunk_raw + scratch_bytes(r));  // [kReqChunk, m * kTileV + kCPad] products
   const T* w2 = static_cast<const T*>(p.w2);
   const int64_t tiles = (V + kTileV - 1) / kTileV, grid = gridDim.x;
+  float best = -INFINITY;  // fold_tile's race bound, across this position's tiles
   const int64_t mine = (tiles - blockIdx.x + grid - 1) / grid;  // this block's tiles
   const int64_t groups = (mine + m - 1) / m;
   auto tile_of = [&](int64_t j, int s) { return blockIdx.x + (j * m + s) * grid; };
@@ -692,17 +710,15 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
         __syncthreads();  // C is complete
       }
       if (local0 >= nreq || tile >= tiles) continue;  // warp-uniform; past the last tile: nothing
-      const bool valid = lane < V - v0;
-      float acc[kReqPerWarp] = {};
-      if constexpr (MMA) {
-        const int cstride = m * kTileV + kCPad;  // mma_product's layout, with m sub-tiles per row
-#pragma unroll
-        for (int i = 0; i < kReqPerWarp; ++i)
-          if (valid && local0 + i < nreq) acc[i] = C[(local0 + i) * cstride + t * kTileV + lane];
-      } else if (valid) {
-        dot4_swizzled<T>(buffer(j, t), lane, ps + local0 * r, r, acc);
+      const int cstride = m * kTileV + kCPad;  // the products' layout, m sub-tiles per row
+      if constexpr (!MMA) {
+        float acc[kReqPerWarp] = {};
+        if (lane < V - v0) dot4_swizzled<T>(buffer(j, t), lane, ps + local0 * r, r, acc);
+        stage_products(acc, C + t * kTileV, cstride, local0, lane);
       }
-      fold_tile<T, false>(p, k, c0, local0, nreq, v0, valid, acc, ps + kReqChunk * r, lane);
+      if (R > kReqChunk) best = -INFINITY;  // the lane's request changes with the chunk
+      fold_tile<T, false>(p, k, c0, local0, nreq, v0, C + local0 * cstride + t * kTileV, cstride, ps + kReqChunk * r,
+                          best, lane);
     }
     __syncthreads();  // every warp is done with group j's buffer before it is refilled
   }
@@ -758,11 +774,11 @@ auto kernel_of(MarkovKernel kind) {
                                        : markov_draft_kernel<T, MarkovKernel::kFma>;
 }
 
-// Dynamic shared memory of a launch: w2 tiles, scratch, and the tensor-core product's C.
+// Dynamic shared memory of a launch: w2 tiles, scratch, and the products.
 template <typename T>
 int64_t launch_smem(int64_t rank, int resident_tiles, int subtiles, MarkovKernel kind) {
   return tile_region_bytes<T>(rank, resident_tiles, subtiles, kind == MarkovKernel::kLegacy) + scratch_bytes(rank) +
-         (kind == MarkovKernel::kTensorCore ? mma_product_bytes(subtiles) : 0);
+         product_bytes(kind == MarkovKernel::kLegacy ? 1 : subtiles);
 }
 
 }  // namespace

@@ -32,10 +32,11 @@ __device__ __forceinline__ ArgMax shfl_xor(ArgMax a, int lane_mask) {
   return {shfl_xor(a.value, lane_mask), shfl_xor(a.index, lane_mask)};
 }
 
-template <typename V, typename Op>
+// LANES < 32: the reduction within each aligned group of LANES lanes (xor LANES / 2, ..., 1).
+template <int LANES = kWarpSize, typename V, typename Op>
 __device__ __forceinline__ V warp_reduce(V v, Op op) {
 #pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) v = op(v, shfl_xor(v, o));
+  for (int o = LANES / 2; o > 0; o >>= 1) v = op(v, shfl_xor(v, o));
   return v;
 }
 
@@ -113,14 +114,22 @@ __device__ __forceinline__ SoftmaxStats warp_merge(SoftmaxStats s) {
   return s;
 }
 
-// Softmax statistics of one value per lane (-inf or NaN: no entry), the same on every lane:
-// (M, sum of exp(x - M)) from a max butterfly and a sum butterfly, instead of warp_merge's five
-// rescaling merges (two exponentials each). x = M counts 1, so lanes at M = +inf count 1 each.
-__device__ __forceinline__ SoftmaxStats warp_stats(float x) {
-  const bool entry = x > -INFINITY;
+// Softmax statistics of the entries x[0..N) of each lane of a group of LANES lanes (-inf or NaN:
+// no entry), the same on every lane of the group: (M, sum of exp(x - M)) from a max butterfly,
+// each lane's sum in index order, and a sum butterfly; cheaper than merging running statistics
+// (two exponentials per merge). x = M counts 1, so entries at M = +inf count 1 each.
+template <int LANES, int N>
+__device__ __forceinline__ SoftmaxStats group_stats(const float (&x)[N]) {
+  float m = -INFINITY;
+#pragma unroll
+  for (int e = 0; e < N; ++e) m = x[e] > m ? x[e] : m;
   SoftmaxStats s;
-  s.max = warp_max(entry ? x : -INFINITY);
-  s.sum = warp_sum(entry ? (x == s.max ? 1.0f : expf(x - s.max)) : 0.0f);
+  s.max = warp_reduce<LANES>(m, Max{});
+  float sum = 0.0f;
+#pragma unroll
+  for (int e = 0; e < N; ++e)
+    if (x[e] > -INFINITY) sum += x[e] == s.max ? 1.0f : expf(x[e] - s.max);
+  s.sum = warp_reduce<LANES>(sum, Sum{});
   return s;
 }
 
