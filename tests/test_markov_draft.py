@@ -225,11 +225,13 @@ def test_empty_block(device):
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head,conf,R", [("vanilla", "he", 16), ("gated", "h", 40), ("rnn", "he", 16),
-                                         ("vanilla", "none", 70)])
-def test_cpu_cuda_agree(dtype, head, conf, R):
-    # R = 40 and 70: several 32-request chunks per w2 tile in the CUDA logits phase.
-    args = make_inputs(R=R, G=7, V=32003, r=64, d=48, dtype=dtype, head=head, conf=conf, seed=4)
+@pytest.mark.parametrize("head,conf,R,d", [("vanilla", "he", 16, 48), ("gated", "h", 40, 48), ("rnn", "he", 16, 48),
+                                           ("vanilla", "none", 70, 48), ("gated", "he", 1, 512),
+                                           ("rnn", "h", 3, 512)])
+def test_cpu_cuda_agree(dtype, head, conf, R, d):
+    # R = 40 and 70: several 32-request chunks per w2 tile in the CUDA logits phase. d = 512:
+    # the head's row loop issues its loads in batches (d = 48 takes only the remainder loop).
+    args = make_inputs(R=R, G=7, V=32003, r=64, d=d, dtype=dtype, head=head, conf=conf, seed=4)
     cpu = dspark_ops.markov_draft(**args)
     gpu = dspark_ops.markov_draft(**to_device(args, "cuda"))
     # Same random numbers; only a float near-tie could flip a token (none with these inputs).
@@ -276,9 +278,16 @@ import sys, torch, dspark_ops
 sys.path.insert(0, {tests!r})
 from test_markov_draft import make_inputs, to_device
 outs = []
-for head, conf, R, V in [("vanilla", "none", 3, 151936), ("gated", "he", 40, 32003), ("rnn", "h", 70, 20011)]:
-    args = to_device(make_inputs(R=R, G=4, V=V, r=256 if V > 100000 else 64, d=32, dtype=torch.bfloat16,
-                                 head=head, conf=conf, seed=5), "cuda")
+cases = [("vanilla", "none", 3, 151936, 256, 32), ("gated", "he", 40, 32003, 64, 32), ("rnn", "h", 70, 20011, 64, 32)]
+# The default kernel spreads the gated / RNN head over the grid (one warp per row and request);
+# the legacy kernel runs it in one block per request. R = 1 and 3, d = 512 (batched row loads),
+# r = 40 (rows and [s ; e] not a multiple of 32 lanes), with and without a confidence head.
+for head in ["gated", "rnn"]:
+    cases += [(head, "none", 1, 20011, 40, 512), (head, "he", 1, 20011, 64, 512), (head, "h", 3, 20011, 64, 512),
+              (head, "none", 3, 20011, 40, 512)]
+for head, conf, R, V, r, d in cases:
+    args = to_device(make_inputs(R=R, G=4, V=V, r=r, d=d, dtype=torch.bfloat16, head=head, conf=conf, seed=5),
+                     "cuda")
     outs.append([t.cpu() for t in dspark_ops.markov_draft(**args)])
     f = dict(top_k=torch.full((R,), 20, device="cuda"), top_p=torch.full((R,), 0.9, device="cuda"))
     outs.append([t.cpu() for t in dspark_ops.markov_draft(**args, **f)])
@@ -289,8 +298,9 @@ torch.save(outs, {out!r})
 @requires_cuda
 def test_cuda_kernel_and_legacy_kernel_agree_bitwise(tmp_path):
     # DSPARK_MARKOV_DRAFT_KERNEL=legacy (read once per process) runs the previous kernel: one
-    # Philox call per element instead of one per four ids shared by shuffles. Same numbers, same
-    # bits, with and without filters, at R <= 4 (one warp per tile) and over several chunks.
+    # Philox call per element instead of one per four ids shared by shuffles, and the gated / RNN
+    # head in one block per request instead of spread over the grid. Same numbers, same bits,
+    # with and without filters, at R <= 4 (one warp per tile) and over several chunks.
     import os
     import subprocess
     import sys
@@ -304,6 +314,26 @@ def test_cuda_kernel_and_legacy_kernel_agree_bitwise(tmp_path):
         got[kernel] = torch.load(out)
     for new, old in zip(got["default"], got["legacy"]):
         for a, b in zip(new, old):
+            assert torch.equal(a, b)
+
+
+@requires_cuda
+@pytest.mark.parametrize("head,conf,R", [("gated", "he", 1), ("rnn", "h", 3), ("rnn", "none", 1)])
+def test_cuda_graph_replay_matches_eager(head, conf, R):
+    # The gated / RNN head adds a grid barrier to the cooperative launch and, for the RNN head, a
+    # double-buffered state zeroed by a memset that the graph captures: every replay (the
+    # second starts from the state the first left) gives the eager call's bits.
+    args = to_device(make_inputs(R=R, G=5, V=20011, r=64, d=512, dtype=torch.bfloat16, head=head, conf=conf,
+                                 seed=6), "cuda")
+    eager = dspark_ops.markov_draft(**args)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = dspark_ops.markov_draft(**args)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(captured, eager):
             assert torch.equal(a, b)
 
 

@@ -38,7 +38,10 @@ struct MarkovDraftParams {
   float* token_logprob;        // [R, γ] out
   float* confidence_out;       // [R, γ] out (pre-filled with ones)
   float* head_vector;          // [R, r] scratch: the vector multiplied by w2 at this position
-  float* state;                // [R, r] scratch: RNN state, zero on entry (RNN head only)
+  // RNN state, zero on entry (RNN head only): [R, r] updated in place by head_step (the pruned and
+  // legacy kernels), or [2, R, r] in the default dense kernel (head_units: s_{k-1} in buffer
+  // (k-1) & 1, s_k written to buffer k & 1).
+  float* state;                // [R, r] or [2, R, r] scratch
   float* part_max;             // [blocks * subtiles, R] scratch: per-slot softmax max
   float* part_sum;             // [blocks * subtiles, R] scratch: per-slot softmax sum
   unsigned long long* part_key;  // [blocks * subtiles, R] scratch: per-slot race / argmax key

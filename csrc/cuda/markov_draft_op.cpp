@@ -95,7 +95,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(const Ma
   auto [plan_key, plan] = cached_plan(dtype, V, r, R, a.base_logits.get_device());
   const int64_t blocks = static_cast<int64_t>(plan.blocks) * plan.subtiles;  // partial slots
   auto head_vector = at::empty({R, r}, fopts);
-  auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;
+  // RNN state, zero (s_0): [R, r] updated in place by the legacy kernel's head_step; the default
+  // kernel double-buffers it ([2, R, r], see markov_head.cuh head_units).
+  auto state = s.head == MarkovHead::kRnn ? at::zeros({plan.legacy ? 1 : 2, R, r}, fopts) : head_vector;
   auto part_max = at::empty({blocks, R}, fopts), part_sum = at::empty({blocks, R}, fopts);
   auto part_key = at::empty({blocks, R}, a.anchor.options());
 
