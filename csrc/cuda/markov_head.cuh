@@ -174,7 +174,10 @@ __device__ __forceinline__ int64_t previous_token(const MarkovDraftParams& p, in
 // ~units / warps per warp, warps numbered block by block. Row-major units make a warp's
 // consecutive units share the weight row(s) i, the bulk of the bytes (r (d + r) or 3r (2r + d)
 // elements against R d of hidden states): each row comes from HBM about once and then from the
-// SM's L1 for the next requests. Each unit runs head_step's arithmetic (gated_unit / rnn_unit /
+// SM's L1 for the next requests. The price: every unit re-reads its request's h_k (d elements)
+// from L2, R r d elements per position (134 MB at R = 64, r = 256, d = 4096, bf16: an estimated
+// 15-25 µs of L2 traffic per position; a warp tile of several rows sharing one h_k load would
+// cut it). Each unit runs head_step's arithmetic (gated_unit / rnn_unit /
 // confidence_unit) with e_k = w1[x_{k-1}] and s_{k-1} read from global memory, so the bits are
 // the legacy kernel's. The RNN state is double-buffered ([2, R, r]: s_{k-1} in buffer
 // (k-1) & 1, s_k written to k & 1) because units of other warps still read s_{k-1}[q, :].
