@@ -225,11 +225,13 @@ def test_empty_block(device):
 
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("head,conf,R", [("vanilla", "he", 16), ("gated", "h", 40), ("rnn", "he", 16),
-                                         ("vanilla", "none", 70)])
-def test_cpu_cuda_agree(dtype, head, conf, R):
-    # R = 40 and 70: several 32-request chunks per w2 tile in the CUDA logits phase.
-    args = make_inputs(R=R, G=7, V=32003, r=64, d=48, dtype=dtype, head=head, conf=conf, seed=4)
+@pytest.mark.parametrize("head,conf,R,d", [("vanilla", "he", 16, 48), ("gated", "h", 40, 48), ("rnn", "he", 16, 48),
+                                           ("vanilla", "none", 70, 48), ("gated", "he", 1, 512),
+                                           ("rnn", "h", 3, 512)])
+def test_cpu_cuda_agree(dtype, head, conf, R, d):
+    # R = 40 and 70: several 32-request chunks per w2 tile in the CUDA logits phase. d = 512:
+    # the head's row loop issues its loads in batches (d = 48 takes only the remainder loop).
+    args = make_inputs(R=R, G=7, V=32003, r=64, d=d, dtype=dtype, head=head, conf=conf, seed=4)
     cpu = dspark_ops.markov_draft(**args)
     gpu = dspark_ops.markov_draft(**to_device(args, "cuda"))
     # Same random numbers; only a float near-tie could flip a token (none with these inputs).
@@ -294,8 +296,8 @@ sys.path.insert(0, {tests!r})
 from test_markov_draft import make_inputs, to_device
 outs = []
 for case in {cases!r}:
-    head, conf, R, V, r, dtype = case
-    args = to_device(make_inputs(R=R, G=4, V=V, r=r, d=32, dtype=getattr(torch, dtype), head=head, conf=conf,
+    head, conf, R, V, r, d, dtype = case
+    args = to_device(make_inputs(R=R, G=4, V=V, r=r, d=d, dtype=getattr(torch, dtype), head=head, conf=conf,
                                  seed=5), "cuda")
     outs.append([t.cpu() for t in dspark_ops.markov_draft(**args)])
     f = dict(top_k=torch.full((R,), 20, device="cuda"), top_p=torch.full((R,), 0.9, device="cuda"))
@@ -303,12 +305,18 @@ for case in {cases!r}:
 torch.save(outs, {out!r})
 """
 
-# (head, conf, R, V, r, dtype): R <= 4 (sub-tiles), 9 (a padded n8 block of the tensor-core
+# (head, conf, R, V, r, d, dtype): R <= 4 (sub-tiles), 9 (a padded n8 block of the tensor-core
 # product), 40 and 70 (several 32-request chunks, the last one partial); r = 16 (one k-step)
-# to 256; both 16-bit dtypes.
-_KERNEL_CASES = [("vanilla", "none", 3, 151936, 256, "bfloat16"), ("gated", "he", 40, 32003, 64, "bfloat16"),
-                 ("rnn", "h", 70, 20011, 64, "bfloat16"), ("gated", "h", 9, 5003, 16, "float16"),
-                 ("vanilla", "he", 1, 32003, 256, "float16"), ("rnn", "he", 17, 4099, 32, "bfloat16")]
+# to 256; both 16-bit dtypes. Gated / RNN heads at R = 1 and 3 with d = 512: the default and fma
+# kernels spread the head over the grid (one warp per row and request), the legacy kernel runs it
+# in one block per request; r = 40 (rows and [s ; e] not a multiple of 32 lanes; not a multiple
+# of 16 either, so the default kernel runs the fma product), with and without a confidence head.
+_KERNEL_CASES = [("vanilla", "none", 3, 151936, 256, 32, "bfloat16"), ("gated", "he", 40, 32003, 64, 32, "bfloat16"),
+                 ("rnn", "h", 70, 20011, 64, 32, "bfloat16"), ("gated", "h", 9, 5003, 16, 32, "float16"),
+                 ("vanilla", "he", 1, 32003, 256, 32, "float16"), ("rnn", "he", 17, 4099, 32, 32, "bfloat16")]
+for _head in ["gated", "rnn"]:
+    _KERNEL_CASES += [(_head, "none", 1, 20011, 40, 512, "bfloat16"), (_head, "he", 1, 20011, 64, 512, "bfloat16"),
+                      (_head, "h", 3, 20011, 64, 512, "bfloat16"), (_head, "none", 3, 20011, 40, 512, "bfloat16")]
 
 
 def run_markov_kernel(tmp_path, kernel):
@@ -327,8 +335,9 @@ def run_markov_kernel(tmp_path, kernel):
 
 @requires_cuda
 def test_cuda_fma_kernel_and_legacy_kernel_agree_bitwise(tmp_path):
-    # "fma" (cp.async sub-tiles, one Philox call per four ids shared by shuffles) and "legacy"
-    # (one Philox call per element): same numbers, same bits, with and without filters.
+    # "fma" (cp.async sub-tiles, one Philox call per four ids, the gated / RNN head spread over
+    # the grid) and "legacy" (one Philox call per element, the head in one block per request):
+    # same numbers, same bits, with and without filters.
     for new, old in zip(run_markov_kernel(tmp_path, "fma"), run_markov_kernel(tmp_path, "legacy")):
         for a, b in zip(new, old):
             assert torch.equal(a, b)
@@ -342,8 +351,8 @@ def test_cuda_tensor_core_kernel_matches_fma_kernel(tmp_path):
     got, ref = run_markov_kernel(tmp_path, "default"), run_markov_kernel(tmp_path, "fma")
     cases = [c for c in _KERNEL_CASES for _ in range(2)]  # each case without, then with filters
     assert len(got) == len(ref) == len(cases)
-    for (head, conf, R, V, r, dtype), new, old in zip(cases, got, ref):
-        args = make_inputs(R=R, G=4, V=V, r=r, d=32, dtype=getattr(torch, dtype), head=head, conf=conf, seed=5)
+    for (head, conf, R, V, r, d, dtype), new, old in zip(cases, got, ref):
+        args = make_inputs(R=R, G=4, V=V, r=r, d=d, dtype=getattr(torch, dtype), head=head, conf=conf, seed=5)
         check_against_reference(new, old, getattr(torch, dtype), args["temperature"])
 
 
@@ -361,6 +370,26 @@ def test_cuda_unknown_kernel_name_is_an_error():
     env = dict(os.environ, DSPARK_MARKOV_DRAFT_KERNEL="tensorcore")
     res = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
     assert res.returncode != 0 and "DSPARK_MARKOV_DRAFT_KERNEL" in res.stderr
+
+
+@requires_cuda
+@pytest.mark.parametrize("head,conf,R", [("gated", "he", 1), ("rnn", "h", 3), ("rnn", "none", 1)])
+def test_cuda_graph_replay_matches_eager(head, conf, R):
+    # The gated / RNN head adds a grid barrier to the cooperative launch and, for the RNN head, a
+    # double-buffered state zeroed by a memset that the graph captures: every replay (the
+    # second starts from the state the first left) gives the eager call's bits.
+    args = to_device(make_inputs(R=R, G=5, V=20011, r=64, d=512, dtype=torch.bfloat16, head=head, conf=conf,
+                                 seed=6), "cuda")
+    eager = dspark_ops.markov_draft(**args)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = dspark_ops.markov_draft(**args)
+    for _ in range(2):
+        graph.replay()
+        torch.cuda.synchronize()
+        for a, b in zip(captured, eager):
+            assert torch.equal(a, b)
 
 
 def test_anchor_out_of_range(device):

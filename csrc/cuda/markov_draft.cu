@@ -1,12 +1,20 @@
 // CUDA kernel of dspark::markov_draft (SPEC §3): the whole block of γ positions in ONE
-// cooperative launch. The grid (all blocks co-resident, sized by occupancy) alternates two
-// phases per position k, separated by grid-wide barriers:
+// cooperative launch. The grid (all blocks co-resident, sized by occupancy) runs these phases
+// per position k, separated by grid-wide barriers:
 //
-//   A(k)  one block per request (request q -> block q mod grid): merge the per-tile partials
-//         of position k-1, in tile order, into x_{k-1} and log q_{k-1}(x_{k-1}) (written to the outputs), or,
+//   A1(k) one block per request (request q -> block q mod grid): merge the per-tile partials of
+//         position k-1, in tile order, into x_{k-1} and log q_{k-1}(x_{k-1}) (written to the outputs), or,
 //         for a sampled request with a SPEC §9 filter on, find the row's threshold and race over
-//         the filtered row (filtered_position); gather e_k = w1[x_{k-1}], run the head
-//         (vanilla / gated / RNN) into the [R, r] head-vector scratch, and the confidence c_k.
+//         the filtered row (filtered_position). Vanilla head (and every head in the legacy
+//         kernel): the same block then gathers e_k = w1[x_{k-1}] and runs the head into the
+//         [R, r] head-vector scratch, and the confidence c_k (markov_head.cuh head_step).
+//   A2(k) gated / RNN head in the default and fma kernels, after its own barrier: every warp of the grid
+//         takes a contiguous range of (row i, request q) units and computes row i's dot
+//         products (gated: r rows of d + r; RNN: 3r rows of 2r + d, and the state), plus one
+//         confidence unit per request (markov_head.cuh head_units), instead of one SM reading
+//         all 2-7 MB of head weights per request and position (d = 4096). Same arithmetic as
+//         head_step, so the same bits; the RNN state is double-buffered. The vanilla head has
+//         no A2 (and no extra barrier); at k = 1 A1 has nothing to draw and its barrier is skipped.
 //   B(k)  every block owns V-tiles of 32 vocabulary rows: it stages w2 tiles in shared memory
 //         ONCE per position, then for every request (32 per pass, 4 per warp) computes
 //         L = U_k + w2_tile · P_q,
@@ -736,22 +744,27 @@ __global__ void __launch_bounds__(kThreads, KIND == MarkovKernel::kLegacy ? 2 : 
   __shared__ int64_t x_shared;
   __shared__ FilterScratch fsh;
   const int64_t R = p.requests, G = p.gamma;
+  // Gated / RNN heads in the default and fma kernels: phase A splits into A1 (the draw, per request) and
+  // A2 (the head over the whole grid: head_units), with a grid barrier between them.
+  const bool spread = !LEGACY && p.head != static_cast<int>(MarkovHead::kVanilla);
   for (int64_t k = 1; k <= G + 1; ++k) {
     for (int64_t q = blockIdx.x; q < R; q += gridDim.x) {
-      int64_t prev;
-      if (k == 1) {
-        prev = p.anchor[q];
-        prev = prev < 0 ? 0 : (prev >= p.vocab ? p.vocab - 1 : prev);  // SPEC §2: never read out of bounds
-      } else {
-        prev = finish_position<T>(p, q, k - 1, &x_shared, red, fsh);
-      }
+      const int64_t prev = k == 1 ? markov::previous_token(p, q, 1)
+                                  : finish_position<T>(p, q, k - 1, &x_shared, red, fsh);
       // Phase A's scratch lies after the w2 tiles: resident tiles survive it.
-      if (k <= G)
+      if (k <= G && !spread)
         head_step<T>(
             p, q, k, prev,
             reinterpret_cast<float*>(smem + tile_region_bytes<T>(p.rank, p.resident_tiles, p.subtiles, LEGACY)));
     }
     if (k > G) break;
+    if (spread) {
+      if (k > 1) {  // A1 wrote x_{k-1} (tokens[q, k-2]); at k = 1 A2 reads the anchor itself
+        __threadfence();
+        cg::this_grid().sync();
+      }
+      markov::head_units<T>(p, k);
+    }
     __threadfence();
     cg::this_grid().sync();
     if (LEGACY) {

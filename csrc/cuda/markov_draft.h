@@ -41,9 +41,12 @@ struct MarkovDraftParams {
   float* token_logprob;        // [R, γ] out
   float* confidence_out;       // [R, γ] out (pre-filled with ones)
   float* head_vector;          // [R, r] scratch: the vector multiplied by w2 at this position
-  float* state;                // [R, r] scratch: RNN state, zero on entry (RNN head only)
-  float* part_max;             // [R, ceil(V / 32)] scratch: per-tile softmax max
-  float* part_sum;             // [R, ceil(V / 32)] scratch: per-tile softmax sum
+  // RNN state, zero on entry (RNN head only): [R, r] updated in place by head_step (the pruned and
+  // legacy kernels), or [2, R, r] in the default dense kernel (head_units: s_{k-1} in buffer
+  // (k-1) & 1, s_k written to buffer k & 1).
+  float* state;                  // [R, r] or [2, R, r] scratch
+  float* part_max;               // [R, ceil(V / 32)] scratch: per-tile softmax max
+  float* part_sum;               // [R, ceil(V / 32)] scratch: per-tile softmax sum
   unsigned long long* part_key;  // [R, ceil(V / 32)] scratch: per-tile race / argmax key
   int resident_tiles;          // > 0: each block keeps its w2 tiles in shared memory for the
                        // whole round (read from HBM once per round); 0: re-staged per position

@@ -70,7 +70,8 @@ struct MarkovDraftInputs {
     p.min_p = data_or_null<float>(min_p);
   }
 
-  // The outputs [R, γ] / [R, γ, V or K] and head scratch [R, r] that both kernels write.
+  // The outputs [R, γ] / [R, γ, V or K] and head scratch (head_vector [R, r], state: see
+  // MarkovDraftParams::state) that both kernels write.
   static void fill_outputs(MarkovDraftParams& p, at::Tensor& tokens, at::Tensor& draft_logits,
                            at::Tensor& token_logprob, at::Tensor& confidence, at::Tensor& head_vector,
                            at::Tensor& state) {

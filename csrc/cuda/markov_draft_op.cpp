@@ -101,7 +101,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> markov_draft(const Ma
   auto [plan_key, plan] = cached_plan(dtype, V, r, R, a.base_logits.get_device());
   const int64_t tiles = (V + kMarkovTileRows - 1) / kMarkovTileRows;  // phase B's partials, per tile and request
   auto head_vector = at::empty({R, r}, fopts);
-  auto state = s.head == MarkovHead::kRnn ? at::zeros({R, r}, fopts) : head_vector;
+  // RNN state, zero (s_0): [R, r] updated in place by the legacy kernel's head_step; the other
+  // kernels double-buffer it ([2, R, r], see markov_head.cuh head_units).
+  auto state = s.head == MarkovHead::kRnn ? at::zeros({plan.kind == MarkovKernel::kLegacy ? 1 : 2, R, r}, fopts)
+                                          : head_vector;
   auto part_max = at::empty({R, tiles}, fopts), part_sum = at::empty({R, tiles}, fopts);
   auto part_key = at::empty({R, tiles}, a.anchor.options());
 
