@@ -61,18 +61,27 @@ __device__ __forceinline__ const T* head_hidden(const MarkovDraftParams& p, int6
   return p.hidden ? static_cast<const T*>(p.hidden) + (q * p.gamma + (k - 1)) * p.hidden_size : nullptr;
 }
 
-// Gated head, row i: P_i = sigmoid(W_i . [h_k ; e_k] + b_i) * e_i, with e(j) = e_k[j]. Every
-// lane of the warp calls it and gets P_i.
-template <typename T, typename E>
-__device__ __forceinline__ float gated_unit(const MarkovDraftParams& p, const T* h, int64_t i, int lane, E e) {
+// Gated head, rows i0 .. i0 + N - 1: P_i = sigmoid(W_i . [h_k ; e_k] + b_i) * e_i, with
+// e(j) = e_k[j], into g[i - i0]. Every lane of the warp calls it and gets every P_i. The N rows
+// share each load of h_k (each row keeps its own chain in j order: the bits do not depend on N).
+template <int N, typename T, typename E>
+__device__ __forceinline__ void gated_rows(const MarkovDraftParams& p, const T* h, int64_t i0, int lane, E e,
+                                           float (&g)[N]) {
   const int64_t r = p.rank, d = p.hidden_size;
-  const T* row = static_cast<const T*>(p.head_weight) + i * (d + r);
-  const T* const over_h[1] = {row};
-  const T* const over_e[1] = {row + d};
-  float acc[1] = {0.0f};
+  const T* rows = static_cast<const T*>(p.head_weight) + i0 * (d + r);
+  const T* over_h[N];
+  const T* over_e[N];
+#pragma unroll
+  for (int c = 0; c < N; ++c) {
+    over_h[c] = rows + c * (d + r);
+    over_e[c] = over_h[c] + d;
+  }
+  float acc[N] = {};
   strided_dots(over_h, d, lane, [h](int64_t j) { return to_float(h[j]); }, acc);
   strided_dots(over_e, r, lane, e, acc);
-  return sigmoidf(warp_sum(acc[0]) + to_float(static_cast<const T*>(p.head_bias)[i])) * e(i);
+#pragma unroll
+  for (int c = 0; c < N; ++c)
+    g[c] = sigmoidf(warp_sum(acc[c]) + to_float(static_cast<const T*>(p.head_bias)[i0 + c])) * e(i0 + c);
 }
 
 // RNN head, rows i, r + i, 2r + i of W . [s_{k-1} ; e_k ; h_k] + b (gate a, candidate, output),
@@ -139,8 +148,9 @@ __device__ void head_step(const MarkovDraftParams& p, int64_t q, int64_t k, int6
   const auto e_at = [e](int64_t j) { return e[j]; };
   if (p.head == static_cast<int>(MarkovHead::kGated)) {
     for (int64_t i = warp; i < r; i += kWarps) {
-      const float g = gated_unit<T>(p, h, i, lane, e_at);
-      if (lane == 0) P[i] = g;
+      float g[1];
+      gated_rows<1, T>(p, h, i, lane, e_at, g);
+      if (lane == 0) P[i] = g[0];
     }
   } else if (p.head == static_cast<int>(MarkovHead::kRnn)) {
     for (int64_t i = warp; i < r; i += kWarps) {
@@ -169,45 +179,53 @@ __device__ __forceinline__ int64_t previous_token(const MarkovDraftParams& p, in
 
 // Phase A2 of the dense kernel for the gated and RNN heads at position k: the head spread over
 // every warp of the grid instead of one block per request (whose single SM read the whole
-// 2-7 MB of head weights per position at d = 4096). Units u = i * R + q (row i < r of request
-// q; with a confidence head, i = r is request q's confidence), in contiguous ranges of
-// ~units / warps per warp, warps numbered block by block. Row-major units make a warp's
-// consecutive units share the weight row(s) i, the bulk of the bytes (r (d + r) or 3r (2r + d)
+// 2-7 MB of head weights per position at d = 4096). Units u = b * R + q: row block b of request
+// q (gated: rows 4b .. 4b + 3, which share each load of h_k; RNN: rows b, r + b, 2r + b; with a
+// confidence head, the last block is request q's confidence), in contiguous ranges of
+// ~units / warps per warp, warps numbered block by block. Block-major units make a warp's
+// consecutive units share the weight rows, the bulk of the bytes (r (d + r) or 3r (2r + d)
 // elements against R d of hidden states): each row comes from HBM about once and then from the
-// SM's L1 for the next requests. The price: every unit re-reads its request's h_k (d elements)
-// from L2, R r d elements per position (134 MB at R = 64, r = 256, d = 4096, bf16: an estimated
-// 15-25 µs of L2 traffic per position; a warp tile of several rows sharing one h_k load would
-// cut it). Each unit runs head_step's arithmetic (gated_unit / rnn_unit /
-// confidence_unit) with e_k = w1[x_{k-1}] and s_{k-1} read from global memory, so the bits are
-// the legacy kernel's. The RNN state is double-buffered ([2, R, r]: s_{k-1} in buffer
-// (k-1) & 1, s_k written to k & 1) because units of other warps still read s_{k-1}[q, :].
+// SM's L1 for the next requests. Each unit re-reads its request's h_k (d elements) from L2:
+// R d r / 4 (gated) or R d r (RNN) elements per position (34 / 134 MB at R = 64, r = 256,
+// d = 4096, bf16: an estimated 4-6 / 15-25 µs of L2 traffic per position). Each unit runs
+// head_step's arithmetic (gated_rows / rnn_unit / confidence_unit) with e_k = w1[x_{k-1}] and
+// s_{k-1} read from global memory, so the bits are the legacy kernel's. The RNN state is
+// double-buffered ([2, R, r]: s_{k-1} in buffer (k-1) & 1, s_k written to k & 1) because units
+// of other warps still read s_{k-1}[q, :].
 template <typename T>
 __device__ void head_units(const MarkovDraftParams& p, int64_t k) {
+  constexpr int kGatedRows = 4;
   const int64_t R = p.requests, r = p.rank;
+  const bool gated = p.head == static_cast<int>(MarkovHead::kGated);
   const bool conf = p.confidence != static_cast<int>(ConfidenceInput::kNone);
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t units = (r + (conf ? 1 : 0)) * R;
+  const int64_t blocks = gated ? r / kGatedRows : r;  // row blocks per request (r % 4 == 0, see below)
+  const int64_t units = (blocks + (conf ? 1 : 0)) * R;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
   const int64_t slot = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
   const int64_t end = units * (slot + 1) / warps;
   for (int64_t u = units * slot / warps; u < end; ++u) {  // warp-uniform
-    const int64_t i = u / R, q = u - i * R;
+    const int64_t b = u / R, q = u - b * R;
     const T* e = static_cast<const T*>(p.w1) + previous_token(p, q, k) * r;
     const auto e_at = [e](int64_t j) { return to_float(e[j]); };
     const T* h = head_hidden<T>(p, q, k);
-    if (i == r) {
+    float* P = p.head_vector + q * r;
+    if (b == blocks) {
       const float c = confidence_unit<T>(p, k, h, lane, e_at);
       if (lane == 0) p.confidence_out[q * p.gamma + (k - 1)] = c;
-    } else if (p.head == static_cast<int>(MarkovHead::kGated)) {
-      const float g = gated_unit<T>(p, h, i, lane, e_at);
-      if (lane == 0) p.head_vector[q * r + i] = g;
+    } else if (gated) {  // r % 4 == 0: the tiled kernels need r * sizeof(T) % 16 == 0
+      float g[kGatedRows];
+      gated_rows<kGatedRows, T>(p, h, b * kGatedRows, lane, e_at, g);
+      if (lane == 0)
+#pragma unroll
+        for (int c = 0; c < kGatedRows; ++c) P[b * kGatedRows + c] = g[c];
     } else {
       const float* s = p.state + ((k - 1) & 1) * R * r + q * r;  // s_{k-1}, written by other blocks
-      const float2 o = rnn_unit<T>(p, h, i, lane,
+      const float2 o = rnn_unit<T>(p, h, b, lane,
                                    [s, e, r](int64_t j) { return j < r ? __ldcg(s + j) : to_float(e[j - r]); });
       if (lane == 0) {
-        p.state[(k & 1) * R * r + q * r + i] = o.x;
-        p.head_vector[q * r + i] = o.y;
+        p.state[(k & 1) * R * r + q * r + b] = o.x;
+        P[b] = o.y;
       }
     }
   }
