@@ -313,7 +313,8 @@ torch.save(outs, {out!r})
 # of 16 either, so the default kernel runs the fma product), with and without a confidence head.
 _KERNEL_CASES = [("vanilla", "none", 3, 151936, 256, 32, "bfloat16"), ("gated", "he", 40, 32003, 64, 32, "bfloat16"),
                  ("rnn", "h", 70, 20011, 64, 32, "bfloat16"), ("gated", "h", 9, 5003, 16, 32, "float16"),
-                 ("vanilla", "he", 1, 32003, 256, 32, "float16"), ("rnn", "he", 17, 4099, 32, 32, "bfloat16")]
+                 ("vanilla", "he", 1, 32003, 256, 32, "float16"), ("rnn", "he", 17, 4099, 32, 32, "bfloat16"),
+                 ("gated", "he", 40, 20011, 256, 64, "bfloat16")]  # 4 gated rows per warp (R r / 4 >= warps)
 for _head in ["gated", "rnn"]:
     _KERNEL_CASES += [(_head, "none", 1, 20011, 40, 512, "bfloat16"), (_head, "he", 1, 20011, 64, 512, "bfloat16"),
                       (_head, "h", 3, 20011, 64, 512, "bfloat16"), (_head, "none", 3, 20011, 40, 512, "bfloat16")]

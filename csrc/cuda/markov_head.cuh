@@ -180,7 +180,8 @@ __device__ __forceinline__ int64_t previous_token(const MarkovDraftParams& p, in
 // Phase A2 of the dense kernel for the gated and RNN heads at position k: the head spread over
 // every warp of the grid instead of one block per request (whose single SM read the whole
 // 2-7 MB of head weights per position at d = 4096). Units u = b * R + q: row block b of request
-// q (gated: rows 4b .. 4b + 3, which share each load of h_k; RNN: rows b, r + b, 2r + b; with a
+// q (gated: rows 4b .. 4b + 3, which share each load of h_k, once R r / 4 >= warps, else row b;
+// RNN: rows b, r + b, 2r + b; with a
 // confidence head, the last block is request q's confidence), in contiguous ranges of
 // ~units / warps per warp, warps numbered block by block. Block-major units make a warp's
 // consecutive units share the weight rows, the bulk of the bytes (r (d + r) or 3r (2r + d)
@@ -199,9 +200,13 @@ __device__ void head_units(const MarkovDraftParams& p, int64_t k) {
   const bool gated = p.head == static_cast<int>(MarkovHead::kGated);
   const bool conf = p.confidence != static_cast<int>(ConfidenceInput::kNone);
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t blocks = gated ? r / kGatedRows : r;  // row blocks per request (r % 4 == 0, see below)
-  const int64_t units = (blocks + (conf ? 1 : 0)) * R;
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarps;
+  // Gated rows per unit: 4 once there are enough units to keep every warp busy, else 1 (at small
+  // R one row per warp keeps more loads in flight). r % 4 == 0: the tiled kernels need
+  // r * sizeof(T) % 16 == 0. The bits do not depend on it.
+  const int rows = gated && R * (r / kGatedRows) >= warps ? kGatedRows : 1;
+  const int64_t blocks = r / rows;  // row blocks per request
+  const int64_t units = (blocks + (conf ? 1 : 0)) * R;
   const int64_t slot = static_cast<int64_t>(blockIdx.x) * kWarps + threadIdx.x / kWarpSize;
   const int64_t end = units * (slot + 1) / warps;
   for (int64_t u = units * slot / warps; u < end; ++u) {  // warp-uniform
@@ -213,12 +218,16 @@ __device__ void head_units(const MarkovDraftParams& p, int64_t k) {
     if (b == blocks) {
       const float c = confidence_unit<T>(p, k, h, lane, e_at);
       if (lane == 0) p.confidence_out[q * p.gamma + (k - 1)] = c;
-    } else if (gated) {  // r % 4 == 0: the tiled kernels need r * sizeof(T) % 16 == 0
+    } else if (gated && rows == kGatedRows) {
       float g[kGatedRows];
       gated_rows<kGatedRows, T>(p, h, b * kGatedRows, lane, e_at, g);
       if (lane == 0)
 #pragma unroll
         for (int c = 0; c < kGatedRows; ++c) P[b * kGatedRows + c] = g[c];
+    } else if (gated) {
+      float g[1];
+      gated_rows<1, T>(p, h, b, lane, e_at, g);
+      if (lane == 0) P[b] = g[0];
     } else {
       const float* s = p.state + ((k - 1) & 1) * R * r + q * r;  // s_{k-1}, written by other blocks
       const float2 o = rnn_unit<T>(p, h, b, lane,
