@@ -94,9 +94,19 @@ struct Keys2 {
   uint64_t residual = 0, fallback = 0;
 };
 
+// N values of T in shared memory, as raw bytes: SoftmaxStats and ArgMax have default member
+// initializers, which a __shared__ variable cannot run (nvcc warning 20054, "dynamic
+// initialization is not supported"); the block reductions write every slot before reading it.
+template <typename T, int N>
+struct RawShared {
+  alignas(T) unsigned char bytes[N * sizeof(T)];
+  __device__ T* get() { return reinterpret_cast<T*>(bytes); }
+};
+
+// Trivially constructible, hence a valid __shared__ variable.
 struct Shared {
-  SoftmaxStats stats[kWarps];
-  ArgMax argmax[kWarps];
+  RawShared<SoftmaxStats, kWarps> stats;
+  RawShared<ArgMax, kWarps> argmax;
   float sums[kWarps];
   uint64_t keys[kWarps];
   long long isums[kWarps];
@@ -125,9 +135,9 @@ __device__ __forceinline__ void merge_into(Keys2& a, const Keys2& b) {
 
 __device__ __forceinline__ float block_all(float v, Shared& sh) { return block_sum(v, sh.sums); }
 __device__ __forceinline__ uint64_t block_all(uint64_t v, Shared& sh) { return block_max_u64(v, sh.keys); }
-__device__ __forceinline__ ArgMax block_all(ArgMax a, Shared& sh) { return block_merge(a, sh.argmax); }
+__device__ __forceinline__ ArgMax block_all(ArgMax a, Shared& sh) { return block_merge(a, sh.argmax.get()); }
 __device__ __forceinline__ Stats2 block_all(Stats2 s, Shared& sh) {
-  return {block_merge(s.p, sh.stats), block_merge(s.q, sh.stats)};
+  return {block_merge(s.p, sh.stats.get()), block_merge(s.q, sh.stats.get())};
 }
 __device__ __forceinline__ Keys2 block_all(Keys2 k, Shared& sh) {
   return {block_max_u64(k.residual, sh.keys), block_max_u64(k.fallback, sh.keys)};
