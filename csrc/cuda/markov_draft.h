@@ -57,10 +57,6 @@ struct MarkovDraftLaunch {
   bool legacy = false;  // the previous kernel (DSPARK_MARKOV_DRAFT_KERNEL=legacy), kept as the reference
 };
 
-// SMs the current context may use on `device`: the device's count, or fewer in a green context
-// (SM partition). Sets *err on failure.
-int available_sms(int device, cudaError_t* err);
-
 // Plans the launch of `requests` requests on `device` with `sms` SMs (blocks * subtiles sizes
 // the part_* scratch); the legacy kernel when asked, or when rows of w2 are not a multiple of
 // 16 bytes (the default kernel copies 16-byte chunks). With

@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "common/markov_draft_args.h"
+#include "cuda/device_sms.h"
 #include "cuda/launch_check.h"
 #include "cuda/markov_draft.h"
 #include "cuda/markov_draft_inputs.h"
@@ -55,7 +56,7 @@ std::map<PlanKey, MarkovDraftLaunch> plans;
 std::pair<PlanKey, MarkovDraftLaunch> cached_plan(DType dtype, int64_t vocab, int64_t rank, int64_t requests,
                                                   int device) {
   cudaError_t err = cudaSuccess;
-  const int sms = available_sms(device, &err);
+  const int sms = available_sms(device, c10::cuda::getCurrentCUDAStream(), &err);
   DSPARK_CUDA_CHECK(err);
   const int64_t chunk = requests < 32 ? requests : 32;
   const PlanKey key = std::make_tuple(static_cast<int>(dtype), vocab, rank, chunk, device, sms);
