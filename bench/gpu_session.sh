@@ -51,18 +51,44 @@ else
   loads || { echo "library: built but has no CUDA kernels" | tee -a "$summary"; exit 1; }
 fi
 
-# 2. The CUDA tests (the CPU ones run in CI); -x off: every failure is worth seeing.
+# 2. The CUDA tests (the CPU ones run in CI); -x off: every failure is worth seeing. `-k cuda`
+#    selects tests on the "cuda" device parameter, in a *_cuda.py file, or marked requires_cuda
+#    (tests/conftest.py gives those the `cuda` marker, which -k matches).
 stage tests "${LIMIT_TESTS:-200}" "$out/tests.log" "$py" -P -m pytest -q -rfE -k cuda tests
 
-# 3. compute-sanitizer on the kernel tests at small shapes (the large-vocab, 2^31 and
-#    statistical tests are deselected: correct-or-crash tests that take minutes instrumented).
-small='cuda and not 2_pow_31 and not large and not distribution and not acceptance_rate and not chi'
-kernels="tests/test_verify_chain.py tests/test_verify_tree.py tests/test_markov_draft.py
-  tests/test_schedule_lengths.py tests/test_block_draft.py tests/test_rng.py"
+# 3. compute-sanitizer on a few cheap tests per CUDA kernel, in-process and at small shapes
+#    (V <= 20011, a few hundred rows at most, one 4100-key attention context), so that each
+#    tool fits its limit: every default kernel (verify_tree split, tree_metadata, verify_chain,
+#    markov_draft dense and top-K with and without filters, block_attention tensor-core and
+#    fp32, the block_draft helpers, schedule_lengths, random_bits, the vocab-parallel
+#    verify_sharded phases). Not the legacy kernels (they run in child processes) nor the
+#    large-vocabulary, 2^31 and statistical tests. Names are matched as substrings: the summary
+#    records how many tests the selection found, which must equal the names listed (one each).
+sanitize_files="tests/test_verify_tree_cuda.py tests/test_verify_tree.py tests/test_verify_chain_kernels.py
+  tests/test_verify_chain.py tests/test_markov_draft.py tests/test_markov_draft_topk.py
+  tests/test_markov_draft_filters.py tests/test_block_draft.py tests/test_schedule_lengths.py tests/test_rng.py
+  tests/test_distributed.py"
+sanitize_tests=(
+  "test_sparse_cuda_matches_cpu[29-6-9-False-False]" "test_sparse_cuda_matches_cpu[1000-1-12-False-True]"
+  test_sparse_out_of_range_ids_read_as_padding test_sparse_repeated_ids_stay_in_bounds test_split_sparse_graph_replay
+  "test_matches_reference[cuda-True-True]" test_cuda_misaligned_rows test_cuda_unchecked_bad_tree
+  "test_unaligned_rows_are_batch_invariant[7]" "test_cuda_agrees_with_cpu[1001-dtype0]" test_cuda_rows_past_the_end
+  "test_matches_reference[cuda-gated-he-dtype1]" "test_matches_reference[cuda-rnn-h-dtype0]"
+  "test_batch_invariance[cuda-20-7]" "test_matches_reference[7-gated-he-dtype1-cuda]"
+  "test_matches_reference[300-rnn-he-dtype0-cuda]" "test_cuda_dense_filters_agree_with_cpu[gated-he-filters1]"
+  "test_cuda_block_attention_agrees_with_cpu[1-4100-64-dtype1]"
+  "test_cuda_block_attention_agrees_with_cpu[64-96-128-dtype2]" "test_cuda_helpers_agree_with_cpu[dtype1]"
+  test_cuda_block_attention_clamps test_cuda_append_skips_slots "test_cuda_matches_cpu[5-16]"
+  test_cuda_draws_the_same_bits_as_cpu "test_threaded_ranks_on_cuda_match_single_device[0]")
+printf -v small ' or %s' "${sanitize_tests[@]}"
+small="cuda and (${small# or })"
+# shellcheck disable=SC2086
+echo "sanitizer selection (${#sanitize_tests[@]} names): $("$py" -P -m pytest -q --collect-only \
+  $sanitize_files -k "$small" 2>&1 | tail -1)" | tee -a "$summary"
 for tool in memcheck racecheck synccheck; do
   # shellcheck disable=SC2086
   stage "sanitizer-$tool" "${LIMIT_SANITIZER:-50}" "$out/sanitizer.log" \
-    compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" -P -m pytest -q -x $kernels -k "$small"
+    compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" -P -m pytest -q -x $sanitize_files -k "$small"
 done
 
 # 4. The full benchmark; it saves its JSON after every case, so a time limit loses nothing.

@@ -2,10 +2,12 @@
 kernel with sparse q (draft_ids) on awkward shapes, its handling of padding / out-of-range /
 repeated ids, batch invariance across group sizes, CUDA-graph replay, and the split kernel
 against the legacy one-block-per-request kernel (DSPARK_VERIFY_TREE_KERNEL=legacy, read once
-per process, so the legacy side runs in a subprocess). Skipped without a GPU."""
+per process, so the legacy side runs in a subprocess), and a green context with fewer SMs than
+a group of blocks (this file run as a script in a child process). Skipped without a GPU."""
 
 from __future__ import annotations
 
+import ctypes
 import os
 import subprocess
 import sys
@@ -19,6 +21,8 @@ from helpers import requires_cuda
 from test_verify_tree import batch_inputs, on
 
 pytestmark = requires_cuda
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 
 
 def sparse_inputs(R, M, V, K, seed, dtype=torch.bfloat16, probs=False, filters=False, greedy_every=5):
@@ -228,3 +232,62 @@ def test_split_matches_legacy(i, legacy_outputs):
 
 def test_legacy_rejects_draft_ids(legacy_outputs):
     assert "draft_ids" in legacy_outputs[-1]
+
+
+# ---------------------------------------------------------------------------------------
+# a green context (an SM partition) with fewer SMs than a group of blocks
+
+
+def green_stream(min_sms):
+    """(stream handle, SMs) of a new green context of at least min_sms SMs (8 is the smallest
+    partition on sm_90), through the driver API: torch's GreenContext needs the cuda.bindings
+    package, which the GPU machine may lack."""
+    cu = ctypes.CDLL("libcuda.so.1")
+
+    def check(result, what):
+        assert result == 0, f"{what}: CUresult {result}"
+
+    torch.zeros(1, device="cuda")  # the primary context, which the green context shares memory with
+    dev, groups = ctypes.c_int(), ctypes.c_uint(1)
+    desc, green, stream = ctypes.c_void_p(), ctypes.c_void_p(), ctypes.c_void_p()
+    # CUdevResource: its type, 92 bytes of padding, then the SM resource (smCount first): 144
+    # bytes in CUDA 12.4-13.0; the buffers leave room for more.
+    whole, part = ctypes.create_string_buffer(1024), ctypes.create_string_buffer(1024)
+    check(cu.cuDeviceGet(ctypes.byref(dev), torch.cuda.current_device()), "cuDeviceGet")
+    check(cu.cuDeviceGetDevResource(dev, whole, 1), "cuDeviceGetDevResource")  # CU_DEV_RESOURCE_TYPE_SM
+    check(cu.cuDevSmResourceSplitByCount(part, ctypes.byref(groups), whole, None, 0, min_sms),
+          "cuDevSmResourceSplitByCount")
+    check(cu.cuDevResourceGenerateDesc(ctypes.byref(desc), part, 1), "cuDevResourceGenerateDesc")
+    check(cu.cuGreenCtxCreate(ctypes.byref(green), desc, dev, 1), "cuGreenCtxCreate")  # CU_GREEN_CTX_DEFAULT_STREAM
+    check(cu.cuGreenCtxStreamCreate(ctypes.byref(stream), green, 1, 0), "cuGreenCtxStreamCreate")  # non-blocking
+    return stream.value, int.from_bytes(part.raw[96:100], "little")
+
+
+def test_green_context_smaller_than_a_group(tmp_path):
+    """V = 151936 at R = 2 plans groups of 16 blocks on a whole GPU; a green context of 8 SMs
+    holds 8 blocks of this kernel at once (one per SM), so a group of 16 would wait at its first
+    barrier forever. The plan must cap the group by the SMs of the launch's stream. A hang is the
+    failure, hence the child process and its time limit. The outputs equal the whole GPU's: the
+    group size never changes them."""
+    *args, draft = batch_inputs(2, 6, 151_936, seed=31, dtype=torch.bfloat16)
+    args, kw = tuple(args), {"draft_logits": draft}
+    torch.save((args, kw), tmp_path / "in.pt")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, HERE, os.environ.get("PYTHONPATH")])))
+    try:
+        subprocess.run([sys.executable, os.path.abspath(__file__), str(tmp_path / "in.pt"), str(tmp_path / "out.pt")],
+                       env=env, check=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("verify_tree did not finish on a green context of 8 SMs: its groups do not fit")
+    sms, got = torch.load(tmp_path / "out.pt")
+    assert sms < 16, f"a green context of {sms} SMs holds a whole group: nothing tested"
+    for a, b in zip(got, run("cuda", args, kw)):
+        assert torch.equal(a, b)
+
+
+if __name__ == "__main__":
+    # Child process of test_green_context_smaller_than_a_group: the call on a green context's stream.
+    args, kw = torch.load(sys.argv[1])
+    handle, sms = green_stream(8)
+    with torch.cuda.stream(torch.cuda.ExternalStream(handle)):
+        out = run("cuda", args, kw)
+    torch.save((sms, out), sys.argv[2])

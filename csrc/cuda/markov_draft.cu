@@ -51,9 +51,6 @@
 //
 // Left for later: spreading the filtered draw (one block per request) over the grid.
 #include <cooperative_groups.h>
-#include <cuda.h>
-
-#include <utility>
 
 #include "common/markov_draft_kinds.h"
 #include "cuda/common.cuh"
@@ -795,38 +792,6 @@ int64_t launch_smem(int64_t rank, int resident_tiles, int subtiles, MarkovKernel
 }
 
 }  // namespace
-
-int available_sms(int device, cudaError_t* err) {
-  int sms = 0;
-  if ((*err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device)) != cudaSuccess) return 0;
-  // A green context (an SM partition of the device) owns fewer SMs than the device attribute
-  // says; its SM resource gives the real count. Through the runtime's driver entry points (no
-  // link against libcuda); drivers without them keep the device count.
-  using GetCurrent = CUresult (*)(CUcontext*);
-  using GetResource = CUresult (*)(CUcontext, CUdevResource*, CUdevResourceType);
-  static const auto entries = [] {
-    void* current = nullptr;
-    void* resource = nullptr;
-    cudaDriverEntryPointQueryResult found{};
-    if (cudaGetDriverEntryPointByVersion("cuCtxGetCurrent", &current, 12040, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess)
-      current = nullptr;
-    if (cudaGetDriverEntryPointByVersion("cuCtxGetDevResource", &resource, 12040, cudaEnableDefault, &found) !=
-            cudaSuccess ||
-        found != cudaDriverEntryPointSuccess)
-      resource = nullptr;
-    cudaGetLastError();  // a missing entry point is not an error of this op
-    return std::make_pair(reinterpret_cast<GetCurrent>(current), reinterpret_cast<GetResource>(resource));
-  }();
-  CUcontext ctx = nullptr;
-  CUdevResource res{};
-  if (entries.first && entries.second && entries.first(&ctx) == CUDA_SUCCESS && ctx != nullptr &&
-      entries.second(ctx, &res, CU_DEV_RESOURCE_TYPE_SM) == CUDA_SUCCESS && res.sm.smCount > 0 &&
-      static_cast<int>(res.sm.smCount) < sms)
-    sms = static_cast<int>(res.sm.smCount);
-  return sms;
-}
 
 MarkovDraftLaunch plan_markov_draft(DType dtype, int64_t vocab, int64_t rank, int64_t requests, int device, int sms,
                                     bool allow_resident, MarkovKernel asked, cudaError_t* err) {

@@ -70,10 +70,6 @@ struct MarkovDraftLaunch {
   MarkovKernel kind = MarkovKernel::kTensorCore;  // what runs (may differ from what was asked, see plan)
 };
 
-// SMs the current context may use on `device`: the device's count, or fewer in a green context
-// (SM partition). Sets *err on failure.
-int available_sms(int device, cudaError_t* err);
-
 // Plans the launch of `requests` requests on `device` with `sms` SMs for the kernel `asked`: the tensor-core kernel
 // only for bf16/fp16 with r % 16 == 0 (else the FMA kernel), the FMA kernel only when rows of w2 are a multiple of 16
 // bytes (it copies 16-byte chunks; else the legacy kernel). With

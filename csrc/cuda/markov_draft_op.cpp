@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "common/markov_draft_args.h"
+#include "cuda/device_sms.h"
 #include "cuda/launch_check.h"
 #include "cuda/markov_draft.h"
 #include "cuda/markov_draft_inputs.h"
@@ -49,19 +50,19 @@ MarkovKernel asked_kernel() {
   return kind;
 }
 
-// dtype, V, r, requests in a chunk (min(R, 32): the sub-tiles), device, SMs of the context
+// dtype, V, r, requests in a chunk (min(R, 32): the sub-tiles), device, SMs the current stream may use
 using PlanKey = std::tuple<int, int64_t, int64_t, int64_t, int, int>;
 
 std::mutex plans_mutex;
 std::map<PlanKey, MarkovDraftLaunch> plans;
 
-// Launch plans depend only on (dtype, V, r, min(R, 32), device, SMs the current context may use): computed
+// Launch plans depend only on (dtype, V, r, min(R, 32), device, SMs the current stream may use): computed
 // once per key (the shared-memory attribute and occupancy queries stay out of later calls,
 // including CUDA-graph captures); a green context with fewer SMs gets its own plan.
 std::pair<PlanKey, MarkovDraftLaunch> cached_plan(DType dtype, int64_t vocab, int64_t rank, int64_t requests,
                                                   int device) {
   cudaError_t err = cudaSuccess;
-  const int sms = available_sms(device, &err);
+  const int sms = available_sms(device, c10::cuda::getCurrentCUDAStream(), &err);
   DSPARK_CUDA_CHECK(err);
   const int64_t chunk = requests < 32 ? requests : 32;
   const PlanKey key = std::make_tuple(static_cast<int>(dtype), vocab, rank, chunk, device, sms);

@@ -52,7 +52,12 @@ struct VerifyTreeSplitPlan {
   int64_t zeroed_words;   // uint32 words that must be zero at launch: counters, listed-id bitmaps
   int64_t partial_bytes;  // chunk partials (no initial value needed)
 };
-VerifyTreeSplitPlan plan_verify_tree_split(const VerifyTreeParams& p, int sm_count);
+// Blocks of the split kernel for p's dtypes that one SM of the current device holds at once
+// (an occupancy query: callers cache it per device and dtypes). Sets *err on failure.
+int verify_tree_split_blocks_per_sm(const VerifyTreeParams& p, cudaError_t* err);
+// `sms`: the SMs the launch's stream may use (cuda/device_sms.h). The group never exceeds
+// sms x blocks_per_sm, the blocks that can wait for each other at once (nor drops below 1).
+VerifyTreeSplitPlan plan_verify_tree_split(const VerifyTreeParams& p, int sms, int blocks_per_sm);
 cudaError_t launch_verify_tree_split(const VerifyTreeParams& p, const VerifyTreeSplitPlan& plan, uint32_t* zeroed,
                                      void* partials, cudaStream_t stream);
 

@@ -13,6 +13,7 @@
 #include <tuple>
 
 #include "common/verify_tree_args.h"
+#include "cuda/device_sms.h"
 #include "cuda/launch_check.h"
 #include "cuda/torch_dtype.h"
 #include "cuda/verify_tree.h"
@@ -30,14 +31,21 @@ bool legacy_kernel() {
   return legacy;
 }
 
-// Multiprocessor count of a device, queried once per device (a host attribute query: no sync).
-int sm_count(int device) {
-  static std::array<std::atomic<int>, 64> cache{};
-  const bool cached = device >= 0 && device < static_cast<int>(cache.size());
-  int n = cached ? cache[device].load(std::memory_order_relaxed) : 0;
+// Blocks of the split kernel that one SM holds, per (device, target dtype, draft dtype): an
+// occupancy query made once per key (a host query: no sync). The SMs themselves are asked per
+// call (available_sms): they depend on the stream's context.
+int split_blocks_per_sm(int device, const VerifyTreeParams& p) {
+  constexpr int kDTypes = 3;  // dspark::DType codes 0..2
+  static std::array<std::atomic<int>, 64 * kDTypes * kDTypes> cache{};
+  const int64_t at = (static_cast<int64_t>(device) * kDTypes + static_cast<int>(p.target_dtype)) * kDTypes +
+                     static_cast<int>(p.draft_dtype);
+  const bool cached = device >= 0 && at < static_cast<int64_t>(cache.size());
+  int n = cached ? cache[at].load(std::memory_order_relaxed) : 0;
   if (n == 0) {
-    DSPARK_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device));
-    if (cached) cache[device].store(n, std::memory_order_relaxed);
+    cudaError_t err = cudaSuccess;
+    n = verify_tree_split_blocks_per_sm(p, &err);
+    DSPARK_CUDA_CHECK(err);
+    if (cached) cache[at].store(n, std::memory_order_relaxed);
   }
   return n;
 }
@@ -114,7 +122,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> verify_tree(const Ver
   } else {
     // Scratch from the caching allocator (graph-capturable): one fill for the counters and
     // bitmaps that start at zero, nothing for the partials.
-    const VerifyTreeSplitPlan plan = plan_verify_tree_split(p, sm_count(target_logits.device().index()));
+    const int device = target_logits.device().index();
+    cudaError_t err = cudaSuccess;
+    const int sms = available_sms(device, stream, &err);
+    DSPARK_CUDA_CHECK(err);
+    const VerifyTreeSplitPlan plan = plan_verify_tree_split(p, sms, split_blocks_per_sm(device, p));
     auto zeroed = at::zeros({plan.zeroed_words}, opts.dtype(at::kInt));
     auto partials = at::empty({plan.partial_bytes}, opts.dtype(at::kByte));
     DSPARK_CUDA_CHECK(launch_verify_tree_split(p, plan, reinterpret_cast<uint32_t*>(zeroed.data_ptr<int32_t>()),

@@ -8,6 +8,12 @@
 // ticket t serves request t / G as rank t % G. Tickets are handed out in the order blocks start, so a group waits only
 // on blocks that are already running or that start when an earlier, complete group finishes: the grid makes progress
 // whenever G blocks fit on the GPU at once (no cooperative launch needed, and the launch captures in a CUDA graph).
+// The plan therefore caps G by the blocks the launching context can hold at once: the SMs of
+// its stream (cuda/device_sms.h: fewer on a green context) x this kernel's blocks per SM.
+// Not covered: an MPS client limited by CUDA_MPS_ACTIVE_THREAD_PERCENTAGE to fewer than G SMs
+// (not known to be visible to those queries; untested), and SMs held for good by a kernel on
+// another stream (a persistent kernel); DSPARK_VERIFY_TREE_KERNEL=legacy (one block per
+// request, no barrier) avoids both.
 //
 // A pass cuts the row into fixed chunks of kChunk ids (and, for a sparse q, its K listed
 // entries into chunks of kListChunk), each reduced by one warp; chunk c goes to warp c mod
@@ -47,7 +53,7 @@ constexpr int kUnroll = 4;  // groups of four ids in flight per lane and row (tw
 constexpr int64_t kChunkGroups = kWarpSize * kUnroll;  // one warp's chunk of a row, in groups
 constexpr int64_t kListUnroll = 8;
 constexpr int64_t kListChunk = kWarpSize * kListUnroll;  // listed entries of a sparse q per chunk
-constexpr int kMaxGroup = 16;  // blocks per request; small enough to be co-resident on any slice of a GPU
+constexpr int kMaxGroup = 16;  // blocks per request at most (fewer where the context holds fewer)
 
 DSPARK_HD int64_t vocab_chunks(int64_t vocab) { return ((vocab + 3) / 4 + kChunkGroups - 1) / kChunkGroups; }
 DSPARK_HD int64_t list_chunks(const VerifyTreeParams& p) {
@@ -94,9 +100,19 @@ struct Keys2 {
   uint64_t residual = 0, fallback = 0;
 };
 
+// N values of T in shared memory, as raw bytes: SoftmaxStats and ArgMax have default member
+// initializers, which a __shared__ variable cannot run (nvcc warning 20054, "dynamic
+// initialization is not supported"); the block reductions write every slot before reading it.
+template <typename T, int N>
+struct RawShared {
+  alignas(T) unsigned char bytes[N * sizeof(T)];
+  __device__ T* get() { return reinterpret_cast<T*>(bytes); }
+};
+
+// Trivially constructible, hence a valid __shared__ variable.
 struct Shared {
-  SoftmaxStats stats[kWarps];
-  ArgMax argmax[kWarps];
+  RawShared<SoftmaxStats, kWarps> stats;
+  RawShared<ArgMax, kWarps> argmax;
   float sums[kWarps];
   uint64_t keys[kWarps];
   long long isums[kWarps];
@@ -125,9 +141,9 @@ __device__ __forceinline__ void merge_into(Keys2& a, const Keys2& b) {
 
 __device__ __forceinline__ float block_all(float v, Shared& sh) { return block_sum(v, sh.sums); }
 __device__ __forceinline__ uint64_t block_all(uint64_t v, Shared& sh) { return block_max_u64(v, sh.keys); }
-__device__ __forceinline__ ArgMax block_all(ArgMax a, Shared& sh) { return block_merge(a, sh.argmax); }
+__device__ __forceinline__ ArgMax block_all(ArgMax a, Shared& sh) { return block_merge(a, sh.argmax.get()); }
 __device__ __forceinline__ Stats2 block_all(Stats2 s, Shared& sh) {
-  return {block_merge(s.p, sh.stats), block_merge(s.q, sh.stats)};
+  return {block_merge(s.p, sh.stats.get()), block_merge(s.q, sh.stats.get())};
 }
 __device__ __forceinline__ Keys2 block_all(Keys2 k, Shared& sh) {
   return {block_max_u64(k.residual, sh.keys), block_max_u64(k.fallback, sh.keys)};
@@ -446,13 +462,29 @@ __global__ void __launch_bounds__(kThreads, 1) verify_tree_split_kernel(const Sp
   w.finish(p);
 }
 
+// The draft dtype the launch instantiates the kernel with (the target's when there is no draft).
+DType draft_dtype(const VerifyTreeParams& p) { return p.draft != nullptr ? p.draft_dtype : p.target_dtype; }
+
 }  // namespace
 
-VerifyTreeSplitPlan plan_verify_tree_split(const VerifyTreeParams& p, int sm_count) {
+int verify_tree_split_blocks_per_sm(const VerifyTreeParams& p, cudaError_t* err) {
+  return DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
+    return DSPARK_DISPATCH_FLOAT(draft_dtype(p), TD, [&] {
+      int blocks = 0;
+      *err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, verify_tree_split_kernel<TT, TD>, kThreads, 0);
+      return blocks;
+    });
+  });
+}
+
+VerifyTreeSplitPlan plan_verify_tree_split(const VerifyTreeParams& p, int sms, int blocks_per_sm) {
   const int64_t vc = vocab_chunks(p.vocab), chunks = vc + list_chunks(p);
   // About two blocks per SM over the batch, no more blocks than a row has chunks for their warps.
-  int64_t group = p.requests > 0 ? (2 * static_cast<int64_t>(sm_count)) / p.requests : 1;
+  int64_t group = p.requests > 0 ? (2 * static_cast<int64_t>(sms)) / p.requests : 1;
   group = std::min<int64_t>(group, (vc + kWarps - 1) / kWarps);
+  // A group's blocks wait for each other at its barriers: all G must be resident at once, or
+  // the grid hangs. kMaxGroup alone does not ensure it on a green context of 8 SMs, say.
+  group = std::min<int64_t>(group, static_cast<int64_t>(sms) * blocks_per_sm);
   group = std::max<int64_t>(1, std::min<int64_t>(group, kMaxGroup));
   VerifyTreeSplitPlan plan;
   plan.group = static_cast<int>(group);
@@ -466,8 +498,7 @@ cudaError_t launch_verify_tree_split(const VerifyTreeParams& p, const VerifyTree
   if (p.requests == 0 || p.width == 0) return cudaSuccess;
   if (p.requests * plan.group > 0x7FFFFFFF) return cudaErrorInvalidValue;  // gridDim.x limit
   return DSPARK_DISPATCH_FLOAT(p.target_dtype, TT, [&] {
-    const DType dd = p.draft != nullptr ? p.draft_dtype : p.target_dtype;
-    return DSPARK_DISPATCH_FLOAT(dd, TD, [&] {
+    return DSPARK_DISPATCH_FLOAT(draft_dtype(p), TD, [&] {
       const SplitArgs<TT, TD> a{static_cast<const TT*>(p.target),
                                 static_cast<const TD*>(p.draft),
                                 p,
