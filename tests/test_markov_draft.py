@@ -334,27 +334,62 @@ def run_markov_kernel(tmp_path, kernel):
     return torch.load(out)
 
 
+@pytest.fixture(scope="module")
+def markov_kernel_runs(tmp_path_factory):
+    """run(kernel): run_markov_kernel's outputs, computed once per kernel for the module (each
+    run is a child process that compiles and launches every case)."""
+    cache = {}
+
+    def run(kernel):
+        if kernel not in cache:
+            cache[kernel] = run_markov_kernel(tmp_path_factory.mktemp(kernel), kernel)
+        return cache[kernel]
+
+    return run
+
+
 @requires_cuda
-def test_cuda_fma_kernel_and_legacy_kernel_agree_bitwise(tmp_path):
+def test_cuda_fma_kernel_and_legacy_kernel_agree_bitwise(markov_kernel_runs):
     # "fma" (cp.async sub-tiles, one Philox call per four ids, the gated / RNN head spread over
     # the grid) and "legacy" (one Philox call per element, the head in one block per request):
     # same numbers, same bits, with and without filters.
-    for new, old in zip(run_markov_kernel(tmp_path, "fma"), run_markov_kernel(tmp_path, "legacy")):
+    for new, old in zip(markov_kernel_runs("fma"), markov_kernel_runs("legacy")):
         for a, b in zip(new, old):
             assert torch.equal(a, b)
 
 
 @requires_cuda
-def test_cuda_tensor_core_kernel_matches_fma_kernel(tmp_path):
+def test_cuda_tensor_core_kernel_matches_fma_kernel(markov_kernel_runs):
     # The default kernel's tensor-core product sums 16 products at a time and splits P into two
-    # 16-bit halves: a logit may round one unit apart, nothing more (check_against_reference),
-    # and the tokens are the same (no near-ties in these inputs).
-    got, ref = run_markov_kernel(tmp_path, "default"), run_markov_kernel(tmp_path, "fma")
-    cases = [c for c in _KERNEL_CASES for _ in range(2)]  # each case without, then with filters
+    # 16-bit halves: a logit may round one unit apart. Without filters that is all
+    # (check_against_reference; the same tokens: no near-ties in these inputs). With filters a
+    # logit one unit apart can also move a kept set's boundary (about 0.2% of filtered rows, by
+    # simulation), so there: finite logits within one unit, each kernel's log q that of its own
+    # logits, boundaries moved in at most 2% of rows and tokens equal in at least 97% of
+    # positions (a moved boundary changes a token only if its entry wins; the bounds hold with a
+    # wide margin over those rates).
+    got, ref = markov_kernel_runs("default"), markov_kernel_runs("fma")
+    cases = [(c, filtered) for c in _KERNEL_CASES for filtered in (False, True)]
     assert len(got) == len(ref) == len(cases)
-    for (head, conf, R, V, r, d, dtype), new, old in zip(cases, got, ref):
-        args = make_inputs(R=R, G=4, V=V, r=r, d=d, dtype=getattr(torch, dtype), head=head, conf=conf, seed=5)
-        check_against_reference(new, old, getattr(torch, dtype), args["temperature"])
+    moved = rows = same_tokens = tokens = 0
+    for ((head, conf, R, V, r, d, dtype), filtered), new, old in zip(cases, got, ref):
+        dt = getattr(torch, dtype)
+        temperature = make_inputs(R=R, G=4, V=V, r=r, d=d, dtype=dt, head=head, conf=conf, seed=5)["temperature"]
+        if not filtered:
+            check_against_reference(new, old, dt, temperature)
+            continue
+        a, b = new[1].float(), old[1].float()
+        both = ~torch.isinf(a) & ~torch.isinf(b)
+        torch.testing.assert_close(a[both], b[both], atol=TOL[dt] * 4, rtol=TOL[dt])
+        for out in (new, old):
+            own = logprob_from_logits(out[1], out[0], temperature)
+            torch.testing.assert_close(out[2], own, atol=2e-5, rtol=1e-5)
+        assert torch.equal(new[3], old[3])  # confidence: the same head arithmetic
+        row_moved = (torch.isinf(a) != torch.isinf(b)).any(-1)
+        moved, rows = moved + int(row_moved.sum()), rows + row_moved.numel()
+        same_tokens, tokens = same_tokens + int((new[0] == old[0]).sum()), tokens + new[0].numel()
+    assert moved <= 0.02 * rows
+    assert same_tokens >= 0.97 * tokens
 
 
 @requires_cuda

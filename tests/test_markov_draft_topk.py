@@ -36,9 +36,13 @@ def check_candidates(base_logits, draft_ids, K):
 @pytest.mark.parametrize("head,conf", HEADS)
 def test_k_equals_v_is_markov_draft(device, dtype, head, conf):
     # K = V: the same tokens and confidences, the dense logits permuted by draft_ids (the
-    # same bits: both ops compute a candidate's logit with one arithmetic).
+    # same bits: both ops compute a candidate's logit with one arithmetic). r = 24: on CUDA the
+    # dense op's default kernel then runs its FMA product (r % 16 != 0), the arithmetic of the
+    # pruned op; with r % 16 == 0 its tensor-core product may round a logit one unit apart
+    # (docs/ops.md), so the tokens agree up to near-ties only.
     V = 501
-    args = make_inputs(R=6, G=4, V=V, dtype=dtype, device=device, head=head, conf=conf, seed=HEADS.index((head, conf)))
+    args = make_inputs(R=6, G=4, V=V, r=24, dtype=dtype, device=device, head=head, conf=conf,
+                       seed=HEADS.index((head, conf)))
     tokens, logits, logprob, conf_out = dspark_ops.markov_draft(**args)
     t_tokens, ids, t_logits, t_logprob, t_conf = topk(args, V)
     check_candidates(args["base_logits"], ids, V)

@@ -11,8 +11,9 @@
 // 2. markov_draft_topk_kernel, one block per request walking k = 1..γ (requests never wait
 //    for each other: no grid barrier): the head and confidence steps shared with the dense
 //    kernel (cuda/markov_head.cuh), then one thread per candidate computes P_k . w2[c] over
-//    the gathered w2 row as ONE sequential fmaf chain in column order (the dense kernel's
-//    chain, so a candidate's logit is the same bits as markov_draft's), rounds U_k(c) + that
+//    the gathered w2 row as ONE sequential fmaf chain in column order (the dense FMA kernel's
+//    chain, so a candidate's logit is the same bits as markov_draft's FMA product; its default
+//    tensor-core product may round a logit one unit apart), rounds U_k(c) + that
 //    to the storage dtype, and folds it into the block's softmax statistics and Gumbel-max
 //    race (noise keyed by the vocabulary id c, argmax for greedy requests). A sampled request
 //    with a SPEC §9 filter on first stores the K rounded logits, then finds the threshold over
