@@ -54,7 +54,15 @@ fi
 # 2. The CUDA tests (the CPU ones run in CI); -x off: every failure is worth seeing. `-k cuda`
 #    selects tests on the "cuda" device parameter, in a *_cuda.py file, or marked requires_cuda
 #    (tests/conftest.py gives those the `cuda` marker, which -k matches).
-stage tests "${LIMIT_TESTS:-200}" "$out/tests.log" "$py" -P -m pytest -q -rfE -k cuda tests
+#    The kernel files first, the rest (torch.compile-heavy: test_every_op, test_drafter, ...)
+#    after, so that a stage that hits its limit loses the compile tests, not the kernels'
+#    (pytest collects a file named twice once).
+kernel_tests="tests/test_verify_chain_kernels.py tests/test_verify_chain.py tests/test_verify_tree_cuda.py
+  tests/test_verify_tree.py tests/test_markov_draft.py tests/test_markov_draft_filters.py
+  tests/test_markov_draft_topk.py tests/test_block_draft_cuda.py tests/test_block_draft.py
+  tests/test_schedule_lengths.py tests/test_rng.py"
+# shellcheck disable=SC2086
+stage tests "${LIMIT_TESTS:-200}" "$out/tests.log" "$py" -P -m pytest -q -rfE -k cuda $kernel_tests tests
 
 # 3. compute-sanitizer on a few cheap tests per CUDA kernel, in-process and at small shapes
 #    (V <= 20011, a few hundred rows at most, one 4100-key attention context), so that each
