@@ -206,7 +206,7 @@ def estimate_shapes() -> list[tuple[str, str, float, float]]:
     verify = ("verify_chain R=64 γ=7 V=151936 bf16 (row pass)", r"row_pass_kernel<__nv_bfloat16, __nv_bfloat16>",
               rows * V, rows * V * 2.0)
     tree_rows = 64 * 16
-    tree = ("verify_tree R=64 M=16 V=151936 bf16 (node rows)", r"verify_tree_kernel<__nv_bfloat16, __nv_bfloat16>",
+    tree = ("verify_tree R=64 M=16 V=151936 bf16 (node rows)", r"verify_tree_split_kernel<__nv_bfloat16, __nv_bfloat16>",
             2 * tree_rows * V, 2 * tree_rows * V * 2.0)
     L, Hkv, Dh = 4096, 8, 128
     # The kernel that serves this shape by default (DSPARK_BLOCK_ATTENTION_KERNEL unset).
@@ -214,7 +214,9 @@ def estimate_shapes() -> list[tuple[str, str, float, float]]:
             r"block_attention_pipelined_kernel<__nv_bfloat16, 128>",
             2 * R * (L + G) * Hkv * Dh, 2 * R * (L + G) * Hkv * Dh * 2.0)
     r = 256
-    markov = ("markov_draft R=1 γ=7 V=151936 r=256 bf16 (w2 per position)", r"markov_draft_kernel",
+    # The default (tensor-core) instantiation; its streaming loops are the staging of w2 and U.
+    markov = ("markov_draft R=1 γ=7 V=151936 r=256 bf16 (w2 per position)",
+              r"markov_draft_kernel<__nv_bfloat16, \(dspark::cuda::MarkovKernel\)0>",
               G * V * r, G * (V * r + 2 * V) * 2.0)
     return [verify, tree, attn, markov]
 
@@ -240,6 +242,20 @@ def estimates(kernels: list[Kernel]) -> list[dict]:
     return rows
 
 
+def short_name(name: str) -> str:
+    """A kernel's name for the table: without the namespaces and the parameter list, template
+    arguments kept (they tell the instantiations apart, e.g. the MarkovKernel variant)."""
+    name = name.removeprefix("void ").replace("dspark::cuda::", "").replace("(anonymous namespace)::", "")
+    depth = 0
+    for i, c in enumerate(name):  # cut the parameter list: the first "(" outside template brackets
+        depth += c == "<"
+        depth -= c == ">"
+        if c == "(" and depth == 0:
+            name = name[:i]
+            break
+    return name if len(name) < 90 else name[:87] + "..."
+
+
 def markdown(kernels: list[Kernel], est: list[dict]) -> str:
     lines = ["# CUDA kernels without a GPU: static report (`make gpu-static`)", "",
              "ptxas resources per kernel and architecture, innermost SASS loops, and issue-time vs memory-time",
@@ -254,7 +270,7 @@ def markdown(kernels: list[Kernel], est: list[dict]) -> str:
         loop = (f"{len(k.loops)} | {local} | {best.instructions}, {best.global_load_bytes}, "
                 f"{best.instructions_per_element:.1f} | {worst.instructions_per_element:.1f}") if best else \
             f"{len(k.loops)} | {local} | - | -"
-        name = k.name if len(k.name) < 90 else k.name[:87] + "..."
+        name = short_name(k.name)
         lines.append(f"| {k.file} | {k.arch} | `{name}` | {k.registers} | {k.spill_stores}/{k.spill_loads} | "
                      f"{k.stack_bytes} | {k.static_smem_bytes} | {k.warps_per_sm_by_registers} | {loop} |")
     lines += ["", "## Issue time vs memory time at the issue's benchmark shapes (H200, estimates)", "",
@@ -266,7 +282,7 @@ def markdown(kernels: list[Kernel], est: list[dict]) -> str:
         if e["kernel"] is None:
             lines.append(f"| {e['shape']} | (no streaming loop found) | - | - | {e['memory_us']:.1f} | - | - |")
             continue
-        lines.append(f"| {e['shape']} | `{e['kernel'][:60]}` | {e['instructions_per_element']:.1f} "
+        lines.append(f"| {e['shape']} | `{short_name(e['kernel'])}` | {e['instructions_per_element']:.1f} "
                      f"({e['worst_path_instructions_per_element']:.1f}) | "
                      f"{e['issue_us']:.1f} | {e['memory_us']:.1f} | {e['bound']} | {e['estimate_over_floor']:.2f} |")
     spills = [k for k in kernels if k.spill_stores or k.spill_loads]
