@@ -310,7 +310,8 @@ __device__ __forceinline__ void store_partial(const MarkovDraftParams& p, int64_
 // `best`: the best race score this lane has seen for its request at this position (-inf to
 // start; the caller keeps it across the tiles of a position while the lane keeps its request).
 // An entry whose scaled logit is below best - kGumbelBound cannot win whatever its noise
-// (dspark/sampling.h), so its two logarithms are skipped: the tile's partial key may then be
+// (dspark/sampling.h), so its two logarithms are skipped (and the lane's Philox call when none
+// of its four entries can win): the tile's partial key may then be
 // lower than its own maximum, but never than the position's winner, which lies in the partial
 // of the tile where `best` was scored. Every output is unchanged; most of a peaked row skips.
 template <typename T, bool LEGACY>
@@ -327,17 +328,14 @@ __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k,
   const bool has_filters = p.top_k != nullptr || p.top_p != nullptr || p.min_p != nullptr;
   // Sampled with every filter off: the race runs here.
   const bool draws = active && !greedy && !(has_filters && !markov::request_filter(p, q, V).off());
-  Philox4 noise{};
-  if (!LEGACY && draws)
-    noise = random_block(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
-                         static_cast<uint64_t>(first));
   const float inv_t = draws ? inv_ts[local0 + i] : 0.0f;
   float x[4];  // scaled rounded logits of a sampled request; -inf: no entry
   const float4 pv = *reinterpret_cast<const float4*>(products + i * stride + 4 * part);  // 16-byte aligned
   const float prod[4] = {pv.x, pv.y, pv.z, pv.w};
   Race race;
+  bool hopeful = false;  // some entry may win: the noise is needed
 #pragma unroll
-  for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
+  for (int e = 0; e < 4; ++e) {
     x[e] = -INFINITY;
     const int64_t v = first + e;
     if (!active || v >= V) continue;
@@ -347,14 +345,25 @@ __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k,
     if (greedy) race.add(to_float(rounded), 0.0f, v);  // argmax: NaN/-inf never win, ties -> lowest
     if (!draws) continue;
     x[e] = scaled_logit(to_float(rounded), inv_t);
-    if (!race_candidate(x[e]) || x[e] + kGumbelBound < best) continue;  // cannot win: no logarithms
-    const uint32_t bits = LEGACY ? random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
-                                               static_cast<uint64_t>(v))
-                                 : noise.v[e];
-    const float g = gumbel_from_bits(bits);
-    race.add(x[e], g, v);
-    const float score = x[e] + g;  // the score race.add compared
-    best = race_candidate(score) && score > best ? score : best;
+    hopeful = hopeful || (race_candidate(x[e]) && !(x[e] + kGumbelBound < best));
+  }
+  if (hopeful) {  // the Philox call too is skipped when no entry can win
+    Philox4 noise{};
+    if (!LEGACY)
+      noise = random_block(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                           static_cast<uint64_t>(first));
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
+      if (!race_candidate(x[e]) || x[e] + kGumbelBound < best) continue;  // cannot win: no logarithms
+      const int64_t v = first + e;
+      const uint32_t bits = LEGACY ? random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
+                                                 static_cast<uint32_t>(k), static_cast<uint64_t>(v))
+                                   : noise.v[e];
+      const float g = gumbel_from_bits(bits);
+      race.add(x[e], g, v);
+      const float score = x[e] + g;  // the score race.add compared
+      best = race_candidate(score) && score > best ? score : best;
+    }
   }
   // Every lane takes part in the butterflies (full-mask shuffles), whatever its request.
   const SoftmaxStats st = group_stats<8>(x);
