@@ -73,6 +73,7 @@ def rows(V: int, rng: np.random.Generator) -> list[np.ndarray]:
     out.append(peaked)
     # Many values, each weight near the sum's rounding: the end of the sum is long and flat.
     out.append((rng.random(V) * 12).astype(np.float32))
+    out.append(torch.from_numpy(n * 3).bfloat16().float().numpy())  # bf16 logits: values repeat
     single = np.full(V, -np.inf, np.float32)
     single[rng.integers(V)] = -3.0
     out.append(single)
