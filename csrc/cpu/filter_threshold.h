@@ -33,7 +33,7 @@ namespace dspark::cpu {
 
 // Per-thread buffers of filter_threshold, reused across rows (no allocation once grown).
 struct FilterSearch {
-  std::vector<uint32_t> count;  // [buckets + 1] bucket counts, then their ends
+  std::vector<uint32_t> count;  // [buckets + 1] bucket counts, then their ends (V < 2^32: checked)
   std::vector<float> values;    // kept values grouped by bucket (descending bucket order)
   std::vector<float> mass;      // top_p's running sums, one per value summed
 };
