@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "cpu/filter_threshold.h"
 #include "cpu/philox_batch.h"
 #include "dspark/filters.h"
 #include "dspark/philox.h"
@@ -60,7 +61,7 @@ inline std::vector<RowFilter> row_filters(const std::optional<at::Tensor>& top_k
 // Host memory reused across the rows a thread samples with a filter on.
 struct FilterScratch {
   std::vector<float> scaled;  // [n] the scaled row
-  std::vector<float> search;  // filter_threshold's own
+  FilterSearch search;        // filter_threshold's own
 };
 
 // log q(winner) from the scaled row x [n] (overwritten: exps are taken in place), its max and

@@ -12,6 +12,7 @@
 
 #include <ATen/ATen.h>
 
+#include "cpu/filter_threshold.h"
 #include "cpu/philox_batch.h"
 #include "cpu/row_ops.h"
 #include "dspark/filters.h"
@@ -25,7 +26,7 @@ namespace dspark::cpu {
 struct RowScratch {
   std::vector<float> scaled;                         // [V] the target row's filtered scaled logits
   std::vector<float> draft_scaled;                   // [W] a draft row's scaled logits, -inf if not listed
-  std::vector<float> work;                           // filter_threshold's buffer
+  FilterSearch filter_search;                        // filter_threshold's buffers
   std::vector<std::pair<int64_t, float>> listed;     // [K] a sparse q row as (id, q) by id
   std::vector<float> uniforms;                       // [V] the open uniforms of one race
 };
@@ -67,7 +68,7 @@ TargetRow target_row(const T* row, int64_t vocab, float inv_temperature, const R
   float* s = sc.scaled.data();
   for (int64_t v = 0; v < vocab; ++v) s[v] = scaled_logit(load(row, v), inv_temperature);
   if (!filter.off()) {
-    const float theta = filter_threshold(s, vocab, filter, sc.work);
+    const float theta = filter_threshold(s, vocab, filter, sc.filter_search);
     if (theta > -INFINITY)
       for (int64_t v = 0; v < vocab; ++v) s[v] = filtered(s[v], theta);
   }

@@ -1,5 +1,5 @@
-// Sort-free SPEC §9 filter threshold of one row on CUDA: the same θ as filter_threshold in
-// dspark/filters.h (which defines the filters), found by a block of threads with a fixed
+// Sort-free SPEC §9 filter threshold of one row on CUDA: the θ that dspark/filters.h defines
+// (cpu/filter_threshold.h finds it on the host), found by a block of threads with a fixed
 // number of streamed passes per stage and no sort:
 //   row max; min_p: one min pass; top_k / top_p: a search for the largest t in [θ, max] whose
 //   count (top_k) or mass (top_p) of {s >= t} still reaches the target. Each search pass also

@@ -10,20 +10,18 @@
 // applied in that order. Each stage keeps an upper set of s, so the result is always
 //   kept = { v : s_v >= θ }
 // for one per-row threshold θ that is either -inf (nothing filtered) or a value of the row.
-// Consumers compute θ once per row (filter_threshold below on the CPU; a sort-free search on
-// CUDA) and read filtered(s_v) = s_v >= θ ? s_v : -inf; a filtered-out token then has
-// probability exactly 0 everywhere downstream (softmax, residual, races).
-// Sums are float32 in an unspecified order, so two implementations can disagree only where a
+// Consumers compute θ once per row (cpu/filter_threshold.h on the CPU; a sort-free search on
+// CUDA, cuda/filters.cuh) and read filtered(s_v) = s_v >= θ ? s_v : -inf; a filtered-out token
+// then has probability exactly 0 everywhere downstream (softmax, residual, races).
+// Sums are float32 in an implementation's own order (the CPU: running sums in descending order
+// of s; CUDA: its fixed reduction order), so two implementations can disagree only where a
 // boundary mass is within rounding of top_p · W (a near-tie, like any float rounding flip).
 // A row whose max is not finite (all -inf / NaN, or +inf present) is left unfiltered.
 // Greedy rows ignore the filters: every filter keeps the argmax.
 #pragma once
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <functional>
-#include <vector>
 
 #include "dspark/philox.h"
 
@@ -60,45 +58,5 @@ DSPARK_HD float filter_weight(float s, float row_max) { return expf(s - row_max)
 
 // A scaled logit after the filter: kept values unchanged, the rest -inf.
 DSPARK_HD float filtered(float s, float threshold) { return s >= threshold ? s : -INFINITY; }
-
-// The exact threshold θ of one row of scaled logits s [V] (NaN already read as -inf) on the
-// host: O(V) for min_p, O(V) expected for top_k, O(n log n) for top_p over the n values kept
-// so far. scratch is reused between rows to avoid allocations. Returns -INFINITY when the
-// filter is off or the row max is not finite.
-inline float filter_threshold(const float* s, int64_t vocab, const RowFilter& f, std::vector<float>& scratch) {
-  if (f.off()) return -INFINITY;
-  float m = -INFINITY;
-  for (int64_t v = 0; v < vocab; ++v) m = s[v] > m ? s[v] : m;
-  if (!std::isfinite(m)) return -INFINITY;
-  float theta = -INFINITY;
-  if (f.min_p > 0.0f) {
-    theta = m;  // w = 1 >= min_p: the max is always kept
-    for (int64_t v = 0; v < vocab; ++v)
-      if (s[v] < theta && filter_weight(s[v], m) >= f.min_p) theta = s[v];
-  }
-  scratch.clear();
-  for (int64_t v = 0; v < vocab; ++v)
-    if (s[v] >= theta && s[v] > -INFINITY) scratch.push_back(s[v]);
-  if (f.top_k > 0 && f.top_k < static_cast<int64_t>(scratch.size())) {
-    // k-th largest kept value, then drop everything below it (ties stay).
-    std::nth_element(scratch.begin(), scratch.begin() + (f.top_k - 1), scratch.end(), std::greater<float>());
-    theta = scratch[f.top_k - 1];
-    scratch.erase(std::remove_if(scratch.begin(), scratch.end(), [&](float x) { return x < theta; }), scratch.end());
-  }
-  if (f.top_p < 1.0f) {
-    // Descending order; the cumulative mass at the end of a tie group is mass(value).
-    std::sort(scratch.begin(), scratch.end(), std::greater<float>());
-    float total = 0.0f;
-    for (float x : scratch) total += filter_weight(x, m);
-    const float target = f.top_p * total;
-    float mass = 0.0f;
-    for (size_t j = 0; j < scratch.size(); ++j) {
-      mass += filter_weight(scratch[j], m);
-      const bool group_end = j + 1 == scratch.size() || scratch[j + 1] < scratch[j];
-      if (group_end && mass >= target) return scratch[j];
-    }
-  }
-  return theta;
-}
 
 }  // namespace dspark
