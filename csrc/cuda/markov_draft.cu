@@ -134,18 +134,33 @@ __device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t
   const int64_t seed = p.seed[q], offset = p.offset[q];
   SoftmaxStats st;
   Race race;
+  float best = -INFINITY;  // this thread's best score: entries below best - kGumbelBound cannot win
   for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * static_cast<int64_t>(blockDim.x)) {
+    float x[4];
+    bool hopeful = false;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      x[e] = -INFINITY;
+      const int64_t v = v0 + e;
+      if (v >= V) continue;
+      const float s = scaled_logit(to_float(__ldcg(row + v)), inv_t);
+      if (!(s >= theta)) row[v] = from_float<T>(-INFINITY);
+      x[e] = filtered(s, theta);
+      st.add(x[e]);
+      hopeful = hopeful || (race_candidate(x[e]) && !(x[e] + kGumbelBound < best));
+    }
+    // Filtered-out entries (most of the row under top-k / top-p) and entries that cannot win
+    // need no noise: the Philox call and the logarithms run only for the others.
+    if (!hopeful) continue;
     const Philox4 noise = random_block(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k),
                                        static_cast<uint64_t>(v0));
 #pragma unroll
     for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
-      const int64_t v = v0 + e;
-      if (v >= V) break;
-      const float s = scaled_logit(to_float(__ldcg(row + v)), inv_t);
-      if (!(s >= theta)) row[v] = from_float<T>(-INFINITY);
-      const float x = filtered(s, theta);
-      st.add(x);
-      race.add(x, gumbel_from_bits(noise.v[e]), v);
+      if (!race_candidate(x[e]) || x[e] + kGumbelBound < best) continue;
+      const float g = gumbel_from_bits(noise.v[e]);
+      race.add(x[e], g, v0 + e);
+      const float score = x[e] + g;  // the score race.add compared
+      best = race_candidate(score) && score > best ? score : best;
     }
   }
   *key = block_max_u64(race.best, reinterpret_cast<uint64_t*>(red));

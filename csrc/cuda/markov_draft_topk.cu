@@ -256,10 +256,11 @@ __global__ void __launch_bounds__(kThreads) markov_draft_topk_kernel(MarkovDraft
         race.add(x, 0.0f, c);  // argmax: NaN/-inf never win, ties -> lowest id
       } else {
         st.add(x);
-        race.add(x,
-                 gumbel_from_bits(random_bits(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k),
-                                              static_cast<uint64_t>(c))),
-                 c);
+        if (race_candidate(x))  // a filtered-out entry (-inf) needs no noise
+          race.add(x,
+                   gumbel_from_bits(random_bits(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k),
+                                                static_cast<uint64_t>(c))),
+                   c);
       }
       if (race.best != before) mine = x;
     };
