@@ -6,6 +6,10 @@
 
 #include <cuda.h>
 
+#include <map>
+#include <mutex>
+#include <utility>
+
 namespace dspark::cuda {
 namespace {
 
@@ -44,11 +48,28 @@ int available_sms(int device, cudaStream_t stream, cudaError_t* err) {
   };
   CUdevResource res{};
   // The stream's green context: a kernel on a green-context stream runs on its SMs whatever
-  // context is current. (The NULL stream reports the current context's.)
-  CUgreenCtx green = nullptr;
-  if (e.stream_green && e.green_resource && e.stream_green(stream, &green) == CUDA_SUCCESS && green != nullptr &&
-      e.green_resource(green, &res, CU_DEV_RESOURCE_TYPE_SM) == CUDA_SUCCESS)
-    lower_to(res);
+  // context is current. (The NULL stream reports the current context's.) Asked outside stream
+  // capture only and remembered per stream: no driver query of the stream runs while it is
+  // being captured (graph captures follow a warm-up call in every engine).
+  static std::mutex mutex;
+  static std::map<std::pair<int, cudaStream_t>, int> by_stream;  // SMs of the stream's green context
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  if ((*err = cudaStreamIsCapturing(stream, &capture)) != cudaSuccess) return 0;
+  const auto key = std::make_pair(device, stream);
+  if (capture == cudaStreamCaptureStatusNone) {
+    CUgreenCtx green = nullptr;
+    int stream_sms = sms;
+    if (e.stream_green && e.green_resource && e.stream_green(stream, &green) == CUDA_SUCCESS && green != nullptr &&
+        e.green_resource(green, &res, CU_DEV_RESOURCE_TYPE_SM) == CUDA_SUCCESS && res.sm.smCount > 0)
+      stream_sms = static_cast<int>(res.sm.smCount);
+    const std::lock_guard<std::mutex> lock(mutex);
+    by_stream[key] = stream_sms;
+  }
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    const auto it = by_stream.find(key);
+    if (it != by_stream.end() && it->second < sms) sms = it->second;
+  }
   // The current context (a green context made current, e.g. with cuCtxFromGreenCtx): the smaller
   // count is the safe one when the two disagree.
   CUcontext ctx = nullptr;

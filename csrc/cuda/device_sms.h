@@ -10,8 +10,10 @@ namespace dspark::cuda {
 // device's count, or fewer when the stream belongs to a green context (an SM partition, e.g.
 // torch.cuda.green_contexts' streams) or a green context is current. NOT seen: an MPS
 // client's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE (these queries are not known to report it), and
-// SMs held by other kernels running at the same time. Cheap (an attribute query and driver
-// queries that enqueue nothing; no sync), so callers ask per call. Sets *err on failure.
+// SMs held by other kernels running at the same time; during stream capture, a green context
+// of a stream never used outside capture (the stream's count is remembered from its calls
+// outside capture). Cheap (an attribute query and driver queries that enqueue nothing; no
+// sync), so callers ask per call. Sets *err on failure.
 int available_sms(int device, cudaStream_t stream, cudaError_t* err);
 
 }  // namespace dspark::cuda
