@@ -10,8 +10,10 @@
 # It writes at most 8 files to OUT (the device tool returns no more): summary.txt, build.log
 # (only when it had to build), tests.log, sanitizer.log, bench.log, and the benchmark's
 # <device>-<gpu>-full.json and .png. Commit the JSON, the plot and the logs under
-# bench/results/. Stage limits (seconds) can be changed with LIMIT_BUILD, LIMIT_TESTS,
-# LIMIT_SANITIZER (each of the three tools), LIMIT_BENCH.
+# bench/results/. Stage limits (seconds) can be changed with LIMIT_BUILD, LIMIT_TESTS (the
+# kernel test files), LIMIT_TESTS_REST (the other CUDA tests), LIMIT_SANITIZER (each of the
+# three tools), LIMIT_BENCH. Defaults: 140 + 50 + 3 x 40 + 140 s, under 8 minutes in all with
+# the library load and the sanitizer's collection.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${1:-bench/results}"
@@ -54,15 +56,19 @@ fi
 # 2. The CUDA tests (the CPU ones run in CI); -x off: every failure is worth seeing. `-k cuda`
 #    selects tests on the "cuda" device parameter, in a *_cuda.py file, or marked requires_cuda
 #    (tests/conftest.py gives those the `cuda` marker, which -k matches).
-#    The kernel files first, the rest (torch.compile-heavy: test_every_op, test_drafter, ...)
-#    after, so that a stage that hits its limit loses the compile tests, not the kernels'
-#    (pytest collects a file named twice once).
+#    Two stages: the kernel files, then the rest (torch.compile-heavy: test_every_op,
+#    test_drafter, ...), each with its own limit, so that the compile tests can never eat the
+#    kernels' time (pytest orders a file named beside its folder by the folder's order, hence
+#    --ignore rather than one command).
 kernel_tests="tests/test_verify_chain_kernels.py tests/test_verify_chain.py tests/test_verify_tree_cuda.py
   tests/test_verify_tree.py tests/test_markov_draft.py tests/test_markov_draft_filters.py
   tests/test_markov_draft_topk.py tests/test_block_draft_cuda.py tests/test_block_draft.py
   tests/test_schedule_lengths.py tests/test_rng.py"
 # shellcheck disable=SC2086
-stage tests "${LIMIT_TESTS:-200}" "$out/tests.log" "$py" -P -m pytest -q -rfE -k cuda $kernel_tests tests
+stage tests "${LIMIT_TESTS:-140}" "$out/tests.log" "$py" -P -m pytest -q -rfE -k cuda $kernel_tests
+# shellcheck disable=SC2086,SC2046
+stage tests-rest "${LIMIT_TESTS_REST:-50}" "$out/tests.log" "$py" -P -m pytest -q -rfE -k cuda tests \
+  $(printf ' --ignore=%s' $kernel_tests)
 
 # 3. compute-sanitizer on a few cheap tests per CUDA kernel, in-process and at small shapes
 #    (V <= 20011, a few hundred rows at most, one 4100-key attention context), so that each
@@ -95,12 +101,12 @@ echo "sanitizer selection (${#sanitize_tests[@]} names): $("$py" -P -m pytest -q
   $sanitize_files -k "$small" 2>&1 | tail -1)" | tee -a "$summary"
 for tool in memcheck racecheck synccheck; do
   # shellcheck disable=SC2086
-  stage "sanitizer-$tool" "${LIMIT_SANITIZER:-50}" "$out/sanitizer.log" \
+  stage "sanitizer-$tool" "${LIMIT_SANITIZER:-40}" "$out/sanitizer.log" \
     compute-sanitizer --tool "$tool" --error-exitcode 9 "$py" -P -m pytest -q -x $sanitize_files -k "$small"
 done
 
 # 4. The full benchmark; it saves its JSON after every case, so a time limit loses nothing.
-stage bench "${LIMIT_BENCH:-200}" "$out/bench.log" \
-  "$py" -P bench/run.py --full --device cuda --out "$out" --max-seconds $(( ${LIMIT_BENCH:-200} - 30 ))
+stage bench "${LIMIT_BENCH:-140}" "$out/bench.log" \
+  "$py" -P bench/run.py --full --device cuda --out "$out" --max-seconds $(( ${LIMIT_BENCH:-140} - 30 ))
 tail -40 "$out/bench.log"
 cat "$summary"

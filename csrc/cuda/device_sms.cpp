@@ -54,7 +54,10 @@ int available_sms(int device, cudaStream_t stream, cudaError_t* err) {
   static std::mutex mutex;
   static std::map<std::pair<int, cudaStream_t>, int> by_stream;  // SMs of the stream's green context
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
-  if ((*err = cudaStreamIsCapturing(stream, &capture)) != cudaSuccess) return 0;
+  if (cudaStreamIsCapturing(stream, &capture) != cudaSuccess) {  // e.g. the legacy stream while
+    cudaGetLastError();                                          // another thread captures:
+    capture = cudaStreamCaptureStatusActive;                     // query nothing of the stream
+  }
   const auto key = std::make_pair(device, stream);
   if (capture == cudaStreamCaptureStatusNone) {
     CUgreenCtx green = nullptr;

@@ -904,9 +904,9 @@ cudaError_t launch_markov_draft(const MarkovDraftParams& params, MarkovDraftLaun
       const cudaError_t err = cudaLaunchCooperativeKernel(reinterpret_cast<void*>(kernel), dim3(launch->blocks),
                                                           dim3(kThreads), args, launch->smem, stream);
       // Fewer SMs than planned (an MPS thread limit the queries do not show): halve the grid
-      // (the per-tile partials do not depend on it) and stream w2 (one buffer pair of sub-tiles: never larger than the
-      // resident tiles it replaces, so it fits), whose resident tiles assumed the planned grid. The caller keeps the
-      // reduced plan.
+      // (the per-tile partials do not depend on it) and stream w2 (one buffer pair of at most as many sub-tiles, which
+      // the plan already checked fits the opt-in maximum), whose resident tiles assumed the planned grid. The caller
+      // keeps the reduced plan.
       if (err != cudaErrorCooperativeLaunchTooLarge || launch->blocks == 1) return err;
       cudaGetLastError();  // clear the launch error before the retry
       launch->blocks = (launch->blocks + 1) / 2;
