@@ -133,8 +133,7 @@ __device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t
                           : block_filter_threshold<1, Load::kL2>(row, V, inv_t, filter, fsh);
   const int64_t seed = p.seed[q], offset = p.offset[q];
   SoftmaxStats st;
-  Race race;
-  float best = -INFINITY;  // this thread's best score: entries below best - kGumbelBound cannot win
+  BoundedRace race;  // skips the noise of entries that cannot beat this thread's winner
   for (int64_t v0 = 4 * static_cast<int64_t>(threadIdx.x); v0 < V; v0 += 4 * static_cast<int64_t>(blockDim.x)) {
     float x[4];
     bool hopeful = false;
@@ -147,7 +146,7 @@ __device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t
       if (!(s >= theta)) row[v] = from_float<T>(-INFINITY);
       x[e] = filtered(s, theta);
       st.add(x[e]);
-      hopeful = hopeful || (race_candidate(x[e]) && !(x[e] + kGumbelBound < best));
+      hopeful = hopeful || !race.hopeless(x[e]);
     }
     // Filtered-out entries (most of the row under top-k / top-p) and entries that cannot win
     // need no noise: the Philox call and the logarithms run only for the others.
@@ -155,15 +154,9 @@ __device__ void filtered_position(const MarkovDraftParams& p, int64_t q, int64_t
     const Philox4 noise = random_block(seed, offset, Purpose::kDraftSample, static_cast<uint32_t>(k),
                                        static_cast<uint64_t>(v0));
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
-      if (!race_candidate(x[e]) || x[e] + kGumbelBound < best) continue;
-      const float g = gumbel_from_bits(noise.v[e]);
-      race.add(x[e], g, v0 + e);
-      const float score = x[e] + g;  // the score race.add compared
-      best = race_candidate(score) && score > best ? score : best;
-    }
+    for (int e = 0; e < 4; ++e) race.add_bits(x[e], noise.v[e], v0 + e);  // e constant: noise.v in registers
   }
-  *key = block_max_u64(race.best, reinterpret_cast<uint64_t*>(red));
+  *key = block_max_u64(race.race.best, reinterpret_cast<uint64_t*>(red));
   *stats = block_merge(st, reinterpret_cast<SoftmaxStats*>(red));
 }
 
@@ -322,17 +315,17 @@ __device__ __forceinline__ void store_partial(const MarkovDraftParams& p, int64_
 // LEGACY: one call per id (the first kernel; the same numbers). Four values per lane and an
 // 8-lane butterfly: a quarter of the reductions of one value per lane. Every lane calls it.
 //
-// `best`: the best race score this lane has seen for its request at this position (-inf to
-// start; the caller keeps it across the tiles of a position while the lane keeps its request).
-// An entry whose scaled logit is below best - kGumbelBound cannot win whatever its noise
-// (dspark/sampling.h), so its two logarithms are skipped (and the lane's Philox call when none
-// of its four entries can win): the tile's partial key may then be
-// lower than its own maximum, but never than the position's winner, which lies in the partial
-// of the tile where `best` was scored. Every output is unchanged; most of a peaked row skips.
+// `race`: this lane's Gumbel race for its request at this position, which the caller keeps
+// across the tiles of a position while the lane keeps its request (a fresh one otherwise). As a
+// BoundedRace it skips the two logarithms of an entry that cannot beat the running winner
+// (dspark/sampling.h), and fold_tile skips the lane's Philox call when none of its four entries
+// can. The tile's partial key is the running winner (this tile's and earlier ones'), so phase A's
+// maximum over the tiles is the position's winner: every output is unchanged, and most of a
+// peaked row costs no noise.
 template <typename T, bool LEGACY>
 __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k, int64_t c0, int64_t local0,
                                           int64_t nreq, int64_t v0, const float* products, int stride,
-                                          const float* inv_ts, float& best, int lane) {
+                                          const float* inv_ts, BoundedRace& race, int lane) {
   const int64_t V = p.vocab, G = p.gamma;
   const int i = lane / 8, part = lane % 8;
   const int64_t q = c0 + local0 + i, first = v0 + 4 * part;  // this lane's request and first row
@@ -347,7 +340,7 @@ __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k,
   float x[4];  // scaled rounded logits of a sampled request; -inf: no entry
   const float4 pv = *reinterpret_cast<const float4*>(products + i * stride + 4 * part);  // 16-byte aligned
   const float prod[4] = {pv.x, pv.y, pv.z, pv.w};
-  Race race;
+  Race argmax;           // greedy
   bool hopeful = false;  // some entry may win: the noise is needed
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
@@ -357,10 +350,10 @@ __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k,
     const int64_t o = (q * G + k - 1) * V + v;
     const T rounded = from_float<T>(to_float(U[o]) + prod[e]);
     out[o] = rounded;
-    if (greedy) race.add(to_float(rounded), 0.0f, v);  // argmax: NaN/-inf never win, ties -> lowest
+    if (greedy) argmax.add(to_float(rounded), 0.0f, v);  // NaN/-inf never win, ties -> lowest
     if (!draws) continue;
     x[e] = scaled_logit(to_float(rounded), inv_t);
-    hopeful = hopeful || (race_candidate(x[e]) && !(x[e] + kGumbelBound < best));
+    hopeful = hopeful || !race.hopeless(x[e]);
   }
   if (hopeful) {  // the Philox call too is skipped when no entry can win
     Philox4 noise{};
@@ -369,20 +362,17 @@ __device__ __forceinline__ void fold_tile(const MarkovDraftParams& p, int64_t k,
                            static_cast<uint64_t>(first));
 #pragma unroll
     for (int e = 0; e < 4; ++e) {  // e is a constant after unrolling: noise.v stays in registers
-      if (!race_candidate(x[e]) || x[e] + kGumbelBound < best) continue;  // cannot win: no logarithms
       const int64_t v = first + e;
-      const uint32_t bits = LEGACY ? random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample,
-                                                 static_cast<uint32_t>(k), static_cast<uint64_t>(v))
-                                   : noise.v[e];
-      const float g = gumbel_from_bits(bits);
-      race.add(x[e], g, v);
-      const float score = x[e] + g;  // the score race.add compared
-      best = race_candidate(score) && score > best ? score : best;
+      race.add_bits(x[e],
+                    LEGACY ? random_bits(p.seed[q], p.offset[q], Purpose::kDraftSample, static_cast<uint32_t>(k),
+                                         static_cast<uint64_t>(v))
+                           : noise.v[e],
+                    v);
     }
   }
   // Every lane takes part in the butterflies (full-mask shuffles), whatever its request.
   const SoftmaxStats st = group_stats<8>(x);
-  const uint64_t key = warp_reduce<8>(race.best, Max{});
+  const uint64_t key = warp_reduce<8>(greedy ? argmax.best : race.race.best, Max{});
   if (part == 0 && (greedy || draws)) store_partial(p, v0 / kTileV, q, st, key);
 }
 
@@ -436,7 +426,7 @@ __device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsign
   T* slot0 = reinterpret_cast<T*>(smem_raw);                                    // [slots][kTileV, stride]
   float* ps = reinterpret_cast<float*>(smem_raw + slots * tile_slot_bytes<T>(r));  // [kReqChunk, r]
   float* products = reinterpret_cast<float*>(reinterpret_cast<unsigned char*>(ps) + scratch_bytes(r));
-  float best = -INFINITY;  // fold_tile's race bound, across this position's tiles
+  BoundedRace race;  // fold_tile's race, across this position's tiles
   const T* w2 = static_cast<const T*>(p.w2);
   const int64_t tiles = (V + kTileV - 1) / kTileV;
   int64_t local = 0;  // this block's tile counter: the tile's slot in resident mode
@@ -463,9 +453,9 @@ __device__ void logits_step_legacy(const MarkovDraftParams& p, int64_t k, unsign
       float acc[kReqPerWarp] = {};
       if (lane < rows) dot4_padded(w2s + lane * stride, ps + local0 * r, r, acc);
       stage_products(acc, products, kTileV + kCPad, local0, lane);
-      if (R > kReqChunk) best = -INFINITY;  // the lane's request changes with the chunk
+      if (R > kReqChunk) race = BoundedRace{};  // the lane's request changes with the chunk
       fold_tile<T, true>(p, k, c0, local0, nreq, v0, products + local0 * (kTileV + kCPad), kTileV + kCPad,
-                         ps + kReqChunk * r, best, lane);
+                         ps + kReqChunk * r, race, lane);
     }
   }
 }
@@ -689,7 +679,7 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
   float* C = reinterpret_cast<float*>(chunk_raw + scratch_bytes(r));  // [kReqChunk, m * kTileV + kCPad] products
   const T* w2 = static_cast<const T*>(p.w2);
   const int64_t tiles = (V + kTileV - 1) / kTileV, grid = gridDim.x;
-  float best = -INFINITY;  // fold_tile's race bound, across this position's tiles
+  BoundedRace race;  // fold_tile's race, across this position's tiles
   const int64_t mine = (tiles - blockIdx.x + grid - 1) / grid;  // this block's tiles
   const int64_t groups = (mine + m - 1) / m;
   auto tile_of = [&](int64_t j, int s) { return blockIdx.x + (j * m + s) * grid; };
@@ -745,9 +735,9 @@ __device__ void logits_step_tiled(const MarkovDraftParams& p, int64_t k, unsigne
         if (lane < V - v0) dot4_swizzled<T>(buffer(j, t), lane, ps + local0 * r, r, acc);
         stage_products(acc, C + t * kTileV, cstride, local0, lane);
       }
-      if (R > kReqChunk) best = -INFINITY;  // the lane's request changes with the chunk
+      if (R > kReqChunk) race = BoundedRace{};  // the lane's request changes with the chunk
       fold_tile<T, false>(p, k, c0, local0, nreq, v0, C + local0 * cstride + t * kTileV, cstride, ps + kReqChunk * r,
-                          best, lane);
+                          race, lane);
     }
     __syncthreads();  // every warp is done with group j's buffer before it is refilled
   }
