@@ -54,11 +54,24 @@ inline SoftmaxStats row_stats(const float* s, int64_t vocab) {
 
 // p = softmax(filter(row / T)): scaled logits (NaN and filtered-out entries -inf) and their
 // softmax statistics. Points into the scratch: valid until the next target_row call.
+// An upper bound of log p_v from the scaled logit s = s_v without an exponential: s - log_norm
+// (log p_v = s_v - log_norm), plus a slack for the rounding of that difference against
+// logf(prob(v)) (a few ulps of the larger operand; gumbel_upper_bound's margin covers expf, the
+// division and logf). Residual races bound log max(0, p_v - ...) by it: entries that cannot win
+// with it skip their exponentials and logarithm.
+struct LogProbBound {
+  float log_norm, slack;
+  float operator()(float s) const { return s - log_norm + (slack + 1e-6f * fabsf(s)); }
+};
+
 struct TargetRow {
   const float* s;
   SoftmaxStats stats;
   float prob(int64_t v) const { return stats.prob(s[v]); }
-  float log_norm() const { return stats.max + logf(stats.sum); }  // log p_v = s_v - log_norm
+  LogProbBound log_prob_bound() const {
+    const float log_norm = stats.max + logf(stats.sum);
+    return {log_norm, 1e-6f * fabsf(log_norm)};
+  }
 };
 
 // target row [V] -> TargetRow.

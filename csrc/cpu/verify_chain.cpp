@@ -51,13 +51,13 @@ template <typename TD>
 int64_t draw(const TargetRow& p, const DraftRow<TD>* q, const ChainRequest& c, uint32_t position, int64_t vocab,
              RowScratch& sc) {
   BoundedRace residual, plain;
-  const float log_norm = p.log_norm();
+  const LogProbBound log_p = p.log_prob_bound();
   std::optional<DraftSweep<TD>> sweep;
   if (q) sweep.emplace(*q, sc);
   for_each_uniform(vocab, c.seed, c.offset, Purpose::kChainResample, position, sc, [&](int64_t v, float u) {
     const float xv = p.s[v];
     race_add(plain, xv, u, v);
-    if (q && !cannot_win(residual, xv - log_norm, u)) {  // log p_v bounds log(p_v - q_v)
+    if (q && !cannot_win(residual, log_p(xv), u)) {  // log p_v bounds log(p_v - q_v)
       const float pv = p.prob(v), qv = sweep->at(v);
       race_add(residual, pv > qv ? logf(pv - qv) : -INFINITY, u, v);
     }

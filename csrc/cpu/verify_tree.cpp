@@ -145,19 +145,15 @@ std::pair<int64_t, int64_t> recursive_rejection(const TreeRequest& t, int64_t no
     D = mass;
   }
   // Emit from the final p' = norm(max(0, p - c q)); from p if that has no mass. An entry's
-  // residual is at most p_v (c q >= 0), so log r_v <= log p_v = s_v - log_norm: an entry that
-  // cannot win either race with that bound skips its exponentials and logarithm too. The slack
-  // covers the rounding of s_v - log_norm against logf(p_v) (a few ulps of the larger operand);
-  // gumbel_upper_bound's margin covers that of expf, the division and logf.
+  // residual is at most p_v (c q >= 0), so an entry that cannot win either race with the bound
+  // of log p_v skips its exponentials and logarithm too.
   BoundedRace residual, fallback;
   sweep.restart();
-  const float log_norm = p.log_norm();
-  const float slack = 1e-6f * fabsf(log_norm);
+  const LogProbBound log_p = p.log_prob_bound();
   for_each_uniform(vocab, t.seed, t.offset, Purpose::kTreeResample, static_cast<uint32_t>(node), sc,
                    [&](int64_t v, float u) {
                      const float xv = p.s[v];
-                     const float log_p_bound = xv - log_norm + (slack + 1e-6f * fabsf(xv));
-                     if (cannot_win(residual, log_p_bound, u) && cannot_win(fallback, xv, u)) return;
+                     if (cannot_win(residual, log_p(xv), u) && cannot_win(fallback, xv, u)) return;
                      const float r = tree_residual(p.prob(v), c, sweep.at(v));
                      const float lr = r > 0.0f ? logf(r) : -INFINITY;
                      const bool use_r = !residual.hopeless(lr), use_f = !fallback.hopeless(xv);
