@@ -42,7 +42,7 @@ struct MarkovDraftParams {
   float* confidence_out;       // [R, γ] out (pre-filled with ones)
   float* head_vector;          // [R, r] scratch: the vector multiplied by w2 at this position
   // RNN state, zero on entry (RNN head only): [R, r] updated in place by head_step (the pruned and
-  // legacy kernels), or [2, R, r] in the default dense kernel (head_units: s_{k-1} in buffer
+  // legacy kernels), or [2, R, r] in the default and fma dense kernels (head_units: s_{k-1} in buffer
   // (k-1) & 1, s_k written to buffer k & 1).
   float* state;                  // [R, r] or [2, R, r] scratch
   float* part_max;               // [R, ceil(V / 32)] scratch: per-tile softmax max
